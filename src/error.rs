@@ -1,0 +1,254 @@
+//! The one error type of the service. Every failure a client can see is a
+//! variant here with a stable reason code; `into_status` is the only place that
+//! decides gRPC codes, and the gateway maps those codes on to HTTP and JSON-RPC.
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `domain` of every `google.rpc.ErrorInfo` we send.
+pub const ERROR_DOMAIN: &str = "task-mcp";
+
+/// A validation finding carried by `ValidationFailed`; mirrors `pb::Finding`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindingRef {
+    pub code: String,
+    pub file: String,
+    pub line: u32,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid slug {value:?}: {why}")]
+    InvalidSlug { value: String, why: &'static str },
+    #[error("invalid {field}: {why}")]
+    InvalidArgument { field: &'static str, why: String },
+    #[error("invalid path {value:?}: {why}")]
+    InvalidPath { value: String, why: &'static str },
+    #[error("invalid resource URI {value:?}: {why}")]
+    InvalidUri { value: String, why: &'static str },
+    #[error("invalid page token")]
+    InvalidPageToken,
+    #[error("{field} is too large: {size} > {limit}")]
+    TooLarge { field: &'static str, size: usize, limit: usize },
+    #[error("change {slug:?} not found")]
+    ChangeNotFound { slug: String },
+    #[error("task {id:?} not found in change {slug:?}")]
+    TaskNotFound { slug: String, id: String },
+    #[error("resource {uri:?} not found")]
+    ResourceNotFound { uri: String },
+    #[error("change {slug:?} is locked by {holder:?} until {}", fmt_time(*expires_at))]
+    LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
+    #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
+    ValidationFailed { slug: String, findings: Vec<FindingRef> },
+    #[error("resource {uri:?} is {size} bytes, over the {limit} byte cap")]
+    ResourceTooLarge { uri: String, size: u64, limit: u64 },
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    #[error("rate limit exceeded; retry in {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// Anything the client could not have caused. The message is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, why: impl Into<String>) -> Self {
+        Error::InvalidArgument { field, why: why.into() }
+    }
+
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        Error::Internal(format!("{context}: {err}"))
+    }
+
+    /// The stable, machine-readable reason code (`ErrorInfo.reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSlug { .. } => "INVALID_SLUG",
+            Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Error::InvalidPath { .. } => "INVALID_PATH",
+            Error::InvalidUri { .. } => "INVALID_URI",
+            Error::InvalidPageToken => "INVALID_PAGE_TOKEN",
+            Error::TooLarge { .. } => "TOO_LARGE",
+            Error::ChangeNotFound { .. } => "CHANGE_NOT_FOUND",
+            Error::TaskNotFound { .. } => "TASK_NOT_FOUND",
+            Error::ResourceNotFound { .. } => "RESOURCE_NOT_FOUND",
+            Error::LockedByOtherOwner { .. } => "LOCKED_BY_OTHER_OWNER",
+            Error::ValidationFailed { .. } => "VALIDATION_FAILED",
+            Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
+            Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidSlug { .. }
+            | Error::InvalidArgument { .. }
+            | Error::InvalidPath { .. }
+            | Error::InvalidUri { .. }
+            | Error::InvalidPageToken
+            | Error::TooLarge { .. } => Code::InvalidArgument,
+            Error::ChangeNotFound { .. } | Error::TaskNotFound { .. } | Error::ResourceNotFound { .. } => {
+                Code::NotFound
+            }
+            // A concurrency conflict the caller resolves by waiting or picking another slug.
+            Error::LockedByOtherOwner { .. } => Code::Aborted,
+            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// `ErrorInfo.metadata`: the facts a client needs to act without parsing the message.
+    fn metadata(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: String| (k.to_string(), v);
+        match self {
+            Error::InvalidSlug { value, .. } => vec![kv("field", "slug".into()), kv("value", truncate(value))],
+            Error::InvalidArgument { field, .. } => vec![kv("field", field.to_string())],
+            Error::InvalidPath { value, .. } => vec![kv("field", "path".into()), kv("value", truncate(value))],
+            Error::InvalidUri { value, .. } => vec![kv("field", "uri".into()), kv("value", truncate(value))],
+            Error::InvalidPageToken => vec![kv("field", "page_token".into())],
+            Error::TooLarge { field, size, limit } => vec![
+                kv("field", field.to_string()),
+                kv("size", size.to_string()),
+                kv("limit", limit.to_string()),
+            ],
+            Error::ChangeNotFound { slug } => vec![kv("slug", slug.clone())],
+            Error::TaskNotFound { slug, id } => vec![kv("slug", slug.clone()), kv("task_id", truncate(id))],
+            Error::ResourceNotFound { uri } => vec![kv("uri", truncate(uri))],
+            Error::LockedByOtherOwner { slug, holder, expires_at } => vec![
+                kv("slug", slug.clone()),
+                kv("holder", holder.clone()),
+                kv("expires_at", fmt_time(*expires_at)),
+            ],
+            Error::ValidationFailed { slug, findings } => {
+                vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
+            }
+            Error::ResourceTooLarge { uri, size, limit } => vec![
+                kv("uri", truncate(uri)),
+                kv("size", size.to_string()),
+                kv("limit", limit.to_string()),
+            ],
+            Error::RateLimited { retry_after } => vec![kv("retry_after_ms", retry_after.as_millis().to_string())],
+            Error::Unauthenticated | Error::ShuttingDown | Error::Internal(_) => vec![],
+        }
+    }
+
+    /// The one mapping from our errors to a gRPC status with rich details
+    /// (`ErrorInfo` always; `BadRequest`, `PreconditionFailure`, `RetryInfo` where they apply).
+    pub fn into_status(self) -> Status {
+        let code = self.code();
+        let message = match &self {
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error; see server logs".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut details = ErrorDetails::with_error_info(self.reason(), ERROR_DOMAIN, self.metadata().into_iter().collect::<std::collections::HashMap<_, _>>());
+        match &self {
+            Error::InvalidSlug { why, .. } => {
+                details.add_bad_request_violation("slug", *why);
+            }
+            Error::InvalidArgument { field, why } => {
+                details.add_bad_request_violation(*field, why.clone());
+            }
+            Error::InvalidPath { why, .. } => {
+                details.add_bad_request_violation("path", *why);
+            }
+            Error::InvalidUri { why, .. } => {
+                details.add_bad_request_violation("uri", *why);
+            }
+            Error::TooLarge { field, limit, .. } => {
+                details.add_bad_request_violation(*field, format!("at most {limit}"));
+            }
+            Error::ValidationFailed { findings, .. } => {
+                for f in findings {
+                    let subject = if f.line > 0 { format!("{}:{}", f.file, f.line) } else { f.file.clone() };
+                    details.add_precondition_failure_violation(f.code.clone(), subject, f.message.clone());
+                }
+            }
+            Error::RateLimited { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            _ => {}
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        err.into_status()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Metadata values echo client input; keep them short so an error stays small.
+fn truncate(value: &str) -> String {
+    const MAX: usize = 128;
+    if value.len() <= MAX {
+        return value.to_string();
+    }
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_carries_error_info_with_its_reason() {
+        let err = Error::LockedByOtherOwner {
+            slug: "add-x".into(),
+            holder: "alice".into(),
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let status = err.into_status();
+        assert_eq!(status.code(), Code::Aborted);
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "LOCKED_BY_OTHER_OWNER");
+        assert_eq!(info.metadata.get("holder").map(String::as_str), Some("alice"));
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_detail() {
+        let status = Error::Internal("open /secret/path: denied".into()).into_status();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/secret/path"));
+    }
+
+    #[test]
+    fn rate_limit_carries_retry_info() {
+        let status = Error::RateLimited { retry_after: Duration::from_millis(1500) }.into_status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn long_values_are_truncated_on_a_char_boundary() {
+        let long = "é".repeat(200);
+        let t = truncate(&long);
+        assert!(t.len() <= 132);
+    }
+}

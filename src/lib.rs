@@ -1,0 +1,8 @@
+//! task-mcp: spec-driven changes in an OpenSpec workspace, served over gRPC.
+pub mod domain;
+pub mod error;
+
+pub mod pb {
+    tonic::include_proto!("taskmcp.v1");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskmcp_descriptor");
+}
