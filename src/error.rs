@@ -32,7 +32,11 @@ pub enum Error {
     #[error("invalid page token")]
     InvalidPageToken,
     #[error("{field} is too large: {size} > {limit}")]
-    TooLarge { field: &'static str, size: usize, limit: usize },
+    TooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("change {slug:?} not found")]
     ChangeNotFound { slug: String },
     #[error("task {id:?} not found in change {slug:?}")]
@@ -40,9 +44,16 @@ pub enum Error {
     #[error("resource {uri:?} not found")]
     ResourceNotFound { uri: String },
     #[error("change {slug:?} is locked by {holder:?} until {}", fmt_time(*expires_at))]
-    LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
+    LockedByOtherOwner {
+        slug: String,
+        holder: String,
+        expires_at: OffsetDateTime,
+    },
     #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
-    ValidationFailed { slug: String, findings: Vec<FindingRef> },
+    ValidationFailed {
+        slug: String,
+        findings: Vec<FindingRef>,
+    },
     #[error("resource {uri:?} is {size} bytes, over the {limit} byte cap")]
     ResourceTooLarge { uri: String, size: u64, limit: u64 },
     #[error("missing or invalid bearer token")]
@@ -58,7 +69,10 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, why: impl Into<String>) -> Self {
-        Error::InvalidArgument { field, why: why.into() }
+        Error::InvalidArgument {
+            field,
+            why: why.into(),
+        }
     }
 
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
@@ -95,12 +109,14 @@ impl Error {
             | Error::InvalidUri { .. }
             | Error::InvalidPageToken
             | Error::TooLarge { .. } => Code::InvalidArgument,
-            Error::ChangeNotFound { .. } | Error::TaskNotFound { .. } | Error::ResourceNotFound { .. } => {
-                Code::NotFound
-            }
+            Error::ChangeNotFound { .. }
+            | Error::TaskNotFound { .. }
+            | Error::ResourceNotFound { .. } => Code::NotFound,
             // A concurrency conflict the caller resolves by waiting or picking another slug.
             Error::LockedByOtherOwner { .. } => Code::Aborted,
-            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
+            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Unauthenticated => Code::Unauthenticated,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
@@ -112,10 +128,16 @@ impl Error {
     fn metadata(&self) -> Vec<(String, String)> {
         let kv = |k: &str, v: String| (k.to_string(), v);
         match self {
-            Error::InvalidSlug { value, .. } => vec![kv("field", "slug".into()), kv("value", truncate(value))],
+            Error::InvalidSlug { value, .. } => {
+                vec![kv("field", "slug".into()), kv("value", truncate(value))]
+            }
             Error::InvalidArgument { field, .. } => vec![kv("field", field.to_string())],
-            Error::InvalidPath { value, .. } => vec![kv("field", "path".into()), kv("value", truncate(value))],
-            Error::InvalidUri { value, .. } => vec![kv("field", "uri".into()), kv("value", truncate(value))],
+            Error::InvalidPath { value, .. } => {
+                vec![kv("field", "path".into()), kv("value", truncate(value))]
+            }
+            Error::InvalidUri { value, .. } => {
+                vec![kv("field", "uri".into()), kv("value", truncate(value))]
+            }
             Error::InvalidPageToken => vec![kv("field", "page_token".into())],
             Error::TooLarge { field, size, limit } => vec![
                 kv("field", field.to_string()),
@@ -123,22 +145,33 @@ impl Error {
                 kv("limit", limit.to_string()),
             ],
             Error::ChangeNotFound { slug } => vec![kv("slug", slug.clone())],
-            Error::TaskNotFound { slug, id } => vec![kv("slug", slug.clone()), kv("task_id", truncate(id))],
+            Error::TaskNotFound { slug, id } => {
+                vec![kv("slug", slug.clone()), kv("task_id", truncate(id))]
+            }
             Error::ResourceNotFound { uri } => vec![kv("uri", truncate(uri))],
-            Error::LockedByOtherOwner { slug, holder, expires_at } => vec![
+            Error::LockedByOtherOwner {
+                slug,
+                holder,
+                expires_at,
+            } => vec![
                 kv("slug", slug.clone()),
                 kv("holder", holder.clone()),
                 kv("expires_at", fmt_time(*expires_at)),
             ],
             Error::ValidationFailed { slug, findings } => {
-                vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
+                vec![
+                    kv("slug", slug.clone()),
+                    kv("errors", findings.len().to_string()),
+                ]
             }
             Error::ResourceTooLarge { uri, size, limit } => vec![
                 kv("uri", truncate(uri)),
                 kv("size", size.to_string()),
                 kv("limit", limit.to_string()),
             ],
-            Error::RateLimited { retry_after } => vec![kv("retry_after_ms", retry_after.as_millis().to_string())],
+            Error::RateLimited { retry_after } => {
+                vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
+            }
             Error::Unauthenticated | Error::ShuttingDown | Error::Internal(_) => vec![],
         }
     }
@@ -154,7 +187,13 @@ impl Error {
             }
             other => other.to_string(),
         };
-        let mut details = ErrorDetails::with_error_info(self.reason(), ERROR_DOMAIN, self.metadata().into_iter().collect::<std::collections::HashMap<_, _>>());
+        let mut details = ErrorDetails::with_error_info(
+            self.reason(),
+            ERROR_DOMAIN,
+            self.metadata()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
         match &self {
             Error::InvalidSlug { why, .. } => {
                 details.add_bad_request_violation("slug", *why);
@@ -173,8 +212,16 @@ impl Error {
             }
             Error::ValidationFailed { findings, .. } => {
                 for f in findings {
-                    let subject = if f.line > 0 { format!("{}:{}", f.file, f.line) } else { f.file.clone() };
-                    details.add_precondition_failure_violation(f.code.clone(), subject, f.message.clone());
+                    let subject = if f.line > 0 {
+                        format!("{}:{}", f.file, f.line)
+                    } else {
+                        f.file.clone()
+                    };
+                    details.add_precondition_failure_violation(
+                        f.code.clone(),
+                        subject,
+                        f.message.clone(),
+                    );
                 }
             }
             Error::RateLimited { retry_after } => {
@@ -227,7 +274,10 @@ mod tests {
         assert_eq!(status.code(), Code::Aborted);
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.reason, "LOCKED_BY_OTHER_OWNER");
-        assert_eq!(info.metadata.get("holder").map(String::as_str), Some("alice"));
+        assert_eq!(
+            info.metadata.get("holder").map(String::as_str),
+            Some("alice")
+        );
     }
 
     #[test]
@@ -239,7 +289,10 @@ mod tests {
 
     #[test]
     fn rate_limit_carries_retry_info() {
-        let status = Error::RateLimited { retry_after: Duration::from_millis(1500) }.into_status();
+        let status = Error::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_status();
         assert_eq!(status.code(), Code::ResourceExhausted);
         let retry = status.get_details_retry_info().expect("retry info");
         assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));

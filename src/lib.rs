@@ -4,5 +4,13 @@ pub mod error;
 
 pub mod pb {
     tonic::include_proto!("taskmcp.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskmcp_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("taskmcp_descriptor");
 }
+pub mod auth;
+pub mod config;
+pub mod grpc;
+pub mod rate_limit;
+pub mod startup;
+pub mod telemetry;
+pub mod workspace;

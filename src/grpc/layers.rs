@@ -1,0 +1,239 @@
+//! Tower layers for the gRPC server: authentication, then rate limiting. Each
+//! rejects with a gRPC status built from `Error`, so clients see the same typed
+//! details as from a handler. Health checks pass through both: probes must work
+//! without credentials and must never be throttled into a false "down".
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::{auth::Tokens, error::Error, rate_limit::RateLimiter};
+
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+fn reject<B: Default>(err: Error) -> Response<B> {
+    err.into_status().into_http()
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    tokens: Arc<Tokens>,
+}
+
+impl AuthLayer {
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        AuthLayer { tokens }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Auth<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // The clone is the ready service's stand-in; the ready one serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if req.uri().path().starts_with(HEALTH_PREFIX) {
+            return Box::pin(inner.call(req));
+        }
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.tokens.authenticate(header) {
+            Some(principal) => {
+                req.extensions_mut().insert(principal);
+                Box::pin(inner.call(req))
+            }
+            None => {
+                tracing::info!(path = req.uri().path(), "rejected: unauthenticated");
+                Box::pin(async { Ok(reject(Error::Unauthenticated)) })
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        RateLimitLayer { limiter }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if req.uri().path().starts_with(HEALTH_PREFIX) {
+            return Box::pin(inner.call(req));
+        }
+        // Auth runs first and always inserts a principal; none means auth is off
+        // for this path, and the anonymous bucket applies.
+        let principal = req
+            .extensions()
+            .get::<crate::auth::Principal>()
+            .cloned()
+            .unwrap_or_else(crate::auth::Principal::anonymous);
+        match self.limiter.check(&principal) {
+            Ok(()) => Box::pin(inner.call(req)),
+            Err(retry_after) => {
+                tracing::info!(%principal, path = req.uri().path(), ?retry_after, "rejected: rate limited");
+                Box::pin(async move { Ok(reject(Error::RateLimited { retry_after })) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    fn ok_service()
+    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|req: Request<()>| async move {
+            let who = req
+                .extensions()
+                .get::<crate::auth::Principal>()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            Ok::<_, Infallible>(Response::new(who))
+        })
+    }
+
+    fn grpc_status<B>(resp: &Response<B>) -> Option<String> {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    fn request(path: &str, auth: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn auth_rejects_missing_token_but_not_health() {
+        let tokens = Arc::new(Tokens::from_config(&["ops=tok".into()], None).unwrap());
+        let svc = AuthLayer::new(tokens).layer(ok_service());
+        let denied = svc
+            .clone()
+            .oneshot(request("/taskmcp.v1.Changes/OpenChange", None))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&denied).as_deref(), Some("16"));
+        let health = svc
+            .clone()
+            .oneshot(request("/grpc.health.v1.Health/Check", None))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&health), None);
+        let ok = svc
+            .oneshot(request(
+                "/taskmcp.v1.Changes/OpenChange",
+                Some("Bearer tok"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(ok.body(), "ops");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_answers_resource_exhausted() {
+        let svc = RateLimitLayer::new(Arc::new(RateLimiter::new(1, 1))).layer(ok_service());
+        let first = svc
+            .clone()
+            .oneshot(request("/taskmcp.v1.Changes/ShowChange", None))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&first), None);
+        let second = svc
+            .clone()
+            .oneshot(request("/taskmcp.v1.Changes/ShowChange", None))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&second).as_deref(), Some("8"));
+        let health = svc
+            .oneshot(request("/grpc.health.v1.Health/Check", None))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&health), None);
+    }
+}

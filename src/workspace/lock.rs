@@ -1,0 +1,255 @@
+//! The change lock: `changes/<slug>/.lock`, a small JSON record.
+//!
+//! A lock is only ever created by hard-linking a fully written temp file into
+//! place, which fails if a lock exists: exclusive-create with no window in which a
+//! reader could see a half-written lock. Taking over an expired lock renames the
+//! stale file away first and checks it was the one we judged stale, so two
+//! processes reclaiming at once cannot both win. Within one server, callers also
+//! hold the per-slug mutex, so these races only matter across processes.
+use std::{fs, io, path::Path};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::fsutil::{sync_parent, temp_sibling, write_new};
+use crate::{
+    domain::{Owner, Ttl},
+    error::{Error, Result},
+};
+
+pub const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub acquired_at: OffsetDateTime,
+    pub ttl_seconds: u32,
+    /// Distinguishes two records of the same owner, so a takeover can tell whether
+    /// the file it moved away is the one it judged stale.
+    pub nonce: String,
+}
+
+impl LockRecord {
+    pub fn new(owner: &Owner, ttl: Ttl, now: OffsetDateTime) -> Self {
+        LockRecord {
+            owner: owner.as_str().to_string(),
+            acquired_at: now,
+            ttl_seconds: ttl.seconds(),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    pub fn expires_at(&self) -> OffsetDateTime {
+        self.acquired_at + time::Duration::seconds(i64::from(self.ttl_seconds))
+    }
+
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        now < self.expires_at()
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        // A struct of strings and numbers always serializes.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// There was no lock.
+    New(LockRecord),
+    /// The caller already held it; `acquired_at` moved to now.
+    Refreshed(LockRecord),
+    /// Another owner's lock had expired and was taken over.
+    TakenOver {
+        lock: LockRecord,
+        previous: LockRecord,
+    },
+}
+
+impl Acquired {
+    pub fn record(&self) -> &LockRecord {
+        match self {
+            Acquired::New(r) | Acquired::Refreshed(r) => r,
+            Acquired::TakenOver { lock, .. } => lock,
+        }
+    }
+}
+
+/// Reads the lock in `dir`. A record that does not parse counts as no lock: it
+/// cannot name a holder, and keeping it would wedge the change forever.
+pub fn read(dir: &Path) -> Result<Option<LockRecord>> {
+    match fs::read(dir.join(LOCK_FILE)) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::internal("read lock", e)),
+    }
+}
+
+/// Writes the lock of a change being built aside (nobody else can see the folder yet).
+pub fn write_initial(dir: &Path, record: &LockRecord) -> io::Result<()> {
+    write_new(&dir.join(LOCK_FILE), &record.to_bytes())
+}
+
+pub fn acquire(
+    dir: &Path,
+    slug: &str,
+    owner: &Owner,
+    ttl: Ttl,
+    now: OffsetDateTime,
+) -> Result<Acquired> {
+    let lock_path = dir.join(LOCK_FILE);
+    let io_err = |e: io::Error| Error::internal("acquire lock", e);
+    // Each turn either succeeds, fails with a conflict, or observed another
+    // process change the lock under it; a few turns settle any real race.
+    for _ in 0..5 {
+        let record = LockRecord::new(owner, ttl, now);
+        let temp = temp_sibling(&lock_path);
+        write_new(&temp, &record.to_bytes()).map_err(io_err)?;
+        let outcome = try_place(&lock_path, &temp, slug, &record, now);
+        let _ = fs::remove_file(&temp);
+        match outcome {
+            Ok(Some(acquired)) => {
+                sync_parent(&lock_path).map_err(io_err)?;
+                return Ok(acquired);
+            }
+            Ok(None) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Internal(format!(
+        "lock of {slug} kept changing while acquiring it"
+    )))
+}
+
+/// One attempt; `Ok(None)` means "the lock changed under us, try again".
+fn try_place(
+    lock_path: &Path,
+    temp: &Path,
+    slug: &str,
+    record: &LockRecord,
+    now: OffsetDateTime,
+) -> Result<Option<Acquired>> {
+    let io_err = |e: io::Error| Error::internal("acquire lock", e);
+    match fs::hard_link(temp, lock_path) {
+        Ok(()) => return Ok(Some(Acquired::New(record.clone()))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let Some(existing) = read(lock_path.parent().unwrap_or(lock_path))? else {
+        // Unparsable or vanished: move it out of the way and retry.
+        let _ = fs::remove_file(lock_path);
+        return Ok(None);
+    };
+    if existing.owner == record.owner {
+        fs::rename(temp, lock_path).map_err(io_err)?;
+        return Ok(Some(Acquired::Refreshed(record.clone())));
+    }
+    if existing.is_live(now) {
+        return Err(Error::LockedByOtherOwner {
+            slug: slug.to_string(),
+            expires_at: existing.expires_at(),
+            holder: existing.owner,
+        });
+    }
+    // Expired: take it over, making sure we move away exactly the stale record.
+    let stale_path = temp_sibling(lock_path).with_extension("stale");
+    match fs::rename(lock_path, &stale_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    }
+    let moved: Option<LockRecord> = fs::read(&stale_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if moved.as_ref().map(|m| &m.nonce) != Some(&existing.nonce) {
+        // Someone replaced the stale lock between our read and our rename: put
+        // theirs back (exclusively; if that fails a third party holds it now).
+        let _ = fs::hard_link(&stale_path, lock_path);
+        let _ = fs::remove_file(&stale_path);
+        return Ok(None);
+    }
+    let _ = fs::remove_file(&stale_path);
+    match fs::hard_link(temp, lock_path) {
+        Ok(()) => Ok(Some(Acquired::TakenOver {
+            lock: record.clone(),
+            previous: existing,
+        })),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Removes the lock file if present.
+pub fn release(dir: &Path) -> Result<()> {
+    match fs::remove_file(dir.join(LOCK_FILE)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::internal("release lock", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(s: &str) -> Owner {
+        Owner::parse(s).unwrap()
+    }
+
+    #[test]
+    fn new_then_refresh_then_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let ttl = Ttl::DEFAULT;
+        assert!(matches!(
+            acquire(dir.path(), "s", &owner("a"), ttl, now).unwrap(),
+            Acquired::New(_)
+        ));
+        let later = now + time::Duration::seconds(10);
+        let refreshed = acquire(dir.path(), "s", &owner("a"), ttl, later).unwrap();
+        assert!(matches!(refreshed, Acquired::Refreshed(ref r) if r.acquired_at == later));
+        let err = acquire(dir.path(), "s", &owner("b"), ttl, later).unwrap_err();
+        assert!(matches!(err, Error::LockedByOtherOwner { holder, .. } if holder == "a"));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(LOCK_FILE)],
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn expired_lock_is_taken_over_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let then = OffsetDateTime::now_utc() - time::Duration::hours(3);
+        acquire(dir.path(), "s", &owner("a"), Ttl::parse(60).unwrap(), then).unwrap();
+        let now = OffsetDateTime::now_utc();
+        match acquire(dir.path(), "s", &owner("b"), Ttl::DEFAULT, now).unwrap() {
+            Acquired::TakenOver { lock, previous } => {
+                assert_eq!(lock.owner, "b");
+                assert_eq!(previous.owner, "a");
+            }
+            other => panic!("expected takeover, got {other:?}"),
+        }
+        assert_eq!(read(dir.path()).unwrap().unwrap().owner, "b");
+    }
+
+    #[test]
+    fn garbage_lock_counts_as_free() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LOCK_FILE), b"{not json").unwrap();
+        let got = acquire(
+            dir.path(),
+            "s",
+            &owner("a"),
+            Ttl::DEFAULT,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert!(matches!(got, Acquired::New(_)));
+    }
+}

@@ -1,0 +1,1282 @@
+//! The only code that touches the disk. A `Workspace` is an OpenSpec directory:
+//!
+//! ```text
+//! <root>/changes/<slug>/{proposal.md,tasks.md,specs/,.lock,.taskmcp.json}   drafts
+//! <root>/changes/archive/<YYYY-MM-DD>-<slug>/{...,receipt.json}             archived
+//! <root>/.staging/                                                          build-aside area
+//! ```
+//!
+//! Every mutation of a slug runs under that slug's mutex (one writer per change
+//! in this process) and commits with a single rename, so a crash leaves either
+//! the old state or the new one. Methods block; async callers use `spawn_blocking`.
+pub mod fsutil;
+pub mod git;
+pub mod lock;
+pub mod paths;
+pub mod watch;
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::{
+    domain::{
+        Owner, Rationale, Slug, TemplateKind, Title, Ttl,
+        checklist::{self, TaskItem},
+        page_token, proposal,
+        specs::{self, RequirementOp},
+        templates::{self, TemplateVars},
+        uri::ResourceUri,
+        validation::{self, ChangeFiles, Finding, Severity},
+    },
+    error::{Error, FindingRef, Result},
+};
+use fsutil::TextRead;
+use lock::{Acquired, LockRecord};
+
+/// Largest proposal, task list or spec file the server parses.
+pub const MAX_DOC_BYTES: u64 = 1024 * 1024;
+/// Spec files read per change; more are reported, not read.
+const MAX_SPEC_FILES: usize = 200;
+const META_FILE: &str = ".taskmcp.json";
+const RECEIPT_FILE: &str = "receipt.json";
+/// Build-aside folders older than this are leftovers of a crashed process.
+const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
+
+/// Called at named points of multi-step operations; an error returned here is
+/// treated like an I/O failure at that point. Tests use it to prove that a
+/// failure anywhere leaves the workspace consistent and the operation retryable.
+pub type FaultHook = Arc<dyn Fn(&'static str) -> io::Result<()> + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Draft,
+    Archived,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Draft,
+    Archived,
+    All,
+}
+
+impl StatusFilter {
+    fn as_str(self) -> &'static str {
+        match self {
+            StatusFilter::Draft => "draft",
+            StatusFilter::Archived => "archived",
+            StatusFilter::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub slug: String,
+    pub title: String,
+    pub status: Status,
+    pub updated_at: OffsetDateTime,
+    pub lock: Option<LockRecord>,
+    /// (done, total)
+    pub progress: (u32, u32),
+    pub archive_name: Option<String>,
+}
+
+pub struct OpenRequest {
+    pub slug: Slug,
+    pub title: Title,
+    pub rationale: Rationale,
+    pub owner: Owner,
+    pub ttl: Ttl,
+    pub template: TemplateKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub summary: Summary,
+    pub created: bool,
+    pub lock: LockRecord,
+    pub takeover: Option<LockRecord>,
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Summary>,
+    pub next_page_token: Option<String>,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub path: String,
+    pub content: String,
+    pub requirements: Vec<RequirementOp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub summary: Summary,
+    pub proposal: String,
+    pub tasks: Vec<TaskItem>,
+    pub deltas: Vec<Delta>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummary {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRef {
+    pub sha: String,
+    pub subject: String,
+}
+
+/// `receipt.json`, written inside the archive folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub slug: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub archived_at: OffsetDateTime,
+    pub actor: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub opened_at: Option<OffsetDateTime>,
+    pub git: bool,
+    pub commits: Vec<CommitRef>,
+    pub files_touched: Vec<String>,
+    #[serde(default)]
+    pub tests: Option<TestSummary>,
+    pub archive_path: String,
+    pub server_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Archived {
+    pub receipt: Receipt,
+    pub already_archived: bool,
+    pub findings: Vec<Finding>,
+}
+
+/// One step of an archive, reported as it completes.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub message: String,
+    pub current: u32,
+    pub total: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Opened,
+    Updated,
+    TasksUpdated,
+    Archived,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: EventKind,
+    pub slug: String,
+    pub at: OffsetDateTime,
+    pub uris: Vec<String>,
+    pub external: bool,
+}
+
+pub struct Resource {
+    pub mime_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+pub struct ResourceEntry {
+    pub uri: String,
+    pub name: String,
+    pub mime_type: &'static str,
+    pub size: u64,
+}
+
+/// Bookkeeping of metadata kept beside a draft.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    opened_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    opened_by: String,
+    #[serde(default)]
+    template: String,
+    #[serde(default)]
+    takeovers: Vec<TakeoverRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TakeoverRecord {
+    from: String,
+    to: String,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expired_at: OffsetDateTime,
+}
+
+pub struct Workspace {
+    root: PathBuf,
+    changes: PathBuf,
+    archive: PathBuf,
+    staging: PathBuf,
+    slug_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    events: broadcast::Sender<Event>,
+    own_writes: watch::OwnWrites,
+    fault_hook: Option<FaultHook>,
+    max_resource_bytes: u64,
+}
+
+impl Workspace {
+    /// Opens (creating if needed) the workspace at `root` and sweeps leftovers of
+    /// crashed processes from the build-aside area.
+    pub fn open(root: &Path, max_resource_bytes: u64) -> Result<Self> {
+        let io_err = |e: io::Error| Error::internal("create workspace", e);
+        fs::create_dir_all(root.join("changes").join("archive")).map_err(io_err)?;
+        fs::create_dir_all(root.join(".staging")).map_err(io_err)?;
+        let root = root.canonicalize().map_err(io_err)?;
+        let (events, _) = broadcast::channel(1024);
+        let ws = Workspace {
+            changes: root.join("changes"),
+            archive: root.join("changes").join("archive"),
+            staging: root.join(".staging"),
+            root,
+            slug_locks: Mutex::new(HashMap::new()),
+            events,
+            own_writes: watch::OwnWrites::default(),
+            fault_hook: None,
+            max_resource_bytes,
+        };
+        ws.sweep_staging();
+        Ok(ws)
+    }
+
+    pub fn with_fault_hook(mut self, hook: FaultHook) -> Self {
+        self.fault_hook = Some(hook);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Starts watching the disk for edits by other processes; events flow to
+    /// `subscribe` with `external` set. Dropping the guard stops the watcher.
+    pub fn watch(self: &Arc<Self>) -> Result<watch::WatchGuard> {
+        watch::start(self)
+    }
+
+    /// Readiness: the workspace can be written.
+    pub fn check_writable(&self) -> Result<()> {
+        let probe = fsutil::temp_sibling(&self.staging.join("ready"));
+        fsutil::write_new(&probe, b"ok")
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|e| Error::internal("workspace not writable", e))
+    }
+
+    fn fault(&self, point: &'static str) -> io::Result<()> {
+        match &self.fault_hook {
+            Some(hook) => hook(point),
+            None => Ok(()),
+        }
+    }
+
+    fn slug_lock(&self, slug: &Slug) -> Arc<Mutex<()>> {
+        let mut map = self.slug_locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(slug.as_str().to_string()).or_default().clone()
+    }
+
+    fn emit(&self, kind: EventKind, slug: &str, uris: Vec<String>) {
+        // No subscribers is fine: events are a convenience, not a log.
+        let _ = self.events.send(Event {
+            kind,
+            slug: slug.to_string(),
+            at: now(),
+            uris,
+            external: false,
+        });
+    }
+
+    fn draft_dir(&self, slug: &Slug) -> PathBuf {
+        self.changes.join(slug.as_str())
+    }
+
+    /// The draft folder if it exists. A symlink or a file in its place is refused:
+    /// following it could lead outside the workspace.
+    fn existing_draft(&self, slug: &Slug) -> Result<Option<PathBuf>> {
+        let dir = self.draft_dir(slug);
+        match dir.symlink_metadata() {
+            Ok(m) if m.file_type().is_dir() => Ok(Some(dir)),
+            Ok(_) => Err(Error::InvalidPath {
+                value: slug.to_string(),
+                why: "change folder is not a directory",
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::internal("stat change", e)),
+        }
+    }
+
+    // ----- change.open -----
+
+    pub fn open_change(&self, req: OpenRequest) -> Result<Opened> {
+        let guard = self.slug_lock(&req.slug);
+        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = self.existing_draft(&req.slug)? {
+            return self.reopen(&req, &dir);
+        }
+        match self.scaffold(&req) {
+            Err(Error::Internal(msg)) if msg.starts_with(ALREADY_EXISTS) => {
+                // Another process created it between our check and our rename.
+                let dir = self.draft_dir(&req.slug);
+                self.reopen(&req, &dir)
+            }
+            other => other,
+        }
+    }
+
+    fn reopen(&self, req: &OpenRequest, dir: &Path) -> Result<Opened> {
+        let acquired = lock::acquire(dir, req.slug.as_str(), &req.owner, req.ttl, now())?;
+        let takeover = match &acquired {
+            Acquired::TakenOver { lock, previous } => {
+                tracing::warn!(
+                    slug = %req.slug, from = %previous.owner, to = %lock.owner,
+                    expired_at = %crate::error::fmt_time(previous.expires_at()),
+                    "expired lock taken over"
+                );
+                self.record_takeover(dir, previous, lock)?;
+                Some(previous.clone())
+            }
+            _ => None,
+        };
+        self.own_writes.note(&dir.join(lock::LOCK_FILE));
+        let summary = self.summarize_draft(&req.slug, dir)?;
+        self.emit(EventKind::Updated, req.slug.as_str(), vec![]);
+        Ok(Opened {
+            summary,
+            created: false,
+            lock: acquired.record().clone(),
+            takeover,
+            files: self.listed_files(&req.slug),
+        })
+    }
+
+    fn record_takeover(&self, dir: &Path, previous: &LockRecord, lock: &LockRecord) -> Result<()> {
+        let path = dir.join(META_FILE);
+        let mut meta = read_meta(dir);
+        meta.takeovers.push(TakeoverRecord {
+            from: previous.owner.clone(),
+            to: lock.owner.clone(),
+            at: lock.acquired_at,
+            expired_at: previous.expires_at(),
+        });
+        let bytes =
+            serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
+        fsutil::atomic_write(&path, &bytes).map_err(|e| Error::internal("write meta", e))?;
+        self.own_writes.note(&path);
+        Ok(())
+    }
+
+    fn scaffold(&self, req: &OpenRequest) -> Result<Opened> {
+        let now = now();
+        let scaffold = templates::render(&TemplateVars {
+            kind: req.template,
+            title: &req.title,
+            slug: &req.slug,
+            owner: &req.owner,
+            rationale: &req.rationale,
+            date: now.date(),
+        });
+        let lock = LockRecord::new(&req.owner, req.ttl, now);
+        let meta = Meta {
+            opened_at: Some(now),
+            opened_by: req.owner.to_string(),
+            template: req.template.as_str().to_string(),
+            takeovers: vec![],
+        };
+        let stage = self
+            .staging
+            .join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
+        let target = self.draft_dir(&req.slug);
+        let build = || -> io::Result<()> {
+            fs::create_dir_all(stage.join("specs"))?;
+            fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
+            fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
+            fsutil::write_new(
+                &stage.join("specs").join("README.md"),
+                scaffold.specs_readme.as_bytes(),
+            )?;
+            fsutil::write_new(&stage.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
+            lock::write_initial(&stage, &lock)?;
+            fsutil::sync_parent(&stage.join("specs"))?;
+            self.fault("open.before_rename")?;
+            // The commit point: the change appears whole or not at all.
+            fsutil::rename_noreplace(&stage, &target)?;
+            self.own_writes.note(&target);
+            self.fault("open.after_rename")?;
+            fsutil::sync_parent(&target)
+        };
+        if let Err(e) = build() {
+            let _ = fs::remove_dir_all(&stage);
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                return Err(Error::Internal(format!("{ALREADY_EXISTS}: {}", req.slug)));
+            }
+            // After the rename the change exists and is complete; only durability
+            // of the rename is in doubt, which a retry (reopen) settles.
+            if target.join(lock::LOCK_FILE).exists() && !stage.exists() {
+                tracing::warn!(slug = %req.slug, error = %e, "change created; post-rename step failed");
+            } else {
+                return Err(Error::internal("scaffold change", e));
+            }
+        }
+        let summary = self.summarize_draft(&req.slug, &target)?;
+        self.emit(
+            EventKind::Opened,
+            req.slug.as_str(),
+            vec![
+                ResourceUri::proposal(req.slug.as_str()),
+                ResourceUri::tasks(req.slug.as_str()),
+            ],
+        );
+        Ok(Opened {
+            summary,
+            created: true,
+            lock,
+            takeover: None,
+            files: self.listed_files(&req.slug),
+        })
+    }
+
+    fn listed_files(&self, slug: &Slug) -> Vec<String> {
+        ["proposal.md", "tasks.md", "specs/README.md"]
+            .iter()
+            .map(|f| format!("changes/{slug}/{f}"))
+            .collect()
+    }
+
+    fn sweep_staging(&self) {
+        let Ok(entries) = fs::read_dir(&self.staging) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_STAGING);
+            if old {
+                tracing::warn!(path = %entry.path().display(), "removing leftover build-aside folder");
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    // ----- change.list -----
+
+    pub fn list_changes(
+        &self,
+        filter: StatusFilter,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<Page> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(page_token::decode(page_token, filter.as_str())?)
+        };
+        let mut keys: Vec<(String, Entry)> = Vec::new();
+        if filter != StatusFilter::Archived {
+            for slug in self.draft_slugs()? {
+                keys.push((format!("0:{slug}"), Entry::Draft(slug)));
+            }
+        }
+        if filter != StatusFilter::Draft {
+            for name in self.archive_names()? {
+                keys.push((format!("1:{name}"), Entry::Archived(name)));
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let total = keys.len();
+        let start = match &after {
+            Some(a) => keys.partition_point(|(k, _)| k <= a),
+            None => 0,
+        };
+        let page: Vec<_> = keys.iter().skip(start).take(page_size).collect();
+        let has_more = start + page.len() < total;
+        let mut items = Vec::with_capacity(page.len());
+        for (_, entry) in &page {
+            // A change removed or broken mid-listing is skipped rather than failing the page.
+            let summary = match entry {
+                Entry::Draft(slug) => self.summarize_draft(slug, &self.draft_dir(slug)),
+                Entry::Archived(name) => self.summarize_archived(name),
+            };
+            match summary {
+                Ok(s) => items.push(s),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable change in listing"),
+            }
+        }
+        let next_page_token = match (has_more, page.last()) {
+            (true, Some((key, _))) => Some(page_token::encode(filter.as_str(), key)),
+            _ => None,
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+            total,
+        })
+    }
+
+    fn draft_slugs(&self) -> Result<Vec<Slug>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.changes)
+            .map_err(|e| Error::internal("list changes", e))?
+            .flatten()
+        {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                && let Ok(slug) = Slug::parse(name)
+            {
+                out.push(slug);
+            }
+        }
+        Ok(out)
+    }
+
+    fn archive_names(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.archive)
+            .map_err(|e| Error::internal("list archive", e))?
+            .flatten()
+        {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                && archive_slug(name).is_some()
+            {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn summarize_draft(&self, slug: &Slug, dir: &Path) -> Result<Summary> {
+        let proposal = read_doc(dir, "proposal.md").ok().flatten();
+        let tasks = read_doc(dir, "tasks.md").ok().flatten();
+        Ok(Summary {
+            slug: slug.to_string(),
+            title: proposal
+                .as_deref()
+                .and_then(proposal::title)
+                .unwrap_or_else(|| slug.to_string()),
+            status: Status::Draft,
+            updated_at: updated_at(dir),
+            lock: lock::read(dir)?,
+            progress: tasks
+                .as_deref()
+                .map(|t| checklist::parse(t).progress())
+                .unwrap_or((0, 0)),
+            archive_name: None,
+        })
+    }
+
+    fn summarize_archived(&self, name: &str) -> Result<Summary> {
+        let dir = self.archive.join(name);
+        let slug = read_receipt(&dir)
+            .map(|r| r.slug)
+            .or_else(|| archive_slug(name).map(str::to_string));
+        let slug =
+            slug.ok_or_else(|| Error::Internal(format!("unrecognised archive folder {name}")))?;
+        let proposal = read_doc(&dir, "proposal.md").ok().flatten();
+        let tasks = read_doc(&dir, "tasks.md").ok().flatten();
+        Ok(Summary {
+            title: proposal
+                .as_deref()
+                .and_then(proposal::title)
+                .unwrap_or_else(|| slug.clone()),
+            slug,
+            status: Status::Archived,
+            updated_at: updated_at(&dir),
+            lock: None,
+            progress: tasks
+                .as_deref()
+                .map(|t| checklist::parse(t).progress())
+                .unwrap_or((0, 0)),
+            archive_name: Some(name.to_string()),
+        })
+    }
+
+    /// The newest archive folder of `slug`, if any.
+    fn latest_archive(&self, slug: &Slug) -> Result<Option<(String, PathBuf)>> {
+        let mut names: Vec<String> = self
+            .archive_names()?
+            .into_iter()
+            .filter(|n| archive_slug(n) == Some(slug.as_str()))
+            .collect();
+        names.sort();
+        Ok(names.pop().map(|n| {
+            let dir = self.archive.join(&n);
+            (n, dir)
+        }))
+    }
+
+    /// A draft's folder, else its newest archive's.
+    fn locate(&self, slug: &Slug) -> Result<(PathBuf, Summary)> {
+        if let Some(dir) = self.existing_draft(slug)? {
+            let summary = self.summarize_draft(slug, &dir)?;
+            return Ok((dir, summary));
+        }
+        match self.latest_archive(slug)? {
+            Some((name, dir)) => Ok((dir, self.summarize_archived(&name)?)),
+            None => Err(Error::ChangeNotFound {
+                slug: slug.to_string(),
+            }),
+        }
+    }
+
+    // ----- change.show -----
+
+    pub fn show_change(&self, slug: &Slug) -> Result<Shown> {
+        let (dir, summary) = self.locate(slug)?;
+        let proposal = read_doc_strict(&dir, "proposal.md")?.unwrap_or_default();
+        let tasks = read_doc_strict(&dir, "tasks.md")?
+            .map(|t| checklist::parse(&t).items)
+            .unwrap_or_default();
+        let mut deltas = Vec::new();
+        for (path, content) in read_spec_files(&dir.join("specs"))?.files {
+            if is_readme(&path) {
+                continue;
+            }
+            let (requirements, _) = specs::parse_delta(&content);
+            deltas.push(Delta {
+                path,
+                content,
+                requirements,
+            });
+        }
+        Ok(Shown {
+            summary,
+            proposal,
+            tasks,
+            deltas,
+        })
+    }
+
+    // ----- change.validate -----
+
+    pub fn validate_change(&self, slug: &Slug) -> Result<Vec<Finding>> {
+        let dir = self
+            .existing_draft(slug)?
+            .ok_or_else(|| Error::ChangeNotFound {
+                slug: slug.to_string(),
+            })?;
+        self.validate_dir(&dir)
+    }
+
+    fn validate_dir(&self, dir: &Path) -> Result<Vec<Finding>> {
+        let mut unreadable = Vec::new();
+        let mut doc = |name: &str| -> Result<Option<String>> {
+            match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)
+                .map_err(|e| Error::internal("read change file", e))?
+            {
+                TextRead::Text(t) => Ok(Some(t)),
+                TextRead::Missing => Ok(None),
+                other => {
+                    unreadable.push(unreadable_finding(name, &other));
+                    Ok(None)
+                }
+            }
+        };
+        let proposal = doc("proposal.md")?;
+        let tasks = doc("tasks.md")?;
+        let specs_dir = dir.join("specs");
+        let spec_read = read_spec_files(&specs_dir)?;
+        let files = ChangeFiles {
+            proposal,
+            tasks,
+            specs_dir: specs_dir.symlink_metadata().is_ok_and(|m| m.is_dir()),
+            spec_files: spec_read.files,
+        };
+        let mut findings: Vec<Finding> = validation::validate(&files)
+            .into_iter()
+            // A file we could not read is reported once, as unreadable, not also as missing.
+            .filter(|f| {
+                !(f.code.ends_with("_MISSING") && unreadable.iter().any(|u| u.file == f.file))
+            })
+            .collect();
+        findings.extend(unreadable);
+        findings.extend(spec_read.problems);
+        findings.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));
+        Ok(findings)
+    }
+
+    // ----- task.update -----
+
+    pub fn update_tasks(
+        &self,
+        slug: &Slug,
+        owner: &Owner,
+        updates: &[(String, bool)],
+    ) -> Result<(Vec<TaskItem>, Vec<String>)> {
+        let guard = self.slug_lock(slug);
+        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self
+            .existing_draft(slug)?
+            .ok_or_else(|| Error::ChangeNotFound {
+                slug: slug.to_string(),
+            })?;
+        let ttl = lock::read(&dir)?
+            .and_then(|l| Ttl::parse(l.ttl_seconds).ok())
+            .unwrap_or(Ttl::DEFAULT);
+        // Holding the lock is required; a free or expired lock is taken by the caller.
+        match lock::acquire(&dir, slug.as_str(), owner, ttl, now())? {
+            Acquired::TakenOver { lock, previous } => {
+                self.record_takeover(&dir, &previous, &lock)?
+            }
+            Acquired::New(_) | Acquired::Refreshed(_) => {}
+        }
+        self.own_writes.note(&dir.join(lock::LOCK_FILE));
+        let path = dir.join("tasks.md");
+        let text = read_doc_strict(&dir, "tasks.md")?.ok_or_else(|| Error::TaskNotFound {
+            slug: slug.to_string(),
+            id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
+        })?;
+        let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
+        if !changed.is_empty() {
+            fsutil::atomic_write(&path, new_text.as_bytes())
+                .map_err(|e| Error::internal("write tasks", e))?;
+            self.own_writes.note(&path);
+            self.emit(
+                EventKind::TasksUpdated,
+                slug.as_str(),
+                vec![ResourceUri::tasks(slug.as_str())],
+            );
+        }
+        Ok((checklist::parse(&new_text).items, changed))
+    }
+
+    // ----- change.archive -----
+
+    pub fn archive_change(
+        &self,
+        slug: &Slug,
+        actor: &Owner,
+        tests: Option<TestSummary>,
+        progress: &mut dyn FnMut(Step),
+    ) -> Result<Archived> {
+        const STEPS: u32 = 4;
+        let guard = self.slug_lock(slug);
+        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(dir) = self.existing_draft(slug)? else {
+            return match self.latest_archive(slug)? {
+                Some((_, archived)) => {
+                    let receipt = read_receipt(&archived).ok_or_else(|| {
+                        Error::Internal(format!("archive of {slug} has no readable receipt"))
+                    })?;
+                    // A crash between the move and the release leaves the lock inside.
+                    let _ = lock::release(&archived);
+                    Ok(Archived {
+                        receipt,
+                        already_archived: true,
+                        findings: vec![],
+                    })
+                }
+                None => Err(Error::ChangeNotFound {
+                    slug: slug.to_string(),
+                }),
+            };
+        };
+        if let Some(held) = lock::read(&dir)?
+            && held.is_live(now())
+            && held.owner != actor.as_str()
+        {
+            return Err(Error::LockedByOtherOwner {
+                slug: slug.to_string(),
+                holder: held.owner.clone(),
+                expires_at: held.expires_at(),
+            });
+        }
+        let findings = self.validate_dir(&dir)?;
+        if !validation::is_valid(&findings) {
+            return Err(Error::ValidationFailed {
+                slug: slug.to_string(),
+                findings: findings
+                    .iter()
+                    .filter(|f| f.severity == Severity::Error)
+                    .map(|f| FindingRef {
+                        code: f.code.to_string(),
+                        file: f.file.clone(),
+                        line: f.line,
+                        message: f.message.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        let warnings = findings.len();
+        progress(Step {
+            name: "validate",
+            message: format!("valid ({warnings} warning(s))"),
+            current: 1,
+            total: STEPS,
+        });
+
+        let archived_at = now();
+        let name = self.free_archive_name(slug, archived_at)?;
+        let target = self.archive.join(&name);
+        let meta = read_meta(&dir);
+        let activity = git::activity_since(&self.root, meta.opened_at);
+        let receipt = Receipt {
+            slug: slug.to_string(),
+            archived_at,
+            actor: actor.to_string(),
+            opened_at: meta.opened_at,
+            git: activity.repository,
+            commits: activity
+                .commits
+                .into_iter()
+                .map(|(sha, subject)| CommitRef { sha, subject })
+                .collect(),
+            files_touched: activity.files_touched,
+            tests,
+            archive_path: format!("changes/archive/{name}"),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let receipt_path = dir.join(RECEIPT_FILE);
+        let bytes = serde_json::to_vec_pretty(&receipt)
+            .map_err(|e| Error::internal("encode receipt", e))?;
+        fsutil::atomic_write(&receipt_path, &bytes)
+            .map_err(|e| Error::internal("write receipt", e))?;
+        self.own_writes.note(&receipt_path);
+        progress(Step {
+            name: "receipt",
+            message: format!(
+                "{} commit(s), {} file(s)",
+                receipt.commits.len(),
+                receipt.files_touched.len()
+            ),
+            current: 2,
+            total: STEPS,
+        });
+
+        // The commit point: one rename moves the change, its receipt and its lock.
+        let moved = self
+            .fault("archive.before_move")
+            .and_then(|()| fsutil::rename_noreplace(&dir, &target));
+        if let Err(e) = moved {
+            // Back to exactly the state before the call, so a retry starts clean.
+            let _ = fs::remove_file(&receipt_path);
+            return Err(Error::internal("move change to archive", e));
+        }
+        self.own_writes.note(&target);
+        let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
+        progress(Step {
+            name: "move",
+            message: receipt.archive_path.clone(),
+            current: 3,
+            total: STEPS,
+        });
+
+        if let Err(e) = self
+            .fault("archive.before_release")
+            .map_err(|e| Error::internal("release", e))
+            .and_then(|()| lock::release(&target))
+        {
+            // The change is archived; the stray lock inside the archive is ignored
+            // and removed by the next archive call for this slug.
+            tracing::warn!(slug = %slug, error = %e, "archived but lock not released");
+        }
+        progress(Step {
+            name: "release",
+            message: "lock released".into(),
+            current: 4,
+            total: STEPS,
+        });
+        self.emit(
+            EventKind::Archived,
+            slug.as_str(),
+            vec![ResourceUri::receipt(slug.as_str())],
+        );
+        let findings = findings
+            .into_iter()
+            .filter(|f| f.severity != Severity::Error)
+            .collect();
+        Ok(Archived {
+            receipt,
+            already_archived: false,
+            findings,
+        })
+    }
+
+    fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime) -> Result<String> {
+        let date = at.date();
+        let base = format!(
+            "{:04}-{:02}-{:02}-{slug}",
+            date.year(),
+            u8::from(date.month()),
+            date.day()
+        );
+        // A slug reopened and archived again the same day gets a numbered folder;
+        // the receipt inside keeps the real slug.
+        for n in 1..1000 {
+            let name = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            if self.archive.join(&name).symlink_metadata().is_err() {
+                return Ok(name);
+            }
+        }
+        Err(Error::Internal(format!("no free archive name for {slug}")))
+    }
+
+    // ----- resources -----
+
+    pub fn read_resource(&self, uri: &ResourceUri, raw: &str) -> Result<Resource> {
+        let not_found = || Error::ResourceNotFound {
+            uri: raw.to_string(),
+        };
+        let (path, mime) = match uri {
+            ResourceUri::Active => {
+                let page = self.list_changes(StatusFilter::Draft, 50, "")?;
+                let bytes = serde_json::to_vec_pretty(&active_json(&page))
+                    .map_err(|e| Error::internal("encode changes://active", e))?;
+                return Ok(Resource {
+                    mime_type: "application/json",
+                    bytes,
+                });
+            }
+            ResourceUri::Proposal(slug) => {
+                (self.locate(slug)?.0.join("proposal.md"), "text/markdown")
+            }
+            ResourceUri::Tasks(slug) => (self.locate(slug)?.0.join("tasks.md"), "text/markdown"),
+            ResourceUri::Delta(slug, rel) => {
+                let specs = self.locate(slug)?.0.join("specs");
+                (paths::resolve_inside(&specs, rel)?, "text/markdown")
+            }
+            ResourceUri::Receipt(slug) => {
+                let (_, dir) = self.latest_archive(slug)?.ok_or_else(not_found)?;
+                (dir.join(RECEIPT_FILE), "application/json")
+            }
+        };
+        let meta = match path.symlink_metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(m) if m.file_type().is_symlink() => {
+                // Only reachable for proposal/tasks: delta paths were resolved above.
+                return Err(Error::InvalidPath {
+                    value: raw.to_string(),
+                    why: "is a symbolic link",
+                });
+            }
+            _ => return Err(not_found()),
+        };
+        if meta.len() > self.max_resource_bytes {
+            return Err(Error::ResourceTooLarge {
+                uri: raw.to_string(),
+                size: meta.len(),
+                limit: self.max_resource_bytes,
+            });
+        }
+        let bytes = fs::read(&path).map_err(|e| Error::internal("read resource", e))?;
+        Ok(Resource {
+            mime_type: mime,
+            bytes,
+        })
+    }
+
+    pub fn list_resources(&self, only: Option<&Slug>) -> Result<Vec<ResourceEntry>> {
+        let mut out = Vec::new();
+        if only.is_none() {
+            out.push(ResourceEntry {
+                uri: crate::domain::uri::ACTIVE.into(),
+                name: "Active changes".into(),
+                mime_type: "application/json",
+                size: 0,
+            });
+        }
+        let slugs = match only {
+            Some(s) => vec![s.clone()],
+            None => self.draft_slugs()?,
+        };
+        for slug in slugs {
+            let Some(dir) = self.existing_draft(&slug)? else {
+                continue;
+            };
+            let size = |p: &Path| p.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(ResourceEntry {
+                uri: ResourceUri::proposal(slug.as_str()),
+                name: format!("{slug} proposal"),
+                mime_type: "text/markdown",
+                size: size(&dir.join("proposal.md")),
+            });
+            out.push(ResourceEntry {
+                uri: ResourceUri::tasks(slug.as_str()),
+                name: format!("{slug} tasks"),
+                mime_type: "text/markdown",
+                size: size(&dir.join("tasks.md")),
+            });
+            for (path, content) in read_spec_files(&dir.join("specs"))?.files {
+                out.push(ResourceEntry {
+                    uri: ResourceUri::delta(slug.as_str(), &path),
+                    name: format!("{slug} spec {path}"),
+                    mime_type: "text/markdown",
+                    size: content.len() as u64,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.uri.cmp(&b.uri));
+        Ok(out)
+    }
+
+    /// Classifies a path seen by the watcher, relative to `changes/`.
+    pub(crate) fn classify(&self, path: &Path) -> Option<(EventKind, String, Vec<String>)> {
+        let rel = path.strip_prefix(&self.changes).ok()?;
+        let mut parts = rel.components().filter_map(|c| c.as_os_str().to_str());
+        let first = parts.next()?;
+        if first == "archive" {
+            let name = parts.next()?;
+            let slug = archive_slug(name)?;
+            return Some((
+                EventKind::Archived,
+                slug.to_string(),
+                vec![format!("change://{slug}/receipt")],
+            ));
+        }
+        let slug = Slug::parse(first).ok()?;
+        let rest: Vec<&str> = parts.collect();
+        if rest.iter().any(|p| p.starts_with('.')) {
+            return None; // our bookkeeping and temp files
+        }
+        Some(match rest.as_slice() {
+            [] => (
+                EventKind::Opened,
+                slug.to_string(),
+                vec![ResourceUri::proposal(slug.as_str())],
+            ),
+            ["tasks.md"] => (
+                EventKind::TasksUpdated,
+                slug.to_string(),
+                vec![ResourceUri::tasks(slug.as_str())],
+            ),
+            ["proposal.md"] => (
+                EventKind::Updated,
+                slug.to_string(),
+                vec![ResourceUri::proposal(slug.as_str())],
+            ),
+            ["specs", tail @ ..] if !tail.is_empty() => (
+                EventKind::Updated,
+                slug.to_string(),
+                vec![ResourceUri::delta(slug.as_str(), &tail.join("/"))],
+            ),
+            _ => (EventKind::Updated, slug.to_string(), vec![]),
+        })
+    }
+
+    pub(crate) fn changes_dir(&self) -> &Path {
+        &self.changes
+    }
+
+    pub(crate) fn own_writes(&self) -> &watch::OwnWrites {
+        &self.own_writes
+    }
+
+    pub(crate) fn sender(&self) -> &broadcast::Sender<Event> {
+        &self.events
+    }
+}
+
+const ALREADY_EXISTS: &str = "change already exists";
+
+enum Entry {
+    Draft(Slug),
+    Archived(String),
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// The slug of an archive folder `YYYY-MM-DD-<slug>` (ignoring a `-N` suffix is
+/// not attempted: the receipt is authoritative when present).
+fn archive_slug(name: &str) -> Option<&str> {
+    let b = name.as_bytes();
+    let dated = b.len() > 11
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && b[10] == b'-';
+    if !dated {
+        return None;
+    }
+    let slug = &name[11..];
+    Slug::parse(slug).ok().map(|_| slug)
+}
+
+fn read_receipt(dir: &Path) -> Option<Receipt> {
+    let bytes = fs::read(dir.join(RECEIPT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn read_meta(dir: &Path) -> Meta {
+    fs::read(dir.join(META_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn read_doc(dir: &Path, name: &str) -> io::Result<Option<String>> {
+    match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)? {
+        TextRead::Text(t) => Ok(Some(t)),
+        _ => Ok(None),
+    }
+}
+
+/// Like `read_doc`, but an oversized or non-text file is an error the client sees.
+fn read_doc_strict(dir: &Path, name: &str) -> Result<Option<String>> {
+    match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)
+        .map_err(|e| Error::internal("read change file", e))?
+    {
+        TextRead::Text(t) => Ok(Some(t)),
+        TextRead::Missing => Ok(None),
+        TextRead::TooLarge(size) => Err(Error::ResourceTooLarge {
+            uri: name.to_string(),
+            size,
+            limit: MAX_DOC_BYTES,
+        }),
+        TextRead::NotText | TextRead::NotRegular => Err(Error::InvalidPath {
+            value: name.to_string(),
+            why: "is not a regular UTF-8 text file",
+        }),
+    }
+}
+
+fn unreadable_finding(name: &str, read: &TextRead) -> Finding {
+    let message = match read {
+        TextRead::TooLarge(size) => format!("{size} bytes is over the {MAX_DOC_BYTES} byte limit"),
+        TextRead::NotRegular => {
+            "is not a regular file (symbolic links and folders are not followed)".into()
+        }
+        _ => "is not UTF-8 text".into(),
+    };
+    Finding {
+        code: "FILE_UNREADABLE",
+        severity: Severity::Error,
+        file: name.to_string(),
+        line: 0,
+        message,
+    }
+}
+
+fn is_readme(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|f| f.eq_ignore_ascii_case("readme.md"))
+}
+
+struct SpecRead {
+    files: Vec<(String, String)>,
+    problems: Vec<Finding>,
+}
+
+/// Every `*.md` under `specs/` (depth-limited, symlinks not followed), as
+/// `(path relative to specs/, text)` sorted by path.
+fn read_spec_files(specs: &Path) -> Result<SpecRead> {
+    let mut out = SpecRead {
+        files: Vec::new(),
+        problems: Vec::new(),
+    };
+    if !specs.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Ok(out);
+    }
+    let mut stack = vec![(specs.to_path_buf(), String::new(), 0usize)];
+    while let Some((dir, prefix, depth)) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(|e| Error::internal("list specs", e))?;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && depth < 6 {
+                stack.push((entry.path(), rel, depth + 1));
+            } else if kind.is_file() && name.ends_with(".md") {
+                if out.files.len() >= MAX_SPEC_FILES {
+                    continue;
+                }
+                match fsutil::read_text_capped(&entry.path(), MAX_DOC_BYTES)
+                    .map_err(|e| Error::internal("read spec", e))?
+                {
+                    TextRead::Text(t) => out.files.push((rel, t)),
+                    other => out
+                        .problems
+                        .push(unreadable_finding(&format!("specs/{rel}"), &other)),
+                }
+            }
+        }
+    }
+    out.files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn updated_at(dir: &Path) -> OffsetDateTime {
+    ["", "proposal.md", "tasks.md", "specs"]
+        .iter()
+        .filter_map(|f| dir.join(f).metadata().and_then(|m| m.modified()).ok())
+        .max()
+        .map(OffsetDateTime::from)
+        .unwrap_or_else(now)
+}
+
+fn active_json(page: &Page) -> serde_json::Value {
+    let items: Vec<_> = page
+        .items
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "slug": s.slug,
+                "title": s.title,
+                "status": "draft",
+                "updatedAt": crate::error::fmt_time(s.updated_at),
+                "lockHolder": s.lock.as_ref().map(|l| l.owner.clone()),
+                "progress": {"done": s.progress.0, "total": s.progress.1},
+                "uri": ResourceUri::proposal(&s.slug),
+            })
+        })
+        .collect();
+    serde_json::json!({"changes": items, "total": page.total, "nextPageToken": page.next_page_token})
+}
