@@ -20,6 +20,10 @@ use crate::{
     workspace::{Workspace, watch::WatchGuard},
 };
 
+/// Largest request message accepted; the biggest legitimate one (500 task
+/// updates, or an 8 KiB rationale) is far below it.
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(
@@ -157,14 +161,23 @@ impl Application {
             .layer(layers::RateLimitLayer::new(self.limiter.clone()));
 
         let server = Server::builder()
+            // Bounded per connection, and dead peers are noticed instead of held forever.
+            .max_concurrent_streams(Some(1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ChangesServer::new(ChangesService::new(self.state.clone())))
-            .add_service(ResourcesServer::new(ResourcesService::new(
-                self.state.clone(),
-            )));
+            .add_service(
+                ChangesServer::new(ChangesService::new(self.state.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                ResourcesServer::new(ResourcesService::new(self.state.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            );
 
         tracing::info!(
             grpc_addr = %self.grpc_addr,

@@ -40,38 +40,8 @@ impl Resources for ResourcesService {
         let ws = self.state.workspace.clone();
         let raw_for_read = raw.clone();
         let resource = blocking(move || ws.read_resource(&uri, &raw_for_read)).await?;
-        let total = resource.bytes.len() as u64;
-        let mime = resource.mime_type;
-        let mut chunks: Vec<pb::ResourceChunk> = resource
-            .bytes
-            .chunks(CHUNK_BYTES)
-            .scan(0u64, |offset, chunk| {
-                let at = *offset;
-                *offset += chunk.len() as u64;
-                Some(pb::ResourceChunk {
-                    uri: raw.clone(),
-                    mime_type: mime.to_string(),
-                    data: chunk.to_vec(),
-                    offset: at,
-                    total_size: total,
-                    last: false,
-                })
-            })
-            .collect();
-        if chunks.is_empty() {
-            // An empty resource is still one (empty, last) chunk so clients see its type.
-            chunks.push(pb::ResourceChunk {
-                uri: raw,
-                mime_type: mime.to_string(),
-                data: vec![],
-                offset: 0,
-                total_size: 0,
-                last: false,
-            });
-        }
-        if let Some(last) = chunks.last_mut() {
-            last.last = true;
-        }
+        // An empty resource is still one (empty, last) chunk so clients see its type.
+        let chunks = chunk(&raw, resource.mime_type, resource.bytes);
         Ok(Response::new(Box::pin(tokio_stream::iter(
             chunks.into_iter().map(Ok),
         ))))
@@ -139,5 +109,80 @@ impl Resources for ResourcesService {
             }
         };
         Ok(Response::new(Box::pin(until_drain)))
+    }
+}
+
+/// Splits a resource into chunks of at most `CHUNK_BYTES`; UTF-8 text is split
+/// on character boundaries so that every chunk is valid text on its own.
+fn chunk(uri: &str, mime: &str, bytes: Vec<u8>) -> Vec<pb::ResourceChunk> {
+    use pb::resource_chunk::Content;
+    let total = bytes.len() as u64;
+    let make = |offset: usize, content: Content| pb::ResourceChunk {
+        uri: uri.to_string(),
+        mime_type: mime.to_string(),
+        content: Some(content),
+        offset: offset as u64,
+        total_size: total,
+        last: false,
+    };
+    let mut chunks = Vec::new();
+    match String::from_utf8(bytes) {
+        Ok(text) => {
+            let mut start = 0;
+            loop {
+                let mut end = (start + CHUNK_BYTES).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                chunks.push(make(start, Content::Text(text[start..end].to_string())));
+                start = end;
+                if start >= text.len() {
+                    break;
+                }
+            }
+        }
+        Err(not_text) => {
+            let bytes = not_text.into_bytes();
+            for (i, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
+                chunks.push(make(i * CHUNK_BYTES, Content::Blob(piece.to_vec())));
+            }
+        }
+    }
+    if let Some(last) = chunks.last_mut() {
+        last.last = true;
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::resource_chunk::Content;
+
+    #[test]
+    fn text_is_split_on_char_boundaries_and_reassembles() {
+        // Two bytes a char and an odd offset: chunk ends never align with char ends.
+        let text = format!("x{}", "é".repeat(CHUNK_BYTES));
+        let chunks = chunk("u", "text/markdown", text.clone().into_bytes());
+        assert!(chunks.len() >= 2);
+        let mut joined = String::new();
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.offset as usize, joined.len());
+            assert_eq!(c.last, i == chunks.len() - 1);
+            match &c.content {
+                Some(Content::Text(t)) => joined.push_str(t),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+        assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn empty_and_binary_resources() {
+        let empty = chunk("u", "text/markdown", Vec::new());
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].last);
+        let binary = chunk("u", "application/octet-stream", vec![0xff; 10]);
+        assert!(matches!(binary[0].content, Some(Content::Blob(ref b)) if b.len() == 10));
     }
 }

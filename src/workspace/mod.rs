@@ -1280,3 +1280,6 @@ fn active_json(page: &Page) -> serde_json::Value {
         .collect();
     serde_json::json!({"changes": items, "total": page.total, "nextPageToken": page.next_page_token})
 }
+
+#[cfg(test)]
+mod tests;
