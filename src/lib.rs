@@ -2,6 +2,8 @@
 pub mod domain;
 pub mod error;
 
+/// Generated from `proto/taskmcp/v1`.
+#[allow(clippy::large_enum_variant)]
 pub mod pb {
     tonic::include_proto!("taskmcp.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] =
