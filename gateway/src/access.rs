@@ -1,0 +1,34 @@
+//! Who may call, and how often. The gateway asks; the embedding binary answers
+//! with the same token set and buckets the gRPC service uses, so both faces
+//! admit exactly the same callers.
+
+/// The outcome of admitting one HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead as this principal.
+    Allowed { principal: String },
+    /// No or wrong bearer token: 401 with `WWW-Authenticate`.
+    Unauthenticated,
+    /// Over the principal's rate: 429 with `Retry-After` (seconds, rounded up).
+    RateLimited { retry_after: std::time::Duration },
+}
+
+pub trait Access: Send + Sync + 'static {
+    /// Checks the `Authorization` header value and the principal's rate limit.
+    fn admit(&self, authorization: Option<&str>) -> Admission;
+    /// Whether tokens are configured (with none, every caller is `anonymous`).
+    fn auth_enabled(&self) -> bool;
+}
+
+/// Admits everyone as `anonymous`, unlimited. For tests and fixtures.
+pub struct OpenAccess;
+
+impl Access for OpenAccess {
+    fn admit(&self, _authorization: Option<&str>) -> Admission {
+        Admission::Allowed { principal: "anonymous".into() }
+    }
+
+    fn auth_enabled(&self) -> bool {
+        false
+    }
+}

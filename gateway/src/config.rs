@@ -1,0 +1,51 @@
+//! Gateway settings. The binary maps its flags onto this struct; defaults here
+//! are the documented defaults.
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `serverInfo.name` / `server/discover` identity.
+    pub server_name: String,
+    pub server_version: String,
+    /// Origins allowed by the DNS-rebinding check and CORS (exact match, e.g.
+    /// `http://localhost:6274`). Requests without `Origin` are allowed.
+    pub allowed_origins: Vec<String>,
+    /// Host header values allowed (host or host:port). Empty means: loopback names only
+    /// (`localhost`, `127.0.0.1`, `[::1]`) on any port.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Live MCP sessions at most (503 + Retry-After beyond).
+    pub max_sessions: usize,
+    /// A session unused this long is closed (404 afterwards).
+    pub session_idle_timeout: Duration,
+    /// Open SSE streams at most, over all sessions (503 + Retry-After beyond).
+    pub max_streams: usize,
+    /// Events kept per stream for `Last-Event-ID` resumption.
+    pub event_store_capacity: usize,
+    /// Interval of `:` keep-alive comments on idle SSE streams.
+    pub sse_keepalive: Duration,
+    /// The `retry:` hint sent to SSE clients, in milliseconds.
+    pub sse_retry: Duration,
+    /// Serve the MCP conformance suite's fixture tools, resources and prompts.
+    pub conformance_fixtures: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            server_name: "task-mcp".into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_sessions: 10_000,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            max_streams: 10_000,
+            event_store_capacity: 256,
+            sse_keepalive: Duration::from_secs(15),
+            sse_retry: Duration::from_millis(1000),
+            conformance_fixtures: false,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The gateway: MCP clients (Streamable HTTP of every era, legacy HTTP+SSE) and
+//! plain HTTP/JSON clients in front of the gRPC service. It never touches the
+//! workspace; it learns the tools from the protobuf descriptors and transcodes
+//! JSON to protobuf and back, so an RPC added to the service needs no edit here.
+pub mod access;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod mcp;
+pub mod rest;
+pub mod schema;
+pub mod security;
+pub mod upstream;
+
+pub use access::{Access, Admission};
+pub use app::{AppState, router};
+pub use config::GatewayConfig;
+
+/// Generated from `../proto` (clients only).
+#[allow(clippy::large_enum_variant)]
+pub mod pb {
+    tonic::include_proto!("taskmcp.v1");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskmcp_descriptor");
+}
