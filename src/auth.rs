@@ -38,10 +38,7 @@ pub struct Tokens(Vec<Entry>);
 #[derive(Debug, thiserror::Error)]
 pub enum TokenConfigError {
     #[error("reading token file {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
     #[error("empty token in {origin}")]
     Empty { origin: String },
 }
@@ -54,15 +51,9 @@ impl Tokens {
             tokens.add(spec, "--auth-token")?;
         }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| TokenConfigError::File {
-                path: path.display().to_string(),
-                source,
-            })?;
-            for line in text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| TokenConfigError::File { path: path.display().to_string(), source })?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
                 tokens.add(line, &path.display().to_string())?;
             }
         }
@@ -76,17 +67,12 @@ impl Tokens {
             _ => (None, spec),
         };
         if token.is_empty() {
-            return Err(TokenConfigError::Empty {
-                origin: origin.to_string(),
-            });
+            return Err(TokenConfigError::Empty { origin: origin.to_string() });
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Unnamed tokens get a name derived from the digest, never from the token itself.
         let name = name.unwrap_or_else(|| format!("token-{}", hex8(&digest)));
-        self.0.push(Entry {
-            digest,
-            principal: Principal(name),
-        });
+        self.0.push(Entry { digest, principal: Principal(name) });
         Ok(())
     }
 
@@ -99,10 +85,7 @@ impl Tokens {
         if self.0.is_empty() {
             return Some(Principal::anonymous());
         }
-        let token = header?
-            .strip_prefix("Bearer ")
-            .or_else(|| header?.strip_prefix("bearer "))?
-            .trim();
+        let token = header?.strip_prefix("Bearer ").or_else(|| header?.strip_prefix("bearer "))?.trim();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every entry without an early exit, so timing does not
         // reveal which (or whether an earlier) entry matched.
@@ -126,30 +109,18 @@ mod tests {
 
     #[test]
     fn named_and_unnamed_tokens() {
-        let t = Tokens::from_config(&["alice=s3cret-alice".into(), "plain-token".into()], None)
-            .unwrap();
-        assert_eq!(
-            t.authenticate(Some("Bearer s3cret-alice"))
-                .unwrap()
-                .as_str(),
-            "alice"
-        );
+        let t = Tokens::from_config(&["alice=s3cret-alice".into(), "plain-token".into()], None).unwrap();
+        assert_eq!(t.authenticate(Some("Bearer s3cret-alice")).unwrap().as_str(), "alice");
         let p = t.authenticate(Some("Bearer plain-token")).unwrap();
         assert!(p.as_str().starts_with("token-") && !p.as_str().contains("plain"));
         assert!(t.authenticate(Some("Bearer nope")).is_none());
-        assert!(
-            t.authenticate(Some("s3cret-alice")).is_none(),
-            "scheme is required"
-        );
+        assert!(t.authenticate(Some("s3cret-alice")).is_none(), "scheme is required");
         assert!(t.authenticate(None).is_none());
     }
 
     #[test]
     fn no_tokens_means_anonymous() {
-        assert_eq!(
-            Tokens::default().authenticate(None),
-            Some(Principal::anonymous())
-        );
+        assert_eq!(Tokens::default().authenticate(None), Some(Principal::anonymous()));
     }
 
     #[test]
@@ -158,10 +129,7 @@ mod tests {
         let path = dir.path().join("tokens");
         std::fs::write(&path, "# ops\nbob=abc123\n\n").unwrap();
         let t = Tokens::from_config(&[], Some(&path)).unwrap();
-        assert_eq!(
-            t.authenticate(Some("Bearer abc123")).unwrap().as_str(),
-            "bob"
-        );
+        assert_eq!(t.authenticate(Some("Bearer abc123")).unwrap().as_str(), "bob");
         assert!(Tokens::from_config(&["name=".into()], None).is_err());
     }
 }

@@ -5,11 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "task-mcp",
-    version,
-    about = "Spec-driven change management for AI agents, over gRPC and MCP"
-)]
+#[command(name = "task-mcp", version, about = "Spec-driven change management for AI agents, over gRPC and MCP")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,39 +28,19 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// The OpenSpec directory (changes live in <DIR>/changes). Created on first use.
-    #[arg(
-        long,
-        env = "TASK_MCP_WORKSPACE",
-        default_value = "./openspec",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "TASK_MCP_WORKSPACE", default_value = "./openspec", value_name = "DIR")]
     pub workspace: PathBuf,
 
     /// gRPC listen address; port 0 picks a free port.
-    #[arg(
-        long,
-        env = "TASK_MCP_GRPC_LISTEN",
-        default_value = "127.0.0.1:50051",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "TASK_MCP_GRPC_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
     pub grpc_listen: SocketAddr,
 
     /// HTTP listen address of the MCP gateway (served from the gateway release on).
-    #[arg(
-        long,
-        env = "TASK_MCP_HTTP_LISTEN",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "TASK_MCP_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub http_listen: SocketAddr,
 
     /// Listen address of the Prometheus metrics endpoint (served from the telemetry release on).
-    #[arg(
-        long,
-        env = "TASK_MCP_METRICS_LISTEN",
-        default_value = "127.0.0.1:9464",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "TASK_MCP_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
 
     /// Accepted bearer token, `TOKEN` or `NAME=TOKEN` (NAME becomes the principal).
@@ -87,30 +63,15 @@ pub struct Settings {
     pub allow_unauthenticated_public: bool,
 
     /// Sustained calls per second per principal; 0 disables rate limiting.
-    #[arg(
-        long,
-        env = "TASK_MCP_RATE_LIMIT_PER_SECOND",
-        default_value_t = 50,
-        value_name = "N"
-    )]
+    #[arg(long, env = "TASK_MCP_RATE_LIMIT_PER_SECOND", default_value_t = 50, value_name = "N")]
     pub rate_limit_per_second: u32,
 
     /// Calls a principal may make at once before the sustained rate applies.
-    #[arg(
-        long,
-        env = "TASK_MCP_RATE_LIMIT_BURST",
-        default_value_t = 100,
-        value_name = "N"
-    )]
+    #[arg(long, env = "TASK_MCP_RATE_LIMIT_BURST", default_value_t = 100, value_name = "N")]
     pub rate_limit_burst: u32,
 
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
-    #[arg(
-        long,
-        env = "TASK_MCP_SHUTDOWN_GRACE_SECONDS",
-        default_value_t = 10,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_name = "SECONDS")]
     pub shutdown_grace_seconds: u64,
 
     /// Largest resource ReadResource serves, in bytes.
@@ -158,14 +119,7 @@ mod tests {
 
     #[test]
     fn repeated_tokens_and_public_addr() {
-        let s = parse(&[
-            "--auth-token",
-            "a=1",
-            "--auth-token",
-            "b=2",
-            "--grpc-listen",
-            "0.0.0.0:0",
-        ]);
+        let s = parse(&["--auth-token", "a=1", "--auth-token", "b=2", "--grpc-listen", "0.0.0.0:0"]);
         assert_eq!(s.auth_tokens.len(), 2);
         assert_eq!(s.public_addrs().len(), 1);
     }

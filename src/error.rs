@@ -21,40 +21,29 @@ pub struct FindingRef {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid slug {value:?}: {why}")]
+    #[error("invalid slug {:?}: {why}", truncate(value))]
     InvalidSlug { value: String, why: &'static str },
     #[error("invalid {field}: {why}")]
     InvalidArgument { field: &'static str, why: String },
-    #[error("invalid path {value:?}: {why}")]
+    #[error("invalid path {:?}: {why}", truncate(value))]
     InvalidPath { value: String, why: &'static str },
-    #[error("invalid resource URI {value:?}: {why}")]
+    #[error("invalid resource URI {:?}: {why}", truncate(value))]
     InvalidUri { value: String, why: &'static str },
     #[error("invalid page token")]
     InvalidPageToken,
     #[error("{field} is too large: {size} > {limit}")]
-    TooLarge {
-        field: &'static str,
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { field: &'static str, size: usize, limit: usize },
     #[error("change {slug:?} not found")]
     ChangeNotFound { slug: String },
-    #[error("task {id:?} not found in change {slug:?}")]
+    #[error("task {:?} not found in change {slug:?}", truncate(id))]
     TaskNotFound { slug: String, id: String },
-    #[error("resource {uri:?} not found")]
+    #[error("resource {:?} not found", truncate(uri))]
     ResourceNotFound { uri: String },
     #[error("change {slug:?} is locked by {holder:?} until {}", fmt_time(*expires_at))]
-    LockedByOtherOwner {
-        slug: String,
-        holder: String,
-        expires_at: OffsetDateTime,
-    },
+    LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
     #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
-    ValidationFailed {
-        slug: String,
-        findings: Vec<FindingRef>,
-    },
-    #[error("resource {uri:?} is {size} bytes, over the {limit} byte cap")]
+    ValidationFailed { slug: String, findings: Vec<FindingRef> },
+    #[error("resource {:?} is {size} bytes, over the {limit} byte cap", truncate(uri))]
     ResourceTooLarge { uri: String, size: u64, limit: u64 },
     #[error("missing or invalid bearer token")]
     Unauthenticated,
@@ -69,10 +58,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, why: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            field,
-            why: why.into(),
-        }
+        Error::InvalidArgument { field, why: why.into() }
     }
 
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
@@ -109,14 +95,12 @@ impl Error {
             | Error::InvalidUri { .. }
             | Error::InvalidPageToken
             | Error::TooLarge { .. } => Code::InvalidArgument,
-            Error::ChangeNotFound { .. }
-            | Error::TaskNotFound { .. }
-            | Error::ResourceNotFound { .. } => Code::NotFound,
+            Error::ChangeNotFound { .. } | Error::TaskNotFound { .. } | Error::ResourceNotFound { .. } => {
+                Code::NotFound
+            }
             // A concurrency conflict the caller resolves by waiting or picking another slug.
             Error::LockedByOtherOwner { .. } => Code::Aborted,
-            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
@@ -139,36 +123,23 @@ impl Error {
                 vec![kv("field", "uri".into()), kv("value", truncate(value))]
             }
             Error::InvalidPageToken => vec![kv("field", "page_token".into())],
-            Error::TooLarge { field, size, limit } => vec![
-                kv("field", field.to_string()),
-                kv("size", size.to_string()),
-                kv("limit", limit.to_string()),
-            ],
+            Error::TooLarge { field, size, limit } => {
+                vec![kv("field", field.to_string()), kv("size", size.to_string()), kv("limit", limit.to_string())]
+            }
             Error::ChangeNotFound { slug } => vec![kv("slug", slug.clone())],
             Error::TaskNotFound { slug, id } => {
                 vec![kv("slug", slug.clone()), kv("task_id", truncate(id))]
             }
             Error::ResourceNotFound { uri } => vec![kv("uri", truncate(uri))],
-            Error::LockedByOtherOwner {
-                slug,
-                holder,
-                expires_at,
-            } => vec![
-                kv("slug", slug.clone()),
-                kv("holder", holder.clone()),
-                kv("expires_at", fmt_time(*expires_at)),
-            ],
-            Error::ValidationFailed { slug, findings } => {
-                vec![
-                    kv("slug", slug.clone()),
-                    kv("errors", findings.len().to_string()),
-                ]
+            Error::LockedByOtherOwner { slug, holder, expires_at } => {
+                vec![kv("slug", slug.clone()), kv("holder", holder.clone()), kv("expires_at", fmt_time(*expires_at))]
             }
-            Error::ResourceTooLarge { uri, size, limit } => vec![
-                kv("uri", truncate(uri)),
-                kv("size", size.to_string()),
-                kv("limit", limit.to_string()),
-            ],
+            Error::ValidationFailed { slug, findings } => {
+                vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
+            }
+            Error::ResourceTooLarge { uri, size, limit } => {
+                vec![kv("uri", truncate(uri)), kv("size", size.to_string()), kv("limit", limit.to_string())]
+            }
             Error::RateLimited { retry_after } => {
                 vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
             }
@@ -190,9 +161,7 @@ impl Error {
         let mut details = ErrorDetails::with_error_info(
             self.reason(),
             ERROR_DOMAIN,
-            self.metadata()
-                .into_iter()
-                .collect::<std::collections::HashMap<_, _>>(),
+            self.metadata().into_iter().collect::<std::collections::HashMap<_, _>>(),
         );
         match &self {
             Error::InvalidSlug { why, .. } => {
@@ -212,16 +181,8 @@ impl Error {
             }
             Error::ValidationFailed { findings, .. } => {
                 for f in findings {
-                    let subject = if f.line > 0 {
-                        format!("{}:{}", f.file, f.line)
-                    } else {
-                        f.file.clone()
-                    };
-                    details.add_precondition_failure_violation(
-                        f.code.clone(),
-                        subject,
-                        f.message.clone(),
-                    );
+                    let subject = if f.line > 0 { format!("{}:{}", f.file, f.line) } else { f.file.clone() };
+                    details.add_precondition_failure_violation(f.code.clone(), subject, f.message.clone());
                 }
             }
             Error::RateLimited { retry_after } => {
@@ -242,8 +203,7 @@ impl From<Error> for Status {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Metadata values echo client input; keep them short so an error stays small.
@@ -274,10 +234,7 @@ mod tests {
         assert_eq!(status.code(), Code::Aborted);
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.reason, "LOCKED_BY_OTHER_OWNER");
-        assert_eq!(
-            info.metadata.get("holder").map(String::as_str),
-            Some("alice")
-        );
+        assert_eq!(info.metadata.get("holder").map(String::as_str), Some("alice"));
     }
 
     #[test]
@@ -289,10 +246,7 @@ mod tests {
 
     #[test]
     fn rate_limit_carries_retry_info() {
-        let status = Error::RateLimited {
-            retry_after: Duration::from_millis(1500),
-        }
-        .into_status();
+        let status = Error::RateLimited { retry_after: Duration::from_millis(1500) }.into_status();
         assert_eq!(status.code(), Code::ResourceExhausted);
         let retry = status.get_details_retry_info().expect("retry info");
         assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));

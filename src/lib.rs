@@ -6,8 +6,7 @@ pub mod error;
 #[allow(clippy::large_enum_variant)]
 pub mod pb {
     tonic::include_proto!("taskmcp.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("taskmcp_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskmcp_descriptor");
 }
 pub mod auth;
 pub mod config;

@@ -17,10 +17,7 @@ impl RateLimiter {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
             governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        RateLimiter {
-            limiter,
-            clock: DefaultClock::default(),
-        }
+        RateLimiter { limiter, clock: DefaultClock::default() }
     }
 
     /// `Err(wait)` when the principal must wait before its next call.

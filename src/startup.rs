@@ -6,6 +6,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 use tower_http::{
+    classify::GrpcFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -36,10 +37,7 @@ pub enum StartupError {
     #[error("workspace: {0}")]
     Workspace(Error),
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -59,46 +57,34 @@ pub struct Application {
 impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let tokens =
-            Tokens::from_config(&settings.auth_tokens, settings.auth_token_file.as_deref())?;
+        let tokens = Tokens::from_config(&settings.auth_tokens, settings.auth_token_file.as_deref())?;
         if tokens.is_empty() {
             let public = settings.public_addrs();
-            if !public.is_empty() && !settings.allow_unauthenticated_public {
-                let addrs = public
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+            if public.is_empty() {
+                tracing::warn!("no auth tokens configured: every caller is `anonymous`; listening on loopback only");
+            } else if settings.allow_unauthenticated_public {
+                tracing::warn!(
+                    ?public,
+                    "no auth tokens configured and listening publicly (--allow-unauthenticated-public)"
+                );
+            } else {
+                let addrs = public.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
                 return Err(StartupError::PublicWithoutAuth { addrs });
             }
-            tracing::warn!(
-                "no auth tokens configured: every caller is `anonymous`; listening on loopback only"
-            );
         }
-        let workspace = Workspace::open(&settings.workspace, settings.max_resource_bytes)
-            .map_err(StartupError::Workspace)?;
+        let workspace =
+            Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(StartupError::Workspace)?;
         let workspace = Arc::new(workspace);
         let watch = workspace.watch().map_err(StartupError::Workspace)?;
         let listener = TcpListener::bind(settings.grpc_listen)
             .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.grpc_listen,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.grpc_listen,
-            source,
-        })?;
+            .map_err(|source| StartupError::Bind { addr: settings.grpc_listen, source })?;
+        let grpc_addr =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: settings.grpc_listen, source })?;
         Ok(Application {
-            limiter: Arc::new(RateLimiter::new(
-                settings.rate_limit_per_second,
-                settings.rate_limit_burst,
-            )),
+            limiter: Arc::new(RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)),
             tokens: Arc::new(tokens),
-            state: AppState {
-                workspace,
-                shutdown: tokio_util::sync::CancellationToken::new(),
-            },
+            state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
             listener,
             grpc_addr,
@@ -113,10 +99,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING,
     /// streams end, new connections are refused, and in-flight calls get the
     /// grace period to finish.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -136,28 +119,27 @@ impl Application {
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(|req: &http::Request<_>| {
-                        let id = req
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
+                        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
                         tracing::info_span!("grpc", method = %req.uri().path(), request_id = %id)
                     })
-                    .on_response(
-                        |res: &http::Response<_>, latency: Duration, _: &tracing::Span| {
-                            // Errors answered before any message carry their status in the headers.
-                            let status = res
-                                .headers()
-                                .get("grpc-status")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("0");
-                            tracing::info!(
-                                grpc_status = status,
-                                latency_ms = latency.as_secs_f64() * 1e3,
-                                "call answered"
-                            );
-                        },
-                    ),
+                    .on_response(|res: &http::Response<_>, latency: Duration, _: &tracing::Span| {
+                        // Errors answered before any message carry their status in the headers.
+                        let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
+                        tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
+                    })
+                    // Statuses are already in "call answered"; only server faults deserve a warning.
+                    .on_failure(|class: GrpcFailureClass, _latency: Duration, _: &tracing::Span| match class {
+                        GrpcFailureClass::Code(code)
+                            if matches!(
+                                tonic::Code::from(code.get()),
+                                tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss
+                            ) =>
+                        {
+                            tracing::warn!(grpc_status = code.get(), "call failed on the server side")
+                        }
+                        GrpcFailureClass::Code(_) => {}
+                        GrpcFailureClass::Error(e) => tracing::warn!(error = %e, "call failed"),
+                    }),
             )
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(layers::AuthLayer::new(self.tokens.clone()))
@@ -200,10 +182,7 @@ impl Application {
             result = &mut serve => return result.map_err(Into::into),
             () = shutdown => {}
         }
-        tracing::info!(
-            grace_seconds = self.settings.shutdown_grace_seconds,
-            "draining"
-        );
+        tracing::info!(grace_seconds = self.settings.shutdown_grace_seconds, "draining");
         set_health(&health, ServingStatus::NotServing).await;
         self.state.shutdown.cancel();
         let _ = drain_tx.send(());
@@ -218,12 +197,8 @@ impl Application {
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
-    health
-        .set_service_status("taskmcp.v1.Changes", status)
-        .await;
-    health
-        .set_service_status("taskmcp.v1.Resources", status)
-        .await;
+    health.set_service_status("taskmcp.v1.Changes", status).await;
+    health.set_service_status("taskmcp.v1.Resources", status).await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

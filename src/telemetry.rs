@@ -10,13 +10,7 @@ pub fn init_logging(format: LogFormat) {
     // `try_init` so that tests which build the app twice in one process do not panic.
     let _ = match format {
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };

@@ -35,11 +35,8 @@ impl From<tonic::Status> for UpstreamError {
             );
         }
         if let Some(bad) = rich.bad_request() {
-            let violations: Vec<Value> = bad
-                .field_violations
-                .iter()
-                .map(|v| json!({"field": v.field, "description": v.description}))
-                .collect();
+            let violations: Vec<Value> =
+                bad.field_violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect();
             details.insert("badRequest".into(), json!({"fieldViolations": violations}));
         }
         if let Some(pre) = rich.precondition_failure() {

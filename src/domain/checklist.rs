@@ -69,21 +69,14 @@ pub fn parse(text: &str) -> Checklist {
 /// when its final state differs from the state in `text`.
 pub fn apply(text: &str, slug: &str, updates: &[(String, bool)]) -> Result<(String, Vec<String>)> {
     let (checklist, offsets) = scan(text);
-    let index: HashMap<&str, usize> = checklist
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| (item.id.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> =
+        checklist.items.iter().enumerate().map(|(i, item)| (item.id.as_str(), i)).collect();
 
     let mut wanted: HashMap<usize, bool> = HashMap::new();
     let mut order: Vec<usize> = Vec::new();
     for (id, done) in updates {
         let Some(&i) = index.get(id.as_str()) else {
-            return Err(Error::TaskNotFound {
-                slug: slug.to_string(),
-                id: id.clone(),
-            });
+            return Err(Error::TaskNotFound { slug: slug.to_string(), id: id.clone() });
         };
         if wanted.insert(i, *done).is_none() {
             order.push(i);
@@ -93,9 +86,7 @@ pub fn apply(text: &str, slug: &str, updates: &[(String, bool)]) -> Result<(Stri
     let mut flips: Vec<(usize, char)> = Vec::new();
     let mut changed = Vec::new();
     for i in order {
-        let (Some(item), Some(&offset), Some(&done)) =
-            (checklist.items.get(i), offsets.get(i), wanted.get(&i))
-        else {
+        let (Some(item), Some(&offset), Some(&done)) = (checklist.items.get(i), offsets.get(i), wanted.get(&i)) else {
             continue;
         };
         if item.done != done {
@@ -140,10 +131,7 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
         }
         match classify(line.text) {
             LineKind::Other => {}
-            LineKind::Problem(message) => checklist.problems.push(ChecklistProblem {
-                line: line.number,
-                message,
-            }),
+            LineKind::Problem(message) => checklist.problems.push(ChecklistProblem { line: line.number, message }),
             LineKind::Item { box_at, done, text } => {
                 position = position.saturating_add(1);
                 let (base, text) = match split_number(text) {
@@ -152,11 +140,7 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
                 };
                 let seen = taken.entry(base.clone()).or_insert(0);
                 *seen = seen.saturating_add(1);
-                let id = if *seen == 1 {
-                    base
-                } else {
-                    format!("{base}{DUPLICATE_MARK}{seen}")
-                };
+                let id = if *seen == 1 { base } else { format!("{base}{DUPLICATE_MARK}{seen}") };
                 checklist.items.push(TaskItem {
                     id,
                     text: text.to_string(),
@@ -208,12 +192,7 @@ fn classify(line: &str) -> LineKind<'_> {
         return LineKind::Other;
     };
     // A checkbox holds at most a few characters; anything longer is link text.
-    let Some(inner_len) = after_open
-        .char_indices()
-        .take(5)
-        .find(|&(_, c)| c == ']')
-        .map(|(i, _)| i)
-    else {
+    let Some(inner_len) = after_open.char_indices().take(5).find(|&(_, c)| c == ']').map(|(i, _)| i) else {
         return LineKind::Other;
     };
     let inner = &after_open[..inner_len];
@@ -241,9 +220,7 @@ fn classify(line: &str) -> LineKind<'_> {
         " " => false,
         "x" | "X" => true,
         "" => {
-            return problem(
-                "empty checkbox `[]`: write `[ ]` for an open item or `[x]` for a done one",
-            );
+            return problem("empty checkbox `[]`: write `[ ]` for an open item or `[x]` for a done one");
         }
         _ => {
             return problem(format!(
@@ -256,9 +233,7 @@ fn classify(line: &str) -> LineKind<'_> {
         return problem("missing space between the bullet and the checkbox: write `- [ ] text`");
     }
     if marker == Marker::Ordered {
-        return problem(
-            "numbered list items are not tracked as tasks: write `- [ ] 1.1 text` instead",
-        );
+        return problem("numbered list items are not tracked as tasks: write `- [ ] 1.1 text` instead");
     }
     if after.trim().is_empty() {
         return problem("checklist item has no text after the checkbox");
@@ -266,11 +241,7 @@ fn classify(line: &str) -> LineKind<'_> {
     if !after.starts_with([' ', '\t']) {
         return problem("missing space after the checkbox: write `- [ ] text`");
     }
-    LineKind::Item {
-        box_at: inner_start,
-        done,
-        text: after.trim(),
-    }
+    LineKind::Item { box_at: inner_start, done, text: after.trim() }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -286,10 +257,7 @@ fn problem(message: impl Into<String>) -> LineKind<'static> {
 }
 
 fn count_blank(bytes: &[u8]) -> usize {
-    bytes
-        .iter()
-        .take_while(|b| matches!(b, b' ' | b'\t'))
-        .count()
+    bytes.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()
 }
 
 /// Splits a leading number token (`1`, `1.2`, `3.1.4`) followed by whitespace off the text.
@@ -297,10 +265,7 @@ fn split_number(text: &str) -> Option<(&str, &str)> {
     let bytes = text.as_bytes();
     let mut end = 0;
     loop {
-        let digits = bytes[end..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
+        let digits = bytes[end..].iter().take_while(|b| b.is_ascii_digit()).count();
         if digits == 0 {
             return None;
         }
@@ -338,11 +303,7 @@ pub(crate) fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
             line_start += '\u{feff}'.len_utf8();
             body = rest;
         }
-        Line {
-            number: u32::try_from(i + 1).unwrap_or(u32::MAX),
-            start: line_start,
-            text: body,
-        }
+        Line { number: u32::try_from(i + 1).unwrap_or(u32::MAX), start: line_start, text: body }
     })
 }
 
@@ -430,16 +391,12 @@ mod tests {
     }
 
     fn ups(list: &[(&str, bool)]) -> Vec<(String, bool)> {
-        list.iter()
-            .map(|(id, done)| (id.to_string(), *done))
-            .collect()
+        list.iter().map(|(id, done)| (id.to_string(), *done)).collect()
     }
 
     #[test]
     fn parses_items_with_explicit_numbers() {
-        let c = parse(
-            "# Tasks\n\n## 1. Design\n- [ ] 1.1 Sketch\n- [x] 1.2 Review\n## 2. Build\n- [X] 2.1 Code it\n",
-        );
+        let c = parse("# Tasks\n\n## 1. Design\n- [ ] 1.1 Sketch\n- [x] 1.2 Review\n## 2. Build\n- [X] 2.1 Code it\n");
         assert_eq!(ids(&c), ["1.1", "1.2", "2.1"]);
         assert_eq!(c.items[0].text, "Sketch");
         assert!(!c.items[0].done);
@@ -468,9 +425,7 @@ mod tests {
 
     #[test]
     fn number_token_needs_trailing_space() {
-        let c = parse(
-            "- [ ] 1. Ordered style\n- [ ] 2024 roadmap\n- [ ] 1.2.3 Deep\n- [ ] 1.2\n- [ ] 3.x beta\n",
-        );
+        let c = parse("- [ ] 1. Ordered style\n- [ ] 2024 roadmap\n- [ ] 1.2.3 Deep\n- [ ] 1.2\n- [ ] 3.x beta\n");
         assert_eq!(ids(&c), ["0.1", "2024", "1.2.3", "0.4", "0.5"]);
         assert_eq!(c.items[0].text, "1. Ordered style");
         assert_eq!(c.items[1].text, "roadmap");
@@ -504,8 +459,7 @@ mod tests {
 
     #[test]
     fn fenced_code_is_ignored() {
-        let text =
-            "```\n- [ ] in code\n## not a heading\n```\n~~~md\n- [] also code\n~~~\n- [ ] real\n";
+        let text = "```\n- [ ] in code\n## not a heading\n```\n~~~md\n- [] also code\n~~~\n- [ ] real\n";
         let c = parse(text);
         assert_eq!(ids(&c), ["0.1"]);
         assert_eq!(c.items[0].line, 8);
@@ -572,11 +526,7 @@ mod tests {
         ] {
             let c = parse(fine);
             assert!(c.items.is_empty(), "{fine:?} should not be an item");
-            assert!(
-                c.problems.is_empty(),
-                "{fine:?} should not be a problem: {:?}",
-                c.problems
-            );
+            assert!(c.problems.is_empty(), "{fine:?} should not be a problem: {:?}", c.problems);
         }
     }
 
@@ -599,10 +549,7 @@ mod tests {
     fn apply_flips_only_the_checkbox() {
         let text = "# T\n## 1. A\n- [ ] 1.1 one\n- [x] 1.2 two\n  * [X] 1.3 three";
         let (new, changed) = apply(text, "add-x", &ups(&[("1.1", true), ("1.3", false)])).unwrap();
-        assert_eq!(
-            new,
-            "# T\n## 1. A\n- [x] 1.1 one\n- [x] 1.2 two\n  * [ ] 1.3 three"
-        );
+        assert_eq!(new, "# T\n## 1. A\n- [x] 1.1 one\n- [x] 1.2 two\n  * [ ] 1.3 three");
         assert_eq!(changed, ["1.1", "1.3"]);
     }
 
@@ -670,10 +617,7 @@ mod tests {
     #[test]
     fn headings() {
         assert_eq!(heading("## 1. Design"), Some((2, "1. Design")));
-        assert_eq!(
-            heading("   ### Requirement: X ###"),
-            Some((3, "Requirement: X"))
-        );
+        assert_eq!(heading("   ### Requirement: X ###"), Some((3, "Requirement: X")));
         assert_eq!(heading("##"), Some((2, "")));
         assert_eq!(heading("## C#"), Some((2, "C#")));
         assert_eq!(heading("##nope"), None);

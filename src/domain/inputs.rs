@@ -14,22 +14,14 @@ impl Slug {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(value: &str) -> Result<Self> {
-        let bad = |why| {
-            Err(Error::InvalidSlug {
-                value: value.to_string(),
-                why,
-            })
-        };
+        let bad = |why| Err(Error::InvalidSlug { value: value.to_string(), why });
         if value.len() < Self::MIN_LEN {
             return bad("must be at least 3 characters");
         }
         if value.len() > Self::MAX_LEN {
             return bad("must be at most 64 characters");
         }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return bad("only lowercase letters, digits and hyphens are allowed");
         }
         if value.starts_with('-') || value.ends_with('-') {
@@ -66,17 +58,10 @@ impl Title {
         }
         let chars = trimmed.chars().count();
         if chars > Self::MAX_CHARS {
-            return Err(Error::TooLarge {
-                field: "title",
-                size: chars,
-                limit: Self::MAX_CHARS,
-            });
+            return Err(Error::TooLarge { field: "title", size: chars, limit: Self::MAX_CHARS });
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "title",
-                "must be one line without control characters",
-            ));
+            return Err(Error::invalid("title", "must be one line without control characters"));
         }
         Ok(Title(trimmed.to_string()))
     }
@@ -97,20 +82,10 @@ impl Rationale {
     pub fn parse(value: &str) -> Result<Self> {
         let chars = value.chars().count();
         if chars > Self::MAX_CHARS {
-            return Err(Error::TooLarge {
-                field: "rationale",
-                size: chars,
-                limit: Self::MAX_CHARS,
-            });
+            return Err(Error::TooLarge { field: "rationale", size: chars, limit: Self::MAX_CHARS });
         }
-        if value
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-        {
-            return Err(Error::invalid(
-                "rationale",
-                "must not contain control characters",
-            ));
+        if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+            return Err(Error::invalid("rationale", "must not contain control characters"));
         }
         Ok(Rationale(value.trim().replace("\r\n", "\n")))
     }
@@ -136,18 +111,11 @@ impl Owner {
             return Err(Error::invalid("owner", "must not be empty"));
         }
         if value.len() > Self::MAX_LEN {
-            return Err(Error::TooLarge {
-                field: "owner",
-                size: value.len(),
-                limit: Self::MAX_LEN,
-            });
+            return Err(Error::TooLarge { field: "owner", size: value.len(), limit: Self::MAX_LEN });
         }
         let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._@:/+-".contains(&b);
         if !value.bytes().all(allowed) {
-            return Err(Error::invalid(
-                "owner",
-                "only ASCII letters, digits and ._@:/+- are allowed",
-            ));
+            return Err(Error::invalid("owner", "only ASCII letters, digits and ._@:/+- are allowed"));
         }
         Ok(Owner(value.to_string()))
     }
@@ -176,10 +144,7 @@ impl Ttl {
         match seconds {
             0 => Ok(Self::DEFAULT),
             s if (Self::MIN..=Self::MAX).contains(&s) => Ok(Ttl(s)),
-            s => Err(Error::invalid(
-                "ttl_seconds",
-                format!("{s} is outside 60..=86400"),
-            )),
+            s => Err(Error::invalid("ttl_seconds", format!("{s} is outside 60..=86400"))),
         }
     }
 
@@ -212,14 +177,7 @@ mod tests {
 
     #[test]
     fn slugs_follow_the_rule() {
-        for ok in [
-            "abc",
-            "add-login-throttle",
-            "a-b",
-            "0ab",
-            &"a".repeat(64),
-            "a--b",
-        ] {
+        for ok in ["abc", "add-login-throttle", "a-b", "0ab", &"a".repeat(64), "a--b"] {
             assert!(Slug::parse(ok).is_ok(), "{ok} should be valid");
         }
         for bad in [

@@ -18,11 +18,7 @@ struct Token {
 }
 
 pub fn encode(filter: &str, after: &str) -> String {
-    let token = Token {
-        v: 1,
-        f: filter.to_string(),
-        a: after.to_string(),
-    };
+    let token = Token { v: 1, f: filter.to_string(), a: after.to_string() };
     // Serializing a struct of strings cannot fail.
     let json = serde_json::to_vec(&token).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(json)
@@ -34,9 +30,7 @@ pub fn decode(token: &str, filter: &str) -> Result<String> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(Error::InvalidPageToken);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| Error::InvalidPageToken)?;
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| Error::InvalidPageToken)?;
     let parsed: Token = serde_json::from_slice(&bytes).map_err(|_| Error::InvalidPageToken)?;
     if parsed.v != 1 || parsed.f != filter {
         return Err(Error::InvalidPageToken);
@@ -58,13 +52,7 @@ mod tests {
     fn rejects_foreign_filter_and_garbage() {
         let t = encode("draft", "0:add-x");
         assert!(matches!(decode(&t, "all"), Err(Error::InvalidPageToken)));
-        assert!(matches!(
-            decode("not a token!", "draft"),
-            Err(Error::InvalidPageToken)
-        ));
-        assert!(matches!(
-            decode(&"A".repeat(2000), "draft"),
-            Err(Error::InvalidPageToken)
-        ));
+        assert!(matches!(decode("not a token!", "draft"), Err(Error::InvalidPageToken)));
+        assert!(matches!(decode(&"A".repeat(2000), "draft"), Err(Error::InvalidPageToken)));
     }
 }

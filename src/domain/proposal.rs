@@ -26,10 +26,7 @@ pub fn title(text: &str) -> Option<String> {
 mod tests {
     #[test]
     fn first_h1_outside_fences() {
-        assert_eq!(
-            super::title("```\n# no\n```\n## Why\n# Yes it is\n").as_deref(),
-            Some("Yes it is")
-        );
+        assert_eq!(super::title("```\n# no\n```\n## Why\n# Yes it is\n").as_deref(), Some("Yes it is"));
         assert_eq!(super::title("no heading"), None);
     }
 }

@@ -11,12 +11,7 @@ const MAX_DEPTH: usize = 8;
 /// no empty components. That excludes `..`, absolute paths, backslashes, NUL,
 /// percent-escapes and every unicode look-alike by construction.
 pub fn check_relative(value: &str) -> Result<Vec<&str>> {
-    let bad = |why| {
-        Err(Error::InvalidPath {
-            value: value.to_string(),
-            why,
-        })
-    };
+    let bad = |why| Err(Error::InvalidPath { value: value.to_string(), why });
     if value.is_empty() {
         return bad("must not be empty");
     }
@@ -43,10 +38,7 @@ pub fn check_relative(value: &str) -> Result<Vec<&str>> {
         if part.len() > MAX_COMPONENT_LEN {
             return bad("has a component that is too long");
         }
-        if !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
             return bad("may only contain ASCII letters, digits, '.', '_' and '-'");
         }
     }

@@ -88,11 +88,7 @@ struct Parser {
 
 impl Parser {
     fn problem(&mut self, line: u32, code: &'static str, message: impl Into<String>) {
-        self.problems.push(DeltaProblem {
-            line,
-            code,
-            message: message.into(),
-        });
+        self.problems.push(DeltaProblem { line, code, message: message.into() });
     }
 
     fn close_block(&mut self, block: &mut Option<Block>) {
@@ -122,22 +118,13 @@ impl Parser {
                 format!("rename of {from:?} has no `- TO: <new name>` line after it"),
             );
         }
-        if let Section::Op {
-            operation,
-            line,
-            has_content: false,
-        } = *section
-        {
+        if let Section::Op { operation, line, has_content: false } = *section {
             let hint = if operation == "RENAMED" {
                 "add `- FROM: <old name>` / `- TO: <new name>` pairs"
             } else {
                 "add a `### Requirement: <name>` under it"
             };
-            self.problem(
-                line,
-                DELTA_SECTION_EMPTY,
-                format!("`## {operation} Requirements` is empty: {hint}"),
-            );
+            self.problem(line, DELTA_SECTION_EMPTY, format!("`## {operation} Requirements` is empty: {hint}"));
         }
         *section = Section::Outside;
     }
@@ -151,12 +138,7 @@ impl Parser {
             );
             return None;
         }
-        self.ops.push(RequirementOp {
-            operation: operation.to_string(),
-            requirement,
-            scenarios: 0,
-            line,
-        });
+        self.ops.push(RequirementOp { operation: operation.to_string(), requirement, scenarios: 0, line });
         Some(self.ops.len() - 1)
     }
 
@@ -166,11 +148,7 @@ impl Parser {
         };
         if name.is_empty() {
             let which = if is_from { "FROM" } else { "TO" };
-            self.problem(
-                line,
-                DELTA_REQUIREMENT_EMPTY_NAME,
-                format!("`{which}:` names no requirement"),
-            );
+            self.problem(line, DELTA_REQUIREMENT_EMPTY_NAME, format!("`{which}:` names no requirement"));
             return true;
         }
         if is_from {
@@ -256,11 +234,7 @@ pub fn parse_delta(text: &str) -> (Vec<RequirementOp>, Vec<DeltaProblem>) {
                 ),
             },
             _ => {
-                if let Section::Op {
-                    operation: "RENAMED",
-                    has_content,
-                    ..
-                } = &mut section
+                if let Section::Op { operation: "RENAMED", has_content, .. } = &mut section
                     && block.is_none()
                     && p.rename_line(number, line.text)
                 {
@@ -286,21 +260,14 @@ pub fn parse_delta(text: &str) -> (Vec<RequirementOp>, Vec<DeltaProblem>) {
 
 fn open_section(p: &mut Parser, title: &str, line: u32) -> Section {
     let words: Vec<&str> = title.split_whitespace().collect();
-    if !words
-        .last()
-        .is_some_and(|w| w.eq_ignore_ascii_case("Requirements"))
-    {
+    if !words.last().is_some_and(|w| w.eq_ignore_ascii_case("Requirements")) {
         return Section::Outside;
     }
     if let [word, _] = words[..]
         && let Some(operation) = OPERATIONS.iter().find(|op| op.eq_ignore_ascii_case(word))
     {
         p.any_operation = true;
-        return Section::Op {
-            operation,
-            line,
-            has_content: false,
-        };
+        return Section::Op { operation, line, has_content: false };
     }
     p.problem(
         line,
@@ -316,28 +283,21 @@ fn open_section(p: &mut Parser, title: &str, line: u32) -> Section {
 
 /// `- FROM: `### Requirement: Old`` → `(true, "Old")`; `- TO: ...` → `(false, ...)`.
 fn rename_part(line: &str) -> Option<(bool, String)> {
-    let rest = line
-        .trim_start()
-        .strip_prefix(['-', '*', '+'])?
-        .trim_start();
+    let rest = line.trim_start().strip_prefix(['-', '*', '+'])?.trim_start();
     let (is_from, rest) = if let Some(r) = strip_prefix_ignore_case(rest, "FROM:") {
         (true, r)
     } else {
         (false, strip_prefix_ignore_case(rest, "TO:")?)
     };
     let name = rest.trim().trim_matches('`').trim();
-    let name = name
-        .strip_prefix("###")
-        .map(str::trim_start)
-        .unwrap_or(name);
+    let name = name.strip_prefix("###").map(str::trim_start).unwrap_or(name);
     let name = name.strip_prefix("Requirement:").unwrap_or(name).trim();
     Some((is_from, name.to_string()))
 }
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -387,17 +347,8 @@ Sessions SHALL last 1 hour.
     fn parses_a_full_delta() {
         let (ops, problems) = parse_delta(GOOD);
         assert!(problems.is_empty(), "{problems:?}");
-        let summary: Vec<(&str, &str, u32, u32)> = ops
-            .iter()
-            .map(|o| {
-                (
-                    o.operation.as_str(),
-                    o.requirement.as_str(),
-                    o.scenarios,
-                    o.line,
-                )
-            })
-            .collect();
+        let summary: Vec<(&str, &str, u32, u32)> =
+            ops.iter().map(|o| (o.operation.as_str(), o.requirement.as_str(), o.scenarios, o.line)).collect();
         assert_eq!(
             summary,
             [
@@ -411,8 +362,7 @@ Sessions SHALL last 1 hour.
 
     #[test]
     fn operation_word_is_case_insensitive() {
-        let (ops, problems) =
-            parse_delta("## added requirements\n### Requirement: X\n#### Scenario: s\n");
+        let (ops, problems) = parse_delta("## added requirements\n### Requirement: X\n#### Scenario: s\n");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(ops[0].operation, "ADDED");
     }
@@ -435,15 +385,10 @@ Sessions SHALL last 1 hour.
         assert_eq!(codes(&problems), [DELTA_UNKNOWN_SECTION]);
         assert_eq!(problems[0].line, 4);
         // A full spec's `## Requirements` is not a delta section either.
-        let (_, problems) =
-            parse_delta("## Purpose\nx\n## Requirements\n### Requirement: A\n#### Scenario: s\n");
-        assert_eq!(
-            codes(&problems),
-            [DELTA_NO_OPERATIONS, DELTA_UNKNOWN_SECTION]
-        );
+        let (_, problems) = parse_delta("## Purpose\nx\n## Requirements\n### Requirement: A\n#### Scenario: s\n");
+        assert_eq!(codes(&problems), [DELTA_NO_OPERATIONS, DELTA_UNKNOWN_SECTION]);
         // Headings that are not about requirements are just prose.
-        let (_, problems) =
-            parse_delta("## Notes\n## ADDED Requirements\n### Requirement: A\n#### Scenario: s\n");
+        let (_, problems) = parse_delta("## Notes\n## ADDED Requirements\n### Requirement: A\n#### Scenario: s\n");
         assert!(problems.is_empty());
     }
 
@@ -453,13 +398,7 @@ Sessions SHALL last 1 hour.
             "### Requirement: Early\n#### Scenario: s\n## ADDED Requirements\n### Requirement: A\n#### Scenario: s\n## Notes\n### Requirement: Late\n",
         );
         assert_eq!(ops.len(), 1);
-        assert_eq!(
-            codes(&problems),
-            [
-                DELTA_REQUIREMENT_OUTSIDE_SECTION,
-                DELTA_REQUIREMENT_OUTSIDE_SECTION
-            ]
-        );
+        assert_eq!(codes(&problems), [DELTA_REQUIREMENT_OUTSIDE_SECTION, DELTA_REQUIREMENT_OUTSIDE_SECTION]);
         assert_eq!((problems[0].line, problems[1].line), (1, 7));
     }
 
@@ -469,33 +408,26 @@ Sessions SHALL last 1 hour.
                     ## MODIFIED Requirements\n### Requirement: C\n## REMOVED Requirements\n### Requirement: D\n";
         let (ops, problems) = parse_delta(text);
         assert_eq!(ops.len(), 4);
-        assert_eq!(
-            codes(&problems),
-            [DELTA_REQUIREMENT_NO_SCENARIO, DELTA_REQUIREMENT_NO_SCENARIO]
-        );
+        assert_eq!(codes(&problems), [DELTA_REQUIREMENT_NO_SCENARIO, DELTA_REQUIREMENT_NO_SCENARIO]);
         assert_eq!((problems[0].line, problems[1].line), (2, 7));
     }
 
     #[test]
     fn scenario_must_be_level_four_under_a_requirement() {
-        let (_, problems) =
-            parse_delta("## ADDED Requirements\n### Requirement: A\n### Scenario: wrong level\n");
+        let (_, problems) = parse_delta("## ADDED Requirements\n### Requirement: A\n### Scenario: wrong level\n");
         assert_eq!(codes(&problems), [DELTA_REQUIREMENT_NO_SCENARIO]);
-        let (_, problems) = parse_delta(
-            "## ADDED Requirements\n#### Scenario: orphan\n### Requirement: A\n#### Scenario: s\n",
-        );
+        let (_, problems) =
+            parse_delta("## ADDED Requirements\n#### Scenario: orphan\n### Requirement: A\n#### Scenario: s\n");
         assert_eq!(codes(&problems), [DELTA_SCENARIO_OUTSIDE_REQUIREMENT]);
         assert_eq!(problems[0].line, 2);
-        let (_, problems) = parse_delta(
-            "## ADDED Requirements\n### Requirement: A\n#### Scenario: s\n### Other\n#### Scenario: t\n",
-        );
+        let (_, problems) =
+            parse_delta("## ADDED Requirements\n### Requirement: A\n#### Scenario: s\n### Other\n#### Scenario: t\n");
         assert_eq!(codes(&problems), [DELTA_SCENARIO_OUTSIDE_REQUIREMENT]);
     }
 
     #[test]
     fn empty_requirement_name() {
-        let (ops, problems) =
-            parse_delta("## ADDED Requirements\n### Requirement:   \n#### Scenario: s\n");
+        let (ops, problems) = parse_delta("## ADDED Requirements\n### Requirement:   \n#### Scenario: s\n");
         assert!(ops.is_empty());
         assert_eq!(codes(&problems), [DELTA_REQUIREMENT_EMPTY_NAME]);
         assert_eq!(problems[0].line, 2);
@@ -503,21 +435,10 @@ Sessions SHALL last 1 hour.
 
     #[test]
     fn empty_sections() {
-        let (_, problems) = parse_delta(
-            "## ADDED Requirements\n\nprose only\n## REMOVED Requirements\n## RENAMED Requirements\n",
-        );
-        assert_eq!(
-            codes(&problems),
-            [
-                DELTA_SECTION_EMPTY,
-                DELTA_SECTION_EMPTY,
-                DELTA_SECTION_EMPTY
-            ]
-        );
-        assert_eq!(
-            problems.iter().map(|p| p.line).collect::<Vec<_>>(),
-            [1, 4, 5]
-        );
+        let (_, problems) =
+            parse_delta("## ADDED Requirements\n\nprose only\n## REMOVED Requirements\n## RENAMED Requirements\n");
+        assert_eq!(codes(&problems), [DELTA_SECTION_EMPTY, DELTA_SECTION_EMPTY, DELTA_SECTION_EMPTY]);
+        assert_eq!(problems.iter().map(|p| p.line).collect::<Vec<_>>(), [1, 4, 5]);
     }
 
     #[test]
@@ -528,21 +449,14 @@ Sessions SHALL last 1 hour.
         assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<&str> = ops.iter().map(|o| o.requirement.as_str()).collect();
         assert_eq!(names, ["A -> B", "C -> D"]);
-        assert!(
-            ops.iter()
-                .all(|o| o.operation == "RENAMED" && o.scenarios == 0)
-        );
+        assert!(ops.iter().all(|o| o.operation == "RENAMED" && o.scenarios == 0));
 
-        let (ops, problems) = parse_delta(
-            "## RENAMED Requirements\n- FROM: A\n- FROM: B\n- TO: C\n- TO: D\n- FROM: E\n",
-        );
+        let (ops, problems) =
+            parse_delta("## RENAMED Requirements\n- FROM: A\n- FROM: B\n- TO: C\n- TO: D\n- FROM: E\n");
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].requirement, "B -> C");
         assert_eq!(codes(&problems), [DELTA_RENAME_INCOMPLETE; 3]);
-        assert_eq!(
-            problems.iter().map(|p| p.line).collect::<Vec<_>>(),
-            [2, 5, 6]
-        );
+        assert_eq!(problems.iter().map(|p| p.line).collect::<Vec<_>>(), [2, 5, 6]);
 
         // FROM/TO lines mean nothing outside a RENAMED section.
         let (_, problems) = parse_delta("## REMOVED Requirements\n- FROM: A\n- TO: B\n");

@@ -46,11 +46,7 @@ pub fn sources(kind: TemplateKind) -> (&'static str, &'static str) {
 pub fn render(vars: &TemplateVars<'_>) -> Scaffold {
     let (proposal, tasks) = sources(vars.kind);
     let date = format_date(vars.date);
-    let rationale = if vars.rationale.is_empty() {
-        RATIONALE_PLACEHOLDER
-    } else {
-        vars.rationale.as_str()
-    };
+    let rationale = if vars.rationale.is_empty() { RATIONALE_PLACEHOLDER } else { vars.rationale.as_str() };
     let lookup = |name: &str| match name {
         "title" => Some(vars.title.as_str()),
         "slug" => Some(vars.slug.as_str()),
@@ -68,12 +64,7 @@ pub fn render(vars: &TemplateVars<'_>) -> Scaffold {
 }
 
 fn format_date(date: time::Date) -> String {
-    format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    )
+    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
 }
 
 /// Replaces each `{{name}}` that `lookup` knows, in one left-to-right pass.
@@ -83,9 +74,7 @@ fn substitute<'v>(template: &str, lookup: impl Fn(&str) -> Option<&'v str>) -> S
     while let Some(open) = rest.find("{{") {
         out.push_str(&rest[..open]);
         let after_open = &rest[open + 2..];
-        let value = after_open
-            .find("}}")
-            .and_then(|close| Some((lookup(&after_open[..close])?, close)));
+        let value = after_open.find("}}").and_then(|close| Some((lookup(&after_open[..close])?, close)));
         match value {
             Some((value, close)) => {
                 out.push_str(value);
@@ -108,11 +97,7 @@ mod tests {
     use super::*;
     use crate::domain::{checklist, proposal, specs, validation};
 
-    const KINDS: [TemplateKind; 3] = [
-        TemplateKind::Feature,
-        TemplateKind::Bugfix,
-        TemplateKind::Chore,
-    ];
+    const KINDS: [TemplateKind; 3] = [TemplateKind::Feature, TemplateKind::Bugfix, TemplateKind::Chore];
 
     fn render_with(kind: TemplateKind, title: &str, rationale: &str) -> Scaffold {
         render(&TemplateVars {
@@ -137,16 +122,9 @@ mod tests {
     #[test]
     fn every_scaffold_validates() {
         for kind in KINDS {
-            let s = render_with(
-                kind,
-                "Add login throttling",
-                "Brute-force attempts are rising.",
-            );
+            let s = render_with(kind, "Add login throttling", "Brute-force attempts are rising.");
             let findings = validate(&s);
-            let serious: Vec<_> = findings
-                .iter()
-                .filter(|f| f.severity != validation::Severity::Info)
-                .collect();
+            let serious: Vec<_> = findings.iter().filter(|f| f.severity != validation::Severity::Info).collect();
             assert!(serious.is_empty(), "{kind:?}: {serious:?}");
             assert!(validation::is_valid(&findings));
         }
@@ -159,10 +137,7 @@ mod tests {
             assert!(s.proposal.contains(RATIONALE_PLACEHOLDER));
             let findings = validate(&s);
             assert!(validation::is_valid(&findings), "{kind:?}: {findings:?}");
-            let warnings: Vec<_> = findings
-                .iter()
-                .filter(|f| f.severity == validation::Severity::Warning)
-                .collect();
+            let warnings: Vec<_> = findings.iter().filter(|f| f.severity == validation::Severity::Warning).collect();
             assert_eq!(warnings.len(), 1, "{kind:?}: {warnings:?}");
             assert_eq!(warnings[0].code, "PROPOSAL_SECTION_EMPTY");
         }
@@ -171,70 +146,28 @@ mod tests {
     #[test]
     fn scaffold_shape() {
         for kind in KINDS {
-            let s = render_with(
-                kind,
-                "Add <login> throttling & more",
-                "Because.\n\nTwo paragraphs.",
-            );
-            assert_eq!(
-                proposal::title(&s.proposal).as_deref(),
-                Some("Add <login> throttling & more")
-            );
+            let s = render_with(kind, "Add <login> throttling & more", "Because.\n\nTwo paragraphs.");
+            assert_eq!(proposal::title(&s.proposal).as_deref(), Some("Add <login> throttling & more"));
             assert!(s.proposal.starts_with("# Add <login> throttling & more\n"));
-            for needle in [
-                "`add-login-throttle`",
-                "alice@example.com",
-                "2026-03-07",
-                kind.as_str(),
-                "Because.\n\nTwo",
-            ] {
-                assert!(
-                    s.proposal.contains(needle),
-                    "{kind:?} proposal lacks {needle:?}"
-                );
+            for needle in ["`add-login-throttle`", "alice@example.com", "2026-03-07", kind.as_str(), "Because.\n\nTwo"]
+            {
+                assert!(s.proposal.contains(needle), "{kind:?} proposal lacks {needle:?}");
             }
             for section in ["\n## Why\n", "\n## What Changes\n", "\n## Impact\n"] {
-                assert!(
-                    s.proposal.contains(section),
-                    "{kind:?} proposal lacks {section:?}"
-                );
+                assert!(s.proposal.contains(section), "{kind:?} proposal lacks {section:?}");
             }
-            assert!(
-                s.tasks
-                    .starts_with("# Tasks: Add <login> throttling & more\n")
-            );
+            assert!(s.tasks.starts_with("# Tasks: Add <login> throttling & more\n"));
             let tasks = checklist::parse(&s.tasks);
-            assert!(
-                (8..=15).contains(&tasks.items.len()),
-                "{kind:?}: {} items",
-                tasks.items.len()
-            );
+            assert!((8..=15).contains(&tasks.items.len()), "{kind:?}: {} items", tasks.items.len());
             assert!(tasks.problems.is_empty());
-            assert!(
-                tasks
-                    .items
-                    .iter()
-                    .all(|i| !i.done && !checklist::is_duplicate_id(&i.id))
-            );
+            assert!(tasks.items.iter().all(|i| !i.done && !checklist::is_duplicate_id(&i.id)));
             assert_eq!(tasks.items[0].id, "1.1");
             assert!(tasks.items[0].section.starts_with("1. "));
             assert!(s.specs_readme.contains("add-login-throttle"));
-            assert!(
-                !s.proposal.contains("{{")
-                    && !s.tasks.contains("{{")
-                    && !s.specs_readme.contains("{{")
-            );
+            assert!(!s.proposal.contains("{{") && !s.tasks.contains("{{") && !s.specs_readme.contains("{{"));
         }
-        assert!(
-            render_with(TemplateKind::Bugfix, "x", "")
-                .proposal
-                .contains("\n## Bug Description\n")
-        );
-        assert!(
-            render_with(TemplateKind::Chore, "x", "")
-                .proposal
-                .contains("\n## Background\n")
-        );
+        assert!(render_with(TemplateKind::Bugfix, "x", "").proposal.contains("\n## Bug Description\n"));
+        assert!(render_with(TemplateKind::Chore, "x", "").proposal.contains("\n## Background\n"));
     }
 
     #[test]
@@ -244,34 +177,20 @@ mod tests {
         let (ops, _) = specs::parse_delta(&readme);
         assert!(ops.is_empty());
         // ...and the fenced example is itself a well-formed delta.
-        let example: String = readme
-            .split("```markdown\n")
-            .skip(1)
-            .filter_map(|block| block.split("```").next())
-            .collect();
+        let example: String =
+            readme.split("```markdown\n").skip(1).filter_map(|block| block.split("```").next()).collect();
         let (ops, problems) = specs::parse_delta(&example);
         assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<&str> = ops.iter().map(|o| o.operation.as_str()).collect();
         assert_eq!(names, ["ADDED", "REMOVED", "RENAMED"]);
         assert!(readme.contains("### Requirement: Login throttling") && readme.contains("SHALL"));
-        assert!(
-            readme.contains("#### Scenario:")
-                && readme.contains("- **WHEN**")
-                && readme.contains("- **THEN**")
-        );
+        assert!(readme.contains("#### Scenario:") && readme.contains("- **WHEN**") && readme.contains("- **THEN**"));
     }
 
     #[test]
     fn substitution_is_single_pass() {
-        let s = render_with(
-            TemplateKind::Feature,
-            "Use {{slug}} and {{date}}",
-            "Why {{title}} {{owner}}",
-        );
-        assert_eq!(
-            proposal::title(&s.proposal).as_deref(),
-            Some("Use {{slug}} and {{date}}")
-        );
+        let s = render_with(TemplateKind::Feature, "Use {{slug}} and {{date}}", "Why {{title}} {{owner}}");
+        assert_eq!(proposal::title(&s.proposal).as_deref(), Some("Use {{slug}} and {{date}}"));
         assert!(s.proposal.contains("Why {{title}} {{owner}}"));
         assert!(s.tasks.starts_with("# Tasks: Use {{slug}} and {{date}}\n"));
     }

@@ -19,12 +19,7 @@ pub enum ResourceUri {
 
 impl ResourceUri {
     pub fn parse(uri: &str) -> Result<Self> {
-        let bad = |why| {
-            Err(Error::InvalidUri {
-                value: uri.to_string(),
-                why,
-            })
-        };
+        let bad = |why| Err(Error::InvalidUri { value: uri.to_string(), why });
         if uri.len() > MAX_URI_LEN {
             return bad("is too long");
         }
@@ -71,23 +66,11 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        assert_eq!(
-            ResourceUri::parse("changes://active").unwrap(),
-            ResourceUri::Active
-        );
+        assert_eq!(ResourceUri::parse("changes://active").unwrap(), ResourceUri::Active);
         let s = || Slug::parse("add-x").unwrap();
-        assert_eq!(
-            ResourceUri::parse("change://add-x/proposal").unwrap(),
-            ResourceUri::Proposal(s())
-        );
-        assert_eq!(
-            ResourceUri::parse("change://add-x/tasks").unwrap(),
-            ResourceUri::Tasks(s())
-        );
-        assert_eq!(
-            ResourceUri::parse("change://add-x/receipt").unwrap(),
-            ResourceUri::Receipt(s())
-        );
+        assert_eq!(ResourceUri::parse("change://add-x/proposal").unwrap(), ResourceUri::Proposal(s()));
+        assert_eq!(ResourceUri::parse("change://add-x/tasks").unwrap(), ResourceUri::Tasks(s()));
+        assert_eq!(ResourceUri::parse("change://add-x/receipt").unwrap(), ResourceUri::Receipt(s()));
         assert_eq!(
             ResourceUri::parse("change://add-x/delta/auth/spec.md").unwrap(),
             ResourceUri::Delta(s(), "auth/spec.md".into())
@@ -107,10 +90,7 @@ mod tests {
             "change://add-x",
             "change://ADD/proposal",
         ] {
-            assert!(
-                ResourceUri::parse(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(ResourceUri::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 }

@@ -62,11 +62,8 @@ pub const TASKS_DUPLICATE_ID: &str = "TASKS_DUPLICATE_ID";
 pub const SPECS_NO_DELTAS: &str = "SPECS_NO_DELTAS";
 
 /// Proposal sections checked, with the severity of their absence.
-const SECTIONS: [(&str, Severity); 3] = [
-    ("Why", Severity::Error),
-    ("What Changes", Severity::Error),
-    ("Impact", Severity::Warning),
-];
+const SECTIONS: [(&str, Severity); 3] =
+    [("Why", Severity::Error), ("What Changes", Severity::Error), ("Impact", Severity::Warning)];
 
 /// All findings, sorted: errors first, then by file and line.
 pub fn validate(files: &ChangeFiles) -> Vec<Finding> {
@@ -85,31 +82,15 @@ pub fn is_valid(findings: &[Finding]) -> bool {
 
 /// README files under `specs/` explain deltas; they are not deltas themselves.
 pub fn is_readme(spec_path: &str) -> bool {
-    spec_path
-        .rsplit('/')
-        .next()
-        .is_some_and(|name| name.eq_ignore_ascii_case("README.md"))
+    spec_path.rsplit('/').next().is_some_and(|name| name.eq_ignore_ascii_case("README.md"))
 }
 
 #[derive(Default)]
 struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn add(
-        &mut self,
-        code: &'static str,
-        severity: Severity,
-        file: &str,
-        line: u32,
-        message: impl Into<String>,
-    ) {
-        self.0.push(Finding {
-            code,
-            severity,
-            file: file.to_string(),
-            line,
-            message: message.into(),
-        });
+    fn add(&mut self, code: &'static str, severity: Severity, file: &str, line: u32, message: impl Into<String>) {
+        self.0.push(Finding { code, severity, file: file.to_string(), line, message: message.into() });
     }
 }
 
@@ -152,23 +133,11 @@ fn check_proposal(text: Option<&str>, out: &mut Findings) {
     let outline = Outline::read(text);
     for (name, severity) in SECTIONS {
         let Some(section) = outline.find(name) else {
-            out.add(
-                PROPOSAL_SECTION_MISSING,
-                severity,
-                FILE,
-                0,
-                format!("proposal.md has no `## {name}` section"),
-            );
+            out.add(PROPOSAL_SECTION_MISSING, severity, FILE, 0, format!("proposal.md has no `## {name}` section"));
             continue;
         };
         if section.content.is_empty() {
-            out.add(
-                PROPOSAL_SECTION_EMPTY,
-                Severity::Warning,
-                FILE,
-                section.line,
-                format!("`## {name}` is empty"),
-            );
+            out.add(PROPOSAL_SECTION_EMPTY, Severity::Warning, FILE, section.line, format!("`## {name}` is empty"));
         } else if name == "Why" && section.content == [RATIONALE_PLACEHOLDER] {
             out.add(
                 PROPOSAL_SECTION_EMPTY,
@@ -204,18 +173,12 @@ impl<'a> Outline<'a> {
                 Some((level, title)) if !code && level <= 2 => {
                     open = level == 2;
                     if open {
-                        sections.push(OutlineSection {
-                            title,
-                            line: line.number,
-                            content: Vec::new(),
-                        });
+                        sections.push(OutlineSection { title, line: line.number, content: Vec::new() });
                     }
                 }
                 _ => {
                     let trimmed = line.text.trim();
-                    if let (true, false, Some(section)) =
-                        (open, trimmed.is_empty(), sections.last_mut())
-                    {
+                    if let (true, false, Some(section)) = (open, trimmed.is_empty(), sections.last_mut()) {
                         section.content.push(trimmed);
                     }
                 }
@@ -231,8 +194,7 @@ impl<'a> Outline<'a> {
             let Some(head) = s.title.get(..name.len()) else {
                 return false;
             };
-            head.eq_ignore_ascii_case(name)
-                && !s.title[name.len()..].starts_with(|c: char| c.is_alphanumeric())
+            head.eq_ignore_ascii_case(name) && !s.title[name.len()..].starts_with(|c: char| c.is_alphanumeric())
         })
     }
 }
@@ -250,13 +212,7 @@ fn check_tasks(text: Option<&str>, out: &mut Findings) {
         return;
     };
     if is_blank(text) {
-        out.add(
-            TASKS_EMPTY,
-            Severity::Error,
-            FILE,
-            0,
-            "tasks.md is empty: add `- [ ] 1.1 <task>` checklist items",
-        );
+        out.add(TASKS_EMPTY, Severity::Error, FILE, 0, "tasks.md is empty: add `- [ ] 1.1 <task>` checklist items");
         return;
     }
     let list = checklist::parse(text);
@@ -270,33 +226,16 @@ fn check_tasks(text: Option<&str>, out: &mut Findings) {
         );
     }
     for problem in list.problems {
-        out.add(
-            TASKS_MALFORMED_ITEM,
-            Severity::Error,
-            FILE,
-            problem.line,
-            problem.message,
-        );
+        out.add(TASKS_MALFORMED_ITEM, Severity::Error, FILE, problem.line, problem.message);
     }
-    for item in list
-        .items
-        .iter()
-        .filter(|i| checklist::is_duplicate_id(&i.id))
-    {
-        let base = item
-            .id
-            .split(checklist::DUPLICATE_MARK)
-            .next()
-            .unwrap_or_default();
+    for item in list.items.iter().filter(|i| checklist::is_duplicate_id(&i.id)) {
+        let base = item.id.split(checklist::DUPLICATE_MARK).next().unwrap_or_default();
         out.add(
             TASKS_DUPLICATE_ID,
             Severity::Warning,
             FILE,
             item.line,
-            format!(
-                "task id {base:?} is already used above, so this item's id is {:?}: renumber it",
-                item.id
-            ),
+            format!("task id {base:?} is already used above, so this item's id is {:?}: renumber it", item.id),
         );
     }
 }
@@ -310,27 +249,19 @@ fn check_specs(files: &ChangeFiles, out: &mut Findings) {
         deltas += 1;
         let file = format!("specs/{path}");
         for problem in specs::parse_delta(content).1 {
-            out.add(
-                problem.code,
-                Severity::Error,
-                &file,
-                problem.line,
-                problem.message,
-            );
+            out.add(problem.code, Severity::Error, &file, problem.line, problem.message);
         }
     }
     if deltas == 0 {
-        let why = if files.specs_dir {
-            "specs/ holds no delta file"
-        } else {
-            "there is no specs/ folder"
-        };
+        let why = if files.specs_dir { "specs/ holds no delta file" } else { "there is no specs/ folder" };
         out.add(
             SPECS_NO_DELTAS,
             Severity::Info,
             "specs/",
             0,
-            format!("{why}; that is fine for a change that alters no behaviour, otherwise add specs/<capability>/spec.md"),
+            format!(
+                "{why}; that is fine for a change that alters no behaviour, otherwise add specs/<capability>/spec.md"
+            ),
         );
     }
 }
@@ -339,7 +270,8 @@ fn check_specs(files: &ChangeFiles, out: &mut Findings) {
 mod tests {
     use super::*;
 
-    const PROPOSAL: &str = "# Add throttling\n\n## Why\nAttacks.\n\n## What Changes\n- Throttle.\n\n## Impact\n- auth\n";
+    const PROPOSAL: &str =
+        "# Add throttling\n\n## Why\nAttacks.\n\n## What Changes\n- Throttle.\n\n## Impact\n- auth\n";
     const TASKS: &str = "# Tasks\n## 1. Build\n- [ ] 1.1 Do it\n";
     const DELTA: &str = "## ADDED Requirements\n### Requirement: Throttle\nThe system SHALL.\n#### Scenario: s\n- **WHEN** x\n- **THEN** y\n";
 
@@ -348,32 +280,20 @@ mod tests {
             proposal: Some(PROPOSAL.into()),
             tasks: Some(TASKS.into()),
             specs_dir: true,
-            spec_files: vec![
-                ("auth/spec.md".into(), DELTA.into()),
-                ("README.md".into(), "# readme".into()),
-            ],
+            spec_files: vec![("auth/spec.md".into(), DELTA.into()), ("README.md".into(), "# readme".into())],
         }
     }
 
     fn with_proposal(text: &str) -> Vec<Finding> {
-        validate(&ChangeFiles {
-            proposal: Some(text.into()),
-            ..good()
-        })
+        validate(&ChangeFiles { proposal: Some(text.into()), ..good() })
     }
 
     fn with_tasks(text: &str) -> Vec<Finding> {
-        validate(&ChangeFiles {
-            tasks: Some(text.into()),
-            ..good()
-        })
+        validate(&ChangeFiles { tasks: Some(text.into()), ..good() })
     }
 
     fn summary(findings: &[Finding]) -> Vec<(&'static str, Severity, &str, u32)> {
-        findings
-            .iter()
-            .map(|f| (f.code, f.severity, f.file.as_str(), f.line))
-            .collect()
+        findings.iter().map(|f| (f.code, f.severity, f.file.as_str(), f.line)).collect()
     }
 
     #[test]
@@ -393,28 +313,18 @@ mod tests {
             ]
         );
         assert!(!is_valid(&f));
-        let f = validate(&ChangeFiles {
-            proposal: Some(" \n\t\n".into()),
-            tasks: Some("\u{feff}\r\n".into()),
-            ..good()
-        });
+        let f =
+            validate(&ChangeFiles { proposal: Some(" \n\t\n".into()), tasks: Some("\u{feff}\r\n".into()), ..good() });
         assert_eq!(
             summary(&f),
-            [
-                (PROPOSAL_EMPTY, Severity::Error, "proposal.md", 0),
-                (TASKS_EMPTY, Severity::Error, "tasks.md", 0)
-            ]
+            [(PROPOSAL_EMPTY, Severity::Error, "proposal.md", 0), (TASKS_EMPTY, Severity::Error, "tasks.md", 0)]
         );
     }
 
     #[test]
     fn proposal_title_missing() {
-        let f =
-            with_proposal("## Why\nx\n## What Changes\nx\n## Impact\nx\n```\n# not a title\n```\n");
-        assert_eq!(
-            summary(&f),
-            [(PROPOSAL_TITLE_MISSING, Severity::Error, "proposal.md", 0)]
-        );
+        let f = with_proposal("## Why\nx\n## What Changes\nx\n## Impact\nx\n```\n# not a title\n```\n");
+        assert_eq!(summary(&f), [(PROPOSAL_TITLE_MISSING, Severity::Error, "proposal.md", 0)]);
     }
 
     #[test]
@@ -435,15 +345,7 @@ mod tests {
         );
         assert!(f[0].message.contains("## Why") && f[1].message.contains("## What Changes"));
         let f = with_proposal("# T\n## Why\nx\n## What Changes\nx\n");
-        assert_eq!(
-            summary(&f),
-            [(
-                PROPOSAL_SECTION_MISSING,
-                Severity::Warning,
-                "proposal.md",
-                0
-            )]
-        );
+        assert_eq!(summary(&f), [(PROPOSAL_SECTION_MISSING, Severity::Warning, "proposal.md", 0)]);
         assert!(f[0].message.contains("## Impact"));
     }
 
@@ -452,18 +354,10 @@ mod tests {
         let f = with_proposal("# T\n## WHY it matters\nx\n## What changes?\nx\n## impact\nx\n");
         assert_eq!(f, []);
         let f = with_proposal("# T\n## Whyever\nx\n## What Changes\nx\n## Impact\nx\n");
-        assert_eq!(
-            summary(&f),
-            [(PROPOSAL_SECTION_MISSING, Severity::Error, "proposal.md", 0)]
-        );
+        assert_eq!(summary(&f), [(PROPOSAL_SECTION_MISSING, Severity::Error, "proposal.md", 0)]);
         // Level 3 and fenced headings do not count.
         let f = with_proposal("# T\n### Why\nx\n```\n## What Changes\n```\n## Impact\nx\n");
-        assert_eq!(
-            f.iter()
-                .filter(|f| f.code == PROPOSAL_SECTION_MISSING)
-                .count(),
-            2
-        );
+        assert_eq!(f.iter().filter(|f| f.code == PROPOSAL_SECTION_MISSING).count(), 2);
     }
 
     #[test]
@@ -478,25 +372,17 @@ mod tests {
         );
         // A section ends at the next level-1 or level-2 heading.
         let f = with_proposal("# T\n## Why\n# Other\nx\n## What Changes\nx\n## Impact\nx\n");
-        assert_eq!(
-            summary(&f),
-            [(PROPOSAL_SECTION_EMPTY, Severity::Warning, "proposal.md", 2)]
-        );
+        assert_eq!(summary(&f), [(PROPOSAL_SECTION_EMPTY, Severity::Warning, "proposal.md", 2)]);
     }
 
     #[test]
     fn placeholder_rationale_warns() {
-        let text =
-            format!("# T\n## Why\n\n{RATIONALE_PLACEHOLDER}\n\n## What Changes\nx\n## Impact\nx\n");
+        let text = format!("# T\n## Why\n\n{RATIONALE_PLACEHOLDER}\n\n## What Changes\nx\n## Impact\nx\n");
         let f = with_proposal(&text);
-        assert_eq!(
-            summary(&f),
-            [(PROPOSAL_SECTION_EMPTY, Severity::Warning, "proposal.md", 2)]
-        );
+        assert_eq!(summary(&f), [(PROPOSAL_SECTION_EMPTY, Severity::Warning, "proposal.md", 2)]);
         assert!(f[0].message.contains("prompt"));
-        let text = format!(
-            "# T\n## Why\n{RATIONALE_PLACEHOLDER}\nBut also a reason.\n## What Changes\nx\n## Impact\nx\n"
-        );
+        let text =
+            format!("# T\n## Why\n{RATIONALE_PLACEHOLDER}\nBut also a reason.\n## What Changes\nx\n## Impact\nx\n");
         assert_eq!(with_proposal(&text), []);
     }
 
@@ -505,18 +391,14 @@ mod tests {
         let text = "# <b>Title</b> with javascript:alert(1)\n## Why\n<script>alert(1)</script> onload=x\n\
                     `rm -rf /`, cat, ps, su, more, iconSize=3\n## What Changes\n- vbscript:x\n## Impact\n- \u{7f}\u{1}\n";
         assert_eq!(with_proposal(text), []);
-        let tasks =
-            "## 1. X\n- [ ] 1.1 <img src=x onerror=alert(1)> javascript:void(0) && sudo rm -rf ~\n";
+        let tasks = "## 1. X\n- [ ] 1.1 <img src=x onerror=alert(1)> javascript:void(0) && sudo rm -rf ~\n";
         assert_eq!(with_tasks(tasks), []);
     }
 
     #[test]
     fn tasks_without_items() {
         let f = with_tasks("# Tasks\n\nJust prose.\n```\n- [ ] fenced\n```\n");
-        assert_eq!(
-            summary(&f),
-            [(TASKS_NO_ITEMS, Severity::Error, "tasks.md", 0)]
-        );
+        assert_eq!(summary(&f), [(TASKS_NO_ITEMS, Severity::Error, "tasks.md", 0)]);
     }
 
     #[test]
@@ -536,10 +418,7 @@ mod tests {
     #[test]
     fn duplicate_ids_warn() {
         let f = with_tasks("## 1. X\n- [ ] 1.1 a\n- [ ] 1.1 b\n");
-        assert_eq!(
-            summary(&f),
-            [(TASKS_DUPLICATE_ID, Severity::Warning, "tasks.md", 3)]
-        );
+        assert_eq!(summary(&f), [(TASKS_DUPLICATE_ID, Severity::Warning, "tasks.md", 3)]);
         assert!(f[0].message.contains("1.1#2"));
         assert!(is_valid(&f));
     }
@@ -548,10 +427,7 @@ mod tests {
     fn delta_problems_carry_their_code_file_and_line() {
         let files = ChangeFiles {
             spec_files: vec![
-                (
-                    "auth/spec.md".into(),
-                    "## ADDED Requirements\n### Requirement: A\nno scenario\n".into(),
-                ),
+                ("auth/spec.md".into(), "## ADDED Requirements\n### Requirement: A\nno scenario\n".into()),
                 ("billing/spec.md".into(), "# Nothing here\n".into()),
                 ("ok/spec.md".into(), DELTA.into()),
             ],
@@ -561,18 +437,8 @@ mod tests {
         assert_eq!(
             summary(&f),
             [
-                (
-                    specs::DELTA_REQUIREMENT_NO_SCENARIO,
-                    Severity::Error,
-                    "specs/auth/spec.md",
-                    2
-                ),
-                (
-                    specs::DELTA_NO_OPERATIONS,
-                    Severity::Error,
-                    "specs/billing/spec.md",
-                    0
-                ),
+                (specs::DELTA_REQUIREMENT_NO_SCENARIO, Severity::Error, "specs/auth/spec.md", 2),
+                (specs::DELTA_NO_OPERATIONS, Severity::Error, "specs/billing/spec.md", 0),
             ]
         );
     }
@@ -589,33 +455,17 @@ mod tests {
                 "### Requirement: A\n## ADDED Requirements\n### Requirement: B\n#### Scenario: s\n",
                 specs::DELTA_REQUIREMENT_OUTSIDE_SECTION,
             ),
-            (
-                "## MODIFIED Requirements\n### Requirement: A\n",
-                specs::DELTA_REQUIREMENT_NO_SCENARIO,
-            ),
-            (
-                "## REMOVED Requirements\n### Requirement:\n",
-                specs::DELTA_REQUIREMENT_EMPTY_NAME,
-            ),
+            ("## MODIFIED Requirements\n### Requirement: A\n", specs::DELTA_REQUIREMENT_NO_SCENARIO),
+            ("## REMOVED Requirements\n### Requirement:\n", specs::DELTA_REQUIREMENT_EMPTY_NAME),
             (
                 "## ADDED Requirements\n#### Scenario: s\n### Requirement: A\n#### Scenario: s\n",
                 specs::DELTA_SCENARIO_OUTSIDE_REQUIREMENT,
             ),
-            (
-                "## ADDED Requirements\n## REMOVED Requirements\n### Requirement: A\n",
-                specs::DELTA_SECTION_EMPTY,
-            ),
+            ("## ADDED Requirements\n## REMOVED Requirements\n### Requirement: A\n", specs::DELTA_SECTION_EMPTY),
         ];
         for (text, code) in cases {
-            let f = validate(&ChangeFiles {
-                spec_files: vec![("cap/spec.md".into(), text.into())],
-                ..good()
-            });
-            assert_eq!(
-                f.iter().map(|f| f.code).collect::<Vec<_>>(),
-                [code],
-                "{text:?}"
-            );
+            let f = validate(&ChangeFiles { spec_files: vec![("cap/spec.md".into(), text.into())], ..good() });
+            assert_eq!(f.iter().map(|f| f.code).collect::<Vec<_>>(), [code], "{text:?}");
             assert_eq!(f[0].severity, Severity::Error);
             assert_eq!(f[0].file, "specs/cap/spec.md");
         }
@@ -638,20 +488,11 @@ mod tests {
 
     #[test]
     fn no_deltas_is_info_only() {
-        for (specs_dir, spec_files) in [
-            (true, vec![("README.md".to_string(), String::new())]),
-            (true, vec![]),
-            (false, vec![]),
-        ] {
-            let f = validate(&ChangeFiles {
-                specs_dir,
-                spec_files,
-                ..good()
-            });
-            assert_eq!(
-                summary(&f),
-                [(SPECS_NO_DELTAS, Severity::Info, "specs/", 0)]
-            );
+        for (specs_dir, spec_files) in
+            [(true, vec![("README.md".to_string(), String::new())]), (true, vec![]), (false, vec![])]
+        {
+            let f = validate(&ChangeFiles { specs_dir, spec_files, ..good() });
+            assert_eq!(summary(&f), [(SPECS_NO_DELTAS, Severity::Info, "specs/", 0)]);
             assert!(is_valid(&f));
         }
     }
@@ -664,36 +505,18 @@ mod tests {
             specs_dir: false,
             spec_files: vec![
                 ("z/spec.md".into(), "nothing".into()),
-                (
-                    "a/spec.md".into(),
-                    "## ADDED Requirements\n### Requirement: A\n".into(),
-                ),
+                ("a/spec.md".into(), "## ADDED Requirements\n### Requirement: A\n".into()),
             ],
         };
         let f = validate(&files);
         assert_eq!(
             summary(&f),
             [
-                (
-                    specs::DELTA_REQUIREMENT_NO_SCENARIO,
-                    Severity::Error,
-                    "specs/a/spec.md",
-                    2
-                ),
-                (
-                    specs::DELTA_NO_OPERATIONS,
-                    Severity::Error,
-                    "specs/z/spec.md",
-                    0
-                ),
+                (specs::DELTA_REQUIREMENT_NO_SCENARIO, Severity::Error, "specs/a/spec.md", 2),
+                (specs::DELTA_NO_OPERATIONS, Severity::Error, "specs/z/spec.md", 0),
                 (TASKS_MALFORMED_ITEM, Severity::Error, "tasks.md", 3),
                 (TASKS_MALFORMED_ITEM, Severity::Error, "tasks.md", 4),
-                (
-                    PROPOSAL_SECTION_MISSING,
-                    Severity::Warning,
-                    "proposal.md",
-                    0
-                ),
+                (PROPOSAL_SECTION_MISSING, Severity::Warning, "proposal.md", 0),
                 (PROPOSAL_SECTION_EMPTY, Severity::Warning, "proposal.md", 2),
                 (TASKS_DUPLICATE_ID, Severity::Warning, "tasks.md", 2),
             ]

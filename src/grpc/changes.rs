@@ -32,10 +32,7 @@ fn template(value: i32) -> Result<TemplateKind, Error> {
         Ok(pb::Template::Unspecified | pb::Template::Feature) => Ok(TemplateKind::Feature),
         Ok(pb::Template::Bugfix) => Ok(TemplateKind::Bugfix),
         Ok(pb::Template::Chore) => Ok(TemplateKind::Chore),
-        Err(_) => Err(Error::invalid(
-            "template",
-            format!("unknown template {value}"),
-        )),
+        Err(_) => Err(Error::invalid("template", format!("unknown template {value}"))),
     }
 }
 
@@ -52,27 +49,12 @@ fn test_summary(t: Option<pb::TestSummary>) -> Result<Option<TestSummary>, Error
     let Some(t) = t else { return Ok(None) };
     let chars = t.note.chars().count();
     if chars > MAX_NOTE_CHARS {
-        return Err(Error::TooLarge {
-            field: "tests.note",
-            size: chars,
-            limit: MAX_NOTE_CHARS,
-        });
+        return Err(Error::TooLarge { field: "tests.note", size: chars, limit: MAX_NOTE_CHARS });
     }
-    if t.note
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(Error::invalid(
-            "tests.note",
-            "must not contain control characters",
-        ));
+    if t.note.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::invalid("tests.note", "must not contain control characters"));
     }
-    Ok(Some(TestSummary {
-        passed: t.passed,
-        failed: t.failed,
-        skipped: t.skipped,
-        note: t.note,
-    }))
+    Ok(Some(TestSummary { passed: t.passed, failed: t.failed, skipped: t.skipped, note: t.note }))
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -184,24 +166,12 @@ impl Changes for ChangesService {
             return Err(Error::invalid("updates", "at least one update is required").into());
         }
         if r.updates.len() > MAX_UPDATES {
-            return Err(Error::TooLarge {
-                field: "updates",
-                size: r.updates.len(),
-                limit: MAX_UPDATES,
-            }
-            .into());
+            return Err(Error::TooLarge { field: "updates", size: r.updates.len(), limit: MAX_UPDATES }.into());
         }
-        if let Some(u) = r
-            .updates
-            .iter()
-            .find(|u| u.id.is_empty() || u.id.len() > MAX_TASK_ID_LEN)
-        {
+        if let Some(u) = r.updates.iter().find(|u| u.id.is_empty() || u.id.len() > MAX_TASK_ID_LEN) {
             return Err(Error::invalid(
                 "updates.id",
-                format!(
-                    "task ids are 1 to {MAX_TASK_ID_LEN} bytes, got {}",
-                    u.id.len()
-                ),
+                format!("task ids are 1 to {MAX_TASK_ID_LEN} bytes, got {}", u.id.len()),
             )
             .into());
         }
@@ -224,8 +194,7 @@ impl Changes for ChangesService {
         let slug = Slug::parse(&r.slug)?;
         let tests = test_summary(r.tests)?;
         let ws = self.state.workspace.clone();
-        let archived =
-            blocking(move || ws.archive_change(&slug, &owner, tests, &mut |_| {})).await?;
+        let archived = blocking(move || ws.archive_change(&slug, &owner, tests, &mut |_| {})).await?;
         Ok(Response::new(convert::archived(&archived)))
     }
 
@@ -257,9 +226,7 @@ impl Changes for ChangesService {
                 }));
             };
             let last = match ws.archive_change(&slug, &owner, tests, &mut report) {
-                Ok(archived) => Ok(pb::ArchiveChangeEvent {
-                    event: Some(Event::Result(convert::archived(&archived))),
-                }),
+                Ok(archived) => Ok(pb::ArchiveChangeEvent { event: Some(Event::Result(convert::archived(&archived))) }),
                 Err(e) => Err(e.into_status()),
             };
             let _ = tx.blocking_send(last);

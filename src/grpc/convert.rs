@@ -13,10 +13,7 @@ use crate::{
 };
 
 pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
+    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
 }
 
 pub fn lock(record: &LockRecord) -> pb::Lock {
@@ -39,31 +36,19 @@ pub fn summary(s: &workspace::Summary) -> pb::ChangeSummary {
         } as i32,
         updated_at: Some(timestamp(s.updated_at)),
         lock: s.lock.as_ref().map(lock),
-        progress: Some(pb::TaskProgress {
-            done: s.progress.0,
-            total: s.progress.1,
-        }),
+        progress: Some(pb::TaskProgress { done: s.progress.0, total: s.progress.1 }),
         uri: ResourceUri::proposal(&s.slug),
         archive_name: s.archive_name.clone().unwrap_or_default(),
     }
 }
 
 pub fn task(t: &TaskItem) -> pb::Task {
-    pb::Task {
-        id: t.id.clone(),
-        text: t.text.clone(),
-        done: t.done,
-        line: t.line,
-        section: t.section.clone(),
-    }
+    pb::Task { id: t.id.clone(), text: t.text.clone(), done: t.done, line: t.line, section: t.section.clone() }
 }
 
 pub fn progress(tasks: &[TaskItem]) -> pb::TaskProgress {
     let done = tasks.iter().filter(|t| t.done).count() as u32;
-    pb::TaskProgress {
-        done,
-        total: tasks.len() as u32,
-    }
+    pb::TaskProgress { done, total: tasks.len() as u32 }
 }
 
 pub fn finding(f: &Finding) -> pb::Finding {
@@ -86,14 +71,7 @@ pub fn receipt(r: &workspace::Receipt) -> pb::Receipt {
         archived_at: Some(timestamp(r.archived_at)),
         actor: r.actor.clone(),
         opened_at: r.opened_at.map(timestamp),
-        commits: r
-            .commits
-            .iter()
-            .map(|c| pb::Commit {
-                sha: c.sha.clone(),
-                subject: c.subject.clone(),
-            })
-            .collect(),
+        commits: r.commits.iter().map(|c| pb::Commit { sha: c.sha.clone(), subject: c.subject.clone() }).collect(),
         files_touched: r.files_touched.clone(),
         tests: r.tests.as_ref().map(|t| pb::TestSummary {
             passed: t.passed,

@@ -36,10 +36,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-        }
+        Auth { inner, tokens: self.tokens.clone() }
     }
 }
 
@@ -71,10 +68,7 @@ where
         if req.uri().path().starts_with(HEALTH_PREFIX) {
             return Box::pin(inner.call(req));
         }
-        let header = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match self.tokens.authenticate(header) {
             Some(principal) => {
                 req.extensions_mut().insert(principal);
@@ -102,10 +96,7 @@ impl RateLimitLayer {
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
-            inner,
-            limiter: self.limiter.clone(),
-        }
+        RateLimit { inner, limiter: self.limiter.clone() }
     }
 }
 
@@ -138,11 +129,8 @@ where
         }
         // Auth runs first and always inserts a principal; none means auth is off
         // for this path, and the anonymous bucket applies.
-        let principal = req
-            .extensions()
-            .get::<crate::auth::Principal>()
-            .cloned()
-            .unwrap_or_else(crate::auth::Principal::anonymous);
+        let principal =
+            req.extensions().get::<crate::auth::Principal>().cloned().unwrap_or_else(crate::auth::Principal::anonymous);
         match self.limiter.check(&principal) {
             Ok(()) => Box::pin(inner.call(req)),
             Err(retry_after) => {
@@ -160,25 +148,16 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     fn ok_service()
-    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
-    + Clone
-    + Send
-    + 'static {
+    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send> + Clone + Send + 'static
+    {
         service_fn(|req: Request<()>| async move {
-            let who = req
-                .extensions()
-                .get::<crate::auth::Principal>()
-                .map(|p| p.to_string())
-                .unwrap_or_default();
+            let who = req.extensions().get::<crate::auth::Principal>().map(|p| p.to_string()).unwrap_or_default();
             Ok::<_, Infallible>(Response::new(who))
         })
     }
 
     fn grpc_status<B>(resp: &Response<B>) -> Option<String> {
-        resp.headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     fn request(path: &str, auth: Option<&str>) -> Request<()> {
@@ -193,47 +172,22 @@ mod tests {
     async fn auth_rejects_missing_token_but_not_health() {
         let tokens = Arc::new(Tokens::from_config(&["ops=tok".into()], None).unwrap());
         let svc = AuthLayer::new(tokens).layer(ok_service());
-        let denied = svc
-            .clone()
-            .oneshot(request("/taskmcp.v1.Changes/OpenChange", None))
-            .await
-            .unwrap();
+        let denied = svc.clone().oneshot(request("/taskmcp.v1.Changes/OpenChange", None)).await.unwrap();
         assert_eq!(grpc_status(&denied).as_deref(), Some("16"));
-        let health = svc
-            .clone()
-            .oneshot(request("/grpc.health.v1.Health/Check", None))
-            .await
-            .unwrap();
+        let health = svc.clone().oneshot(request("/grpc.health.v1.Health/Check", None)).await.unwrap();
         assert_eq!(grpc_status(&health), None);
-        let ok = svc
-            .oneshot(request(
-                "/taskmcp.v1.Changes/OpenChange",
-                Some("Bearer tok"),
-            ))
-            .await
-            .unwrap();
+        let ok = svc.oneshot(request("/taskmcp.v1.Changes/OpenChange", Some("Bearer tok"))).await.unwrap();
         assert_eq!(ok.body(), "ops");
     }
 
     #[tokio::test]
     async fn rate_limit_answers_resource_exhausted() {
         let svc = RateLimitLayer::new(Arc::new(RateLimiter::new(1, 1))).layer(ok_service());
-        let first = svc
-            .clone()
-            .oneshot(request("/taskmcp.v1.Changes/ShowChange", None))
-            .await
-            .unwrap();
+        let first = svc.clone().oneshot(request("/taskmcp.v1.Changes/ShowChange", None)).await.unwrap();
         assert_eq!(grpc_status(&first), None);
-        let second = svc
-            .clone()
-            .oneshot(request("/taskmcp.v1.Changes/ShowChange", None))
-            .await
-            .unwrap();
+        let second = svc.clone().oneshot(request("/taskmcp.v1.Changes/ShowChange", None)).await.unwrap();
         assert_eq!(grpc_status(&second).as_deref(), Some("8"));
-        let health = svc
-            .oneshot(request("/grpc.health.v1.Health/Check", None))
-            .await
-            .unwrap();
+        let health = svc.oneshot(request("/grpc.health.v1.Health/Check", None)).await.unwrap();
         assert_eq!(grpc_status(&health), None);
     }
 }

@@ -37,10 +37,6 @@ fn owner_of<T>(req: &Request<T>, named: &str) -> Result<Owner, Error> {
     if !named.is_empty() {
         return Owner::parse(named);
     }
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .unwrap_or_else(Principal::anonymous);
+    let principal = req.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::anonymous);
     Owner::parse(principal.as_str())
 }

@@ -1,8 +1,6 @@
 use std::pin::Pin;
 
-use tokio_stream::{
-    Stream, StreamExt, wrappers::BroadcastStream, wrappers::errors::BroadcastStreamRecvError,
-};
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream, wrappers::errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
 
 use super::{AppState, blocking, convert};
@@ -42,9 +40,7 @@ impl Resources for ResourcesService {
         let resource = blocking(move || ws.read_resource(&uri, &raw_for_read)).await?;
         // An empty resource is still one (empty, last) chunk so clients see its type.
         let chunks = chunk(&raw, resource.mime_type, resource.bytes);
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            chunks.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 
     async fn list_resources(
@@ -52,11 +48,7 @@ impl Resources for ResourcesService {
         req: Request<pb::ListResourcesRequest>,
     ) -> Result<Response<pb::ListResourcesResponse>, Status> {
         let slug = req.into_inner().slug;
-        let only = if slug.is_empty() {
-            None
-        } else {
-            Some(Slug::parse(&slug)?)
-        };
+        let only = if slug.is_empty() { None } else { Some(Slug::parse(&slug)?) };
         let ws = self.state.workspace.clone();
         let entries = blocking(move || ws.list_resources(only.as_ref())).await?;
         Ok(Response::new(pb::ListResourcesResponse {
@@ -82,19 +74,15 @@ impl Resources for ResourcesService {
         if !slug.is_empty() {
             Slug::parse(&slug)?;
         }
-        let events = BroadcastStream::new(self.state.workspace.subscribe()).filter_map(
-            move |item| match item {
-                Ok(event) if slug.is_empty() || event.slug == slug => {
-                    Some(Ok(convert::event(&event)))
-                }
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    // A slow consumer misses events rather than holding memory for it.
-                    tracing::warn!(missed = n, "watch stream lagged; events dropped");
-                    None
-                }
-            },
-        );
+        let events = BroadcastStream::new(self.state.workspace.subscribe()).filter_map(move |item| match item {
+            Ok(event) if slug.is_empty() || event.slug == slug => Some(Ok(convert::event(&event))),
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                // A slow consumer misses events rather than holding memory for it.
+                tracing::warn!(missed = n, "watch stream lagged; events dropped");
+                None
+            }
+        });
         let shutdown = self.state.shutdown.clone();
         let until_drain = async_stream::stream! {
             tokio::pin!(events);

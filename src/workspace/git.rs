@@ -25,8 +25,7 @@ pub struct GitActivity {
 /// Commits and files since `since` (all history when unknown). Any git failure
 /// yields what could be read; a receipt never fails because of git.
 pub fn activity_since(dir: &Path, since: Option<OffsetDateTime>) -> GitActivity {
-    let inside =
-        run(dir, &["rev-parse", "--is-inside-work-tree"]).is_some_and(|o| o.trim() == "true");
+    let inside = run(dir, &["rev-parse", "--is-inside-work-tree"]).is_some_and(|o| o.trim() == "true");
     if !inside {
         return GitActivity::default();
     }
@@ -51,21 +50,12 @@ pub fn activity_since(dir: &Path, since: Option<OffsetDateTime>) -> GitActivity 
         files_args.push(s);
     }
     let mut files: Vec<String> = run(dir, &files_args)
-        .map(|out| {
-            out.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|out| out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
         .unwrap_or_default();
     files.sort();
     files.dedup();
     files.truncate(MAX_FILES);
-    GitActivity {
-        repository: true,
-        commits,
-        files_touched: files,
-    }
+    GitActivity { repository: true, commits, files_touched: files }
 }
 
 fn run(dir: &Path, args: &[&str]) -> Option<String> {
@@ -102,9 +92,7 @@ fn run(dir: &Path, args: &[&str]) -> Option<String> {
         }
     };
     let bytes = reader.join().ok()?.ok()?;
-    status
-        .success()
-        .then(|| String::from_utf8_lossy(&bytes).into_owned())
+    status.success().then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -122,14 +110,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let git = |args: &[&str]| {
             let ok = Command::new("git")
-                .args([
-                    "-c",
-                    "user.name=t",
-                    "-c",
-                    "user.email=t@t",
-                    "-c",
-                    "commit.gpgsign=false",
-                ])
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
                 .args(args)
                 .current_dir(dir.path())
                 .output()
@@ -142,10 +123,7 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "a").unwrap();
         git(&["add", "a.txt"]);
         git(&["commit", "-q", "-m", "first commit"]);
-        let got = activity_since(
-            dir.path(),
-            Some(OffsetDateTime::now_utc() - time::Duration::hours(1)),
-        );
+        let got = activity_since(dir.path(), Some(OffsetDateTime::now_utc() - time::Duration::hours(1)));
         assert!(got.repository);
         assert_eq!(got.commits.len(), 1);
         assert_eq!(got.commits[0].1, "first commit");

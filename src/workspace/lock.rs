@@ -61,10 +61,7 @@ pub enum Acquired {
     /// The caller already held it; `acquired_at` moved to now.
     Refreshed(LockRecord),
     /// Another owner's lock had expired and was taken over.
-    TakenOver {
-        lock: LockRecord,
-        previous: LockRecord,
-    },
+    TakenOver { lock: LockRecord, previous: LockRecord },
 }
 
 impl Acquired {
@@ -91,13 +88,7 @@ pub fn write_initial(dir: &Path, record: &LockRecord) -> io::Result<()> {
     write_new(&dir.join(LOCK_FILE), &record.to_bytes())
 }
 
-pub fn acquire(
-    dir: &Path,
-    slug: &str,
-    owner: &Owner,
-    ttl: Ttl,
-    now: OffsetDateTime,
-) -> Result<Acquired> {
+pub fn acquire(dir: &Path, slug: &str, owner: &Owner, ttl: Ttl, now: OffsetDateTime) -> Result<Acquired> {
     let lock_path = dir.join(LOCK_FILE);
     let io_err = |e: io::Error| Error::internal("acquire lock", e);
     // Each turn either succeeds, fails with a conflict, or observed another
@@ -117,9 +108,7 @@ pub fn acquire(
             Err(e) => return Err(e),
         }
     }
-    Err(Error::Internal(format!(
-        "lock of {slug} kept changing while acquiring it"
-    )))
+    Err(Error::Internal(format!("lock of {slug} kept changing while acquiring it")))
 }
 
 /// One attempt; `Ok(None)` means "the lock changed under us, try again".
@@ -159,9 +148,7 @@ fn try_place(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),
     }
-    let moved: Option<LockRecord> = fs::read(&stale_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let moved: Option<LockRecord> = fs::read(&stale_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if moved.as_ref().map(|m| &m.nonce) != Some(&existing.nonce) {
         // Someone replaced the stale lock between our read and our rename: put
         // theirs back (exclusively; if that fails a third party holds it now).
@@ -171,10 +158,7 @@ fn try_place(
     }
     let _ = fs::remove_file(&stale_path);
     match fs::hard_link(temp, lock_path) {
-        Ok(()) => Ok(Some(Acquired::TakenOver {
-            lock: record.clone(),
-            previous: existing,
-        })),
+        Ok(()) => Ok(Some(Acquired::TakenOver { lock: record.clone(), previous: existing })),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(io_err(e)),
     }
@@ -202,24 +186,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = OffsetDateTime::now_utc();
         let ttl = Ttl::DEFAULT;
-        assert!(matches!(
-            acquire(dir.path(), "s", &owner("a"), ttl, now).unwrap(),
-            Acquired::New(_)
-        ));
+        assert!(matches!(acquire(dir.path(), "s", &owner("a"), ttl, now).unwrap(), Acquired::New(_)));
         let later = now + time::Duration::seconds(10);
         let refreshed = acquire(dir.path(), "s", &owner("a"), ttl, later).unwrap();
         assert!(matches!(refreshed, Acquired::Refreshed(ref r) if r.acquired_at == later));
         let err = acquire(dir.path(), "s", &owner("b"), ttl, later).unwrap_err();
         assert!(matches!(err, Error::LockedByOtherOwner { holder, .. } if holder == "a"));
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names,
-            vec![std::ffi::OsString::from(LOCK_FILE)],
-            "no temp files left"
-        );
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)], "no temp files left");
     }
 
     #[test]
@@ -242,14 +216,7 @@ mod tests {
     fn garbage_lock_counts_as_free() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(LOCK_FILE), b"{not json").unwrap();
-        let got = acquire(
-            dir.path(),
-            "s",
-            &owner("a"),
-            Ttl::DEFAULT,
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
+        let got = acquire(dir.path(), "s", &owner("a"), Ttl::DEFAULT, OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(got, Acquired::New(_)));
     }
 }

@@ -312,13 +312,7 @@ impl Workspace {
 
     fn emit(&self, kind: EventKind, slug: &str, uris: Vec<String>) {
         // No subscribers is fine: events are a convenience, not a log.
-        let _ = self.events.send(Event {
-            kind,
-            slug: slug.to_string(),
-            at: now(),
-            uris,
-            external: false,
-        });
+        let _ = self.events.send(Event { kind, slug: slug.to_string(), at: now(), uris, external: false });
     }
 
     fn draft_dir(&self, slug: &Slug) -> PathBuf {
@@ -331,10 +325,7 @@ impl Workspace {
         let dir = self.draft_dir(slug);
         match dir.symlink_metadata() {
             Ok(m) if m.file_type().is_dir() => Ok(Some(dir)),
-            Ok(_) => Err(Error::InvalidPath {
-                value: slug.to_string(),
-                why: "change folder is not a directory",
-            }),
+            Ok(_) => Err(Error::InvalidPath { value: slug.to_string(), why: "change folder is not a directory" }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::internal("stat change", e)),
         }
@@ -393,8 +384,7 @@ impl Workspace {
             at: lock.acquired_at,
             expired_at: previous.expires_at(),
         });
-        let bytes =
-            serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
         fsutil::atomic_write(&path, &bytes).map_err(|e| Error::internal("write meta", e))?;
         self.own_writes.note(&path);
         Ok(())
@@ -417,18 +407,13 @@ impl Workspace {
             template: req.template.as_str().to_string(),
             takeovers: vec![],
         };
-        let stage = self
-            .staging
-            .join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
+        let stage = self.staging.join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
         let target = self.draft_dir(&req.slug);
         let build = || -> io::Result<()> {
             fs::create_dir_all(stage.join("specs"))?;
             fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
             fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
-            fsutil::write_new(
-                &stage.join("specs").join("README.md"),
-                scaffold.specs_readme.as_bytes(),
-            )?;
+            fsutil::write_new(&stage.join("specs").join("README.md"), scaffold.specs_readme.as_bytes())?;
             fsutil::write_new(&stage.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
             lock::write_initial(&stage, &lock)?;
             fsutil::sync_parent(&stage.join("specs"))?;
@@ -456,25 +441,13 @@ impl Workspace {
         self.emit(
             EventKind::Opened,
             req.slug.as_str(),
-            vec![
-                ResourceUri::proposal(req.slug.as_str()),
-                ResourceUri::tasks(req.slug.as_str()),
-            ],
+            vec![ResourceUri::proposal(req.slug.as_str()), ResourceUri::tasks(req.slug.as_str())],
         );
-        Ok(Opened {
-            summary,
-            created: true,
-            lock,
-            takeover: None,
-            files: self.listed_files(&req.slug),
-        })
+        Ok(Opened { summary, created: true, lock, takeover: None, files: self.listed_files(&req.slug) })
     }
 
     fn listed_files(&self, slug: &Slug) -> Vec<String> {
-        ["proposal.md", "tasks.md", "specs/README.md"]
-            .iter()
-            .map(|f| format!("changes/{slug}/{f}"))
-            .collect()
+        ["proposal.md", "tasks.md", "specs/README.md"].iter().map(|f| format!("changes/{slug}/{f}")).collect()
     }
 
     fn sweep_staging(&self) {
@@ -497,17 +470,8 @@ impl Workspace {
 
     // ----- change.list -----
 
-    pub fn list_changes(
-        &self,
-        filter: StatusFilter,
-        page_size: usize,
-        page_token: &str,
-    ) -> Result<Page> {
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(page_token::decode(page_token, filter.as_str())?)
-        };
+    pub fn list_changes(&self, filter: StatusFilter, page_size: usize, page_token: &str) -> Result<Page> {
+        let after = if page_token.is_empty() { None } else { Some(page_token::decode(page_token, filter.as_str())?) };
         let mut keys: Vec<(String, Entry)> = Vec::new();
         if filter != StatusFilter::Archived {
             for slug in self.draft_slugs()? {
@@ -543,19 +507,12 @@ impl Workspace {
             (true, Some((key, _))) => Some(page_token::encode(filter.as_str(), key)),
             _ => None,
         };
-        Ok(Page {
-            items,
-            next_page_token,
-            total,
-        })
+        Ok(Page { items, next_page_token, total })
     }
 
     fn draft_slugs(&self) -> Result<Vec<Slug>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.changes)
-            .map_err(|e| Error::internal("list changes", e))?
-            .flatten()
-        {
+        for entry in fs::read_dir(&self.changes).map_err(|e| Error::internal("list changes", e))?.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
                 && let Ok(slug) = Slug::parse(name)
@@ -568,10 +525,7 @@ impl Workspace {
 
     fn archive_names(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.archive)
-            .map_err(|e| Error::internal("list archive", e))?
-            .flatten()
-        {
+        for entry in fs::read_dir(&self.archive).map_err(|e| Error::internal("list archive", e))?.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
                 && archive_slug(name).is_some()
@@ -587,54 +541,36 @@ impl Workspace {
         let tasks = read_doc(dir, "tasks.md").ok().flatten();
         Ok(Summary {
             slug: slug.to_string(),
-            title: proposal
-                .as_deref()
-                .and_then(proposal::title)
-                .unwrap_or_else(|| slug.to_string()),
+            title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.to_string()),
             status: Status::Draft,
             updated_at: updated_at(dir),
             lock: lock::read(dir)?,
-            progress: tasks
-                .as_deref()
-                .map(|t| checklist::parse(t).progress())
-                .unwrap_or((0, 0)),
+            progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
             archive_name: None,
         })
     }
 
     fn summarize_archived(&self, name: &str) -> Result<Summary> {
         let dir = self.archive.join(name);
-        let slug = read_receipt(&dir)
-            .map(|r| r.slug)
-            .or_else(|| archive_slug(name).map(str::to_string));
-        let slug =
-            slug.ok_or_else(|| Error::Internal(format!("unrecognised archive folder {name}")))?;
+        let slug = read_receipt(&dir).map(|r| r.slug).or_else(|| archive_slug(name).map(str::to_string));
+        let slug = slug.ok_or_else(|| Error::Internal(format!("unrecognised archive folder {name}")))?;
         let proposal = read_doc(&dir, "proposal.md").ok().flatten();
         let tasks = read_doc(&dir, "tasks.md").ok().flatten();
         Ok(Summary {
-            title: proposal
-                .as_deref()
-                .and_then(proposal::title)
-                .unwrap_or_else(|| slug.clone()),
+            title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.clone()),
             slug,
             status: Status::Archived,
             updated_at: updated_at(&dir),
             lock: None,
-            progress: tasks
-                .as_deref()
-                .map(|t| checklist::parse(t).progress())
-                .unwrap_or((0, 0)),
+            progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
             archive_name: Some(name.to_string()),
         })
     }
 
     /// The newest archive folder of `slug`, if any.
     fn latest_archive(&self, slug: &Slug) -> Result<Option<(String, PathBuf)>> {
-        let mut names: Vec<String> = self
-            .archive_names()?
-            .into_iter()
-            .filter(|n| archive_slug(n) == Some(slug.as_str()))
-            .collect();
+        let mut names: Vec<String> =
+            self.archive_names()?.into_iter().filter(|n| archive_slug(n) == Some(slug.as_str())).collect();
         names.sort();
         Ok(names.pop().map(|n| {
             let dir = self.archive.join(&n);
@@ -650,9 +586,7 @@ impl Workspace {
         }
         match self.latest_archive(slug)? {
             Some((name, dir)) => Ok((dir, self.summarize_archived(&name)?)),
-            None => Err(Error::ChangeNotFound {
-                slug: slug.to_string(),
-            }),
+            None => Err(Error::ChangeNotFound { slug: slug.to_string() }),
         }
     }
 
@@ -661,37 +595,22 @@ impl Workspace {
     pub fn show_change(&self, slug: &Slug) -> Result<Shown> {
         let (dir, summary) = self.locate(slug)?;
         let proposal = read_doc_strict(&dir, "proposal.md")?.unwrap_or_default();
-        let tasks = read_doc_strict(&dir, "tasks.md")?
-            .map(|t| checklist::parse(&t).items)
-            .unwrap_or_default();
+        let tasks = read_doc_strict(&dir, "tasks.md")?.map(|t| checklist::parse(&t).items).unwrap_or_default();
         let mut deltas = Vec::new();
         for (path, content) in read_spec_files(&dir.join("specs"))?.files {
             if is_readme(&path) {
                 continue;
             }
             let (requirements, _) = specs::parse_delta(&content);
-            deltas.push(Delta {
-                path,
-                content,
-                requirements,
-            });
+            deltas.push(Delta { path, content, requirements });
         }
-        Ok(Shown {
-            summary,
-            proposal,
-            tasks,
-            deltas,
-        })
+        Ok(Shown { summary, proposal, tasks, deltas })
     }
 
     // ----- change.validate -----
 
     pub fn validate_change(&self, slug: &Slug) -> Result<Vec<Finding>> {
-        let dir = self
-            .existing_draft(slug)?
-            .ok_or_else(|| Error::ChangeNotFound {
-                slug: slug.to_string(),
-            })?;
+        let dir = self.existing_draft(slug)?.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
         self.validate_dir(&dir)
     }
 
@@ -722,9 +641,7 @@ impl Workspace {
         let mut findings: Vec<Finding> = validation::validate(&files)
             .into_iter()
             // A file we could not read is reported once, as unreadable, not also as missing.
-            .filter(|f| {
-                !(f.code.ends_with("_MISSING") && unreadable.iter().any(|u| u.file == f.file))
-            })
+            .filter(|f| !(f.code.ends_with("_MISSING") && unreadable.iter().any(|u| u.file == f.file)))
             .collect();
         findings.extend(unreadable);
         findings.extend(spec_read.problems);
@@ -742,38 +659,38 @@ impl Workspace {
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = self
-            .existing_draft(slug)?
-            .ok_or_else(|| Error::ChangeNotFound {
+        let dir = self.existing_draft(slug)?.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
+        let held = lock::read(&dir)?;
+        if let Some(held) = &held
+            && held.is_live(now())
+            && held.owner != owner.as_str()
+        {
+            return Err(Error::LockedByOtherOwner {
                 slug: slug.to_string(),
-            })?;
-        let ttl = lock::read(&dir)?
-            .and_then(|l| Ttl::parse(l.ttl_seconds).ok())
-            .unwrap_or(Ttl::DEFAULT);
-        // Holding the lock is required; a free or expired lock is taken by the caller.
-        match lock::acquire(&dir, slug.as_str(), owner, ttl, now())? {
-            Acquired::TakenOver { lock, previous } => {
-                self.record_takeover(&dir, &previous, &lock)?
-            }
-            Acquired::New(_) | Acquired::Refreshed(_) => {}
+                holder: held.owner.clone(),
+                expires_at: held.expires_at(),
+            });
         }
-        self.own_writes.note(&dir.join(lock::LOCK_FILE));
         let path = dir.join("tasks.md");
         let text = read_doc_strict(&dir, "tasks.md")?.ok_or_else(|| Error::TaskNotFound {
             slug: slug.to_string(),
             id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
         })?;
+        // Everything that can refuse the call runs before anything is written.
         let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
-        if !changed.is_empty() {
-            fsutil::atomic_write(&path, new_text.as_bytes())
-                .map_err(|e| Error::internal("write tasks", e))?;
-            self.own_writes.note(&path);
-            self.emit(
-                EventKind::TasksUpdated,
-                slug.as_str(),
-                vec![ResourceUri::tasks(slug.as_str())],
-            );
+        if changed.is_empty() {
+            return Ok((checklist::parse(&new_text).items, changed));
         }
+        // Holding the lock is required; a free or expired lock is taken by the caller.
+        let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
+        match lock::acquire(&dir, slug.as_str(), owner, ttl, now())? {
+            Acquired::TakenOver { lock, previous } => self.record_takeover(&dir, &previous, &lock)?,
+            Acquired::New(_) | Acquired::Refreshed(_) => {}
+        }
+        self.own_writes.note(&dir.join(lock::LOCK_FILE));
+        fsutil::atomic_write(&path, new_text.as_bytes()).map_err(|e| Error::internal("write tasks", e))?;
+        self.own_writes.note(&path);
+        self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
         Ok((checklist::parse(&new_text).items, changed))
     }
 
@@ -792,20 +709,13 @@ impl Workspace {
         let Some(dir) = self.existing_draft(slug)? else {
             return match self.latest_archive(slug)? {
                 Some((_, archived)) => {
-                    let receipt = read_receipt(&archived).ok_or_else(|| {
-                        Error::Internal(format!("archive of {slug} has no readable receipt"))
-                    })?;
+                    let receipt = read_receipt(&archived)
+                        .ok_or_else(|| Error::Internal(format!("archive of {slug} has no readable receipt")))?;
                     // A crash between the move and the release leaves the lock inside.
                     let _ = lock::release(&archived);
-                    Ok(Archived {
-                        receipt,
-                        already_archived: true,
-                        findings: vec![],
-                    })
+                    Ok(Archived { receipt, already_archived: true, findings: vec![] })
                 }
-                None => Err(Error::ChangeNotFound {
-                    slug: slug.to_string(),
-                }),
+                None => Err(Error::ChangeNotFound { slug: slug.to_string() }),
             };
         };
         if let Some(held) = lock::read(&dir)?
@@ -853,37 +763,25 @@ impl Workspace {
             actor: actor.to_string(),
             opened_at: meta.opened_at,
             git: activity.repository,
-            commits: activity
-                .commits
-                .into_iter()
-                .map(|(sha, subject)| CommitRef { sha, subject })
-                .collect(),
+            commits: activity.commits.into_iter().map(|(sha, subject)| CommitRef { sha, subject }).collect(),
             files_touched: activity.files_touched,
             tests,
             archive_path: format!("changes/archive/{name}"),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let receipt_path = dir.join(RECEIPT_FILE);
-        let bytes = serde_json::to_vec_pretty(&receipt)
-            .map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes)
-            .map_err(|e| Error::internal("write receipt", e))?;
+        let bytes = serde_json::to_vec_pretty(&receipt).map_err(|e| Error::internal("encode receipt", e))?;
+        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::internal("write receipt", e))?;
         self.own_writes.note(&receipt_path);
         progress(Step {
             name: "receipt",
-            message: format!(
-                "{} commit(s), {} file(s)",
-                receipt.commits.len(),
-                receipt.files_touched.len()
-            ),
+            message: format!("{} commit(s), {} file(s)", receipt.commits.len(), receipt.files_touched.len()),
             current: 2,
             total: STEPS,
         });
 
         // The commit point: one rename moves the change, its receipt and its lock.
-        let moved = self
-            .fault("archive.before_move")
-            .and_then(|()| fsutil::rename_noreplace(&dir, &target));
+        let moved = self.fault("archive.before_move").and_then(|()| fsutil::rename_noreplace(&dir, &target));
         if let Err(e) = moved {
             // Back to exactly the state before the call, so a retry starts clean.
             let _ = fs::remove_file(&receipt_path);
@@ -891,12 +789,7 @@ impl Workspace {
         }
         self.own_writes.note(&target);
         let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
-        progress(Step {
-            name: "move",
-            message: receipt.archive_path.clone(),
-            current: 3,
-            total: STEPS,
-        });
+        progress(Step { name: "move", message: receipt.archive_path.clone(), current: 3, total: STEPS });
 
         if let Err(e) = self
             .fault("archive.before_release")
@@ -907,44 +800,19 @@ impl Workspace {
             // and removed by the next archive call for this slug.
             tracing::warn!(slug = %slug, error = %e, "archived but lock not released");
         }
-        progress(Step {
-            name: "release",
-            message: "lock released".into(),
-            current: 4,
-            total: STEPS,
-        });
-        self.emit(
-            EventKind::Archived,
-            slug.as_str(),
-            vec![ResourceUri::receipt(slug.as_str())],
-        );
-        let findings = findings
-            .into_iter()
-            .filter(|f| f.severity != Severity::Error)
-            .collect();
-        Ok(Archived {
-            receipt,
-            already_archived: false,
-            findings,
-        })
+        progress(Step { name: "release", message: "lock released".into(), current: 4, total: STEPS });
+        self.emit(EventKind::Archived, slug.as_str(), vec![ResourceUri::receipt(slug.as_str())]);
+        let findings = findings.into_iter().filter(|f| f.severity != Severity::Error).collect();
+        Ok(Archived { receipt, already_archived: false, findings })
     }
 
     fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime) -> Result<String> {
         let date = at.date();
-        let base = format!(
-            "{:04}-{:02}-{:02}-{slug}",
-            date.year(),
-            u8::from(date.month()),
-            date.day()
-        );
+        let base = format!("{:04}-{:02}-{:02}-{slug}", date.year(), u8::from(date.month()), date.day());
         // A slug reopened and archived again the same day gets a numbered folder;
         // the receipt inside keeps the real slug.
         for n in 1..1000 {
-            let name = if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
-            };
+            let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
             if self.archive.join(&name).symlink_metadata().is_err() {
                 return Ok(name);
             }
@@ -955,22 +823,15 @@ impl Workspace {
     // ----- resources -----
 
     pub fn read_resource(&self, uri: &ResourceUri, raw: &str) -> Result<Resource> {
-        let not_found = || Error::ResourceNotFound {
-            uri: raw.to_string(),
-        };
+        let not_found = || Error::ResourceNotFound { uri: raw.to_string() };
         let (path, mime) = match uri {
             ResourceUri::Active => {
                 let page = self.list_changes(StatusFilter::Draft, 50, "")?;
                 let bytes = serde_json::to_vec_pretty(&active_json(&page))
                     .map_err(|e| Error::internal("encode changes://active", e))?;
-                return Ok(Resource {
-                    mime_type: "application/json",
-                    bytes,
-                });
+                return Ok(Resource { mime_type: "application/json", bytes });
             }
-            ResourceUri::Proposal(slug) => {
-                (self.locate(slug)?.0.join("proposal.md"), "text/markdown")
-            }
+            ResourceUri::Proposal(slug) => (self.locate(slug)?.0.join("proposal.md"), "text/markdown"),
             ResourceUri::Tasks(slug) => (self.locate(slug)?.0.join("tasks.md"), "text/markdown"),
             ResourceUri::Delta(slug, rel) => {
                 let specs = self.locate(slug)?.0.join("specs");
@@ -985,10 +846,7 @@ impl Workspace {
             Ok(m) if m.is_file() => m,
             Ok(m) if m.file_type().is_symlink() => {
                 // Only reachable for proposal/tasks: delta paths were resolved above.
-                return Err(Error::InvalidPath {
-                    value: raw.to_string(),
-                    why: "is a symbolic link",
-                });
+                return Err(Error::InvalidPath { value: raw.to_string(), why: "is a symbolic link" });
             }
             _ => return Err(not_found()),
         };
@@ -1000,10 +858,7 @@ impl Workspace {
             });
         }
         let bytes = fs::read(&path).map_err(|e| Error::internal("read resource", e))?;
-        Ok(Resource {
-            mime_type: mime,
-            bytes,
-        })
+        Ok(Resource { mime_type: mime, bytes })
     }
 
     pub fn list_resources(&self, only: Option<&Slug>) -> Result<Vec<ResourceEntry>> {
@@ -1058,11 +913,7 @@ impl Workspace {
         if first == "archive" {
             let name = parts.next()?;
             let slug = archive_slug(name)?;
-            return Some((
-                EventKind::Archived,
-                slug.to_string(),
-                vec![format!("change://{slug}/receipt")],
-            ));
+            return Some((EventKind::Archived, slug.to_string(), vec![format!("change://{slug}/receipt")]));
         }
         let slug = Slug::parse(first).ok()?;
         let rest: Vec<&str> = parts.collect();
@@ -1070,26 +921,12 @@ impl Workspace {
             return None; // our bookkeeping and temp files
         }
         Some(match rest.as_slice() {
-            [] => (
-                EventKind::Opened,
-                slug.to_string(),
-                vec![ResourceUri::proposal(slug.as_str())],
-            ),
-            ["tasks.md"] => (
-                EventKind::TasksUpdated,
-                slug.to_string(),
-                vec![ResourceUri::tasks(slug.as_str())],
-            ),
-            ["proposal.md"] => (
-                EventKind::Updated,
-                slug.to_string(),
-                vec![ResourceUri::proposal(slug.as_str())],
-            ),
-            ["specs", tail @ ..] if !tail.is_empty() => (
-                EventKind::Updated,
-                slug.to_string(),
-                vec![ResourceUri::delta(slug.as_str(), &tail.join("/"))],
-            ),
+            [] => (EventKind::Opened, slug.to_string(), vec![ResourceUri::proposal(slug.as_str())]),
+            ["tasks.md"] => (EventKind::TasksUpdated, slug.to_string(), vec![ResourceUri::tasks(slug.as_str())]),
+            ["proposal.md"] => (EventKind::Updated, slug.to_string(), vec![ResourceUri::proposal(slug.as_str())]),
+            ["specs", tail @ ..] if !tail.is_empty() => {
+                (EventKind::Updated, slug.to_string(), vec![ResourceUri::delta(slug.as_str(), &tail.join("/"))])
+            }
             _ => (EventKind::Updated, slug.to_string(), vec![]),
         })
     }
@@ -1123,13 +960,7 @@ fn now() -> OffsetDateTime {
 fn archive_slug(name: &str) -> Option<&str> {
     let b = name.as_bytes();
     let dated = b.len() > 11
-        && b[..10].iter().enumerate().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                *c == b'-'
-            } else {
-                c.is_ascii_digit()
-            }
-        })
+        && b[..10].iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
         && b[10] == b'-';
     if !dated {
         return None;
@@ -1144,10 +975,7 @@ fn read_receipt(dir: &Path) -> Option<Receipt> {
 }
 
 fn read_meta(dir: &Path) -> Meta {
-    fs::read(dir.join(META_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    fs::read(dir.join(META_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 fn read_doc(dir: &Path, name: &str) -> io::Result<Option<String>> {
@@ -1164,39 +992,24 @@ fn read_doc_strict(dir: &Path, name: &str) -> Result<Option<String>> {
     {
         TextRead::Text(t) => Ok(Some(t)),
         TextRead::Missing => Ok(None),
-        TextRead::TooLarge(size) => Err(Error::ResourceTooLarge {
-            uri: name.to_string(),
-            size,
-            limit: MAX_DOC_BYTES,
-        }),
-        TextRead::NotText | TextRead::NotRegular => Err(Error::InvalidPath {
-            value: name.to_string(),
-            why: "is not a regular UTF-8 text file",
-        }),
+        TextRead::TooLarge(size) => Err(Error::ResourceTooLarge { uri: name.to_string(), size, limit: MAX_DOC_BYTES }),
+        TextRead::NotText | TextRead::NotRegular => {
+            Err(Error::InvalidPath { value: name.to_string(), why: "is not a regular UTF-8 text file" })
+        }
     }
 }
 
 fn unreadable_finding(name: &str, read: &TextRead) -> Finding {
     let message = match read {
         TextRead::TooLarge(size) => format!("{size} bytes is over the {MAX_DOC_BYTES} byte limit"),
-        TextRead::NotRegular => {
-            "is not a regular file (symbolic links and folders are not followed)".into()
-        }
+        TextRead::NotRegular => "is not a regular file (symbolic links and folders are not followed)".into(),
         _ => "is not UTF-8 text".into(),
     };
-    Finding {
-        code: "FILE_UNREADABLE",
-        severity: Severity::Error,
-        file: name.to_string(),
-        line: 0,
-        message,
-    }
+    Finding { code: "FILE_UNREADABLE", severity: Severity::Error, file: name.to_string(), line: 0, message }
 }
 
 fn is_readme(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|f| f.eq_ignore_ascii_case("readme.md"))
+    path.rsplit('/').next().is_some_and(|f| f.eq_ignore_ascii_case("readme.md"))
 }
 
 struct SpecRead {
@@ -1207,10 +1020,7 @@ struct SpecRead {
 /// Every `*.md` under `specs/` (depth-limited, symlinks not followed), as
 /// `(path relative to specs/, text)` sorted by path.
 fn read_spec_files(specs: &Path) -> Result<SpecRead> {
-    let mut out = SpecRead {
-        files: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut out = SpecRead { files: Vec::new(), problems: Vec::new() };
     if !specs.symlink_metadata().is_ok_and(|m| m.is_dir()) {
         return Ok(out);
     }
@@ -1224,11 +1034,7 @@ fn read_spec_files(specs: &Path) -> Result<SpecRead> {
             if name.starts_with('.') {
                 continue;
             }
-            let rel = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
@@ -1242,9 +1048,7 @@ fn read_spec_files(specs: &Path) -> Result<SpecRead> {
                     .map_err(|e| Error::internal("read spec", e))?
                 {
                     TextRead::Text(t) => out.files.push((rel, t)),
-                    other => out
-                        .problems
-                        .push(unreadable_finding(&format!("specs/{rel}"), &other)),
+                    other => out.problems.push(unreadable_finding(&format!("specs/{rel}"), &other)),
                 }
             }
         }

@@ -15,13 +15,8 @@ pub fn resolve_inside(base: &Path, value: &str) -> Result<PathBuf> {
     if joined.symlink_metadata().is_err() {
         return Ok(joined);
     }
-    let escape = || Error::InvalidPath {
-        value: value.to_string(),
-        why: "resolves outside the change",
-    };
-    let real_base = base
-        .canonicalize()
-        .map_err(|e| Error::internal("canonicalize base", e))?;
+    let escape = || Error::InvalidPath { value: value.to_string(), why: "resolves outside the change" };
+    let real_base = base.canonicalize().map_err(|e| Error::internal("canonicalize base", e))?;
     match joined.canonicalize() {
         Ok(real) if real.starts_with(&real_base) => Ok(real),
         // A dangling or looping symlink, or one that points elsewhere.
@@ -38,14 +33,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "x").unwrap();
         let base = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), base.path().join("link"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), base.path().join("link")).unwrap();
         std::fs::write(base.path().join("ok.md"), "y").unwrap();
         std::os::unix::fs::symlink(base.path().join("ok.md"), base.path().join("inner")).unwrap();
-        assert!(matches!(
-            resolve_inside(base.path(), "link"),
-            Err(Error::InvalidPath { .. })
-        ));
+        assert!(matches!(resolve_inside(base.path(), "link"), Err(Error::InvalidPath { .. })));
         assert!(resolve_inside(base.path(), "inner").is_ok());
         assert!(resolve_inside(base.path(), "missing.md").is_ok());
     }

@@ -53,33 +53,20 @@ fn tree(root: &Path) -> BTreeSet<String> {
 
 fn no_temp_files(root: &Path) {
     for path in tree(root) {
-        assert!(
-            !path.ends_with(".tmp") && !path.ends_with(".stale"),
-            "leftover temp file {path}"
-        );
+        assert!(!path.ends_with(".tmp") && !path.ends_with(".stale"), "leftover temp file {path}");
     }
-    assert_eq!(
-        fs::read_dir(root.join(".staging")).unwrap().count(),
-        0,
-        "staging must be empty"
-    );
+    assert_eq!(fs::read_dir(root.join(".staging")).unwrap().count(), 0, "staging must be empty");
 }
 
 #[test]
 fn open_failing_before_the_rename_leaves_nothing_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("open.before_rename");
-    let ws = Workspace::open(dir.path(), 1 << 20)
-        .unwrap()
-        .with_fault_hook(hook);
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
     let before = tree(dir.path());
     let err = ws.open_change(request("add-x")).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
-    assert_eq!(
-        tree(dir.path()),
-        before,
-        "workspace unchanged after the failed open"
-    );
+    assert_eq!(tree(dir.path()), before, "workspace unchanged after the failed open");
     let opened = ws.open_change(request("add-x")).unwrap();
     assert!(opened.created);
     assert!(dir.path().join("changes/add-x/proposal.md").is_file());
@@ -90,16 +77,11 @@ fn open_failing_before_the_rename_leaves_nothing_and_can_be_retried() {
 fn open_failing_after_the_rename_still_yields_a_whole_change() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("open.after_rename");
-    let ws = Workspace::open(dir.path(), 1 << 20)
-        .unwrap()
-        .with_fault_hook(hook);
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
     let opened = ws.open_change(request("add-x")).unwrap();
     assert!(opened.created);
     for f in ["proposal.md", "tasks.md", "specs/README.md", ".lock"] {
-        assert!(
-            dir.path().join("changes/add-x").join(f).is_file(),
-            "{f} missing"
-        );
+        assert!(dir.path().join("changes/add-x").join(f).is_file(), "{f} missing");
     }
     no_temp_files(dir.path());
 }
@@ -108,22 +90,14 @@ fn open_failing_after_the_rename_still_yields_a_whole_change() {
 fn archive_failing_before_the_move_restores_the_change_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("archive.before_move");
-    let ws = Workspace::open(dir.path(), 1 << 20)
-        .unwrap()
-        .with_fault_hook(hook);
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
     ws.open_change(request("add-x")).unwrap();
     let before = tree(dir.path());
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
-    let err = ws
-        .archive_change(&slug, &actor, None, &mut |_| {})
-        .unwrap_err();
+    let err = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
-    assert_eq!(
-        tree(dir.path()),
-        before,
-        "no receipt, no archive folder, lock still in place"
-    );
+    assert_eq!(tree(dir.path()), before, "no receipt, no archive folder, lock still in place");
     let archived = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
     assert!(!archived.already_archived);
     assert!(!dir.path().join("changes/add-x").exists());
@@ -134,26 +108,18 @@ fn archive_failing_before_the_move_restores_the_change_and_can_be_retried() {
 fn archive_failing_before_the_lock_release_is_archived_and_tidied_on_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("archive.before_release");
-    let ws = Workspace::open(dir.path(), 1 << 20)
-        .unwrap()
-        .with_fault_hook(hook);
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
     ws.open_change(request("add-x")).unwrap();
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
     let first = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
     let archive_dir = dir.path().join(&first.receipt.archive_path);
     assert!(archive_dir.join("receipt.json").is_file());
-    assert!(
-        archive_dir.join(".lock").exists(),
-        "the fault kept the lock"
-    );
+    assert!(archive_dir.join(".lock").exists(), "the fault kept the lock");
     let again = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
     assert!(again.already_archived);
     assert_eq!(again.receipt, first.receipt);
-    assert!(
-        !archive_dir.join(".lock").exists(),
-        "retry releases the stray lock"
-    );
+    assert!(!archive_dir.join(".lock").exists(), "retry releases the stray lock");
 }
 
 #[test]
@@ -169,16 +135,8 @@ fn leftovers_of_a_crashed_process_are_swept_at_start() {
     fs::create_dir_all(&fresh).unwrap();
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
     assert!(!crashed.exists(), "stale build-aside folder removed");
-    assert!(
-        fresh.exists(),
-        "a folder another live process may be using is kept"
-    );
-    assert!(
-        ws.list_changes(StatusFilter::All, 50, "")
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(fresh.exists(), "a folder another live process may be using is kept");
+    assert!(ws.list_changes(StatusFilter::All, 50, "").unwrap().items.is_empty());
 }
 
 #[test]
@@ -188,17 +146,7 @@ fn progress_reports_every_step_in_order() {
     ws.open_change(request("add-x")).unwrap();
     let mut steps = Vec::new();
     let slug = Slug::parse("add-x").unwrap();
-    ws.archive_change(&slug, &Owner::parse("alice").unwrap(), None, &mut |s| {
-        steps.push((s.name, s.current, s.total))
-    })
-    .unwrap();
-    assert_eq!(
-        steps,
-        vec![
-            ("validate", 1, 4),
-            ("receipt", 2, 4),
-            ("move", 3, 4),
-            ("release", 4, 4)
-        ]
-    );
+    ws.archive_change(&slug, &Owner::parse("alice").unwrap(), None, &mut |s| steps.push((s.name, s.current, s.total)))
+        .unwrap();
+    assert_eq!(steps, vec![("validate", 1, 4), ("receipt", 2, 4), ("move", 3, 4), ("release", 4, 4)]);
 }

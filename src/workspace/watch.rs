@@ -66,11 +66,8 @@ pub struct WatchGuard {
 
 pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher =
-        notify::recommended_watcher(tx).map_err(|e| Error::internal("start watcher", e))?;
-    watcher
-        .watch(ws.changes_dir(), RecursiveMode::Recursive)
-        .map_err(|e| Error::internal("watch changes", e))?;
+    let mut watcher = notify::recommended_watcher(tx).map_err(|e| Error::internal("start watcher", e))?;
+    watcher.watch(ws.changes_dir(), RecursiveMode::Recursive).map_err(|e| Error::internal("watch changes", e))?;
     let weak = Arc::downgrade(ws);
     std::thread::Builder::new()
         .name("workspace-watch".into())
@@ -120,9 +117,7 @@ fn flush(ws: &Workspace, paths: Vec<PathBuf>) {
         if matches!(kind, EventKind::Opened | EventKind::Archived) && !exists {
             continue;
         }
-        let entry = merged
-            .entry((slug, kind as u8))
-            .or_insert((kind, Vec::new()));
+        let entry = merged.entry((slug, kind as u8)).or_insert((kind, Vec::new()));
         for uri in uris {
             if !entry.1.contains(&uri) {
                 entry.1.push(uri);
@@ -130,12 +125,6 @@ fn flush(ws: &Workspace, paths: Vec<PathBuf>) {
         }
     }
     for ((slug, _), (kind, uris)) in merged {
-        let _ = ws.sender().send(Event {
-            kind,
-            slug,
-            at: time::OffsetDateTime::now_utc(),
-            uris,
-            external: true,
-        });
+        let _ = ws.sender().send(Event { kind, slug, at: time::OffsetDateTime::now_utc(), uris, external: true });
     }
 }

@@ -1,0 +1,455 @@
+//! Hostile slugs, owners, URIs and paths through every RPC that takes one: each
+//! is refused with a typed InvalidArgument (never Internal, never a panic), the
+//! server keeps answering, and the workspace is byte-for-byte unchanged.
+mod common;
+
+use common::{Server, assert_same_tree, bounded, describe, ok, snapshot};
+use task_mcp::pb::{
+    ArchiveChangeRequest, ListChangesRequest, ListResourcesRequest, OpenChangeRequest, ReadResourceRequest,
+    ShowChangeRequest, TaskUpdate, UpdateTasksRequest, ValidateChangeRequest, WatchChangesRequest,
+    resource_chunk::Content,
+};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+const REASONS: &[&str] =
+    &["INVALID_SLUG", "INVALID_ARGUMENT", "INVALID_PATH", "INVALID_PAGE_TOKEN", "INVALID_URI", "TOO_LARGE"];
+
+/// The victim change every hostile request aims at.
+const VICTIM: &str = "victim";
+
+fn hostile_slugs() -> Vec<(String, &'static str)> {
+    let mut v: Vec<(String, &'static str)> = vec![
+        ("../x".into(), "traversal"),
+        ("../../etc".into(), "deep traversal"),
+        ("..".into(), "dot-dot"),
+        ("..%2fetc".into(), "encoded traversal"),
+        ("%2e%2e".into(), "encoded dots"),
+        ("/etc/passwd".into(), "absolute"),
+        ("a\0b-c".into(), "NUL"),
+        ("victim\0".into(), "trailing NUL on a real slug"),
+        ("a\\b-c".into(), "backslash"),
+        ("..\\..\\x".into(), "backslash traversal"),
+        ("ｖｉｃｔｉｍ".into(), "fullwidth letters"),
+        ("vic\u{202e}tim".into(), "RTL override"),
+        ("vi\u{0441}tim".into(), "Cyrillic es homoglyph"),
+        ("\u{0430}bc".into(), "Cyrillic a homoglyph"),
+        ("vic\u{200d}tim".into(), "zero-width joiner"),
+        ("vic\u{200b}tim".into(), "zero-width space"),
+        ("victim/".into(), "trailing slash"),
+        ("victim/../victim".into(), "slash traversal"),
+        ("VICTIM".into(), "uppercase"),
+        (" victim".into(), "leading space"),
+        ("vic tim".into(), "inner space"),
+        ("vic\ntim".into(), "newline"),
+        ("archive".into(), "reserved name"),
+        (".staging".into(), "hidden staging dir"),
+        (".lock".into(), "lock file name"),
+        ("-victim".into(), "leading hyphen"),
+        ("a".repeat(65), "65 chars"),
+        ("a".repeat(10 * 1024), "10 KB"),
+        ("é".repeat(5 * 1024), "10 KB multibyte"),
+    ];
+    v.push(("~/x-y".into(), "tilde"));
+    v
+}
+
+fn hostile_owners() -> Vec<(String, &'static str)> {
+    // Owners are names, never paths: `.` and `/` are allowed characters (so
+    // `../x` is a valid owner), but nothing outside `[A-Za-z0-9._@:/+-]` is.
+    vec![
+        ("a\0b".into(), "NUL"),
+        ("a b".into(), "space"),
+        ("~alice".into(), "tilde"),
+        ("a\\b".into(), "backslash"),
+        ("ａlice".into(), "fullwidth"),
+        ("\u{0430}lice".into(), "Cyrillic homoglyph"),
+        ("ali\u{200d}ce".into(), "zero-width joiner"),
+        ("ali\u{202e}ce".into(), "RTL override"),
+        ("alice\nbob".into(), "newline"),
+        ("a".repeat(129), "129 chars"),
+        ("a".repeat(10 * 1024), "10 KB"),
+    ]
+}
+
+fn hostile_uris(victim: &str) -> Vec<(String, &'static str)> {
+    let mut v: Vec<(String, &'static str)> = vec![
+        (format!("change://{victim}/delta/../../proposal.md"), "delta traversal"),
+        (format!("change://{victim}/delta/../proposal.md"), "delta parent"),
+        (format!("change://{victim}/delta//etc/passwd"), "delta absolute"),
+        (format!("change://{victim}/delta/x%00y"), "encoded NUL"),
+        (format!("change://{victim}/delta/x\0y"), "NUL"),
+        (format!("change://{victim}/delta/..%2f..%2fproposal.md"), "encoded traversal"),
+        (format!("change://{victim}/delta/%2e%2e/proposal.md"), "encoded dots"),
+        (format!("change://{victim}/delta/a\\..\\..\\b"), "backslashes"),
+        (format!("change://{victim}/delta/./README.md"), "dot component"),
+        (format!("change://{victim}/delta/.hidden"), "hidden file"),
+        (format!("change://{victim}/delta/ｓpec.md"), "fullwidth path"),
+        (format!("change://{victim}/delta/spec\u{202e}dm.md"), "RTL override path"),
+        (format!("change://{victim}/delta/"), "empty delta path"),
+        (format!("change://{victim}/delta/{}", "a/".repeat(40)), "deep path"),
+        (format!("change://{victim}/delta/{}", "a".repeat(10 * 1024)), "10 KB path"),
+        (format!("change://{victim}/../../etc/passwd"), "traversal after slug"),
+        (format!("change://{victim}/.lock"), "lock file"),
+        (format!("change://{victim}/proposal/../tasks"), "part traversal"),
+        (format!("change://{victim}"), "no part"),
+        ("change://../proposal".into(), "traversal slug"),
+        ("change://%2e%2e/proposal".into(), "encoded traversal slug"),
+        ("change:///etc/passwd".into(), "empty slug absolute"),
+        ("change://ＶＩＣＴＩＭ/proposal".into(), "fullwidth slug"),
+        ("change://vi\u{0441}tim/proposal".into(), "homoglyph slug"),
+        ("file:///etc/passwd".into(), "file scheme"),
+        ("/etc/passwd".into(), "bare path"),
+        ("changes://active/../x".into(), "active traversal"),
+        ("changes://archive".into(), "unknown list"),
+        (String::new(), "empty"),
+        (format!("change://{}/proposal", "a".repeat(10 * 1024)), "10 KB slug"),
+    ];
+    for (slug, what) in hostile_slugs() {
+        if !slug.contains('/') {
+            v.push((format!("change://{slug}/proposal"), what));
+        }
+    }
+    v
+}
+
+/// Collects every refusal that was not a typed InvalidArgument, so one run
+/// reports all of them instead of stopping at the first.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn push(&mut self, failure: String) {
+        eprintln!("FAILED CASE: {failure}");
+        self.0.push(failure);
+    }
+
+    fn assert_none(&self, context: &str) {
+        assert!(
+            self.0.is_empty(),
+            "{context}: {} hostile input(s) not refused as typed InvalidArgument:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}
+
+/// Checks a refusal: InvalidArgument with an ErrorInfo whose reason is a known code.
+fn assert_invalid(f: &mut Failures, what: &str, status: &Status) {
+    let reason = status.get_details_error_info().map(|i| i.reason);
+    let fine = status.code() == Code::InvalidArgument && reason.as_deref().is_some_and(|r| REASONS.contains(&r));
+    if !fine {
+        let hint = match status.code() {
+            Code::Internal => " (internal error)",
+            Code::Unknown => " (unknown error: a panic?)",
+            _ => "",
+        };
+        let what: String = what.chars().take(120).collect();
+        f.push(format!("{what}{hint}: {}", short(status)));
+    }
+}
+
+/// `describe`, cut to a readable length (hostile inputs are echoed in messages).
+fn short(status: &Status) -> String {
+    describe(status).chars().take(300).collect()
+}
+
+/// Expects a unary result to be a typed InvalidArgument.
+fn expect_invalid<T: std::fmt::Debug>(f: &mut Failures, what: &str, result: Result<tonic::Response<T>, Status>) {
+    match result {
+        Ok(resp) => {
+            let answer: String = format!("{:?}", resp.into_inner()).chars().take(300).collect();
+            f.push(format!("{what}: accepted: {answer}"));
+        }
+        Err(status) => assert_invalid(f, what, &status),
+    }
+}
+
+/// Expects a server stream to fail with a typed InvalidArgument, at the call or
+/// as its first item.
+async fn expect_invalid_stream<T: std::fmt::Debug>(
+    f: &mut Failures,
+    what: &str,
+    result: Result<tonic::Response<tonic::Streaming<T>>, Status>,
+) {
+    let mut stream = match result {
+        Err(status) => return assert_invalid(f, what, &status),
+        Ok(resp) => resp.into_inner(),
+    };
+    match bounded(what, stream.message()).await {
+        Err(status) => assert_invalid(f, what, &status),
+        Ok(item) => {
+            let item: String = format!("{item:?}").chars().take(300).collect();
+            f.push(format!("{what}: stream accepted, first item {item}"));
+        }
+    }
+}
+
+/// A server with a victim change whose specs/ holds symlinks out of the workspace.
+async fn server_with_victim() -> (Server, tempfile::TempDir) {
+    let server = Server::start();
+    let mut c = server.changes().await;
+    let req =
+        OpenChangeRequest { title: "Victim".into(), slug: VICTIM.into(), owner: "alice".into(), ..Default::default() };
+    ok("OpenChange", bounded("OpenChange", c.open_change(req)).await);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.md"), "TOP SECRET outside the workspace\n").unwrap();
+    let specs = server.workspace.join("changes").join(VICTIM).join("specs");
+    std::os::unix::fs::symlink(outside.path().join("secret.md"), specs.join("escape.md")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), specs.join("escape-dir")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", specs.join("passwd.md")).unwrap();
+    (server, outside)
+}
+
+#[tokio::test]
+async fn hostile_slugs_are_refused_by_every_rpc_and_leave_the_workspace_unchanged() {
+    let mut f = Failures::default();
+    let (server, _outside) = server_with_victim().await;
+    let mut c = server.changes().await;
+    let mut r = server.resources().await;
+    let before = snapshot(&server.workspace);
+
+    for (slug, what) in hostile_slugs() {
+        let open =
+            OpenChangeRequest { title: "T".into(), slug: slug.clone(), owner: "alice".into(), ..Default::default() };
+        expect_invalid(&mut f, &format!("OpenChange slug {what}"), bounded(what, c.open_change(open)).await);
+        expect_invalid(
+            &mut f,
+            &format!("ShowChange slug {what}"),
+            bounded(what, c.show_change(ShowChangeRequest { slug: slug.clone() })).await,
+        );
+        expect_invalid(
+            &mut f,
+            &format!("ValidateChange slug {what}"),
+            bounded(what, c.validate_change(ValidateChangeRequest { slug: slug.clone() })).await,
+        );
+        let update = UpdateTasksRequest {
+            slug: slug.clone(),
+            owner: "alice".into(),
+            updates: vec![TaskUpdate { id: "1.1".into(), done: true }],
+        };
+        expect_invalid(&mut f, &format!("UpdateTasks slug {what}"), bounded(what, c.update_tasks(update)).await);
+        let archive = ArchiveChangeRequest { slug: slug.clone(), owner: "alice".into(), tests: None };
+        expect_invalid(
+            &mut f,
+            &format!("ArchiveChange slug {what}"),
+            bounded(what, c.archive_change(archive.clone())).await,
+        );
+        expect_invalid_stream(
+            &mut f,
+            &format!("ArchiveChangeStream slug {what}"),
+            bounded(what, c.archive_change_stream(archive)).await,
+        )
+        .await;
+        expect_invalid(
+            &mut f,
+            &format!("ListResources slug {what}"),
+            bounded(what, r.list_resources(ListResourcesRequest { slug: slug.clone() })).await,
+        );
+        expect_invalid_stream(
+            &mut f,
+            &format!("WatchChanges slug {what}"),
+            bounded(what, r.watch_changes(WatchChangesRequest { slug: slug.clone() })).await,
+        )
+        .await;
+    }
+
+    f.assert_none("hostile_slugs_are_refused_by_every_rpc_and_leave_the_workspace_unchanged");
+    assert_same_tree(&before, &snapshot(&server.workspace), "after hostile slugs");
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn hostile_owners_are_refused_and_leave_the_workspace_unchanged() {
+    let mut f = Failures::default();
+    let (server, _outside) = server_with_victim().await;
+    let mut c = server.changes().await;
+    let before = snapshot(&server.workspace);
+    for (owner, what) in hostile_owners() {
+        let open = OpenChangeRequest {
+            title: "T".into(),
+            slug: "fresh-one".into(),
+            owner: owner.clone(),
+            ..Default::default()
+        };
+        expect_invalid(&mut f, &format!("OpenChange owner {what}"), bounded(what, c.open_change(open)).await);
+        let open =
+            OpenChangeRequest { title: "T".into(), slug: VICTIM.into(), owner: owner.clone(), ..Default::default() };
+        expect_invalid(&mut f, &format!("OpenChange victim owner {what}"), bounded(what, c.open_change(open)).await);
+        let update = UpdateTasksRequest {
+            slug: VICTIM.into(),
+            owner: owner.clone(),
+            updates: vec![TaskUpdate { id: "1.1".into(), done: true }],
+        };
+        expect_invalid(&mut f, &format!("UpdateTasks owner {what}"), bounded(what, c.update_tasks(update)).await);
+        let archive = ArchiveChangeRequest { slug: VICTIM.into(), owner: owner.clone(), tests: None };
+        expect_invalid(
+            &mut f,
+            &format!("ArchiveChange owner {what}"),
+            bounded(what, c.archive_change(archive.clone())).await,
+        );
+        expect_invalid_stream(
+            &mut f,
+            &format!("ArchiveChangeStream owner {what}"),
+            bounded(what, c.archive_change_stream(archive)).await,
+        )
+        .await;
+    }
+    f.assert_none("hostile_owners_are_refused_and_leave_the_workspace_unchanged");
+    assert_same_tree(&before, &snapshot(&server.workspace), "after hostile owners");
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn hostile_resource_uris_are_refused_and_leave_the_workspace_unchanged() {
+    let mut f = Failures::default();
+    let (server, _outside) = server_with_victim().await;
+    let mut r = server.resources().await;
+    let before = snapshot(&server.workspace);
+    for (uri, what) in hostile_uris(VICTIM) {
+        expect_invalid_stream(
+            &mut f,
+            &format!("ReadResource {what} ({:?})", uri.chars().take(80).collect::<String>()),
+            bounded(what, r.read_resource(ReadResourceRequest { uri: uri.clone() })).await,
+        )
+        .await;
+    }
+    f.assert_none("hostile_resource_uris_are_refused_and_leave_the_workspace_unchanged");
+    assert_same_tree(&before, &snapshot(&server.workspace), "after hostile URIs");
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn symlinks_in_specs_pointing_outside_the_workspace_are_invalid_paths_and_never_read() {
+    let mut f = Failures::default();
+    let (server, _outside) = server_with_victim().await;
+    let mut c = server.changes().await;
+    let mut r = server.resources().await;
+    let before = snapshot(&server.workspace);
+
+    for link in ["escape.md", "escape-dir/secret.md", "passwd.md"] {
+        let uri = format!("change://{VICTIM}/delta/{link}");
+        let what = format!("ReadResource {uri}");
+        let result = bounded(&what, r.read_resource(ReadResourceRequest { uri: uri.clone() })).await;
+        let status = match result {
+            Err(status) => status,
+            Ok(resp) => match bounded(&what, resp.into_inner().message()).await {
+                Err(status) => status,
+                Ok(item) => panic!("{what}: the symlink was followed: {item:?}"),
+            },
+        };
+        assert_invalid(&mut f, &what, &status);
+        let reason = status.get_details_error_info().map(|i| i.reason);
+        if reason.as_deref() != Some("INVALID_PATH") {
+            f.push(format!("{what}: expected INVALID_PATH: {}", short(&status)));
+        }
+    }
+
+    // Show and validate must not leak the targets either; they may report the
+    // links as findings or skip them, but never read through them.
+    match bounded("ShowChange", c.show_change(ShowChangeRequest { slug: VICTIM.into() })).await {
+        Ok(resp) => {
+            let shown = resp.into_inner();
+            for delta in &shown.deltas {
+                assert!(
+                    !delta.content.contains("TOP SECRET") && !delta.content.contains("root:"),
+                    "ShowChange read through a symlink: {delta:?}"
+                );
+            }
+        }
+        Err(status) => assert_invalid(&mut f, "ShowChange with escaping symlinks", &status),
+    }
+    match bounded("ValidateChange", c.validate_change(ValidateChangeRequest { slug: VICTIM.into() })).await {
+        Ok(resp) => {
+            for f in resp.into_inner().findings {
+                assert!(!f.message.contains("TOP SECRET") && !f.message.contains("root:"), "{f:?}");
+            }
+        }
+        Err(status) => assert_invalid(&mut f, "ValidateChange with escaping symlinks", &status),
+    }
+    let listed = ok(
+        "ListResources",
+        bounded("ListResources", r.list_resources(ListResourcesRequest { slug: VICTIM.into() })).await,
+    );
+    for info in &listed.resources {
+        let result =
+            bounded("ReadResource listed", r.read_resource(ReadResourceRequest { uri: info.uri.clone() })).await;
+        if let Ok(resp) = result {
+            let mut stream = resp.into_inner();
+            while let Ok(Some(chunk)) = bounded("chunk", stream.message()).await {
+                let text = match &chunk.content {
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Blob(b)) => String::from_utf8_lossy(b).into_owned(),
+                    None => String::new(),
+                };
+                assert!(!text.contains("TOP SECRET") && !text.contains("root:x:0"), "{} leaked: {text}", info.uri);
+            }
+        }
+    }
+    f.assert_none("symlinks_in_specs_pointing_outside_the_workspace_are_invalid_paths_and_never_read");
+    assert_same_tree(&before, &snapshot(&server.workspace), "after symlink probes");
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn oversized_fields_are_refused_with_invalid_argument() {
+    let mut f = Failures::default();
+    let (server, _outside) = server_with_victim().await;
+    let mut c = server.changes().await;
+    let before = snapshot(&server.workspace);
+
+    let base =
+        OpenChangeRequest { title: "T".into(), slug: "big-input".into(), owner: "alice".into(), ..Default::default() };
+    let long_title = OpenChangeRequest { title: "t".repeat(201), ..base.clone() };
+    expect_invalid(&mut f, "title of 201 chars", bounded("OpenChange", c.open_change(long_title)).await);
+    let long_rationale = OpenChangeRequest { rationale: "r".repeat(9000), ..base.clone() };
+    expect_invalid(&mut f, "rationale of 9000 chars", bounded("OpenChange", c.open_change(long_rationale)).await);
+    let nul_rationale = OpenChangeRequest { rationale: "a\0b".into(), ..base.clone() };
+    expect_invalid(&mut f, "rationale with NUL", bounded("OpenChange", c.open_change(nul_rationale)).await);
+    let huge_title = OpenChangeRequest { title: "t".repeat(100 * 1024), ..base.clone() };
+    expect_invalid(&mut f, "title of 100 KiB", bounded("OpenChange", c.open_change(huge_title)).await);
+    // Past the server's request size cap the codec refuses the message itself:
+    // any refusal but Internal/Unknown will do, and the server keeps serving.
+    let giant = OpenChangeRequest { rationale: "r".repeat(2 << 20), ..base };
+    let status = bounded("OpenChange 2 MiB", c.open_change(giant)).await.expect_err("2 MiB request accepted");
+    assert!(
+        !matches!(status.code(), Code::Ok | Code::Internal | Code::Unknown),
+        "2 MiB request: {}",
+        describe(&status)
+    );
+
+    let updates = (0..600).map(|_| TaskUpdate { id: "1.1".into(), done: true }).collect();
+    let req = UpdateTasksRequest { slug: VICTIM.into(), owner: "alice".into(), updates };
+    expect_invalid(&mut f, "600 task updates", bounded("UpdateTasks", c.update_tasks(req)).await);
+
+    let req = UpdateTasksRequest {
+        slug: VICTIM.into(),
+        owner: "alice".into(),
+        updates: vec![TaskUpdate { id: "1".repeat(10 * 1024), done: true }],
+    };
+    match bounded("UpdateTasks long id", c.update_tasks(req)).await {
+        Ok(resp) => panic!("a 10 KB task id was accepted: {:?}", resp.into_inner()),
+        Err(status) => {
+            // An id that long is either refused as too large or simply not found.
+            assert!(
+                matches!(status.code(), Code::InvalidArgument | Code::NotFound),
+                "10 KB task id: {}",
+                describe(&status)
+            );
+        }
+    }
+
+    let note = ArchiveChangeRequest {
+        slug: VICTIM.into(),
+        owner: "alice".into(),
+        tests: Some(task_mcp::pb::TestSummary { passed: 1, failed: 0, skipped: 0, note: "n".repeat(3000) }),
+    };
+    expect_invalid(&mut f, "test note of 3000 chars", bounded("ArchiveChange", c.archive_change(note)).await);
+
+    let list = ListChangesRequest { page_size: 1, page_token: "x".repeat(100 * 1024), status: 0 };
+    expect_invalid(&mut f, "100 KB page token", bounded("ListChanges", c.list_changes(list)).await);
+
+    f.assert_none("oversized_fields_are_refused_with_invalid_argument");
+    assert_same_tree(&before, &snapshot(&server.workspace), "after oversized inputs");
+    server.assert_serving().await;
+}

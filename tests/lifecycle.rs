@@ -1,0 +1,180 @@
+//! The server as a process: graceful shutdown, refusing an unsafe public bind,
+//! bearer-token auth and the per-principal rate limit.
+mod common;
+
+use std::time::Duration;
+
+use common::{Auth, Server, assert_error, bounded, describe, err, ok};
+use task_mcp::pb::{ListChangesRequest, OpenChangeRequest, WatchChangesRequest};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_types::StatusExt;
+
+/// Failure bound for a graceful shutdown (not a speed check).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn sigterm_with_an_open_watch_stream_drains_and_exits_zero() {
+    let mut server = Server::start();
+    let mut r = server.resources().await;
+    let mut health = server.health().await;
+    let mut watch = bounded("WatchChanges", r.watch_changes(WatchChangesRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("WatchChanges: {}", describe(&s)))
+        .into_inner();
+    server.assert_serving().await;
+
+    server.sigterm();
+
+    // The stream must end (cleanly or with a status) rather than hold the server open.
+    let ended = tokio::time::timeout(SHUTDOWN_BOUND, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return "ended".to_string(),
+                Err(status) => return format!("failed: {}", describe(&status)),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream stayed open {SHUTDOWN_BOUND:?} after SIGTERM");
+
+    // Health on the existing connection turns NOT_SERVING, or the connection closes.
+    let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
+        loop {
+            match health.check(HealthCheckRequest { service: String::new() }).await {
+                Ok(resp) if resp.get_ref().status == ServingStatus::Serving as i32 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(resp) => return format!("status {:?}", resp.get_ref().status),
+                Err(status) => return format!("closed: {}", describe(&status)),
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "health still SERVING {SHUTDOWN_BOUND:?} after SIGTERM");
+
+    drop(watch);
+    drop(health);
+    drop(r);
+    let status = server.wait_exit(SHUTDOWN_BOUND);
+    let status = status.unwrap_or_else(|| panic!("still running {SHUTDOWN_BOUND:?} after SIGTERM"));
+    assert!(status.success(), "graceful shutdown must exit 0, got {status:?}\n{}", server.logs());
+}
+
+#[test]
+fn a_public_bind_without_tokens_is_refused_naming_the_override_flag() {
+    let failure = match Server::builder().grpc_listen("0.0.0.0:0").try_start() {
+        Ok(mut server) => {
+            server.kill();
+            panic!("the server bound 0.0.0.0 with no tokens and no override\n{}", server.logs());
+        }
+        Err(failure) => failure,
+    };
+    let status = failure.status.expect("the process exited by itself");
+    assert!(!status.success(), "refusal must exit non-zero: {status:?}");
+    assert!(
+        failure.logs.contains("--allow-unauthenticated-public"),
+        "the message should name the override flag:\n{}",
+        failure.logs
+    );
+}
+
+#[tokio::test]
+async fn a_public_bind_starts_with_the_override_flag_or_a_token() {
+    let server = Server::builder().grpc_listen("0.0.0.0:0").arg("--allow-unauthenticated-public").start();
+    assert!(server.grpc_addr.ip().is_unspecified(), "bound {}", server.grpc_addr);
+    server.assert_serving().await;
+    drop(server);
+
+    let server = Server::builder().grpc_listen("0.0.0.0:0").auth_token("s3cret").start();
+    server.assert_serving().await;
+    let mut c = server.changes().await;
+    ok("ListChanges", bounded("ListChanges", c.list_changes(ListChangesRequest::default())).await);
+}
+
+#[tokio::test]
+async fn bearer_tokens_guard_every_rpc_but_health() {
+    let server = Server::builder().auth_token("s3cret").start();
+    for (what, auth) in
+        [("no token", Auth::none()), ("wrong token", Auth::bearer("s3cret-not")), ("prefix", Auth::bearer("s3cre"))]
+    {
+        let mut c = server.changes_with(auth.clone()).await;
+        let status = err(what, bounded(what, c.list_changes(ListChangesRequest::default())).await);
+        assert_error(&status, Code::Unauthenticated, "UNAUTHENTICATED");
+        let mut r = server.resources_with(auth).await;
+        let status = match bounded(what, r.watch_changes(WatchChangesRequest::default())).await {
+            Err(status) => status,
+            Ok(resp) => bounded(what, resp.into_inner().message()).await.expect_err("watch must be refused"),
+        };
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {}", describe(&status));
+    }
+    // A token sent in another scheme is not a bearer token.
+    let mut c = server.changes_with(Auth::none()).await;
+    let mut req = tonic::Request::new(ListChangesRequest::default());
+    req.metadata_mut().insert("authorization", "Basic czNjcmV0".parse().unwrap());
+    let status = err("basic auth", bounded("basic", c.list_changes(req)).await);
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    server.assert_serving().await;
+    let mut c = server.changes().await;
+    let resp = ok(
+        "authorized OpenChange",
+        bounded(
+            "OpenChange",
+            c.open_change(OpenChangeRequest { title: "T".into(), slug: "authed".into(), ..Default::default() }),
+        )
+        .await,
+    );
+    assert!(resp.created);
+    let mut c = server.changes_with(Auth::none()).await;
+    let req = common::with_bearer(ListChangesRequest::default(), "s3cret");
+    let listed = ok("with_bearer", bounded("ListChanges", c.list_changes(req)).await);
+    assert_eq!(listed.changes.len(), 1);
+}
+
+#[tokio::test]
+async fn named_tokens_make_the_principal_the_default_owner() {
+    let server = Server::builder().args(["--auth-token", "alice=token-a", "--auth-token", "bob=token-b"]).start();
+    let mut alice = server.changes_with(Auth::bearer("token-a")).await;
+    let mut bob = server.changes_with(Auth::bearer("token-b")).await;
+    let req = OpenChangeRequest { title: "T".into(), slug: "principal".into(), ..Default::default() };
+    let resp = ok("alice opens", bounded("OpenChange", alice.open_change(req.clone())).await);
+    assert_eq!(resp.lock.unwrap().owner, "alice", "owner defaults to the principal");
+    let status = err("bob opens", bounded("OpenChange", bob.open_change(req)).await);
+    let info = assert_error(&status, Code::Aborted, "LOCKED_BY_OTHER_OWNER");
+    assert_eq!(info.metadata.get("holder").map(String::as_str), Some("alice"));
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_resource_exhausted_with_retry_info() {
+    let server = Server::builder().rate_limit(1, 2).start();
+    let mut c = server.changes().await;
+    // The burst of two passes; calls right after it are limited. The loop only
+    // allows for a slow machine refilling a token between calls.
+    for i in 0..2 {
+        ok(
+            &format!("call {i} within the burst"),
+            bounded("ListChanges", c.list_changes(ListChangesRequest::default())).await,
+        );
+    }
+    let mut limited = None;
+    for _ in 0..20 {
+        match bounded("ListChanges", c.list_changes(ListChangesRequest::default())).await {
+            Ok(_) => continue,
+            Err(status) => {
+                limited = Some(status);
+                break;
+            }
+        }
+    }
+    let status = limited.expect("no call was rate limited after the burst of 2 at 1/s");
+    assert_error(&status, Code::ResourceExhausted, "RATE_LIMITED");
+    let retry = status.get_details_retry_info().unwrap_or_else(|| panic!("no RetryInfo: {}", describe(&status)));
+    let delay = retry.retry_delay.expect("retry_delay set");
+    assert!(delay > Duration::ZERO && delay <= Duration::from_secs(2), "retry delay {delay:?} for 1 token/s");
+    // Health is not rate limited.
+    server.assert_serving().await;
+    server.assert_serving().await;
+    server.assert_serving().await;
+}
