@@ -1,5 +1,5 @@
 //! Settings from flags and environment. Every flag has a `TASK_MCP_*` variable;
-//! the README's configuration table is this struct.
+//! the README's configuration table is these structs (a test checks they agree).
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -13,8 +13,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server.
+    /// Run the service (gRPC) and the MCP/HTTP gateway in one process.
     Serve(Settings),
+    /// Run the MCP/HTTP gateway alone, in front of a service at --upstream.
+    Gateway(GatewaySettings),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,7 +37,7 @@ pub struct Settings {
     #[arg(long, env = "TASK_MCP_GRPC_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
     pub grpc_listen: SocketAddr,
 
-    /// HTTP listen address of the MCP gateway (served from the gateway release on).
+    /// HTTP listen address of the MCP/HTTP gateway; port 0 picks a free port.
     #[arg(long, env = "TASK_MCP_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub http_listen: SocketAddr,
 
@@ -43,6 +45,28 @@ pub struct Settings {
     #[arg(long, env = "TASK_MCP_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
 
+    #[command(flatten)]
+    pub access: AccessSettings,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_name = "SECONDS")]
+    pub shutdown_grace_seconds: u64,
+
+    /// Largest resource ReadResource serves, in bytes.
+    #[arg(long, env = "TASK_MCP_MAX_RESOURCE_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    pub max_resource_bytes: u64,
+
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Who may call and how often: the same on the gRPC and the HTTP face.
+#[derive(Debug, Clone, Args)]
+pub struct AccessSettings {
     /// Accepted bearer token, `TOKEN` or `NAME=TOKEN` (NAME becomes the principal).
     /// Repeat the flag, or give a comma-separated list in the variable.
     #[arg(
@@ -69,14 +93,64 @@ pub struct Settings {
     /// Calls a principal may make at once before the sustained rate applies.
     #[arg(long, env = "TASK_MCP_RATE_LIMIT_BURST", default_value_t = 100, value_name = "N")]
     pub rate_limit_burst: u32,
+}
+
+/// The gateway's limits and policies.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayFlags {
+    /// Browser origin allowed to call (exact, e.g. `http://localhost:6274`); repeatable.
+    /// Without any, only loopback origins pass the DNS-rebinding check and no CORS is sent.
+    #[arg(long = "allowed-origin", env = "TASK_MCP_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Host header value allowed (e.g. `mcp.example.com`); repeatable. Without any, loopback names only.
+    #[arg(long = "allowed-host", env = "TASK_MCP_ALLOWED_HOSTS", value_delimiter = ',', value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+
+    /// Largest HTTP request body in bytes (413 beyond).
+    #[arg(long, env = "TASK_MCP_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// Live MCP sessions at most (503 with Retry-After beyond).
+    #[arg(long, env = "TASK_MCP_MAX_SESSIONS", default_value_t = 10_000, value_name = "N")]
+    pub max_sessions: usize,
+
+    /// An MCP session unused this long is closed (404 afterwards).
+    #[arg(long, env = "TASK_MCP_SESSION_IDLE_SECONDS", default_value_t = 1800, value_name = "SECONDS")]
+    pub session_idle_seconds: u64,
+
+    /// Open SSE streams at most (503 with Retry-After beyond).
+    #[arg(long, env = "TASK_MCP_MAX_STREAMS", default_value_t = 10_000, value_name = "N")]
+    pub max_streams: usize,
+
+    /// Events kept per SSE stream for Last-Event-ID resumption.
+    #[arg(long, env = "TASK_MCP_EVENT_STORE_CAPACITY", default_value_t = 256, value_name = "N")]
+    pub event_store_capacity: usize,
+
+    /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
+    #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES")]
+    pub conformance_fixtures: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewaySettings {
+    /// The gRPC service to front, e.g. `http://10.0.0.5:50051`.
+    #[arg(long, env = "TASK_MCP_UPSTREAM", value_name = "URL")]
+    pub upstream: String,
+
+    /// HTTP listen address; port 0 picks a free port.
+    #[arg(long, env = "TASK_MCP_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http_listen: SocketAddr,
+
+    #[command(flatten)]
+    pub access: AccessSettings,
+
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
 
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "TASK_MCP_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_name = "SECONDS")]
     pub shutdown_grace_seconds: u64,
-
-    /// Largest resource ReadResource serves, in bytes.
-    #[arg(long, env = "TASK_MCP_MAX_RESOURCE_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
-    pub max_resource_bytes: u64,
 
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -97,6 +171,22 @@ impl Settings {
     }
 }
 
+impl GatewayFlags {
+    pub fn to_config(&self) -> task_mcp_gateway::GatewayConfig {
+        task_mcp_gateway::GatewayConfig {
+            allowed_origins: self.allowed_origins.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_sessions: self.max_sessions,
+            session_idle_timeout: Duration::from_secs(self.session_idle_seconds),
+            max_streams: self.max_streams,
+            event_store_capacity: self.event_store_capacity,
+            conformance_fixtures: self.conformance_fixtures,
+            ..task_mcp_gateway::GatewayConfig::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +196,7 @@ mod tests {
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).unwrap().command {
             Command::Serve(s) => s,
+            Command::Gateway(_) => unreachable!(),
         }
     }
 
@@ -114,13 +205,21 @@ mod tests {
         let s = parse(&[]);
         assert!(s.public_addrs().is_empty());
         assert_eq!(s.grpc_listen.to_string(), "127.0.0.1:50051");
-        assert!(!s.allow_unauthenticated_public);
+        assert!(!s.access.allow_unauthenticated_public);
+        assert!(!s.gateway.conformance_fixtures);
     }
 
     #[test]
     fn repeated_tokens_and_public_addr() {
         let s = parse(&["--auth-token", "a=1", "--auth-token", "b=2", "--grpc-listen", "0.0.0.0:0"]);
-        assert_eq!(s.auth_tokens.len(), 2);
+        assert_eq!(s.access.auth_tokens.len(), 2);
         assert_eq!(s.public_addrs().len(), 1);
+    }
+
+    #[test]
+    fn gateway_needs_an_upstream() {
+        assert!(Cli::try_parse_from(["task-mcp", "gateway"]).is_err());
+        let cli = Cli::try_parse_from(["task-mcp", "gateway", "--upstream", "http://127.0.0.1:50051"]).unwrap();
+        assert!(matches!(cli.command, Command::Gateway(g) if g.upstream.ends_with(":50051")));
     }
 }

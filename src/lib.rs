@@ -8,6 +8,7 @@ pub mod pb {
     tonic::include_proto!("taskmcp.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskmcp_descriptor");
 }
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod grpc;

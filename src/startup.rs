@@ -1,10 +1,18 @@
 //! Build the application (bind, wire layers), then run it until a signal, then drain.
+//!
+//! `serve` runs the gRPC service and the gateway in one process; the gateway
+//! reaches the service in-process through the same routes (no socket, no
+//! HTTP/2 framing), behind the same authentication layer. `gateway` runs the
+//! gateway alone against a remote service.
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_http::{
     classify::GrpcFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -12,18 +20,24 @@ use tower_http::{
 };
 
 use crate::{
+    access::ServiceAccess,
     auth::{TokenConfigError, Tokens},
-    config::Settings,
+    config::{AccessSettings, GatewaySettings, Settings},
     error::Error,
     grpc::{AppState, changes::ChangesService, layers, resources::ResourcesService},
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::RateLimiter,
     workspace::{Workspace, watch::WatchGuard},
 };
+use task_mcp_gateway::upstream::{Upstream, UpstreamService};
 
 /// Largest request message accepted; the biggest legitimate one (500 task
 /// updates, or an 8 KiB rationale) is far below it.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// How often readiness re-checks that the workspace can be written.
+const WRITABLE_PROBE: Duration = Duration::from_secs(5);
+/// The health service name that reports workspace writability.
+pub const WORKSPACE_HEALTH: &str = "taskmcp.v1.Workspace";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -42,12 +56,45 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("gateway: {0}")]
+    Gateway(String),
+    #[error("upstream {url}: {reason}")]
+    Upstream { url: String, reason: String },
+}
+
+/// Loads the tokens and refuses a public bind without them unless overridden.
+fn load_tokens(access: &AccessSettings, public: &[SocketAddr]) -> Result<Tokens, StartupError> {
+    let tokens = Tokens::from_config(&access.auth_tokens, access.auth_token_file.as_deref())?;
+    if tokens.is_empty() {
+        if public.is_empty() {
+            tracing::warn!("no auth tokens configured: every caller is `anonymous`; listening on loopback only");
+        } else if access.allow_unauthenticated_public {
+            tracing::warn!(
+                ?public,
+                "no auth tokens configured and listening publicly (--allow-unauthenticated-public)"
+            );
+        } else {
+            let addrs = public.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            return Err(StartupError::PublicWithoutAuth { addrs });
+        }
+    }
+    Ok(tokens)
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 pub struct Application {
     settings: Settings,
-    listener: TcpListener,
+    grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
     state: AppState,
     tokens: Arc<Tokens>,
     limiter: Arc<RateLimiter>,
@@ -57,37 +104,25 @@ pub struct Application {
 impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let tokens = Tokens::from_config(&settings.auth_tokens, settings.auth_token_file.as_deref())?;
-        if tokens.is_empty() {
-            let public = settings.public_addrs();
-            if public.is_empty() {
-                tracing::warn!("no auth tokens configured: every caller is `anonymous`; listening on loopback only");
-            } else if settings.allow_unauthenticated_public {
-                tracing::warn!(
-                    ?public,
-                    "no auth tokens configured and listening publicly (--allow-unauthenticated-public)"
-                );
-            } else {
-                let addrs = public.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                return Err(StartupError::PublicWithoutAuth { addrs });
-            }
-        }
+        let tokens = load_tokens(&settings.access, &settings.public_addrs())?;
         let workspace =
             Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(StartupError::Workspace)?;
         let workspace = Arc::new(workspace);
         let watch = workspace.watch().map_err(StartupError::Workspace)?;
-        let listener = TcpListener::bind(settings.grpc_listen)
-            .await
-            .map_err(|source| StartupError::Bind { addr: settings.grpc_listen, source })?;
-        let grpc_addr =
-            listener.local_addr().map_err(|source| StartupError::Bind { addr: settings.grpc_listen, source })?;
+        let (grpc_listener, grpc_addr) = bind(settings.grpc_listen).await?;
+        let (http_listener, http_addr) = bind(settings.http_listen).await?;
         Ok(Application {
-            limiter: Arc::new(RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)),
+            limiter: Arc::new(RateLimiter::new(
+                settings.access.rate_limit_per_second,
+                settings.access.rate_limit_burst,
+            )),
             tokens: Arc::new(tokens),
             state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
-            listener,
+            grpc_listener,
             grpc_addr,
+            http_listener,
+            http_addr,
             _watch: watch,
         })
     }
@@ -96,98 +131,75 @@ impl Application {
         self.grpc_addr
     }
 
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING,
     /// streams end, new connections are refused, and in-flight calls get the
     /// grace period to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::Serving).await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // So that grpcurl and other reflection clients can decode our error details.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let (health, routes) = service_routes(&self.state).await?;
+        let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone());
 
-        let layers = ServiceBuilder::new()
+        let grpc_layers = ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(|req: &http::Request<_>| {
-                        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                        tracing::info_span!("grpc", method = %req.uri().path(), request_id = %id)
-                    })
-                    .on_response(|res: &http::Response<_>, latency: Duration, _: &tracing::Span| {
-                        // Errors answered before any message carry their status in the headers.
-                        let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
-                        tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
-                    })
-                    // Statuses are already in "call answered"; only server faults deserve a warning.
-                    .on_failure(|class: GrpcFailureClass, _latency: Duration, _: &tracing::Span| match class {
-                        GrpcFailureClass::Code(code)
-                            if matches!(
-                                tonic::Code::from(code.get()),
-                                tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss
-                            ) =>
-                        {
-                            tracing::warn!(grpc_status = code.get(), "call failed on the server side")
-                        }
-                        GrpcFailureClass::Code(_) => {}
-                        GrpcFailureClass::Error(e) => tracing::warn!(error = %e, "call failed"),
-                    }),
-            )
+            .layer(trace_layer())
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(layers::AuthLayer::new(self.tokens.clone()))
             .layer(layers::RateLimitLayer::new(self.limiter.clone()));
-
-        let server = Server::builder()
+        let grpc_server = Server::builder()
             // Bounded per connection, and dead peers are noticed instead of held forever.
             .max_concurrent_streams(Some(1024))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
-            .layer(layers)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                ChangesServer::new(ChangesService::new(self.state.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                ResourcesServer::new(ResourcesService::new(self.state.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            );
+            .layer(grpc_layers)
+            .add_routes(routes.clone());
+
+        // The gateway calls the same routes in-process. It has already admitted
+        // the caller (token and rate limit), so only authentication runs again,
+        // to give handlers their principal.
+        let in_process: UpstreamService = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(|never: std::convert::Infallible| -> tonic::codegen::StdError { match never {} })
+                .layer(layers::AuthLayer::new(self.tokens.clone()))
+                .service(routes),
+        );
+        let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
+        let gateway = gateway_state(in_process, access, self.settings.gateway.to_config())?;
+        let router = task_mcp_gateway::router(gateway.clone());
 
         tracing::info!(
             grpc_addr = %self.grpc_addr,
+            http_addr = %self.http_addr,
             workspace = %self.state.workspace.root().display(),
             auth = if self.tokens.is_empty() { "none" } else { "bearer" },
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
 
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let serve = server.serve_with_incoming_shutdown(incoming, async move {
-            let _ = drain_rx.await;
-        });
-        tokio::pin!(serve);
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let grpc_drain = wait_for(drain_rx.clone());
+        let http_drain = wait_for(drain_rx);
+        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
+        let http = serve_http(self.http_listener, router, http_drain);
+        let both = async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http) };
+        tokio::pin!(both);
         tokio::select! {
-            result = &mut serve => return result.map_err(Into::into),
+            result = &mut both => return result.map(|_| ()),
             () = shutdown => {}
         }
         tracing::info!(grace_seconds = self.settings.shutdown_grace_seconds, "draining");
+        probe.abort();
         set_health(&health, ServingStatus::NotServing).await;
         self.state.shutdown.cancel();
-        let _ = drain_tx.send(());
-        match tokio::time::timeout(self.settings.shutdown_grace(), serve).await {
-            Ok(result) => result?,
+        gateway.shutdown.cancel();
+        gateway.sessions.close_all();
+        let _ = drain_tx.send(true);
+        match tokio::time::timeout(self.settings.shutdown_grace(), both).await {
+            Ok(result) => result.map(|_| ())?,
             Err(_) => tracing::warn!("grace period over; dropping calls still in flight"),
         }
         tracing::info!("stopped");
@@ -195,10 +207,179 @@ impl Application {
     }
 }
 
+/// Health, reflection and the two services as one set of routes, served over
+/// TCP and called in-process by the gateway.
+async fn service_routes(state: &AppState) -> Result<(HealthReporter, Routes), StartupError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that grpcurl and other reflection clients can decode our error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let mut builder = Routes::builder();
+    builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ChangesServer::new(ChangesService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            ResourcesServer::new(ResourcesService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        );
+    Ok((health, builder.routes()))
+}
+
+/// One span per call, one "call answered" line per call, warnings only for server faults.
+// The type is tower-http's; naming its closures is the only way to return it.
+#[allow(clippy::type_complexity)]
+fn trace_layer() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    impl Fn(&http::Request<tonic::body::Body>) -> tracing::Span + Clone,
+    tower_http::trace::DefaultOnRequest,
+    impl Fn(&http::Response<tonic::body::Body>, Duration, &tracing::Span) + Clone,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    impl Fn(GrpcFailureClass, Duration, &tracing::Span) + Clone,
+> {
+    TraceLayer::new_for_grpc()
+        .make_span_with(|req: &http::Request<tonic::body::Body>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("grpc", method = %req.uri().path(), request_id = %id)
+        })
+        .on_response(|res: &http::Response<tonic::body::Body>, latency: Duration, _: &tracing::Span| {
+            // Errors answered before any message carry their status in the headers.
+            let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
+            tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
+        })
+        // Statuses are already in "call answered"; only server faults deserve a warning.
+        .on_failure(|class: GrpcFailureClass, _latency: Duration, _: &tracing::Span| match class {
+            GrpcFailureClass::Code(code)
+                if matches!(
+                    tonic::Code::from(code.get()),
+                    tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss
+                ) =>
+            {
+                tracing::warn!(grpc_status = code.get(), "call failed on the server side")
+            }
+            GrpcFailureClass::Code(_) => {}
+            GrpcFailureClass::Error(e) => tracing::warn!(error = %e, "call failed"),
+        })
+}
+
+fn gateway_state(
+    upstream: UpstreamService,
+    access: Arc<dyn task_mcp_gateway::Access>,
+    config: task_mcp_gateway::GatewayConfig,
+) -> Result<Arc<task_mcp_gateway::AppState>, StartupError> {
+    let upstream = Upstream::new(upstream).map_err(StartupError::Gateway)?;
+    Ok(task_mcp_gateway::AppState::new(config, Arc::new(upstream), access))
+}
+
+async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    drain: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    use axum::serve::ListenerExt;
+    // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
+    // small trailing write would wait for the previous one's ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).with_graceful_shutdown(drain).await.map_err(StartupError::Http)
+}
+
+/// Readiness: the overall health (service "") follows workspace writability,
+/// so the gateway's `/health/ready` and gRPC probes both see a full disk.
+fn spawn_writable_probe(workspace: Arc<Workspace>, health: HealthReporter) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ws = workspace.clone();
+            let writable = tokio::task::spawn_blocking(move || ws.check_writable()).await;
+            let status = match writable {
+                Ok(Ok(())) => ServingStatus::Serving,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "workspace is not writable; reporting NOT_SERVING");
+                    ServingStatus::NotServing
+                }
+                Err(_) => ServingStatus::NotServing,
+            };
+            if last != Some(status) {
+                health.set_service_status("", status).await;
+                health.set_service_status(WORKSPACE_HEALTH, status).await;
+                last = Some(status);
+            }
+            tokio::time::sleep(WRITABLE_PROBE).await;
+        }
+    })
+}
+
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status("taskmcp.v1.Changes", status).await;
-    health.set_service_status("taskmcp.v1.Resources", status).await;
+    for service in ["", "taskmcp.v1.Changes", "taskmcp.v1.Resources", WORKSPACE_HEALTH] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// `task-mcp gateway`: the gateway alone, in front of a remote service.
+pub struct GatewayApplication {
+    settings: GatewaySettings,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    state: Arc<task_mcp_gateway::AppState>,
+}
+
+impl GatewayApplication {
+    pub async fn build(settings: GatewaySettings) -> Result<Self, StartupError> {
+        let public: Vec<SocketAddr> = [settings.http_listen].into_iter().filter(|a| !a.ip().is_loopback()).collect();
+        let tokens = Arc::new(load_tokens(&settings.access, &public)?);
+        let limiter =
+            Arc::new(RateLimiter::new(settings.access.rate_limit_per_second, settings.access.rate_limit_burst));
+        let upstream_err = |reason: String| StartupError::Upstream { url: settings.upstream.clone(), reason };
+        let channel = tonic::transport::Endpoint::from_shared(settings.upstream.clone())
+            .map_err(|e| upstream_err(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let service: UpstreamService =
+            BoxCloneSyncService::new(ServiceBuilder::new().map_err(tonic::codegen::StdError::from).service(channel));
+        let access = Arc::new(ServiceAccess { tokens, limiter });
+        let state = gateway_state(service, access, settings.gateway.to_config())?;
+        let (listener, http_addr) = bind(settings.http_listen).await?;
+        Ok(GatewayApplication { settings, listener, http_addr, state })
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        tracing::info!(http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let http = serve_http(self.listener, task_mcp_gateway::router(self.state.clone()), wait_for(drain_rx));
+        tokio::pin!(http);
+        tokio::select! {
+            result = &mut http => return result,
+            () = shutdown => {}
+        }
+        tracing::info!("draining");
+        self.state.shutdown.cancel();
+        self.state.sessions.close_all();
+        let _ = drain_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!("grace period over; dropping calls still in flight"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

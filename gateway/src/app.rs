@@ -11,7 +11,7 @@ pub struct AppState {
     pub config: GatewayConfig,
     pub upstream: Arc<Upstream>,
     pub access: Arc<dyn Access>,
-    pub sessions: mcp::session::SessionStore,
+    pub sessions: Arc<mcp::session::SessionStore>,
     pub stats: health::Stats,
     pub started: Instant,
     /// Cancelled when the server drains: SSE streams end.
@@ -21,7 +21,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: GatewayConfig, upstream: Arc<Upstream>, access: Arc<dyn Access>) -> Arc<Self> {
         Arc::new(AppState {
-            sessions: mcp::session::SessionStore::new(&config),
+            sessions: Arc::new(mcp::session::SessionStore::new(&config)),
             config,
             upstream,
             access,

@@ -1,2 +1,444 @@
 //! Protobuf descriptors to JSON Schema (2020-12), with descriptions from the
-//! proto comments. (Being written: see the upstream brief.)
+//! proto comments.
+//!
+//! The schemas describe the proto3 JSON mapping exactly as the gateway
+//! transcodes it (prost-reflect's serde): lowerCamelCase property names
+//! (`json_name`), enums as value names, 64-bit integers as strings (numbers are
+//! accepted on input), bytes as base64, `Timestamp` as RFC 3339. Every proto3
+//! field is optional, so no schema has a `required` list.
+use std::collections::{BTreeMap, HashMap};
+
+use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+
+/// The dialect announced by the top-level tool schemas.
+pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// The JSON Schema of a message (no `$schema` keyword: usable nested).
+///
+/// Messages are inlined; a message that contains itself (directly or not) is
+/// emitted once under `$defs` and referenced with `$ref`, so recursion ends.
+pub fn message_schema(desc: &MessageDescriptor) -> Value {
+    let mut builder = Builder::default();
+    let mut root = builder.message(desc);
+    let mut defs = Map::new();
+    // Each recursive type gets one definition; building a definition may
+    // reveal further recursive types, hence the loop (finite: one per type).
+    while let Some(name) = builder.wanted.keys().find(|n| !defs.contains_key(*n)).cloned() {
+        let Some(def_desc) = builder.wanted.get(&name).cloned() else {
+            break;
+        };
+        builder.stack.push(name.clone());
+        let def = builder.message_body(&def_desc);
+        builder.stack.pop();
+        defs.insert(name, def);
+    }
+    if !defs.is_empty()
+        && let Value::Object(obj) = &mut root
+    {
+        obj.insert("$defs".into(), Value::Object(defs));
+    }
+    root
+}
+
+/// A top-level tool schema: [`message_schema`] plus the `$schema` dialect.
+pub fn tool_schema(desc: &MessageDescriptor) -> Value {
+    let schema = message_schema(desc);
+    match schema {
+        Value::Object(obj) => {
+            // `$schema` first, for readers of `tools/list`.
+            let mut out = Map::with_capacity(obj.len() + 1);
+            out.insert("$schema".into(), Value::String(DIALECT.into()));
+            out.extend(obj);
+            Value::Object(out)
+        }
+        other => other,
+    }
+}
+
+/// The leading comment of the element at `path` in `file` (a descriptor's
+/// `path()`), cleaned up, or `None` when there is none. Needs the descriptors
+/// to have been compiled with source info.
+pub fn doc_comment(file: &FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    info.location
+        .iter()
+        .find(|loc| loc.path == path)
+        .and_then(|loc| loc.leading_comments.as_deref())
+        .map(clean_comment)
+        .filter(|c| !c.is_empty())
+}
+
+/// Turns a raw proto comment into prose: lines trimmed, the lines of a
+/// paragraph joined with spaces (proto comments are hard-wrapped; the wrapping
+/// means nothing to a reader of JSON), paragraphs separated by a blank line,
+/// list items kept on their own lines.
+pub fn clean_comment(raw: &str) -> String {
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in raw.lines().map(str::trim) {
+        if line.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(std::mem::take(&mut current));
+            }
+            continue;
+        }
+        if !current.is_empty() {
+            current.push(if is_list_item(line) { '\n' } else { ' ' });
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        paragraphs.push(current);
+    }
+    paragraphs.join("\n\n")
+}
+
+fn is_list_item(line: &str) -> bool {
+    if line.starts_with("- ") || line.starts_with("* ") {
+        return true;
+    }
+    // `1. `, `12) `: a numbered item.
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && matches!(line.as_bytes().get(digits..digits + 2), Some(b". ") | Some(b") "))
+}
+
+#[derive(Default)]
+struct Builder {
+    /// Comments by file name, then by path: built once per file, since every
+    /// field looks one up.
+    comments: HashMap<String, HashMap<Vec<i32>, String>>,
+    /// Messages being built, outermost first: meeting one again is recursion.
+    stack: Vec<String>,
+    /// Recursive messages that need a `$defs` entry.
+    wanted: BTreeMap<String, MessageDescriptor>,
+}
+
+impl Builder {
+    fn comment(&mut self, file: &FileDescriptor, path: &[i32]) -> Option<String> {
+        let by_path = self.comments.entry(file.name().to_string()).or_insert_with(|| {
+            file.file_descriptor_proto()
+                .source_code_info
+                .iter()
+                .flat_map(|info| info.location.iter())
+                .filter_map(|loc| {
+                    let text = clean_comment(loc.leading_comments.as_deref()?);
+                    (!text.is_empty()).then(|| (loc.path.clone(), text))
+                })
+                .collect()
+        });
+        by_path.get(path).cloned()
+    }
+
+    fn message(&mut self, desc: &MessageDescriptor) -> Value {
+        if let Some(schema) = well_known(desc) {
+            return schema;
+        }
+        let name = desc.full_name().to_string();
+        if self.stack.contains(&name) {
+            let reference = json!({ "$ref": format!("#/$defs/{name}") });
+            self.wanted.insert(name, desc.clone());
+            return reference;
+        }
+        self.stack.push(name);
+        let schema = self.message_body(desc);
+        self.stack.pop();
+        schema
+    }
+
+    /// The object schema of a message (the caller handles recursion).
+    fn message_body(&mut self, desc: &MessageDescriptor) -> Value {
+        let file = desc.parent_file();
+        let mut properties = Map::new();
+        for field in desc.fields() {
+            let schema = self.field(&file, &field);
+            properties.insert(field.json_name().to_string(), schema);
+        }
+        let mut description: Vec<String> = self.comment(&file, desc.path()).into_iter().collect();
+        for oneof in desc.oneofs().filter(|o| !o.is_synthetic()) {
+            description.push(format!(
+                "At most one of {} may be set (oneof `{}`).",
+                member_list(oneof.fields()),
+                oneof.name()
+            ));
+        }
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        if !description.is_empty() {
+            schema.insert("description".into(), Value::String(description.join("\n\n")));
+        }
+        schema.insert("properties".into(), Value::Object(properties));
+        schema.insert("additionalProperties".into(), Value::Bool(false));
+        Value::Object(schema)
+    }
+
+    fn field(&mut self, file: &FileDescriptor, field: &FieldDescriptor) -> Value {
+        let kind = field.kind();
+        let mut schema = if field.is_map() {
+            self.map(&kind)
+        } else if field.is_list() {
+            json!({ "type": "array", "items": self.kind(&kind) })
+        } else {
+            self.kind(&kind)
+        };
+
+        let mut description: Vec<String> = Vec::new();
+        let own = self.comment(file, field.path());
+        // An enum's values are only explained on the enum; repeat them here so
+        // the property documents itself.
+        let enum_desc = match &kind {
+            Kind::Enum(e) if !field.is_map() => Some(e.clone()),
+            _ => None,
+        };
+        match (own, &enum_desc) {
+            (Some(text), _) => description.push(text),
+            (None, Some(e)) => description.extend(self.comment(&e.parent_file(), e.path())),
+            (None, None) => {}
+        }
+        if let Some(e) = &enum_desc {
+            description.extend(self.enum_values_doc(e));
+        }
+        if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+            let others: Vec<FieldDescriptor> = oneof.fields().filter(|f| f.number() != field.number()).collect();
+            if !others.is_empty() {
+                description.push(format!(
+                    "Part of oneof `{}`: leave unset when {} is set.",
+                    oneof.name(),
+                    member_list(others.into_iter())
+                ));
+            }
+        }
+        if !description.is_empty()
+            && let Value::Object(obj) = &mut schema
+        {
+            // The field's own words win over the type's.
+            obj.insert("description".into(), Value::String(description.join("\n\n")));
+        }
+        schema
+    }
+
+    fn map(&mut self, entry: &Kind) -> Value {
+        let Kind::Message(entry) = entry else {
+            return json!({ "type": "object" });
+        };
+        let key = entry.map_entry_key_field().kind();
+        let value = entry.map_entry_value_field().kind();
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        // JSON object keys are strings; non-string proto keys are spelled out.
+        let names = match key {
+            Kind::Bool => Some(json!({ "enum": ["true", "false"] })),
+            Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64 => Some(json!({ "pattern": "^[0-9]+$" })),
+            Kind::String => None,
+            _ => Some(json!({ "pattern": "^-?[0-9]+$" })),
+        };
+        if let Some(names) = names {
+            schema.insert("propertyNames".into(), names);
+        }
+        schema.insert("additionalProperties".into(), self.kind(&value));
+        Value::Object(schema)
+    }
+
+    fn kind(&mut self, kind: &Kind) -> Value {
+        match kind {
+            Kind::Double | Kind::Float => float_schema(),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({ "type": "integer", "minimum": i32::MIN, "maximum": i32::MAX })
+            }
+            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => int64_schema(),
+            Kind::Uint64 | Kind::Fixed64 => uint64_schema(),
+            Kind::Bool => json!({ "type": "boolean" }),
+            Kind::String => json!({ "type": "string" }),
+            Kind::Bytes => bytes_schema(),
+            Kind::Message(m) => self.message(m),
+            Kind::Enum(e) => enum_schema(e),
+        }
+    }
+
+    /// `- NAME: comment` for each documented value.
+    fn enum_values_doc(&mut self, desc: &EnumDescriptor) -> Option<String> {
+        let file = desc.parent_file();
+        let lines: Vec<String> = desc
+            .values()
+            .filter_map(|v| {
+                let text = self.comment(&file, v.path())?;
+                Some(format!("- {}: {}", v.name(), text.replace("\n\n", " ")))
+            })
+            .collect();
+        (!lines.is_empty()).then(|| format!("Values:\n{}", lines.join("\n")))
+    }
+}
+
+fn member_list(fields: impl Iterator<Item = FieldDescriptor>) -> String {
+    let names: Vec<String> = fields.map(|f| format!("`{}`", f.json_name())).collect();
+    names.join(", ")
+}
+
+fn enum_schema(desc: &EnumDescriptor) -> Value {
+    if desc.full_name() == "google.protobuf.NullValue" {
+        return json!({ "type": "null" });
+    }
+    let names: Vec<String> = desc.values().map(|v| v.name().to_string()).collect();
+    json!({ "type": "string", "enum": names })
+}
+
+/// Finite values are numbers; the JSON mapping spells the others as strings.
+fn float_schema() -> Value {
+    json!({
+        "anyOf": [
+            { "type": "number" },
+            { "type": "string", "enum": ["NaN", "Infinity", "-Infinity"] }
+        ]
+    })
+}
+
+/// Emitted as a decimal string (doubles cannot hold every 64-bit value); a
+/// number is accepted on input too.
+fn int64_schema() -> Value {
+    json!({ "type": ["integer", "string"], "pattern": "^-?[0-9]+$" })
+}
+
+fn uint64_schema() -> Value {
+    json!({ "type": ["integer", "string"], "minimum": 0, "pattern": "^[0-9]+$" })
+}
+
+fn bytes_schema() -> Value {
+    json!({ "type": "string", "contentEncoding": "base64" })
+}
+
+/// The well-known types have their own JSON forms in the proto3 mapping.
+fn well_known(desc: &MessageDescriptor) -> Option<Value> {
+    let schema = match desc.full_name() {
+        "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
+        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
+        "google.protobuf.FieldMask" => json!({ "type": "string" }),
+        "google.protobuf.Struct" => json!({ "type": "object" }),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({ "type": "array" }),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": { "@type": { "type": "string" } }
+        }),
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => float_schema(),
+        "google.protobuf.Int64Value" => int64_schema(),
+        "google.protobuf.UInt64Value" => uint64_schema(),
+        "google.protobuf.Int32Value" => json!({ "type": "integer", "minimum": i32::MIN, "maximum": i32::MAX }),
+        "google.protobuf.UInt32Value" => json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
+        "google.protobuf.BoolValue" => json!({ "type": "boolean" }),
+        "google.protobuf.StringValue" => json!({ "type": "string" }),
+        "google.protobuf.BytesValue" => bytes_schema(),
+        _ => return None,
+    };
+    Some(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::DescriptorPool;
+
+    fn pool() -> DescriptorPool {
+        DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap()
+    }
+
+    fn schema_of(name: &str) -> Value {
+        let pool = pool();
+        message_schema(&pool.get_message_by_name(name).unwrap())
+    }
+
+    #[test]
+    fn open_change_request_properties_enums_and_comments() {
+        let s = schema_of("taskmcp.v1.OpenChangeRequest");
+        assert_eq!(s["type"], "object");
+        assert_eq!(s["additionalProperties"], false);
+        assert!(s.get("required").is_none());
+        assert!(s.get("$schema").is_none());
+        let props = s["properties"].as_object().unwrap();
+        let names: Vec<&str> = props.keys().map(String::as_str).collect();
+        for want in ["title", "slug", "rationale", "owner", "ttlSeconds", "template"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert_eq!(props.len(), 6);
+        assert_eq!(props["ttlSeconds"]["type"], "integer");
+        assert_eq!(props["ttlSeconds"]["minimum"], 0);
+        assert_eq!(
+            props["template"]["enum"],
+            json!(["TEMPLATE_UNSPECIFIED", "TEMPLATE_FEATURE", "TEMPLATE_BUGFIX", "TEMPLATE_CHORE"])
+        );
+        let template = props["template"]["description"].as_str().unwrap();
+        assert!(template.starts_with("Which scaffold to use. Defaults to TEMPLATE_FEATURE."), "{template}");
+        assert!(template.contains("- TEMPLATE_BUGFIX: A defect fix."), "{template}");
+        assert_eq!(props["title"]["description"], "Human title, one line, 1 to 200 characters.");
+        // A hard-wrapped comment becomes one line.
+        assert_eq!(
+            props["slug"]["description"],
+            "The change's identifier: 3 to 64 characters of lowercase letters, digits and inner hyphens, \
+             starting and ending with a letter or digit (e.g. `add-login-throttle`)."
+        );
+    }
+
+    #[test]
+    fn change_summary_timestamps_optional_messages_and_descriptions() {
+        let s = schema_of("taskmcp.v1.ChangeSummary");
+        assert_eq!(s["description"], "One change as it appears in a listing.");
+        let props = &s["properties"];
+        assert_eq!(props["updatedAt"]["type"], "string");
+        assert_eq!(props["updatedAt"]["format"], "date-time");
+        assert_eq!(props["updatedAt"]["description"], "Last modification of any file of the change.");
+        assert_eq!(props["archiveName"]["type"], "string");
+        // A nested message is inlined, with the field's comment.
+        assert_eq!(props["lock"]["type"], "object");
+        assert_eq!(props["lock"]["properties"]["expiresAt"]["format"], "date-time");
+        assert!(props["lock"]["description"].as_str().unwrap().starts_with("The lock, if one is held"));
+        assert_eq!(props["progress"]["properties"]["done"]["type"], "integer");
+    }
+
+    #[test]
+    fn repeated_oneof_bytes_and_64_bit() {
+        let s = schema_of("taskmcp.v1.OpenChangeResponse");
+        assert_eq!(s["properties"]["files"]["type"], "array");
+        assert_eq!(s["properties"]["files"]["items"]["type"], "string");
+
+        let s = schema_of("taskmcp.v1.ArchiveChangeEvent");
+        let description = s["description"].as_str().unwrap();
+        assert!(description.contains("`progress`, `result`"), "{description}");
+        assert!(description.contains("oneof `event`"), "{description}");
+        assert_eq!(s["properties"]["result"]["properties"]["alreadyArchived"]["type"], "boolean");
+
+        let s = schema_of("taskmcp.v1.ResourceChunk");
+        assert_eq!(s["properties"]["blob"]["contentEncoding"], "base64");
+        assert_eq!(s["properties"]["totalSize"]["type"], json!(["integer", "string"]));
+        assert_eq!(s["properties"]["totalSize"]["pattern"], "^[0-9]+$");
+    }
+
+    #[test]
+    fn tool_schema_announces_the_dialect() {
+        let pool = pool();
+        let s = tool_schema(&pool.get_message_by_name("taskmcp.v1.ShowChangeRequest").unwrap());
+        assert_eq!(s["$schema"], DIALECT);
+        assert_eq!(s["properties"]["slug"]["type"], "string");
+    }
+
+    #[test]
+    fn recursive_messages_end_in_defs() {
+        // google.protobuf.DescriptorProto contains itself (nested_type).
+        let s = schema_of("google.protobuf.DescriptorProto");
+        assert_eq!(s["properties"]["nestedType"]["items"]["$ref"], "#/$defs/google.protobuf.DescriptorProto");
+        assert_eq!(s["$defs"]["google.protobuf.DescriptorProto"]["type"], "object");
+        // Every `$ref` resolves.
+        let text = s.to_string();
+        for piece in text.split("\"#/$defs/").skip(1) {
+            let name = piece.split('"').next().unwrap();
+            assert!(s["$defs"].get(name).is_some(), "dangling $ref to {name}");
+        }
+    }
+
+    #[test]
+    fn comment_cleaning() {
+        assert_eq!(clean_comment(" One\n two.\n\n Three.\n"), "One two.\n\nThree.");
+        assert_eq!(clean_comment(" Steps:\n - a\n - b\n"), "Steps:\n- a\n- b");
+        assert_eq!(clean_comment(" 1. first\n 2. second\n"), "1. first\n2. second");
+        assert_eq!(clean_comment("\n\n"), "");
+    }
+}

@@ -1,17 +1,1255 @@
-//! Authentication, rate limits, Origin/Host checks, CORS, security headers and
-//! body limits as layers. (Being written.)
-use std::sync::Arc;
+//! Request admission and response hardening, one tower layer per concern.
+//!
+//! [`protect`] wraps the routes that need a principal (`/mcp`, `/sse`,
+//! `/messages`, `/v1/...`). Request order, outermost first:
+//!
+//! 1. [`HostOriginCheck`]: `Host` and `Origin` against DNS rebinding → 403.
+//! 2. [`AuthCheck`]: bearer token and rate limit through [`Access`] → 401 / 429;
+//!    on success the request carries a [`Principal`] extension.
+//! 3. [`BodyCapLayer`]: `Content-Length` over the cap → 413 up front; a body
+//!    without a length is wrapped so that reading past the cap fails, and any
+//!    413 coming back from a handler is given our error body.
+//! 4. `DefaultBodyLimit::disable()`: axum's own 2 MiB extractor cap would
+//!    otherwise undercut (or double-box) ours.
+//!
+//! Host/Origin comes first so a rebinding page learns nothing, not even
+//! whether its token would have worked; the body cap comes after auth so an
+//! anonymous caller cannot make the gateway read anything.
+//!
+//! [`outer`] wraps every route, health included. Outermost first: request
+//! counting ([`StatsLayer`]), `x-request-id` set/propagate, security headers,
+//! CORS. Counting is outermost so it sees the final status of everything,
+//! CORS preflights included; CORS is innermost so its preflight answers still
+//! get a request id and the security headers.
+//!
+//! Error bodies: on the MCP paths a JSON-RPC error with `id: null` and code
+//! `-32000` for every transport-level refusal (as the TypeScript SDK does:
+//! the refusal is not about any one JSON-RPC request, and clients key on the
+//! HTTP status), with `data.reason` naming it; elsewhere the REST body
+//! `{code, reason, message, details}`.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use axum::Router;
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Request},
+    response::Response,
+};
+use futures_util::future::{Either, Ready, ready};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use pin_project_lite::pin_project;
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceBuilder, util::MapResponseLayer};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+};
 
-use crate::AppState;
+use crate::{
+    Access, Admission, AppState, GatewayConfig,
+    health::{Rejection, StatsRef},
+};
+
+/// The caller admitted by [`AuthCheck`], for handlers (`Extension<Principal>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(pub String);
+
+/// JSON-RPC error code for transport-level refusals (403, 401, 429, 413).
+pub const TRANSPORT_ERROR: i64 = -32000;
+
+/// The `realm` of our bearer challenges.
+const CHALLENGE: &str = "Bearer realm=\"task-mcp\"";
+const CHALLENGE_INVALID: &str = "Bearer realm=\"task-mcp\", error=\"invalid_token\"";
 
 /// Layers for routes that need a principal.
-pub fn protect(router: Router<Arc<AppState>>, _state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    router
+pub fn protect(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    protect_with(router, &state.config, Arc::clone(&state.access), Arc::clone(state))
+}
+
+/// [`protect`] with its parts spelled out, so the layers can be tested without
+/// an upstream.
+pub fn protect_with<S, T>(router: Router<S>, config: &GatewayConfig, access: Arc<dyn Access>, stats: T) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    T: StatsRef,
+{
+    // One `Router::layer` call for the whole stack: axum boxes (and clones per
+    // request) a route once per `layer` call.
+    router.layer(
+        ServiceBuilder::new()
+            .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()))
+            .layer(CheckLayer::new(AuthCheck { access }, stats.clone()))
+            .layer(BodyCapLayer { max: config.max_body_bytes, stats })
+            .layer(DefaultBodyLimit::disable()),
+    )
 }
 
 /// Layers for every route.
-pub fn outer(router: Router<Arc<AppState>>, _state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    router
+pub fn outer(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    outer_with(router, &state.config, Arc::clone(state))
+}
+
+/// [`outer`] with its parts spelled out (for tests).
+pub fn outer_with<S, T>(router: Router<S>, config: &GatewayConfig, stats: T) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    T: StatsRef,
+{
+    router.layer(
+        ServiceBuilder::new()
+            .layer(StatsLayer { stats })
+            .layer(SetRequestIdLayer::x_request_id(MakeCounterId))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(MapResponseLayer::new(security_headers as fn(Response) -> Response))
+            .option_layer(cors(&config.allowed_origins)),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Refusals and their bodies
+
+/// Why [`protect`] turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    HostNotAllowed,
+    OriginNotAllowed,
+    MissingToken,
+    InvalidToken,
+    RateLimited(Duration),
+    BodyTooLarge(usize),
+}
+
+impl Refusal {
+    pub fn kind(self) -> Rejection {
+        match self {
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => Rejection::Forbidden,
+            Refusal::MissingToken | Refusal::InvalidToken => Rejection::Unauthenticated,
+            Refusal::RateLimited(_) => Rejection::RateLimited,
+            Refusal::BodyTooLarge(_) => Rejection::PayloadTooLarge,
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Refusal::MissingToken | Refusal::InvalidToken => StatusCode::UNAUTHORIZED,
+            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// gRPC code name for the REST body: what the gRPC face says in the same case.
+    fn code(self) -> &'static str {
+        match self {
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => "PERMISSION_DENIED",
+            Refusal::MissingToken | Refusal::InvalidToken => "UNAUTHENTICATED",
+            Refusal::RateLimited(_) | Refusal::BodyTooLarge(_) => "RESOURCE_EXHAUSTED",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::HostNotAllowed => "HOST_NOT_ALLOWED",
+            Refusal::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
+            Refusal::MissingToken => "MISSING_TOKEN",
+            Refusal::InvalidToken => "INVALID_TOKEN",
+            Refusal::RateLimited(_) => "RATE_LIMITED",
+            Refusal::BodyTooLarge(_) => "BODY_TOO_LARGE",
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            Refusal::HostNotAllowed => "Host header not allowed".into(),
+            Refusal::OriginNotAllowed => "Origin not allowed".into(),
+            Refusal::MissingToken => "a bearer token is required".into(),
+            Refusal::InvalidToken => "the bearer token is not valid".into(),
+            Refusal::RateLimited(after) => {
+                format!("rate limit exceeded; retry after {} s", retry_after_secs(after))
+            }
+            Refusal::BodyTooLarge(max) => format!("request body exceeds {max} bytes"),
+        }
+    }
+
+    /// The error response: JSON-RPC on the MCP paths, REST elsewhere, plus the
+    /// headers the status calls for.
+    pub fn response(self, mcp: bool) -> Response {
+        let message = self.message();
+        let body = if mcp {
+            json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {"code": TRANSPORT_ERROR, "message": message, "data": {"reason": self.reason()}},
+            })
+        } else {
+            let details = match self {
+                // Same shape as the upstream's `RetryInfo` detail (error.rs).
+                Refusal::RateLimited(after) => {
+                    json!({"retryInfo": {"retryDelayMs": u64::try_from(after.as_millis()).unwrap_or(u64::MAX)}})
+                }
+                _ => json!({}),
+            };
+            crate::rest::error_body(self.code(), self.reason(), &message, details)
+        };
+        let mut res = json_response(self.status(), &body);
+        let headers = res.headers_mut();
+        match self {
+            Refusal::MissingToken => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+            }
+            Refusal::InvalidToken => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE_INVALID));
+            }
+            Refusal::RateLimited(after) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up and at least 1: a client told
+/// "0" would retry at once and be refused again.
+pub fn retry_after_secs(after: Duration) -> u64 {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// Paths whose clients speak JSON-RPC and expect JSON-RPC error bodies.
+pub fn is_mcp_path(path: &str) -> bool {
+    ["/mcp", "/sse", "/messages"]
+        .iter()
+        .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    // Serializing a `Value` cannot fail (its map keys are strings).
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut res = Response::new(Body::from(bytes));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+// ---------------------------------------------------------------------------
+// A synchronous admission rule as a layer
+
+/// One admission rule: inspects (and may annotate) the request, or refuses
+/// it. Synchronous, so the layer needs no boxed future.
+pub trait Check: Clone + Send + Sync + 'static {
+    fn check(&self, req: &mut Request) -> Result<(), Refusal>;
+}
+
+/// Runs a [`Check`]; a refusal is counted and answered in the handler's place.
+#[derive(Clone)]
+pub struct CheckLayer<C, T> {
+    check: C,
+    stats: T,
+}
+
+impl<C, T> CheckLayer<C, T> {
+    pub fn new(check: C, stats: T) -> Self {
+        CheckLayer { check, stats }
+    }
+}
+
+impl<S, C: Clone, T: Clone> Layer<S> for CheckLayer<C, T> {
+    type Service = CheckService<S, C, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckService { inner, check: self.check.clone(), stats: self.stats.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct CheckService<S, C, T> {
+    inner: S,
+    check: C,
+    stats: T,
+}
+
+impl<S, C, T> Service<Request> for CheckService<S, C, T>
+where
+    S: Service<Request, Response = Response>,
+    C: Check,
+    T: StatsRef,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match self.check.check(&mut req) {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(refusal) => {
+                self.stats.stats().reject(refusal.kind());
+                Either::Left(ready(Ok(refusal.response(is_mcp_path(req.uri().path())))))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host and Origin (DNS rebinding)
+
+/// The allowed `Host` and `Origin` values, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct HostPolicy {
+    /// `(name, port)`; empty means loopback names on any port.
+    hosts: Vec<(String, Option<String>)>,
+    /// `*` in `allowed_hosts`: any host (behind a proxy that checks it).
+    any_host: bool,
+    /// Exact origins; empty means loopback origins only.
+    origins: Vec<String>,
+}
+
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+impl HostPolicy {
+    pub fn new(config: &GatewayConfig) -> Self {
+        let mut policy = HostPolicy::default();
+        for entry in &config.allowed_hosts {
+            let entry = entry.trim();
+            if entry == "*" {
+                policy.any_host = true;
+            } else if let Some((name, port)) = split_host_port(entry) {
+                policy.hosts.push((name.to_ascii_lowercase(), port.map(str::to_owned)));
+            } else {
+                tracing::warn!(entry, "ignoring malformed allowed host");
+            }
+        }
+        policy.origins = config
+            .allowed_origins
+            .iter()
+            // Browsers never send a trailing slash; an operator may type one.
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .collect();
+        policy
+    }
+
+    /// The authority the client asked for: `:authority` / absolute-form URI
+    /// first (RFC 9113 §8.3.1, RFC 9112 §3.2.2), else the `Host` header.
+    fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+        match uri.authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => headers.get(header::HOST)?.to_str().ok(),
+        }
+    }
+
+    pub fn host_allowed(&self, host: &str) -> bool {
+        if self.any_host {
+            return true;
+        }
+        let Some((name, port)) = split_host_port(host) else { return false };
+        if self.hosts.is_empty() {
+            return LOOPBACK_NAMES.iter().any(|l| l.eq_ignore_ascii_case(name));
+        }
+        self.hosts.iter().any(|(allowed, allowed_port)| {
+            allowed.eq_ignore_ascii_case(name) && allowed_port.as_deref().is_none_or(|p| Some(p) == port)
+        })
+    }
+
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        if !self.origins.is_empty() {
+            return self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
+        }
+        is_loopback_origin(origin)
+    }
+
+    /// Both checks for one request.
+    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        match Self::requested_host(uri, headers) {
+            Some(host) if self.host_allowed(host) => {}
+            // A missing Host (HTTP/1.0) is refused too: nothing proves the
+            // client meant this server.
+            _ => return Err(Refusal::HostNotAllowed),
+        }
+        match headers.get(header::ORIGIN) {
+            None => Ok(()),
+            Some(origin) => match origin.to_str() {
+                Ok(origin) if self.origin_allowed(origin) => Ok(()),
+                _ => Err(Refusal::OriginNotAllowed),
+            },
+        }
+    }
+}
+
+/// `http(s)://localhost|127.0.0.1|[::1][:port]`, nothing more (an origin
+/// has no path; `null` and other schemes are refused).
+fn is_loopback_origin(origin: &str) -> bool {
+    let rest = match origin.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => rest,
+        _ => return false,
+    };
+    match split_host_port(rest) {
+        Some((name, _)) => LOOPBACK_NAMES.iter().any(|l| l.eq_ignore_ascii_case(name)),
+        None => false,
+    }
+}
+
+/// Splits `host[:port]` / `[v6][:port]`. `None` for anything else (empty
+/// name, non-numeric port, a path, userinfo, an unbracketed IPv6 address).
+fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
+    let (name, port) = if s.starts_with('[') {
+        let end = s.find(']')?;
+        let (name, rest) = s.split_at(end + 1);
+        match rest {
+            "" => (name, None),
+            _ => (name, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (s, None),
+        }
+    };
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    (name_ok && port_ok).then_some((name, port))
+}
+
+/// Layer 1 of [`protect`].
+#[derive(Clone)]
+pub struct HostOriginCheck {
+    policy: Arc<HostPolicy>,
+}
+
+impl HostOriginCheck {
+    pub fn new(config: &GatewayConfig) -> Self {
+        HostOriginCheck { policy: Arc::new(HostPolicy::new(config)) }
+    }
+}
+
+impl Check for HostOriginCheck {
+    fn check(&self, req: &mut Request) -> Result<(), Refusal> {
+        self.policy.check(req.uri(), req.headers())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authentication and rate limit
+
+/// Layer 2 of [`protect`].
+#[derive(Clone)]
+pub struct AuthCheck {
+    pub access: Arc<dyn Access>,
+}
+
+/// Asks `access` about the request's `Authorization` header.
+fn admit(access: &dyn Access, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    let sent = headers.get(header::AUTHORIZATION);
+    // A non-UTF-8 header cannot be a valid token; with auth disabled it does
+    // not matter, with auth enabled `None` is refused like any bad token.
+    match access.admit(sent.and_then(|v| v.to_str().ok())) {
+        Admission::Allowed { principal } => Ok(Principal(principal)),
+        // RFC 6750 §3.1: no `error` attribute when no credentials were sent.
+        Admission::Unauthenticated if sent.is_none() => Err(Refusal::MissingToken),
+        Admission::Unauthenticated => Err(Refusal::InvalidToken),
+        Admission::RateLimited { retry_after } => Err(Refusal::RateLimited(retry_after)),
+    }
+}
+
+impl Check for AuthCheck {
+    fn check(&self, req: &mut Request) -> Result<(), Refusal> {
+        let principal = admit(self.access.as_ref(), req.headers())?;
+        req.extensions_mut().insert(principal);
+        Ok(())
+    }
+}
+
+/// Host/Origin plus authentication for a handler outside [`protect`]
+/// (`/health/metrics`): the same rules, counted the same way. The caller
+/// answers `refusal.response(false)`.
+pub fn authorize(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    HostPolicy::new(&state.config)
+        .check(uri, headers)
+        .and_then(|()| admit(state.access.as_ref(), headers))
+        .inspect_err(|refusal| state.stats.reject(refusal.kind()))
+}
+
+// ---------------------------------------------------------------------------
+// Body cap
+
+/// Layer 3 of [`protect`].
+#[derive(Clone)]
+pub struct BodyCapLayer<T> {
+    pub max: usize,
+    pub stats: T,
+}
+
+impl<S, T: Clone> Layer<S> for BodyCapLayer<T> {
+    type Service = BodyCap<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyCap { inner, max: self.max, stats: self.stats.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct BodyCap<S, T> {
+    inner: S,
+    max: usize,
+    stats: T,
+}
+
+impl<S, T> Service<Request> for BodyCap<S, T>
+where
+    S: Service<Request, Response = Response>,
+    T: StatsRef,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, BodyCapFuture<S::Future, T>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let mcp = is_mcp_path(req.uri().path());
+        // With Transfer-Encoding the length header is not what frames the body
+        // (hyper drops it then; another server might not): do not trust it.
+        let declared = if req.headers().contains_key(header::TRANSFER_ENCODING) {
+            None
+        } else {
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        };
+        let req = match declared {
+            Some(len) if len > self.max as u64 => {
+                let refusal = Refusal::BodyTooLarge(self.max);
+                self.stats.stats().reject(refusal.kind());
+                return Either::Left(ready(Ok(refusal.response(mcp))));
+            }
+            // hyper (HTTP/1 and h2 alike) refuses a body longer than its
+            // Content-Length, so a declared length within the cap needs no
+            // wrapper: the common case costs no allocation.
+            Some(_) => req,
+            // Chunked or unannounced: cut the body off at the cap while reading.
+            None => {
+                let max = self.max;
+                req.map(|body| Body::new(http_body_util::Limited::new(body, max)))
+            }
+        };
+        Either::Right(BodyCapFuture {
+            inner: self.inner.call(req),
+            mcp,
+            max: self.max,
+            stats: Some(self.stats.clone()),
+        })
+    }
+}
+
+pin_project! {
+    /// Gives a handler's 413 (axum's extractors answer `text/plain` when the
+    /// limited body overflows) our error body, and counts it.
+    pub struct BodyCapFuture<F, T> {
+        #[pin]
+        inner: F,
+        mcp: bool,
+        max: usize,
+        stats: Option<T>,
+    }
+}
+
+impl<F, E, T> Future for BodyCapFuture<F, T>
+where
+    F: Future<Output = Result<Response, E>>,
+    T: StatsRef,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(res)) => res,
+        };
+        if res.status() != StatusCode::PAYLOAD_TOO_LARGE {
+            return Poll::Ready(Ok(res));
+        }
+        if let Some(stats) = this.stats.take() {
+            stats.stats().reject(Rejection::PayloadTooLarge);
+        }
+        let ours =
+            res.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
+        if ours {
+            return Poll::Ready(Ok(res));
+        }
+        Poll::Ready(Ok(Refusal::BodyTooLarge(*this.max).response(*this.mcp)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request counting
+
+/// Layer 1 of [`outer`]: counts each request on arrival and its response by
+/// status class (5xx = errors).
+#[derive(Clone)]
+pub struct StatsLayer<T> {
+    pub stats: T,
+}
+
+impl<S, T: Clone> Layer<S> for StatsLayer<T> {
+    type Service = StatsService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatsService { inner, stats: self.stats.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct StatsService<S, T> {
+    inner: S,
+    stats: T,
+}
+
+impl<S, T, B, ResB> Service<http::Request<B>> for StatsService<S, T>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResB>>,
+    T: StatsRef,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = StatsFuture<S::Future, T>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.stats.stats().request();
+        StatsFuture { inner: self.inner.call(req), stats: self.stats.clone() }
+    }
+}
+
+pin_project! {
+    pub struct StatsFuture<F, T> {
+        #[pin]
+        inner: F,
+        stats: T,
+    }
+}
+
+impl<F, T, ResB, E> Future for StatsFuture<F, T>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+    T: StatsRef,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        match &out {
+            Ok(res) => this.stats.stats().response(res.status()),
+            // axum routes are infallible; a failing service would become a
+            // 500 at the server, so count it as one.
+            Err(_) => this.stats.stats().response(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+        Poll::Ready(out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request ids
+
+/// `x-request-id` for requests that bring none: a per-process random prefix
+/// and a counter, as 32 hex digits (the W3C trace-id shape). Unique without a
+/// syscall or RNG call per request, unlike a v4 UUID; request ids need to be
+/// unique, not secret.
+#[derive(Clone, Copy, Default)]
+pub struct MakeCounterId;
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn process_prefix() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    *PREFIX.get_or_init(rand::random)
+}
+
+impl MakeRequestId for MakeCounterId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        hex_into(&mut buf[..16], process_prefix());
+        hex_into(&mut buf[16..], n);
+        HeaderValue::from_bytes(&buf).ok().map(RequestId::new)
+    }
+}
+
+fn hex_into(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Security headers
+
+const CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Every response: no MIME sniffing, no framing, no referrer, a CSP that
+/// forbids everything (the gateway serves no documents), and no caching of
+/// anything but event streams (which set their own `no-cache`). Values a
+/// handler set are kept. Static header values: nothing is allocated here
+/// beyond the header map's own growth.
+pub fn security_headers(mut res: Response) -> Response {
+    let sse = res.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"));
+    let headers = res.headers_mut();
+    // `from_static` is a const fn over a `&'static str`: no copy, no allocation.
+    headers.entry(header::X_CONTENT_TYPE_OPTIONS).or_insert(HeaderValue::from_static("nosniff"));
+    headers.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
+    headers.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("no-referrer"));
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(CSP));
+    if !sse {
+        headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+// ---------------------------------------------------------------------------
+// CORS
+
+/// CORS for the configured origins only. No list, no CORS headers at all (a
+/// browser page on another origin then cannot read any answer). Credentials
+/// are allowed because the origins are an explicit list, never `*`.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| {
+            let o = o.trim().trim_end_matches('/');
+            let parsed = HeaderValue::from_str(o).ok();
+            if parsed.is_none() {
+                tracing::warn!(origin = o, "ignoring malformed allowed origin");
+            }
+            parsed
+        })
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                name("mcp-session-id"),
+                name("mcp-protocol-version"),
+                name("last-event-id"),
+                name("mcp-method"),
+                name("mcp-name"),
+                name("x-request-id"),
+                name("traceparent"),
+            ])
+            .expose_headers([
+                name("mcp-session-id"),
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                name("x-request-id"),
+            ])
+            // Browsers cap this (Chrome: 2 h); 10 min saves a preflight per call.
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// Admits `Bearer good` as `alice`, `Bearer slow` is rate limited.
+    struct FakeAccess;
+
+    impl Access for FakeAccess {
+        fn admit(&self, authorization: Option<&str>) -> Admission {
+            match authorization {
+                Some("Bearer good") => Admission::Allowed { principal: "alice".into() },
+                Some("Bearer slow") => Admission::RateLimited { retry_after: Duration::from_millis(1500) },
+                _ => Admission::Unauthenticated,
+            }
+        }
+
+        fn auth_enabled(&self) -> bool {
+            true
+        }
+    }
+
+    fn tiny() -> Router {
+        async fn whoami(principal: Option<axum::Extension<Principal>>) -> String {
+            principal.map(|p| p.0.0).unwrap_or_default()
+        }
+        async fn echo(body: Bytes) -> Bytes {
+            body
+        }
+        Router::new()
+            .route("/mcp", post(echo).get(whoami))
+            .route("/v1/x", post(echo).get(whoami))
+            .route("/sse", get(|| async { ([(header::CONTENT_TYPE, "text/event-stream")], "") }))
+    }
+
+    fn stats() -> Arc<crate::health::Stats> {
+        Arc::new(crate::health::Stats::default())
+    }
+
+    fn req(method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Request {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            builder = builder.header(header::HOST, "localhost:8080");
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(body.into()).unwrap()
+    }
+
+    async fn json_of(res: Response) -> Value {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    async fn text_of(res: Response) -> String {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    // -- Host / Origin ------------------------------------------------------
+
+    fn host_only(config: &GatewayConfig, stats: Arc<crate::health::Stats>) -> Router {
+        tiny().layer(CheckLayer::new(HostOriginCheck::new(config), stats))
+    }
+
+    #[tokio::test]
+    async fn loopback_hosts_pass_by_default() {
+        for host in ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:3000", "LOCALHOST"] {
+            let app = host_only(&GatewayConfig::default(), stats());
+            let res = app.oneshot(req(Method::GET, "/v1/x", &[("host", host)], Body::empty())).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn foreign_host_is_403_with_rest_or_jsonrpc_body() {
+        let s = stats();
+        let app = host_only(&GatewayConfig::default(), s.clone());
+        let res = app
+            .clone()
+            .oneshot(req(Method::GET, "/v1/x", &[("host", "evil.example:8080")], Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let v = json_of(res).await;
+        assert_eq!(v["code"], "PERMISSION_DENIED");
+        assert_eq!(v["reason"], "HOST_NOT_ALLOWED");
+
+        let res = app.oneshot(req(Method::POST, "/mcp", &[("host", "evil.example")], Body::empty())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let v = json_of(res).await;
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], TRANSPORT_ERROR);
+        assert_eq!(s.snapshot().rejections.forbidden, 2);
+    }
+
+    #[tokio::test]
+    async fn origin_checked_when_present() {
+        let cases = [
+            ("http://localhost:6274", StatusCode::OK),
+            ("https://127.0.0.1", StatusCode::OK),
+            ("http://[::1]:9", StatusCode::OK),
+            ("http://evil.example", StatusCode::FORBIDDEN),
+            ("http://localhost.evil.example", StatusCode::FORBIDDEN),
+            ("null", StatusCode::FORBIDDEN),
+            ("file://localhost", StatusCode::FORBIDDEN),
+            ("http://localhost:6274/path", StatusCode::FORBIDDEN),
+        ];
+        for (origin, want) in cases {
+            let app = host_only(&GatewayConfig::default(), stats());
+            let res = app.oneshot(req(Method::GET, "/mcp", &[("origin", origin)], Body::empty())).await.unwrap();
+            assert_eq!(res.status(), want, "{origin}");
+        }
+    }
+
+    #[tokio::test]
+    async fn configured_lists_replace_loopback_defaults() {
+        let config = GatewayConfig {
+            allowed_hosts: vec!["mcp.example.com".into(), "api.example.com:8443".into()],
+            allowed_origins: vec!["https://app.example.com/".into()],
+            ..GatewayConfig::default()
+        };
+        let cases = [
+            (&[("host", "mcp.example.com:1234")][..], StatusCode::OK),
+            (&[("host", "api.example.com:8443")][..], StatusCode::OK),
+            (&[("host", "api.example.com:8444")][..], StatusCode::FORBIDDEN),
+            (&[("host", "localhost")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com"), ("origin", "https://app.example.com")][..], StatusCode::OK),
+            (&[("host", "mcp.example.com"), ("origin", "http://localhost:6274")][..], StatusCode::FORBIDDEN),
+        ];
+        for (headers, want) in cases {
+            let app = host_only(&config, stats());
+            let res = app.oneshot(req(Method::GET, "/v1/x", headers, Body::empty())).await.unwrap();
+            assert_eq!(res.status(), want, "{headers:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn wildcard_host_and_missing_host() {
+        let any = GatewayConfig { allowed_hosts: vec!["*".into()], ..GatewayConfig::default() };
+        let res = host_only(&any, stats())
+            .oneshot(req(Method::GET, "/v1/x", &[("host", "whatever.example")], Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+
+        let no_host = http::Request::builder().uri("/v1/x").body(Body::empty()).unwrap();
+        let res = host_only(&GatewayConfig::default(), stats()).oneshot(no_host).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+        // h2-style absolute URI: the authority is what counts.
+        let h2 = http::Request::builder().uri("http://evil.example/v1/x").body(Body::empty()).unwrap();
+        let res = host_only(&GatewayConfig::default(), stats()).oneshot(h2).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(split_host_port("a.b:80"), Some(("a.b", Some("80"))));
+        assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_host_port("[::1]:8"), Some(("[::1]", Some("8"))));
+        assert_eq!(split_host_port("::1"), None);
+        assert_eq!(split_host_port("a:"), None);
+        assert_eq!(split_host_port("a:8x"), None);
+        assert_eq!(split_host_port("user@a"), None);
+        assert_eq!(split_host_port(""), None);
+    }
+
+    // -- Authentication / rate limit -----------------------------------------
+
+    fn auth_only(stats: Arc<crate::health::Stats>) -> Router {
+        tiny().layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess) }, stats))
+    }
+
+    #[tokio::test]
+    async fn missing_token_is_401_without_error_attribute() {
+        let s = stats();
+        let res = auth_only(s.clone()).oneshot(req(Method::GET, "/v1/x", &[], Body::empty())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"task-mcp\"");
+        let v = json_of(res).await;
+        assert_eq!(v["code"], "UNAUTHENTICATED");
+        assert_eq!(v["reason"], "MISSING_TOKEN");
+        assert_eq!(s.snapshot().rejections.unauthenticated, 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_401_invalid_token() {
+        let res = auth_only(stats())
+            .oneshot(req(Method::POST, "/mcp", &[("authorization", "Bearer nope")], Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"task-mcp\", error=\"invalid_token\"");
+        let v = json_of(res).await;
+        assert_eq!(v["error"]["code"], TRANSPORT_ERROR);
+        assert_eq!(v["error"]["data"]["reason"], "INVALID_TOKEN");
+    }
+
+    #[tokio::test]
+    async fn rate_limited_is_429_with_rounded_up_retry_after() {
+        let s = stats();
+        let res = auth_only(s.clone())
+            .oneshot(req(Method::GET, "/v1/x", &[("authorization", "Bearer slow")], Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+        let v = json_of(res).await;
+        assert_eq!(v["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["details"]["retryInfo"]["retryDelayMs"], 1500);
+        assert_eq!(s.snapshot().rejections.rate_limited, 1);
+    }
+
+    #[tokio::test]
+    async fn admitted_request_carries_the_principal() {
+        let res = auth_only(stats())
+            .oneshot(req(Method::GET, "/v1/x", &[("authorization", "Bearer good")], Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(text_of(res).await, "alice");
+    }
+
+    #[test]
+    fn retry_after_rounding() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::from_millis(3001)), 4);
+    }
+
+    // -- Body cap -------------------------------------------------------------
+
+    fn capped(max: usize, stats: Arc<crate::health::Stats>) -> Router {
+        tiny().layer(ServiceBuilder::new().layer(BodyCapLayer { max, stats }).layer(DefaultBodyLimit::disable()))
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_cap_is_413_up_front() {
+        let s = stats();
+        let res = capped(4, s.clone())
+            .oneshot(req(Method::POST, "/v1/x", &[("content-length", "5")], "12345"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let v = json_of(res).await;
+        assert_eq!(v["reason"], "BODY_TOO_LARGE");
+        assert_eq!(s.snapshot().rejections.payload_too_large, 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_over_cap_is_413_with_our_body() {
+        let chunks =
+            futures_util::stream::iter(["12", "34", "56"].map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(c))));
+        let s = stats();
+        for (path, mcp) in [("/v1/x", false), ("/mcp", true)] {
+            let body = Body::from_stream(chunks.clone());
+            let res = capped(4, s.clone()).oneshot(req(Method::POST, path, &[], body)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+            assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+            let v = json_of(res).await;
+            if mcp {
+                assert_eq!(v["error"]["data"]["reason"], "BODY_TOO_LARGE");
+            } else {
+                assert_eq!(v["reason"], "BODY_TOO_LARGE");
+            }
+        }
+        assert_eq!(s.snapshot().rejections.payload_too_large, 2);
+    }
+
+    #[tokio::test]
+    async fn length_beside_transfer_encoding_is_not_trusted() {
+        let chunks =
+            futures_util::stream::iter(["123", "456"].map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(c))));
+        let headers = [("content-length", "2"), ("transfer-encoding", "chunked")];
+        let res =
+            capped(4, stats()).oneshot(req(Method::POST, "/v1/x", &headers, Body::from_stream(chunks))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn bodies_within_cap_pass() {
+        let res =
+            capped(4, stats()).oneshot(req(Method::POST, "/v1/x", &[("content-length", "4")], "1234")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(text_of(res).await, "1234");
+
+        let chunks =
+            futures_util::stream::iter(["12", "34"].map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(c))));
+        let res = capped(4, stats()).oneshot(req(Method::POST, "/v1/x", &[], Body::from_stream(chunks))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(text_of(res).await, "1234");
+    }
+
+    #[tokio::test]
+    async fn whole_protect_stack_orders_host_auth_body() {
+        let s = stats();
+        let config = GatewayConfig { max_body_bytes: 4, ..GatewayConfig::default() };
+        let app = protect_with(tiny(), &config, Arc::new(FakeAccess), s.clone());
+        // Bad host and no token: the host check answers.
+        let res = app.clone().oneshot(req(Method::POST, "/mcp", &[("host", "evil.example")], "123456")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        // Good host, no token, oversize body: auth answers.
+        let res = app.clone().oneshot(req(Method::POST, "/mcp", &[("content-length", "6")], "123456")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        // Token, oversize body: 413.
+        let res = app
+            .clone()
+            .oneshot(req(Method::POST, "/mcp", &[("authorization", "Bearer good"), ("content-length", "6")], "123456"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let snap = s.snapshot();
+        assert_eq!(
+            (snap.rejections.forbidden, snap.rejections.unauthenticated, snap.rejections.payload_too_large),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn mcp_paths() {
+        assert!(is_mcp_path("/mcp"));
+        assert!(is_mcp_path("/mcp/"));
+        assert!(is_mcp_path("/messages"));
+        assert!(is_mcp_path("/sse"));
+        assert!(!is_mcp_path("/mcpx"));
+        assert!(!is_mcp_path("/v1/tools"));
+    }
+
+    // -- Outer layers --------------------------------------------------------
+
+    #[tokio::test]
+    async fn security_headers_on_every_response() {
+        let app = tiny().layer(MapResponseLayer::new(security_headers as fn(Response) -> Response));
+        let res = app.clone().oneshot(req(Method::GET, "/nowhere", &[], Body::empty())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let h = res.headers();
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "default-src 'none'; frame-ancestors 'none'");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+
+        let res = app.oneshot(req(Method::GET, "/sse", &[], Body::empty())).await.unwrap();
+        assert!(res.headers().get(header::CACHE_CONTROL).is_none());
+        assert_eq!(res.headers()[header::X_FRAME_OPTIONS], "DENY");
+    }
+
+    #[tokio::test]
+    async fn request_id_generated_or_propagated() {
+        let app = tiny().layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeCounterId))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        );
+        let res =
+            app.clone().oneshot(req(Method::GET, "/v1/x", &[("x-request-id", "abc")], Body::empty())).await.unwrap();
+        assert_eq!(res.headers()["x-request-id"], "abc");
+        let a = app.clone().oneshot(req(Method::GET, "/v1/x", &[], Body::empty())).await.unwrap();
+        let b = app.oneshot(req(Method::GET, "/v1/x", &[], Body::empty())).await.unwrap();
+        let (a, b) = (&a.headers()["x-request-id"], &b.headers()["x-request-id"]);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn stats_count_requests_and_classes() {
+        let s = stats();
+        let app = tiny().layer(StatsLayer { stats: s.clone() });
+        for path in ["/v1/x", "/v1/x", "/nowhere"] {
+            app.clone().oneshot(req(Method::GET, path, &[], Body::empty())).await.unwrap();
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.requests, 3);
+        assert_eq!(snap.responses.success, 2);
+        assert_eq!(snap.responses.client_error, 1);
+        assert_eq!(snap.errors, 0);
+    }
+
+    #[tokio::test]
+    async fn cors_absent_without_origins() {
+        assert!(cors(&[]).is_none());
+        let app = outer_with(tiny(), &GatewayConfig::default(), stats());
+        let res = app
+            .oneshot(req(Method::GET, "/v1/x", &[("origin", "http://localhost:6274")], Body::empty()))
+            .await
+            .unwrap();
+        assert!(res.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert!(res.headers().get("x-request-id").is_some());
+        assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+
+    #[tokio::test]
+    async fn cors_allow_list_never_wildcard() {
+        let config =
+            GatewayConfig { allowed_origins: vec!["http://localhost:6274".into()], ..GatewayConfig::default() };
+        let s = stats();
+        let app = outer_with(tiny(), &config, s.clone());
+        let preflight = req(
+            Method::OPTIONS,
+            "/mcp",
+            &[
+                ("origin", "http://localhost:6274"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization,mcp-session-id"),
+            ],
+            Body::empty(),
+        );
+        let res = app.clone().oneshot(preflight).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let h = res.headers();
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "http://localhost:6274");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        let allowed = h[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
+        assert!(allowed.contains("mcp-session-id") && allowed.contains("authorization"));
+        assert!(h.get("x-request-id").is_some());
+
+        let res = app
+            .clone()
+            .oneshot(req(Method::GET, "/v1/x", &[("origin", "http://localhost:6274")], Body::empty()))
+            .await
+            .unwrap();
+        let exposed = res.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap();
+        assert!(exposed.contains("mcp-session-id") && exposed.contains("www-authenticate"));
+
+        let res =
+            app.oneshot(req(Method::GET, "/v1/x", &[("origin", "http://evil.example")], Body::empty())).await.unwrap();
+        assert!(res.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert_eq!(s.snapshot().requests, 3);
+    }
+
+    // -- The app's wiring (app.rs) -------------------------------------------
+
+    #[tokio::test]
+    async fn tokens_everywhere_but_live_and_ready() {
+        let fake = crate::rest::fake::fake(GatewayConfig::default(), Arc::new(FakeAccess));
+        let app = crate::router(fake.state.clone());
+        let cases = [
+            ("/health/live", StatusCode::OK),
+            ("/health/ready", StatusCode::OK),
+            ("/health/metrics", StatusCode::UNAUTHORIZED),
+            ("/v1/tools", StatusCode::UNAUTHORIZED),
+            ("/nowhere", StatusCode::NOT_FOUND),
+        ];
+        for (path, want) in cases {
+            let res = app.clone().oneshot(req(Method::GET, path, &[], Body::empty())).await.unwrap();
+            assert_eq!(res.status(), want, "{path}");
+            assert_eq!(res.headers()[header::X_FRAME_OPTIONS], "DENY", "{path}");
+            assert!(res.headers().get("x-request-id").is_some(), "{path}");
+        }
+        for path in ["/health/metrics", "/v1/tools"] {
+            let res = app
+                .clone()
+                .oneshot(req(Method::GET, path, &[("authorization", "Bearer good")], Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+        }
+        let res = app
+            .oneshot(req(
+                Method::GET,
+                "/health/metrics",
+                &[("authorization", "Bearer good"), ("host", "evil.example")],
+                Body::empty(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let snap = fake.state.stats.snapshot();
+        assert_eq!((snap.rejections.unauthenticated, snap.rejections.forbidden), (2, 1));
+        assert_eq!(snap.requests, 8);
+    }
 }

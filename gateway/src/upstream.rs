@@ -1,13 +1,28 @@
 //! The gRPC side of the gateway: the tool registry built from the descriptors,
 //! and dynamic calls that transcode JSON to protobuf and back (proto3 JSON
-//! mapping). (Interface fixed; body being written: see the upstream brief.)
-use std::{pin::Pin, sync::Arc, time::Duration};
+//! mapping).
+//!
+//! Nothing here names a tool: every RPC carrying the `(taskmcp.v1.tool)` method
+//! option becomes one, with its schemas and description taken from the
+//! descriptors, and it is called through a codec for `DynamicMessage`. Only the
+//! resource, completion and health calls, which the MCP side needs whatever the
+//! tools are, use the generated typed clients.
+use std::{collections::BTreeSet, fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
-use prost_reflect::{DescriptorPool, MethodDescriptor};
+use prost::Message as _;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
+    SerializeOptions,
+};
 use serde_json::Value;
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::MetadataValue,
+};
 
-use crate::error::UpstreamError;
+use crate::{error::UpstreamError, pb, schema};
 
 /// Any gRPC transport: a `Channel` to a remote service, or the service's own
 /// routes in-process. Boxed so the gateway code is the same for both.
@@ -50,6 +65,70 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<&ToolDef> {
         self.tools.iter().find(|t| t.name == name)
     }
+
+    /// Every RPC of `pool` with the `(taskmcp.v1.tool)` option, as a tool, with
+    /// its streaming form attached when the pool has one.
+    ///
+    /// Fails on a contract the gateway could not serve faithfully: a bad or
+    /// duplicate tool name, or the option on a streaming RPC.
+    pub fn from_pool(pool: &DescriptorPool) -> Result<Registry, String> {
+        let extension = pool
+            .get_extension_by_name(TOOL_EXTENSION)
+            .ok_or_else(|| format!("the descriptors do not define the `{TOOL_EXTENSION}` method option"))?;
+        let mut tools = Vec::new();
+        let mut streams = Vec::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&extension) {
+                    if method.is_server_streaming() && !method.is_client_streaming() {
+                        streams.push(method);
+                    }
+                    continue;
+                }
+                let tool: pb::ToolOptions = options
+                    .get_extension(&extension)
+                    .as_message()
+                    .ok_or_else(|| format!("{}: `{TOOL_EXTENSION}` is not a message", method.full_name()))?
+                    .transcode_to()
+                    .map_err(|e| format!("{}: reading `{TOOL_EXTENSION}`: {e}", method.full_name()))?;
+                if method.is_client_streaming() || method.is_server_streaming() {
+                    // A tool call is one request and one result; the streaming
+                    // form is a separate RPC found by its shape (below).
+                    return Err(format!("{}: `{TOOL_EXTENSION}` is only supported on unary RPCs", method.full_name()));
+                }
+                validate_tool_name(&tool.name).map_err(|e| format!("{}: {e}", method.full_name()))?;
+                let description = schema::doc_comment(&method.parent_file(), method.path())
+                    .or_else(|| (!tool.title.is_empty()).then(|| tool.title.clone()))
+                    .unwrap_or_else(|| format!("Calls the RPC `{}`.", method.full_name()));
+                tools.push(ToolDef {
+                    name: tool.name,
+                    title: (!tool.title.is_empty()).then_some(tool.title),
+                    description,
+                    input_schema: schema::tool_schema(&method.input()),
+                    output_schema: schema::tool_schema(&method.output()),
+                    read_only: tool.read_only,
+                    destructive: tool.destructive,
+                    idempotent: tool.idempotent,
+                    method,
+                    stream_method: None,
+                });
+            }
+        }
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = tools.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(format!(
+                "tool name `{}` is declared by both {} and {}",
+                pair[0].name,
+                pair[0].method.full_name(),
+                pair[1].method.full_name()
+            ));
+        }
+        for stream in streams {
+            attach_stream_form(&mut tools, stream);
+        }
+        Ok(Registry { tools })
+    }
 }
 
 /// Per-call facts forwarded as gRPC metadata.
@@ -78,6 +157,25 @@ pub enum CallError {
     Upstream(UpstreamError),
 }
 
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        CallError::Upstream(UpstreamError::from(status))
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::InvalidArguments(message) => write!(f, "invalid arguments: {message}"),
+            CallError::Upstream(err) => {
+                write!(f, "{} ({}): {}", crate::error::code_name(err.code), err.reason, err.message)
+            }
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
 #[derive(Debug, Clone)]
 pub struct ResourceContent {
     pub uri: String,
@@ -88,46 +186,1266 @@ pub struct ResourceContent {
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, CallError>> + Send>>;
 
+/// The method option that makes an RPC a tool.
+const TOOL_EXTENSION: &str = "taskmcp.v1.tool";
+/// Largest response message the dynamic calls accept (tonic's default is 4 MiB;
+/// a `change.show` of a change with large spec deltas may exceed that).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest resource `read_resource` assembles. The service caps resources
+/// itself; this bounds the gateway's memory whatever the service does.
+const MAX_RESOURCE_BYTES: usize = 16 * 1024 * 1024;
+/// Slug completion: `ListChanges` pages of this size, at most this many pages,
+/// at most this many slugs answered (MCP completion returns at most 100).
+const SLUG_PAGE_SIZE: u32 = 200;
+const SLUG_MAX_PAGES: usize = 5;
+const SLUG_MAX: usize = 100;
+/// A readiness probe must not hang on a stuck upstream.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// `grpc-timeout` holds at most 8 digits; tonic panics beyond ~11,000 years,
+/// so absurd client deadlines are clamped to about three years.
+const MAX_TIMEOUT: Duration = Duration::from_secs(99_999_999);
+
+/// JSON in: the proto3 mapping (both lowerCamelCase and proto field names,
+/// enums by name or number), unknown fields refused so a typo is reported
+/// rather than silently ignored.
+const INPUT_OPTIONS: DeserializeOptions = DeserializeOptions::new().deny_unknown_fields(true);
+/// JSON out: every field, defaults included, so `structuredContent` always has
+/// the same shape; lowerCamelCase names, enums as names, 64-bit integers as
+/// strings. Unset message and `optional` fields are left out.
+const OUTPUT_OPTIONS: SerializeOptions = SerializeOptions::new().skip_default_fields(false);
+
 pub struct Upstream {
-    _service: UpstreamService,
-    _pool: DescriptorPool,
+    service: Transport,
+    /// Cloned per call: a call needs `&mut` for readiness, and a clone per
+    /// call lets calls run concurrently.
+    grpc: tonic::client::Grpc<Transport>,
+    pool: DescriptorPool,
     registry: Arc<Registry>,
 }
 
 impl Upstream {
-    pub fn new(_service: UpstreamService) -> Result<Self, String> {
-        todo!()
+    pub fn new(service: UpstreamService) -> Result<Self, String> {
+        let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
+            .map_err(|e| format!("decoding the embedded protobuf descriptors: {e}"))?;
+        let registry = Registry::from_pool(&pool)?;
+        let service = Transport(service);
+        let grpc = tonic::client::Grpc::new(service.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Upstream { service, grpc, pool, registry: Arc::new(registry) })
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
-    pub async fn call_tool(&self, _tool: &ToolDef, _args: &Value, _ctx: CallContext) -> Result<Value, CallError> {
-        todo!()
+    /// The descriptors the tools were built from.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
     }
 
-    pub fn call_tool_streaming(&self, _tool: &ToolDef, _args: &Value, _ctx: CallContext) -> EventStream<ToolEvent> {
-        todo!()
+    pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Value, CallError> {
+        let input = json_to_message(&tool.method.input(), args)?;
+        let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
+        message_to_json(&output)
     }
 
-    pub async fn read_resource(&self, _uri: &str, _ctx: CallContext) -> Result<ResourceContent, CallError> {
-        todo!()
+    /// Progress events, then the result. Dropping the stream cancels the call.
+    pub fn call_tool_streaming(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> EventStream<ToolEvent> {
+        let input = match json_to_message(&tool.method.input(), args) {
+            Ok(input) => input,
+            Err(err) => return Box::pin(futures_util::stream::once(std::future::ready(Err(err)))),
+        };
+        let grpc = self.grpc.clone();
+        let Some(stream_method) = tool.stream_method.clone() else {
+            // No streaming form: the result alone is the whole stream.
+            let method = tool.method.clone();
+            return Box::pin(async_stream::stream! {
+                yield match unary_call(grpc, &method, input, &ctx).await {
+                    Ok(output) => message_to_json(&output).map(ToolEvent::Result),
+                    Err(status) => Err(CallError::from(status)),
+                };
+            });
+        };
+        Box::pin(async_stream::stream! {
+            let deadline = deadline(&ctx);
+            let mut messages = match within(deadline, server_streaming_call(grpc, &stream_method, input, &ctx)).await {
+                Ok(messages) => messages,
+                Err(status) => {
+                    yield Err(CallError::from(status));
+                    return;
+                }
+            };
+            loop {
+                match within(deadline, messages.message()).await {
+                    Ok(Some(message)) => match stream_event(&message) {
+                        Some(Ok(ToolEvent::Result(result))) => {
+                            yield Ok(ToolEvent::Result(result));
+                            // Let the call end normally (trailers) if the
+                            // consumer keeps polling; what follows a result
+                            // is not part of the tool's answer.
+                            while let Ok(Some(_)) = within(deadline, messages.message()).await {}
+                            return;
+                        }
+                        Some(event) => {
+                            yield event;
+                        }
+                        // An event kind this gateway does not know: skipped,
+                        // so a newer service does not break older gateways.
+                        None => {}
+                    },
+                    Ok(None) => {
+                        yield Err(CallError::from(Status::internal(format!(
+                            "{} ended without a result",
+                            stream_method.full_name()
+                        ))));
+                        return;
+                    }
+                    Err(status) => {
+                        yield Err(CallError::from(status));
+                        return;
+                    }
+                }
+            }
+        })
     }
 
-    pub async fn list_resources(&self, _ctx: CallContext) -> Result<Vec<crate::pb::ResourceInfo>, CallError> {
-        todo!()
+    pub async fn read_resource(&self, uri: &str, ctx: CallContext) -> Result<ResourceContent, CallError> {
+        let mut client = pb::resources_client::ResourcesClient::new(self.service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = request(pb::ReadResourceRequest { uri: uri.to_string() }, &ctx);
+        let read = async move {
+            let mut chunks = client.read_resource(request).await?.into_inner();
+            let mut assembly = Assembly::new(uri);
+            while let Some(chunk) = chunks.message().await? {
+                assembly.push(chunk)?;
+            }
+            Ok(assembly.finish())
+        };
+        Ok(within(deadline(&ctx), read).await?)
     }
 
-    pub async fn slugs_with_prefix(&self, _prefix: &str, _ctx: CallContext) -> Result<Vec<String>, CallError> {
-        todo!()
+    pub async fn list_resources(&self, ctx: CallContext) -> Result<Vec<pb::ResourceInfo>, CallError> {
+        let mut client = pb::resources_client::ResourcesClient::new(self.service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = request(pb::ListResourcesRequest::default(), &ctx);
+        let response = within(deadline(&ctx), async move { client.list_resources(request).await }).await?;
+        Ok(response.into_inner().resources)
     }
 
-    pub fn watch(&self, _ctx: CallContext) -> EventStream<crate::pb::ChangeEvent> {
-        todo!()
+    /// Distinct slugs of drafts and archived changes starting with `prefix`,
+    /// sorted, at most 100 (for completion: a bounded scan, not a full listing).
+    pub async fn slugs_with_prefix(&self, prefix: &str, ctx: CallContext) -> Result<Vec<String>, CallError> {
+        let client = pb::changes_client::ChangesClient::new(self.service.clone());
+        let deadline = deadline(&ctx);
+        let scan = async move {
+            let mut client = client;
+            let mut slugs = BTreeSet::new();
+            let mut page_token = String::new();
+            for _ in 0..SLUG_MAX_PAGES {
+                let page = pb::ListChangesRequest {
+                    page_size: SLUG_PAGE_SIZE,
+                    page_token: std::mem::take(&mut page_token),
+                    status: pb::ChangeStatus::All as i32,
+                };
+                let page = client.list_changes(request(page, &ctx)).await?.into_inner();
+                slugs.extend(page.changes.into_iter().map(|c| c.slug).filter(|s| s.starts_with(prefix)));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            Ok::<_, Status>(slugs.into_iter().take(SLUG_MAX).collect())
+        };
+        Ok(within(deadline, scan).await?)
     }
 
+    /// The service's live feed of change events; dropping the stream cancels it.
+    /// `ctx.timeout` is ignored: a subscription lasts until it is dropped, not
+    /// as long as the request that started it was willing to wait.
+    pub fn watch(&self, ctx: CallContext) -> EventStream<pb::ChangeEvent> {
+        let ctx = CallContext { timeout: None, ..ctx };
+        let mut client = pb::resources_client::ResourcesClient::new(self.service.clone());
+        Box::pin(async_stream::stream! {
+            let request = request(pb::WatchChangesRequest::default(), &ctx);
+            let mut events = match client.watch_changes(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    yield Err(CallError::from(status));
+                    return;
+                }
+            };
+            loop {
+                match events.message().await {
+                    Ok(Some(event)) => yield Ok(event),
+                    Ok(None) => return,
+                    Err(status) => {
+                        yield Err(CallError::from(status));
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    /// `grpc.health.v1` Check of the whole server (service `""`): true iff SERVING.
     pub async fn serving(&self) -> Result<bool, CallError> {
-        todo!()
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let mut client = HealthClient::new(self.service.clone());
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        request.set_timeout(HEALTH_TIMEOUT);
+        let deadline = tokio::time::Instant::now().checked_add(HEALTH_TIMEOUT);
+        let response = within(deadline, async move { client.check(request).await }).await?;
+        Ok(response.into_inner().status == ServingStatus::Serving as i32)
+    }
+}
+
+/// A tool name as MCP clients accept it: `^[A-Za-z0-9_./-]{1,64}$`.
+fn validate_tool_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+    if name.is_empty() || name.len() > 64 || !valid_chars {
+        return Err(format!("tool name `{name}` must be 1 to 64 characters of letters, digits and `_./-`"));
+    }
+    Ok(())
+}
+
+/// Attaches `stream` to the tool it is the streaming form of: same request
+/// type, and an output message with a `progress` message field and a `result`
+/// field of the tool's response type. Ambiguity (two tools of the same types)
+/// is settled by the RPC name (`ArchiveChangeStream` → `ArchiveChange`), and
+/// left unattached, with a warning, when that does not settle it.
+fn attach_stream_form(tools: &mut [ToolDef], stream: MethodDescriptor) {
+    let output = stream.output();
+    let has_progress = output.get_field_by_name("progress").is_some_and(|f| is_single_message(&f).is_some());
+    let Some(result_type) = output.get_field_by_name("result").and_then(|f| is_single_message(&f)) else {
+        return;
+    };
+    if !has_progress {
+        return;
+    }
+    let input = stream.input();
+    let fits = |t: &ToolDef| {
+        t.stream_method.is_none()
+            && t.method.input().full_name() == input.full_name()
+            && t.method.output().full_name() == result_type.full_name()
+    };
+    let mut candidates: Vec<usize> = tools.iter().enumerate().filter(|(_, t)| fits(t)).map(|(i, _)| i).collect();
+    if candidates.len() > 1 {
+        candidates.retain(|&i| stream.name().starts_with(tools[i].method.name()));
+    }
+    match candidates.as_slice() {
+        [] => {}
+        [only] => tools[*only].stream_method = Some(stream),
+        _ => tracing::warn!(rpc = stream.full_name(), "streaming RPC fits several tools; not used as a streaming form"),
+    }
+}
+
+/// The message type of a singular message field.
+fn is_single_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
+    match field.kind() {
+        Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
+        _ => None,
+    }
+}
+
+/// JSON arguments to the request message. `null` (no arguments) is the empty
+/// message, as is `{}`.
+#[allow(
+    clippy::result_large_err,
+    reason = "`CallError` is the module's fixed error type; it is built once per failed call"
+)]
+pub(crate) fn json_to_message(desc: &MessageDescriptor, args: &Value) -> Result<DynamicMessage, CallError> {
+    if args.is_null() {
+        return Ok(DynamicMessage::new(desc.clone()));
+    }
+    DynamicMessage::deserialize_with_options(desc.clone(), args, &INPUT_OPTIONS)
+        .map_err(|e| CallError::InvalidArguments(e.to_string()))
+}
+
+/// A response message to JSON (see [`OUTPUT_OPTIONS`]).
+#[allow(
+    clippy::result_large_err,
+    reason = "`CallError` is the module's fixed error type; it is built once per failed call"
+)]
+pub(crate) fn message_to_json(message: &DynamicMessage) -> Result<Value, CallError> {
+    message
+        .serialize_with_options(serde_json::value::Serializer, &OUTPUT_OPTIONS)
+        .map_err(|e| CallError::from(Status::internal(format!("encoding the response as JSON: {e}"))))
+}
+
+/// One message of a streaming form: `progress` → a progress event, `result` →
+/// the result; `None` when neither is set.
+pub(crate) fn stream_event(message: &DynamicMessage) -> Option<Result<ToolEvent, CallError>> {
+    let desc = message.descriptor();
+    if let Some(field) = desc.get_field_by_name("result")
+        && message.has_field(&field)
+    {
+        let value = message.get_field(&field);
+        let result = value.as_message()?;
+        return Some(message_to_json(result).map(ToolEvent::Result));
+    }
+    let field = desc.get_field_by_name("progress")?;
+    if !message.has_field(&field) {
+        return None;
+    }
+    let value = message.get_field(&field);
+    let progress = value.as_message()?;
+    let text =
+        |name: &str| progress.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let count = |name: &str| progress.get_field_by_name(name).map(|v| to_u32(&v)).unwrap_or(0);
+    Some(Ok(ToolEvent::Progress {
+        step: text("step"),
+        message: text("message"),
+        current: count("current"),
+        total: count("total"),
+    }))
+}
+
+/// Any integer field as a `u32`, saturating (a progress counter declared with
+/// another integer type still reads sensibly).
+fn to_u32(value: &prost_reflect::Value) -> u32 {
+    use prost_reflect::Value as V;
+    match value {
+        V::U32(n) => *n,
+        V::I32(n) => u32::try_from(*n).unwrap_or(0),
+        V::U64(n) => u32::try_from(*n).unwrap_or(u32::MAX),
+        V::I64(n) => u32::try_from(*n).unwrap_or(if *n < 0 { 0 } else { u32::MAX }),
+        _ => 0,
+    }
+}
+
+/// A request carrying the caller's context as metadata.
+fn request<T>(message: T, ctx: &CallContext) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    let forwarded =
+        [("authorization", &ctx.authorization), ("x-request-id", &ctx.request_id), ("traceparent", &ctx.traceparent)];
+    for (key, value) in forwarded {
+        let Some(value) = value else { continue };
+        match MetadataValue::try_from(value.as_str()) {
+            Ok(value) => {
+                metadata.insert(key, value);
+            }
+            // Only visible ASCII travels in gRPC metadata; a value that is
+            // not is dropped rather than failing the call (for authorization
+            // the service then answers UNAUTHENTICATED, as it should).
+            Err(_) => tracing::debug!(key, "dropping a header value not valid as gRPC metadata"),
+        }
+    }
+    if let Some(timeout) = ctx.timeout {
+        request.set_timeout(timeout.min(MAX_TIMEOUT));
+    }
+    request
+}
+
+/// The caller's deadline, also enforced here: `grpc-timeout` tells the service,
+/// but only the client can promise the caller an answer in time whatever the
+/// service (or the network to it) does.
+fn deadline(ctx: &CallContext) -> Option<tokio::time::Instant> {
+    ctx.timeout.and_then(|t| tokio::time::Instant::now().checked_add(t))
+}
+
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => call.await,
+        Some(at) => tokio::time::timeout_at(at, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("the deadline passed before the service answered"))),
+    }
+}
+
+fn method_path(method: &MethodDescriptor) -> Result<http::uri::PathAndQuery, Status> {
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    http::uri::PathAndQuery::try_from(path).map_err(|e| Status::internal(format!("bad method path: {e}")))
+}
+
+fn not_ready(err: TransportError) -> Status {
+    err.0
+}
+
+/// The upstream service with a named error type. With the boxed service's
+/// `Box<dyn Error>` error, rustc loses the trait object's lifetime when it
+/// checks that a future holding a tonic call is `Send`, and then cannot prove
+/// tonic's `Into<StdError>` bound ("implementation of `From` is not general
+/// enough"), which breaks every `tokio::spawn` of a call. A plain struct has
+/// no lifetime to lose.
+#[derive(Clone)]
+pub(crate) struct Transport(UpstreamService);
+
+/// A failure to hand a request to the service, as the status tonic reports:
+/// tonic finds it in the source chain.
+#[derive(Debug)]
+pub(crate) struct TransportError(Status);
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A recognisable error keeps tonic's reading of it (a connect failure is
+/// UNAVAILABLE, an h2 reset its own code); anything else from the transport
+/// means the service could not be reached: UNAVAILABLE too, not UNKNOWN.
+fn transport_error(err: tonic::codegen::StdError) -> TransportError {
+    TransportError(Status::try_from_error(err).unwrap_or_else(|err| Status::unavailable(err.to_string())))
+}
+
+type TransportFuture = futures_util::future::MapErr<
+    <UpstreamService as tower::Service<http::Request<tonic::body::Body>>>::Future,
+    fn(tonic::codegen::StdError) -> TransportError,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = TransportError;
+    type Future = TransportFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(transport_error)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        futures_util::TryFutureExt::map_err(self.0.call(request), transport_error as fn(_) -> _)
+    }
+}
+
+/// The unary call as a future owning everything it needs: a future borrowing
+/// descriptors or context would be generic over their lifetimes, and rustc
+/// cannot always prove the `Send` that spawning callers need of such futures.
+fn unary_call(
+    mut grpc: tonic::client::Grpc<Transport>,
+    method: &MethodDescriptor,
+    input: DynamicMessage,
+    ctx: &CallContext,
+) -> impl Future<Output = Result<DynamicMessage, Status>> + Send + use<> {
+    let path = method_path(method);
+    let request = request(input, ctx);
+    let codec = DynamicCodec::new(method.output());
+    let deadline = deadline(ctx);
+    async move {
+        let path = path?;
+        let call = async move {
+            grpc.ready().await.map_err(not_ready)?;
+            grpc.unary(request, path, codec).await
+        };
+        Ok(within(deadline, call).await?.into_inner())
+    }
+}
+
+/// Opens a server-streaming call (see [`unary_call`] for why it owns its state).
+fn server_streaming_call(
+    mut grpc: tonic::client::Grpc<Transport>,
+    method: &MethodDescriptor,
+    input: DynamicMessage,
+    ctx: &CallContext,
+) -> impl Future<Output = Result<tonic::Streaming<DynamicMessage>, Status>> + Send + use<> {
+    let path = method_path(method);
+    let request = request(input, ctx);
+    let codec = DynamicCodec::new(method.output());
+    async move {
+        let path = path?;
+        grpc.ready().await.map_err(not_ready)?;
+        let response = grpc.server_streaming(request, path, codec).await?;
+        Ok(response.into_inner())
+    }
+}
+
+/// A resource being put together from its chunks.
+struct Assembly<'a> {
+    uri: &'a str,
+    mime_type: String,
+    body: Body,
+    size: usize,
+}
+
+enum Body {
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl<'a> Assembly<'a> {
+    fn new(uri: &'a str) -> Self {
+        Assembly { uri, mime_type: String::new(), body: Body::Text(String::new()), size: 0 }
+    }
+
+    fn push(&mut self, chunk: pb::ResourceChunk) -> Result<(), Status> {
+        use pb::resource_chunk::Content;
+        if self.mime_type.is_empty() {
+            self.mime_type = chunk.mime_type;
+        }
+        let added = match &chunk.content {
+            Some(Content::Text(text)) => text.len(),
+            Some(Content::Blob(blob)) => blob.len(),
+            None => 0,
+        };
+        // Refuse as early as the service announces the size, else as soon as
+        // the chunks pass the cap.
+        let announced = usize::try_from(chunk.total_size).unwrap_or(usize::MAX);
+        let size = self.size.saturating_add(added).max(announced);
+        if size > MAX_RESOURCE_BYTES {
+            return Err(too_large(self.uri, size));
+        }
+        self.size += added;
+        match (chunk.content, &mut self.body) {
+            (None, _) => {}
+            (Some(Content::Text(text)), Body::Text(body)) => body.push_str(&text),
+            (Some(Content::Text(text)), Body::Blob(body)) => body.extend_from_slice(text.as_bytes()),
+            (Some(Content::Blob(blob)), Body::Blob(body)) => body.extend_from_slice(&blob),
+            (Some(Content::Blob(blob)), Body::Text(body)) => {
+                // Bytes after text: the whole resource is binary.
+                let mut bytes = std::mem::take(body).into_bytes();
+                bytes.extend_from_slice(&blob);
+                self.body = Body::Blob(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ResourceContent {
+        let (text, blob, fallback_mime) = match self.body {
+            Body::Text(text) => (Some(text), None, "text/plain"),
+            Body::Blob(blob) => (None, Some(blob), "application/octet-stream"),
+        };
+        let mime_type = if self.mime_type.is_empty() { fallback_mime.to_string() } else { self.mime_type };
+        ResourceContent { uri: self.uri.to_string(), mime_type, text, blob }
+    }
+}
+
+/// The service's own refusal for oversized resources, so callers see one error
+/// whichever side enforced the cap.
+fn too_large(uri: &str, size: usize) -> Status {
+    let metadata: std::collections::HashMap<String, String> = [
+        ("uri".to_string(), uri.to_string()),
+        ("size".to_string(), size.to_string()),
+        ("limit".to_string(), MAX_RESOURCE_BYTES.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let details = tonic_types::ErrorDetails::with_error_info("RESOURCE_TOO_LARGE", "task-mcp", metadata);
+    <Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::FailedPrecondition,
+        format!("resource {uri} is larger than the gateway's limit of {MAX_RESOURCE_BYTES} bytes"),
+        details,
+    )
+}
+
+/// `application/grpc+proto` for messages known only by descriptor: encodes any
+/// `DynamicMessage`, decodes into the message type it was made for.
+#[derive(Debug, Clone)]
+pub(crate) struct DynamicCodec {
+    decode_as: MessageDescriptor,
+}
+
+impl DynamicCodec {
+    pub(crate) fn new(decode_as: MessageDescriptor) -> Self {
+        DynamicCodec { decode_as }
+    }
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder { decode_as: self.decode_as.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        // The buffer grows on demand, so this cannot run out of space; the
+        // error is mapped anyway rather than trusted away.
+        item.encode(dst).map_err(|e| Status::internal(format!("encoding the request: {e}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DynamicDecoder {
+    decode_as: MessageDescriptor,
+}
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        // INTERNAL, as tonic's own prost codec does for a malformed message.
+        DynamicMessage::decode(self.decode_as.clone(), src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+    use tokio_stream::StreamExt;
+    use tonic::{Code, Request, Response};
+    use tonic_prost::ProstCodec;
+
+    use super::*;
+
+    fn pool() -> DescriptorPool {
+        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).unwrap()
+    }
+
+    fn registry() -> Registry {
+        Registry::from_pool(&pool()).unwrap()
+    }
+
+    #[test]
+    fn registry_holds_exactly_the_annotated_rpcs_sorted() {
+        let registry = registry();
+        let names: Vec<&str> = registry.tools().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["change.archive", "change.list", "change.open", "change.show", "change.validate", "task.update"]
+        );
+        for tool in registry.tools() {
+            assert!(!tool.description.is_empty(), "{} has no description", tool.name);
+            assert!(tool.title.is_some(), "{} has no title", tool.name);
+            assert_eq!(tool.input_schema["type"], "object");
+            assert_eq!(tool.output_schema["type"], "object");
+            assert_eq!(tool.input_schema["$schema"], schema::DIALECT);
+            assert_eq!(tool.output_schema["$schema"], schema::DIALECT);
+        }
+    }
+
+    #[test]
+    fn annotations_and_descriptions_follow_the_proto() {
+        let registry = registry();
+        let flags = |name: &str| {
+            let t = registry.get(name).unwrap();
+            (t.read_only, t.destructive, t.idempotent)
+        };
+        assert_eq!(flags("change.open"), (false, false, true));
+        assert_eq!(flags("change.list"), (true, false, true));
+        assert_eq!(flags("change.show"), (true, false, true));
+        assert_eq!(flags("change.validate"), (true, false, true));
+        assert_eq!(flags("task.update"), (false, false, true));
+        assert_eq!(flags("change.archive"), (false, true, true));
+
+        let open = registry.get("change.open").unwrap();
+        assert_eq!(open.title.as_deref(), Some("Open a change"));
+        assert_eq!(open.method.full_name(), "taskmcp.v1.Changes.OpenChange");
+        assert!(open.description.starts_with("Open a change: scaffold `proposal.md`"), "{}", open.description);
+        // Hard-wrapped lines are joined.
+        assert!(!open.description.contains('\n'), "{}", open.description);
+        assert_eq!(open.input_schema["properties"]["template"]["type"], "string");
+        assert_eq!(open.output_schema["properties"]["created"]["type"], "boolean");
+        assert!(registry.get("nope").is_none());
+    }
+
+    #[test]
+    fn archive_has_its_streaming_form_and_nothing_else_does() {
+        let registry = registry();
+        for tool in registry.tools() {
+            let stream = tool.stream_method.as_ref().map(|m| m.full_name().to_string());
+            if tool.name == "change.archive" {
+                assert_eq!(stream.as_deref(), Some("taskmcp.v1.Changes.ArchiveChangeStream"));
+            } else {
+                assert_eq!(stream, None, "{}", tool.name);
+            }
+        }
+    }
+
+    #[test]
+    fn tool_names_are_checked() {
+        assert!(validate_tool_name("change.open").is_ok());
+        assert!(validate_tool_name("a/b_c-D.9").is_ok());
+        assert!(validate_tool_name(&"x".repeat(64)).is_ok());
+        assert!(validate_tool_name("").is_err());
+        assert!(validate_tool_name(&"x".repeat(65)).is_err());
+        assert!(validate_tool_name("has space").is_err());
+        assert!(validate_tool_name("émoji").is_err());
+    }
+
+    fn input_of(tool: &str) -> MessageDescriptor {
+        registry().get(tool).unwrap().method.input()
+    }
+
+    #[test]
+    fn arguments_transcode_by_the_proto3_json_mapping() {
+        let message = json_to_message(
+            &input_of("change.open"),
+            &json!({"title": "T", "slug": "add-x", "ttlSeconds": 120, "template": "TEMPLATE_BUGFIX"}),
+        )
+        .unwrap();
+        let typed: pb::OpenChangeRequest = message.transcode_to().unwrap();
+        assert_eq!(typed.slug, "add-x");
+        assert_eq!(typed.ttl_seconds, 120);
+        assert_eq!(typed.template, pb::Template::Bugfix as i32);
+
+        // Proto field names are accepted too, as the mapping requires.
+        let message = json_to_message(&input_of("change.open"), &json!({"ttl_seconds": 7})).unwrap();
+        assert_eq!(message.transcode_to::<pb::OpenChangeRequest>().unwrap().ttl_seconds, 7);
+
+        // No arguments at all is the empty request.
+        for empty in [Value::Null, json!({})] {
+            let message = json_to_message(&input_of("change.list"), &empty).unwrap();
+            assert_eq!(message.transcode_to::<pb::ListChangesRequest>().unwrap(), pb::ListChangesRequest::default());
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_invalid_arguments_with_the_reason() {
+        let cases = [
+            (json!({"slug": "x", "bogus": 1}), "bogus"),
+            (json!({"template": "TEMPLATE_NOPE"}), "TEMPLATE_NOPE"),
+            (json!({"ttlSeconds": "many"}), ""),
+            (json!({"ttlSeconds": -1}), ""),
+            (json!(["not", "an", "object"]), ""),
+            (json!("text"), ""),
+        ];
+        for (args, mention) in cases {
+            match json_to_message(&input_of("change.open"), &args) {
+                Err(CallError::InvalidArguments(message)) => {
+                    assert!(message.contains(mention), "{args}: {message}");
+                    assert!(!message.is_empty());
+                }
+                other => panic!("{args}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn output_emits_defaults_enum_names_camel_case_and_64_bit_strings() {
+        let registry = registry();
+        let output = registry.get("change.list").unwrap().method.output();
+        let typed = pb::ListChangesResponse {
+            changes: vec![pb::ChangeSummary {
+                slug: "add-x".into(),
+                status: pb::ChangeStatus::Draft as i32,
+                updated_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+                ..Default::default()
+            }],
+            next_page_token: String::new(),
+            total: 0,
+        };
+        let mut message = DynamicMessage::new(output);
+        message.transcode_from(&typed).unwrap();
+        let value = message_to_json(&message).unwrap();
+        assert_eq!(value["nextPageToken"], "");
+        assert_eq!(value["total"], 0);
+        let change = &value["changes"][0];
+        assert_eq!(change["status"], "CHANGE_STATUS_DRAFT");
+        assert_eq!(change["archiveName"], "");
+        assert_eq!(change["updatedAt"], "2023-11-14T22:13:20Z");
+        // Unset message fields (and `optional` ones) are left out, not null.
+        assert!(change.get("lock").is_none());
+        assert!(change.get("progress").is_none());
+
+        let chunk_desc = pool().get_message_by_name("taskmcp.v1.ResourceChunk").unwrap();
+        let mut chunk = DynamicMessage::new(chunk_desc);
+        chunk.transcode_from(&pb::ResourceChunk { total_size: 5, ..Default::default() }).unwrap();
+        let value = message_to_json(&chunk).unwrap();
+        assert_eq!(value["totalSize"], "5");
+        assert_eq!(value["offset"], "0");
+    }
+
+    #[test]
+    fn stream_messages_become_events() {
+        let desc = pool().get_message_by_name("taskmcp.v1.ArchiveChangeEvent").unwrap();
+        let to_dynamic = |event: pb::ArchiveChangeEvent| {
+            let mut message = DynamicMessage::new(desc.clone());
+            message.transcode_from(&event).unwrap();
+            message
+        };
+        let progress = to_dynamic(pb::ArchiveChangeEvent {
+            event: Some(pb::archive_change_event::Event::Progress(pb::Progress {
+                step: "move".into(),
+                message: "Moving".into(),
+                current: 3,
+                total: 4,
+            })),
+        });
+        assert_eq!(
+            stream_event(&progress).unwrap().unwrap(),
+            ToolEvent::Progress { step: "move".into(), message: "Moving".into(), current: 3, total: 4 }
+        );
+        let result = to_dynamic(pb::ArchiveChangeEvent {
+            event: Some(pb::archive_change_event::Event::Result(pb::ArchiveChangeResponse {
+                already_archived: true,
+                ..Default::default()
+            })),
+        });
+        match stream_event(&result).unwrap().unwrap() {
+            ToolEvent::Result(value) => {
+                assert_eq!(value["alreadyArchived"], true);
+                assert_eq!(value["findings"], json!([]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(stream_event(&to_dynamic(pb::ArchiveChangeEvent { event: None })).is_none());
+    }
+
+    // ---- calls against a fake upstream -------------------------------------
+    //
+    // The real service lives in the root crate; here a small in-process gRPC
+    // server built from tonic's server codec and typed prost messages answers
+    // the dynamic calls, which also checks that `DynamicCodec` speaks the same
+    // wire format as generated code.
+
+    type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
+    type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    /// Flips when the server side of a streaming call is dropped (cancelled).
+    struct DropFlag(Arc<tokio::sync::Notify>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    struct Fake {
+        seen: Seen,
+        cancelled: Arc<tokio::sync::Notify>,
+        health: tonic_health::server::HealthReporter,
+        upstream: Upstream,
+    }
+
+    fn fake() -> Fake {
+        let seen: Seen = Arc::default();
+        let cancelled = Arc::new(tokio::sync::Notify::new());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let (seen2, cancelled2) = (seen.clone(), cancelled.clone());
+        let service = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+            seen2.lock().unwrap().push(req.headers().clone());
+            let cancelled = cancelled2.clone();
+            let mut health_service = health_service.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let response = match path.as_str() {
+                    "/taskmcp.v1.Changes/OpenChange" => {
+                        let codec = ProstCodec::<pb::OpenChangeResponse, pb::OpenChangeRequest>::default();
+                        tonic::server::Grpc::new(codec).unary(tower::service_fn(open_change), req).await
+                    }
+                    "/taskmcp.v1.Changes/ShowChange" => {
+                        let codec = ProstCodec::<pb::ShowChangeResponse, pb::ShowChangeRequest>::default();
+                        let slow = tower::service_fn(|_: Request<pb::ShowChangeRequest>| async {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            Ok::<_, Status>(Response::new(pb::ShowChangeResponse::default()))
+                        });
+                        tonic::server::Grpc::new(codec).unary(slow, req).await
+                    }
+                    "/taskmcp.v1.Changes/ArchiveChange" => {
+                        let codec = ProstCodec::<pb::ArchiveChangeResponse, pb::ArchiveChangeRequest>::default();
+                        let archive = tower::service_fn(|r: Request<pb::ArchiveChangeRequest>| async move {
+                            Ok::<_, Status>(Response::new(archived(&r.into_inner().slug)))
+                        });
+                        tonic::server::Grpc::new(codec).unary(archive, req).await
+                    }
+                    "/taskmcp.v1.Changes/ArchiveChangeStream" => {
+                        let codec = ProstCodec::<pb::ArchiveChangeEvent, pb::ArchiveChangeRequest>::default();
+                        let stream = tower::service_fn(move |r: Request<pb::ArchiveChangeRequest>| {
+                            let cancelled = cancelled.clone();
+                            async move { Ok::<_, Status>(Response::new(archive_stream(r.into_inner(), cancelled))) }
+                        });
+                        tonic::server::Grpc::new(codec).server_streaming(stream, req).await
+                    }
+                    "/taskmcp.v1.Changes/ListChanges" => {
+                        let codec = ProstCodec::<pb::ListChangesResponse, pb::ListChangesRequest>::default();
+                        tonic::server::Grpc::new(codec).unary(tower::service_fn(list_changes), req).await
+                    }
+                    "/taskmcp.v1.Resources/ReadResource" => {
+                        let codec = ProstCodec::<pb::ResourceChunk, pb::ReadResourceRequest>::default();
+                        tonic::server::Grpc::new(codec).server_streaming(tower::service_fn(read_resource), req).await
+                    }
+                    "/taskmcp.v1.Resources/ListResources" => {
+                        let codec = ProstCodec::<pb::ListResourcesResponse, pb::ListResourcesRequest>::default();
+                        let list = tower::service_fn(|_: Request<pb::ListResourcesRequest>| async {
+                            let info = pb::ResourceInfo { uri: "changes://active".into(), ..Default::default() };
+                            Ok::<_, Status>(Response::new(pb::ListResourcesResponse { resources: vec![info] }))
+                        });
+                        tonic::server::Grpc::new(codec).unary(list, req).await
+                    }
+                    "/taskmcp.v1.Resources/WatchChanges" => {
+                        let codec = ProstCodec::<pb::ChangeEvent, pb::WatchChangesRequest>::default();
+                        let watch = tower::service_fn(|_: Request<pb::WatchChangesRequest>| async {
+                            let events = ["add-a", "add-b"]
+                                .map(|slug| Ok(pb::ChangeEvent { slug: slug.into(), kind: 1, ..Default::default() }));
+                            let stream: BoxStream<pb::ChangeEvent> = Box::pin(tokio_stream::iter(events));
+                            Ok::<_, Status>(Response::new(stream))
+                        });
+                        tonic::server::Grpc::new(codec).server_streaming(watch, req).await
+                    }
+                    _ if path.starts_with("/grpc.health.v1.Health/") => {
+                        match tower::Service::call(&mut health_service, req).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    }
+                    _ => Status::unimplemented(path).into_http(),
+                };
+                Ok::<_, tonic::codegen::StdError>(response)
+            }
+        });
+        let upstream = Upstream::new(UpstreamService::new(service)).unwrap();
+        Fake { seen, cancelled, health, upstream }
+    }
+
+    async fn open_change(request: Request<pb::OpenChangeRequest>) -> Result<Response<pb::OpenChangeResponse>, Status> {
+        let request = request.into_inner();
+        if request.slug == "held" {
+            let details = tonic_types::ErrorDetails::with_error_info(
+                "LOCKED_BY_OTHER_OWNER",
+                "task-mcp",
+                std::collections::HashMap::from([("holder".to_string(), "alice".to_string())]),
+            );
+            return Err(<Status as tonic_types::StatusExt>::with_error_details(Code::Aborted, "locked", details));
+        }
+        Ok(Response::new(pb::OpenChangeResponse {
+            change: Some(pb::ChangeSummary {
+                slug: request.slug.clone(),
+                title: request.title,
+                status: pb::ChangeStatus::Draft as i32,
+                ..Default::default()
+            }),
+            created: true,
+            files: vec![format!("changes/{}/proposal.md", request.slug)],
+            ..Default::default()
+        }))
+    }
+
+    fn archived(slug: &str) -> pb::ArchiveChangeResponse {
+        pb::ArchiveChangeResponse {
+            receipt: Some(pb::Receipt { slug: slug.into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn archive_stream(
+        request: pb::ArchiveChangeRequest,
+        cancelled: Arc<tokio::sync::Notify>,
+    ) -> BoxStream<pb::ArchiveChangeEvent> {
+        use pb::archive_change_event::Event;
+        let step = |n: u32| pb::ArchiveChangeEvent {
+            event: Some(Event::Progress(pb::Progress {
+                step: format!("step{n}"),
+                message: format!("Step {n}"),
+                current: n,
+                total: 2,
+            })),
+        };
+        Box::pin(async_stream::stream! {
+            let _flag = DropFlag(cancelled);
+            yield Ok(step(1));
+            if request.slug == "hang" {
+                std::future::pending::<()>().await;
+            }
+            if request.slug == "no-result" {
+                return;
+            }
+            yield Ok(step(2));
+            yield Ok(pb::ArchiveChangeEvent { event: Some(Event::Result(archived(&request.slug))) });
+        })
+    }
+
+    async fn list_changes(
+        request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let request = request.into_inner();
+        if request.status != pb::ChangeStatus::All as i32 || request.page_size != SLUG_PAGE_SIZE {
+            return Err(Status::invalid_argument("expected status ALL and page size 200"));
+        }
+        let summary = |slug: &str| pb::ChangeSummary { slug: slug.into(), ..Default::default() };
+        let (slugs, next): (&[&str], &str) = match request.page_token.as_str() {
+            "" => (&["add-b", "fix-c", "add-a"], "p2"),
+            "p2" => (&["add-a", "add-d"], ""),
+            other => return Err(Status::invalid_argument(format!("bad token {other}"))),
+        };
+        Ok(Response::new(pb::ListChangesResponse {
+            changes: slugs.iter().map(|s| summary(s)).collect(),
+            next_page_token: next.into(),
+            total: 5,
+        }))
+    }
+
+    async fn read_resource(
+        request: Request<pb::ReadResourceRequest>,
+    ) -> Result<Response<BoxStream<pb::ResourceChunk>>, Status> {
+        use pb::resource_chunk::Content;
+        let uri = request.into_inner().uri;
+        let chunk = |content: Content, total_size: u64| pb::ResourceChunk {
+            uri: uri.clone(),
+            mime_type: "text/markdown".into(),
+            content: Some(content),
+            total_size,
+            ..Default::default()
+        };
+        let chunks = match uri.as_str() {
+            "change://a/proposal" => {
+                vec![chunk(Content::Text("# T".into()), 6), chunk(Content::Text("\nok".into()), 6)]
+            }
+            "change://a/blob" => vec![chunk(Content::Blob(vec![0, 1]), 3), chunk(Content::Blob(vec![2]), 3)],
+            "change://a/huge" => vec![chunk(Content::Text("x".into()), 1 << 30)],
+            _ => return Err(Status::not_found(uri)),
+        };
+        let stream: BoxStream<pb::ResourceChunk> = Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)));
+        Ok(Response::new(stream))
+    }
+
+    fn tool<'a>(fake: &'a Fake, name: &str) -> &'a ToolDef {
+        fake.upstream.registry().get(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unary_call_round_trips_and_forwards_metadata() {
+        let fake = fake();
+        let ctx = CallContext {
+            authorization: Some("Bearer s3cret".into()),
+            request_id: Some("req-1".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            timeout: Some(Duration::from_secs(5)),
+        };
+        let args = json!({"title": "Add X", "slug": "add-x"});
+        let out = fake.upstream.call_tool(tool(&fake, "change.open"), &args, ctx).await.unwrap();
+        assert_eq!(out["created"], true);
+        assert_eq!(out["change"]["slug"], "add-x");
+        assert_eq!(out["change"]["status"], "CHANGE_STATUS_DRAFT");
+        assert_eq!(out["files"], json!(["changes/add-x/proposal.md"]));
+        assert_eq!(out["resourceUris"], json!([]));
+        assert!(out.get("takeover").is_none());
+
+        let seen = fake.seen.lock().unwrap();
+        let headers = seen.last().unwrap();
+        assert_eq!(headers["authorization"], "Bearer s3cret");
+        assert_eq!(headers["x-request-id"], "req-1");
+        assert!(headers["traceparent"].to_str().unwrap().starts_with("00-0af7"));
+        assert!(headers.contains_key("grpc-timeout"));
+    }
+
+    #[tokio::test]
+    async fn upstream_errors_keep_code_reason_and_metadata() {
+        let fake = fake();
+        let args = json!({"slug": "held"});
+        let err = fake.upstream.call_tool(tool(&fake, "change.open"), &args, CallContext::default()).await.unwrap_err();
+        let CallError::Upstream(err) = err else { panic!("{err:?}") };
+        assert_eq!(err.code, Code::Aborted);
+        assert_eq!(err.reason, "LOCKED_BY_OTHER_OWNER");
+        assert_eq!(err.metadata["holder"], "alice");
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_never_reach_the_service() {
+        let fake = fake();
+        let args = json!({"slug": "x", "nope": true});
+        let err = fake.upstream.call_tool(tool(&fake, "change.open"), &args, CallContext::default()).await.unwrap_err();
+        assert!(matches!(err, CallError::InvalidArguments(_)), "{err:?}");
+        assert!(fake.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_deadline_is_enforced_by_the_gateway_too() {
+        let fake = fake();
+        let ctx = CallContext { timeout: Some(Duration::from_millis(50)), ..Default::default() };
+        let started = std::time::Instant::now();
+        let err = fake.upstream.call_tool(tool(&fake, "change.show"), &json!({"slug": "s"}), ctx).await.unwrap_err();
+        let CallError::Upstream(err) = err else { panic!("{err:?}") };
+        assert_eq!(err.code, Code::DeadlineExceeded);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn streaming_form_yields_progress_then_the_result() {
+        let fake = fake();
+        let events: Vec<_> = fake
+            .upstream
+            .call_tool_streaming(tool(&fake, "change.archive"), &json!({"slug": "add-x"}), CallContext::default())
+            .collect()
+            .await;
+        let events: Vec<ToolEvent> = events.into_iter().map(Result::unwrap).collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            events[0],
+            ToolEvent::Progress { step: "step1".into(), message: "Step 1".into(), current: 1, total: 2 }
+        );
+        assert!(matches!(&events[1], ToolEvent::Progress { current: 2, .. }));
+        let ToolEvent::Result(result) = &events[2] else { panic!("{events:?}") };
+        // The same JSON as the unary call.
+        let unary = fake
+            .upstream
+            .call_tool(tool(&fake, "change.archive"), &json!({"slug": "add-x"}), CallContext::default())
+            .await
+            .unwrap();
+        assert_eq!(result, &unary);
+        assert_eq!(result["receipt"]["slug"], "add-x");
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_result_is_an_error() {
+        let fake = fake();
+        let events: Vec<_> = fake
+            .upstream
+            .call_tool_streaming(tool(&fake, "change.archive"), &json!({"slug": "no-result"}), CallContext::default())
+            .collect()
+            .await;
+        assert_eq!(events.len(), 2);
+        assert!(events[0].is_ok());
+        let Err(CallError::Upstream(err)) = &events[1] else { panic!("{events:?}") };
+        assert_eq!(err.code, Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_cancels_the_call() {
+        let fake = fake();
+        let cancelled = fake.cancelled.notified();
+        let mut events = fake.upstream.call_tool_streaming(
+            tool(&fake, "change.archive"),
+            &json!({"slug": "hang"}),
+            CallContext::default(),
+        );
+        assert!(matches!(events.next().await, Some(Ok(ToolEvent::Progress { .. }))));
+        drop(events);
+        tokio::time::timeout(Duration::from_secs(5), cancelled).await.expect("the server-side stream was not dropped");
+    }
+
+    #[tokio::test]
+    async fn without_a_streaming_form_the_result_is_the_stream() {
+        let fake = fake();
+        let mut show = tool(&fake, "change.open").clone();
+        show.stream_method = None;
+        let events: Vec<_> =
+            fake.upstream.call_tool_streaming(&show, &json!({"slug": "add-y"}), CallContext::default()).collect().await;
+        assert_eq!(events.len(), 1);
+        let Ok(ToolEvent::Result(value)) = &events[0] else { panic!("{events:?}") };
+        assert_eq!(value["change"]["slug"], "add-y");
+
+        let bad: Vec<_> =
+            fake.upstream.call_tool_streaming(&show, &json!({"nope": 1}), CallContext::default()).collect().await;
+        assert!(matches!(bad.as_slice(), [Err(CallError::InvalidArguments(_))]));
+    }
+
+    #[tokio::test]
+    async fn resources_are_assembled_from_chunks() {
+        let fake = fake();
+        let text = fake.upstream.read_resource("change://a/proposal", CallContext::default()).await.unwrap();
+        assert_eq!(text.uri, "change://a/proposal");
+        assert_eq!(text.mime_type, "text/markdown");
+        assert_eq!(text.text.as_deref(), Some("# T\nok"));
+        assert!(text.blob.is_none());
+
+        let blob = fake.upstream.read_resource("change://a/blob", CallContext::default()).await.unwrap();
+        assert_eq!(blob.blob.as_deref(), Some(&[0u8, 1, 2][..]));
+        assert!(blob.text.is_none());
+
+        let Err(CallError::Upstream(err)) =
+            fake.upstream.read_resource("change://a/huge", CallContext::default()).await
+        else {
+            panic!("an oversized resource was accepted")
+        };
+        assert_eq!(err.code, Code::FailedPrecondition);
+        assert_eq!(err.reason, "RESOURCE_TOO_LARGE");
+
+        let Err(CallError::Upstream(err)) = fake.upstream.read_resource("change://zz", CallContext::default()).await
+        else {
+            panic!("a missing resource was found")
+        };
+        assert_eq!(err.code, Code::NotFound);
+
+        let listed = fake.upstream.list_resources(CallContext::default()).await.unwrap();
+        assert_eq!(listed[0].uri, "changes://active");
+    }
+
+    #[tokio::test]
+    async fn slug_completion_pages_dedups_filters_and_sorts() {
+        let fake = fake();
+        let slugs = fake.upstream.slugs_with_prefix("add-", CallContext::default()).await.unwrap();
+        assert_eq!(slugs, ["add-a", "add-b", "add-d"]);
+        let all = fake.upstream.slugs_with_prefix("", CallContext::default()).await.unwrap();
+        assert_eq!(all, ["add-a", "add-b", "add-d", "fix-c"]);
+    }
+
+    #[tokio::test]
+    async fn watch_maps_events() {
+        let fake = fake();
+        let events: Vec<_> = fake.upstream.watch(CallContext::default()).collect().await;
+        let slugs: Vec<String> = events.into_iter().map(|e| e.unwrap().slug).collect();
+        assert_eq!(slugs, ["add-a", "add-b"]);
+    }
+
+    #[tokio::test]
+    async fn serving_follows_grpc_health() {
+        let fake = fake();
+        assert!(fake.upstream.serving().await.unwrap());
+        fake.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        assert!(!fake.upstream.serving().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_service_is_unavailable() {
+        let failing = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Err::<http::Response<tonic::body::Body>, tonic::codegen::StdError>("connection refused".into())
+        });
+        let upstream = Upstream::new(UpstreamService::new(failing)).unwrap();
+        let tool = upstream.registry().get("change.list").unwrap().clone();
+        let Err(CallError::Upstream(err)) = upstream.call_tool(&tool, &Value::Null, CallContext::default()).await
+        else {
+            panic!("a failing transport succeeded")
+        };
+        assert_eq!(err.code, Code::Unavailable, "{err:?}");
+    }
+
+    /// Every call future must be `Send` so that handlers can spawn it.
+    #[test]
+    fn call_futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let fake = fake();
+        let tool = tool(&fake, "change.open").clone();
+        let args = Value::Null;
+        assert_send(&fake.upstream.call_tool(&tool, &args, CallContext::default()));
+        assert_send(&fake.upstream.read_resource("x", CallContext::default()));
+        assert_send(&fake.upstream.list_resources(CallContext::default()));
+        assert_send(&fake.upstream.slugs_with_prefix("x", CallContext::default()));
+        assert_send(&fake.upstream.serving());
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<Upstream>();
+    }
+
+    /// The way the handlers use it: calls awaited inside spawned tasks that
+    /// borrow from the task's own state (this failed to compile with
+    /// "implementation of `Send` is not general enough" before `Transport`).
+    #[tokio::test]
+    async fn calls_can_be_spawned() {
+        let fake = Arc::new(fake());
+        let task = {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let tool = fake.upstream.registry().get("change.open").cloned();
+                let args = json!({"slug": "add-z"});
+                let ctx = CallContext::default();
+                let tool = tool?;
+                let value = fake.upstream.call_tool(&tool, &args, ctx.clone()).await.ok()?;
+                let mut events = fake.upstream.call_tool_streaming(&tool, &args, ctx.clone());
+                while events.next().await.is_some() {}
+                fake.upstream.read_resource("change://a/proposal", ctx.clone()).await.ok()?;
+                fake.upstream.slugs_with_prefix("a", ctx.clone()).await.ok()?;
+                fake.upstream.serving().await.ok()?;
+                Some(value)
+            })
+        };
+        let value = task.await.unwrap().unwrap();
+        assert_eq!(value["change"]["slug"], "add-z");
     }
 }

@@ -1,25 +1,342 @@
-//! MCP sessions: bounded, expiring, bound to the principal that created them.
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! MCP sessions: unguessable ids, bound to the principal that created them,
+//! bounded in number, closed after an idle period. A session owns its streams'
+//! event logs (for resumption), its in-flight requests (for cancellation), its
+//! pending requests to the client, its resource subscriptions and its log level.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use rand::RngCore;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{jsonrpc::RpcError, sse::EventLog};
 use crate::GatewayConfig;
 
+/// Event logs kept per session for resumption; older finished ones are dropped.
+const LOGS_PER_SESSION: usize = 32;
+/// RFC 5424 levels, lowest first.
+const LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+
+pub fn level_rank(level: &str) -> Option<u8> {
+    LEVELS.iter().position(|l| *l == level).map(|p| p as u8)
+}
+
+pub struct Session {
+    pub id: String,
+    pub principal: String,
+    version: Mutex<String>,
+    last_seen: Mutex<Instant>,
+    log_level: AtomicU8,
+    subscriptions: Mutex<HashSet<String>>,
+    in_flight: Mutex<HashMap<String, CancellationToken>>,
+    client_requests: Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
+    next_client_request: AtomicU64,
+    logs: Mutex<VecDeque<Arc<EventLog>>>,
+    next_stream: AtomicU64,
+    /// The standalone (GET) stream: server notifications unrelated to a request.
+    pub notifications: Arc<EventLog>,
+    /// Cancelled when the session ends (DELETE, idle expiry, shutdown).
+    pub closed: CancellationToken,
+    event_capacity: usize,
+    /// Whether the upstream change feed for subscriptions is running.
+    pub watching: std::sync::atomic::AtomicBool,
+}
+
+impl Session {
+    fn new(id: String, principal: String, version: String, event_capacity: usize) -> Self {
+        Session {
+            id,
+            principal,
+            version: Mutex::new(version),
+            last_seen: Mutex::new(Instant::now()),
+            log_level: AtomicU8::new(1),
+            subscriptions: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            client_requests: Mutex::new(HashMap::new()),
+            next_client_request: AtomicU64::new(1),
+            logs: Mutex::new(VecDeque::new()),
+            next_stream: AtomicU64::new(1),
+            notifications: EventLog::new(0, event_capacity),
+            closed: CancellationToken::new(),
+            event_capacity,
+            watching: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The negotiated protocol version.
+    pub fn version(&self) -> String {
+        self.version.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The legacy transport creates the session before `initialize` negotiates.
+    pub fn set_version(&self, version: &str) {
+        *self.version.lock().unwrap_or_else(|p| p.into_inner()) = version.to_string();
+    }
+
+    fn touch(&self) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    pub fn set_log_level(&self, level: &str) -> bool {
+        match level_rank(level) {
+            Some(rank) => {
+                self.log_level.store(rank, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn logs_at(&self, level: &str) -> bool {
+        level_rank(level).is_some_and(|r| r >= self.log_level.load(Ordering::Relaxed))
+    }
+
+    pub fn subscribe(&self, uri: &str) {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).insert(uri.to_string());
+    }
+
+    pub fn unsubscribe(&self, uri: &str) {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
+    }
+
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).contains(uri)
+    }
+
+    /// A new event log for a request's SSE response (stream ids start at 1; 0 is the GET stream).
+    pub fn new_log(&self) -> Arc<EventLog> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let log = EventLog::new(id, self.event_capacity);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.push_back(log.clone());
+        while logs.len() > LOGS_PER_SESSION {
+            logs.pop_front();
+        }
+        log
+    }
+
+    pub fn find_log(&self, stream_id: u64) -> Option<Arc<EventLog>> {
+        if stream_id == 0 {
+            return Some(self.notifications.clone());
+        }
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|l| l.stream_id == stream_id).cloned()
+    }
+
+    pub fn start_request(&self, id: &Value) -> CancellationToken {
+        let token = self.closed.child_token();
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), token.clone());
+        token
+    }
+
+    pub fn end_request(&self, id: &Value) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.to_string());
+    }
+
+    /// `notifications/cancelled`: unknown or finished ids are ignored, as the spec asks.
+    pub fn cancel_request(&self, id: &Value) {
+        if let Some(token) = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.to_string()) {
+            token.cancel();
+        }
+    }
+
+    pub fn register_client_request(&self, tx: oneshot::Sender<Result<Value, RpcError>>) -> Value {
+        let n = self.next_client_request.fetch_add(1, Ordering::Relaxed);
+        let id = Value::String(format!("srv-{n}"));
+        self.client_requests.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), tx);
+        id
+    }
+
+    pub fn forget_client_request(&self, id: &Value) {
+        self.client_requests.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.to_string());
+    }
+
+    /// Delivers the client's answer to a server request; false if nobody waits for it.
+    pub fn answer_client_request(&self, id: &Value, outcome: Result<Value, RpcError>) -> bool {
+        match self.client_requests.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.to_string()) {
+            Some(tx) => tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Found,
+    /// Unknown, expired, deleted, or created by another principal: all 404, so a
+    /// stolen id reveals nothing.
+    NotFound,
+}
+
 pub struct SessionStore {
-    sessions: AtomicUsize,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    max_sessions: usize,
+    idle_timeout: Duration,
+    event_capacity: usize,
     streams: AtomicUsize,
+    max_streams: usize,
 }
 
 impl SessionStore {
-    pub fn new(_config: &GatewayConfig) -> Self {
-        SessionStore { sessions: AtomicUsize::new(0), streams: AtomicUsize::new(0) }
+    pub fn new(config: &GatewayConfig) -> Self {
+        SessionStore {
+            sessions: Mutex::new(HashMap::new()),
+            max_sessions: config.max_sessions,
+            idle_timeout: config.session_idle_timeout,
+            event_capacity: config.event_store_capacity,
+            streams: AtomicUsize::new(0),
+            max_streams: config.max_streams,
+        }
     }
 
     /// Live sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions.load(Ordering::Relaxed)
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Open SSE streams over all sessions.
     pub fn stream_count(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Creates a session, or None when the store is full.
+    pub fn create(&self, principal: &str, version: &str) -> Option<Arc<Session>> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.len() >= self.max_sessions {
+            return None;
+        }
+        let session = Arc::new(Session::new(new_id(), principal.to_string(), version.to_string(), self.event_capacity));
+        sessions.insert(session.id.clone(), session.clone());
+        Some(session)
+    }
+
+    pub fn get(&self, id: &str, principal: &str) -> Result<Arc<Session>, Lookup> {
+        let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        match session {
+            Some(s) if s.principal == principal && s.idle_for() < self.idle_timeout => {
+                s.touch();
+                Ok(s)
+            }
+            _ => Err(Lookup::NotFound),
+        }
+    }
+
+    pub fn remove(&self, id: &str, principal: &str) -> Lookup {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(id) {
+            Some(s) if s.principal == principal => {
+                s.closed.cancel();
+                sessions.remove(id);
+                Lookup::Found
+            }
+            _ => Lookup::NotFound,
+        }
+    }
+
+    /// Closes sessions idle longer than the timeout. Run periodically.
+    pub fn sweep(&self) -> usize {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let before = sessions.len();
+        sessions.retain(|_, s| {
+            let keep = s.idle_for() < self.idle_timeout;
+            if !keep {
+                s.closed.cancel();
+            }
+            keep
+        });
+        before - sessions.len()
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for s in sessions.values() {
+            s.closed.cancel();
+        }
+        sessions.clear();
+    }
+
+    /// Reserves a stream slot; None when at capacity.
+    pub fn open_stream(self: &Arc<Self>) -> Option<StreamSlot> {
+        let mut current = self.streams.load(Ordering::Relaxed);
+        loop {
+            if current >= self.max_streams {
+                return None;
+            }
+            match self.streams.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(StreamSlot(self.clone())),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// One open SSE stream; the count drops with it.
+pub struct StreamSlot(Arc<SessionStore>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// 128 random bits, hex: unguessable, visible ASCII as the spec requires.
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_sessions: usize) -> Arc<SessionStore> {
+        let config = GatewayConfig { max_sessions, max_streams: 2, ..GatewayConfig::default() };
+        Arc::new(SessionStore::new(&config))
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_principal_and_bounded() {
+        let s = store(1);
+        let a = s.create("alice", "2025-11-25").unwrap();
+        assert_eq!(a.id.len(), 32);
+        assert!(s.get(&a.id, "alice").is_ok());
+        assert_eq!(s.get(&a.id, "mallory").err(), Some(Lookup::NotFound));
+        assert!(s.create("bob", "2025-11-25").is_none(), "full");
+        assert_eq!(s.remove(&a.id, "mallory"), Lookup::NotFound);
+        assert_eq!(s.remove(&a.id, "alice"), Lookup::Found);
+        assert!(a.closed.is_cancelled());
+        assert_eq!(s.get(&a.id, "alice").err(), Some(Lookup::NotFound));
+    }
+
+    #[test]
+    fn stream_slots_are_bounded_and_released() {
+        let s = store(10);
+        let one = s.open_stream().unwrap();
+        let _two = s.open_stream().unwrap();
+        assert!(s.open_stream().is_none());
+        drop(one);
+        assert!(s.open_stream().is_some());
+    }
+
+    #[test]
+    fn log_levels_filter() {
+        let s = store(1);
+        let a = s.create("a", "v").unwrap();
+        assert!(a.set_log_level("warning"));
+        assert!(!a.logs_at("info"));
+        assert!(a.logs_at("error"));
+        assert!(!a.set_log_level("loud"));
     }
 }

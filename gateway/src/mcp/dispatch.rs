@@ -1,0 +1,379 @@
+//! MCP methods, the same for every transport and era. Transports build a
+//! `RequestContext` and call `handle`; this module calls the service.
+use std::sync::{Arc, atomic::Ordering};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{
+    context::RequestContext,
+    fixtures,
+    jsonrpc::{self, RpcError},
+    protocol,
+    session::Session,
+};
+use crate::{
+    AppState,
+    error::{McpFailure, UpstreamError},
+    upstream::{CallContext, CallError, ToolDef, ToolEvent},
+};
+
+/// Items per page of tools/list and resources/list.
+const PAGE_SIZE: usize = 50;
+
+/// Boxed with an explicit `Send` bound: transports spawn this future, and the
+/// boxing pins down the lifetimes the compiler would otherwise fail to prove
+/// `Send` for.
+pub fn handle<'a>(
+    ctx: &'a RequestContext,
+    method: &'a str,
+    params: Value,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RpcError>> + Send + 'a>> {
+    Box::pin(handle_inner(ctx, method, params))
+}
+
+async fn handle_inner(ctx: &RequestContext, method: &str, params: Value) -> Result<Value, RpcError> {
+    match method {
+        "ping" => Ok(json!({})),
+        "tools/list" => tools_list(ctx, &params),
+        "tools/call" => tools_call(ctx, &params).await,
+        "resources/list" => resources_list(ctx, &params).await,
+        "resources/templates/list" => Ok(json!({"resourceTemplates": resource_templates(ctx)})),
+        "resources/read" => resources_read(ctx, &params).await,
+        "resources/subscribe" => subscribe(ctx, &params, true),
+        "resources/unsubscribe" => subscribe(ctx, &params, false),
+        "prompts/list" => {
+            Ok(json!({"prompts": if ctx.state.config.conformance_fixtures { fixtures::prompts() } else { vec![] }}))
+        }
+        "prompts/get" => prompts_get(ctx, &params),
+        "logging/setLevel" => set_level(ctx, &params),
+        "completion/complete" => complete(ctx, &params).await,
+        _ => Err(RpcError::method_not_found(method)),
+    }
+}
+
+pub fn capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": false},
+        "resources": {"subscribe": true, "listChanged": true},
+        "prompts": {"listChanged": false},
+        "logging": {},
+        "completions": {},
+    })
+}
+
+pub fn server_info(state: &AppState) -> Value {
+    json!({"name": state.config.server_name, "title": "Task MCP", "version": state.config.server_version})
+}
+
+pub const INSTRUCTIONS: &str = "Manage spec-driven changes in an OpenSpec workspace: change.open scaffolds a change \
+and takes its lock, change.show and change.list read, task.update ticks checklist items, change.validate checks \
+structure, change.archive validates and archives with a receipt. Read parts of a change as change://<slug>/proposal, \
+/tasks, /delta/<path>, /receipt.";
+
+pub fn initialize_result(state: &AppState, version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(),
+        "serverInfo": server_info(state),
+        "instructions": INSTRUCTIONS,
+    })
+}
+
+fn page<T: Clone>(items: &[T], params: &Value) -> Result<(Vec<T>, Option<String>), RpcError> {
+    let start = match params.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => STANDARD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse::<usize>().ok()))
+            .filter(|n| *n <= items.len())
+            .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
+        Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+    };
+    let end = (start + PAGE_SIZE).min(items.len());
+    let next = (end < items.len()).then(|| STANDARD.encode(format!("o:{end}")));
+    Ok((items[start..end].to_vec(), next))
+}
+
+fn with_cursor(mut result: Value, next: Option<String>) -> Value {
+    if let Some(next) = next {
+        result["nextCursor"] = json!(next);
+    }
+    result
+}
+
+pub fn tool_json(tool: &ToolDef, version: &str) -> Value {
+    let mut t = json!({
+        "name": tool.name,
+        "description": tool.description,
+        "inputSchema": tool.input_schema,
+        "annotations": {
+            "readOnlyHint": tool.read_only,
+            "destructiveHint": tool.destructive,
+            "idempotentHint": tool.idempotent,
+            "openWorldHint": false,
+        },
+    });
+    if let Some(title) = &tool.title {
+        t["title"] = json!(title);
+        t["annotations"]["title"] = json!(title);
+    }
+    if protocol::has_structured_content(version) {
+        t["outputSchema"] = tool.output_schema.clone();
+    }
+    t
+}
+
+fn tools_list(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let mut tools: Vec<Value> =
+        ctx.state.upstream.registry().tools().iter().map(|t| tool_json(t, &ctx.protocol_version)).collect();
+    if ctx.state.config.conformance_fixtures {
+        tools.extend(fixtures::tools());
+    }
+    let (items, next) = page(&tools, params)?;
+    Ok(with_cursor(json!({"tools": items}), next))
+}
+
+/// Whether answering a tools/call wants an SSE stream (notifications before the result).
+pub fn call_wants_stream(state: &AppState, params: &Value) -> bool {
+    let has_token = params.get("_meta").and_then(|m| m.get("progressToken")).is_some();
+    let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+    has_token || (state.config.conformance_fixtures && fixtures::wants_stream(name))
+}
+
+async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let name =
+        params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
+    let args = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    if !args.is_object() {
+        return Err(RpcError::invalid_params("arguments must be an object"));
+    }
+    if ctx.state.config.conformance_fixtures
+        && let Some(result) = fixtures::call_tool(ctx, name, &args).await
+    {
+        return result;
+    }
+    let Some(tool) = ctx.state.upstream.registry().get(name) else {
+        return Err(RpcError::invalid_params(format!("Unknown tool: {name}")));
+    };
+    let outcome = tokio::select! {
+        outcome = run_tool(ctx, tool, &args) => outcome,
+        () = ctx.cancel.cancelled() => {
+            // Dropping the call's future cancels the gRPC call.
+            return Err(RpcError::new(jsonrpc::SERVER_ERROR, "request cancelled"));
+        }
+    };
+    match outcome {
+        Ok(value) => Ok(tool_result(&ctx.protocol_version, value)),
+        Err(CallError::InvalidArguments(message)) => Ok(tool_error(format!("INVALID_ARGUMENTS: {message}"), None)),
+        Err(CallError::Upstream(err)) => upstream_to_tool_result(err),
+    }
+}
+
+async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<Value, CallError> {
+    let upstream = &ctx.state.upstream;
+    if ctx.progress_token.is_none() || tool.stream_method.is_none() {
+        return upstream.call_tool(tool, args, ctx.call.clone()).await;
+    }
+    let mut events = upstream.call_tool_streaming(tool, args, ctx.call.clone());
+    while let Some(event) = events.next().await {
+        match event? {
+            ToolEvent::Progress { step, message, current, total } => {
+                ctx.progress(f64::from(current), Some(f64::from(total)), Some(format!("{step}: {message}"))).await;
+            }
+            ToolEvent::Result(value) => return Ok(value),
+        }
+    }
+    Err(CallError::Upstream(UpstreamError::from(tonic::Status::internal("stream ended without a result"))))
+}
+
+fn tool_result(version: &str, value: Value) -> Value {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let mut result = json!({"content": [{"type": "text", "text": text}], "isError": false});
+    if protocol::has_structured_content(version) {
+        result["structuredContent"] = value;
+    }
+    result
+}
+
+fn tool_error(text: String, details: Option<Value>) -> Value {
+    let mut content = vec![json!({"type": "text", "text": text})];
+    if let Some(details) = details {
+        content.push(json!({"type": "text", "text": serde_json::to_string_pretty(&details).unwrap_or_default()}));
+    }
+    json!({"content": content, "isError": true})
+}
+
+fn upstream_to_tool_result(err: UpstreamError) -> Result<Value, RpcError> {
+    match err.mcp_failure() {
+        McpFailure::ToolError => Ok(tool_error(format!("{}: {}", err.reason, err.message), Some(err.rest_body()))),
+        McpFailure::Protocol(code) => Err(RpcError::new(code, err.message.clone()).with_data(err.rest_body())),
+    }
+}
+
+async fn resources_list(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let listed = ctx.state.upstream.list_resources(ctx.call.clone()).await.map_err(call_error)?;
+    let mut resources: Vec<Value> = listed
+        .into_iter()
+        .map(|r| json!({"uri": r.uri, "name": r.name, "mimeType": r.mime_type, "size": r.size}))
+        .collect();
+    if ctx.state.config.conformance_fixtures {
+        resources.extend(fixtures::resources());
+    }
+    let (items, next) = page(&resources, params)?;
+    Ok(with_cursor(json!({"resources": items}), next))
+}
+
+fn resource_templates(ctx: &RequestContext) -> Vec<Value> {
+    let mut t = vec![
+        json!({"uriTemplate": "change://{slug}/proposal", "name": "proposal", "title": "A change's proposal.md", "mimeType": "text/markdown"}),
+        json!({"uriTemplate": "change://{slug}/tasks", "name": "tasks", "title": "A change's tasks.md", "mimeType": "text/markdown"}),
+        json!({"uriTemplate": "change://{slug}/delta/{path}", "name": "delta", "title": "A spec delta under specs/", "mimeType": "text/markdown"}),
+        json!({"uriTemplate": "change://{slug}/receipt", "name": "receipt", "title": "An archived change's receipt.json", "mimeType": "application/json"}),
+    ];
+    if ctx.state.config.conformance_fixtures {
+        t.extend(fixtures::resource_templates());
+    }
+    t
+}
+
+async fn resources_read(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("uri is required"))?;
+    if ctx.state.config.conformance_fixtures
+        && let Some(result) = fixtures::read_resource(ctx, uri).await
+    {
+        return result;
+    }
+    let content = ctx.state.upstream.read_resource(uri, ctx.call.clone()).await.map_err(|e| match e {
+        CallError::Upstream(u) if u.code == tonic::Code::NotFound => {
+            let code = if ctx.protocol_version == protocol::STATELESS_VERSION {
+                jsonrpc::INVALID_PARAMS
+            } else {
+                jsonrpc::RESOURCE_NOT_FOUND
+            };
+            RpcError::new(code, format!("Resource not found: {uri}")).with_data(json!({"uri": uri}))
+        }
+        other => call_error(other),
+    })?;
+    let mut item = json!({"uri": content.uri, "mimeType": content.mime_type});
+    match (content.text, content.blob) {
+        (Some(text), _) => item["text"] = json!(text),
+        (None, Some(blob)) => item["blob"] = json!(STANDARD.encode(blob)),
+        (None, None) => item["text"] = json!(""),
+    }
+    Ok(json!({"contents": [item]}))
+}
+
+fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Value, RpcError> {
+    let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("uri is required"))?;
+    let Some(session) = &ctx.session else {
+        return Err(RpcError::method_not_found("resources/subscribe (needs a session)"));
+    };
+    if on {
+        session.subscribe(uri);
+        ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone());
+    } else {
+        session.unsubscribe(uri);
+    }
+    Ok(json!({}))
+}
+
+/// Starts (once per session) the upstream change feed that turns workspace
+/// events into `notifications/resources/updated` and `list_changed` on the
+/// session's standalone stream.
+pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallContext) {
+    if session.watching.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut events = state.upstream.watch(call);
+        loop {
+            let event = tokio::select! {
+                () = session.closed.cancelled() => break,
+                () = state.shutdown.cancelled() => break,
+                event = events.next() => event,
+            };
+            let Some(Ok(event)) = event else {
+                tracing::warn!(session = %session.id, "change feed ended");
+                session.watching.store(false, Ordering::Release);
+                break;
+            };
+            for uri in &event.uris {
+                if session.is_subscribed(uri) {
+                    session
+                        .notifications
+                        .push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
+                }
+            }
+            let opened_or_archived = matches!(event.kind, 1 | 4);
+            if opened_or_archived {
+                if session.is_subscribed("changes://active") {
+                    session.notifications.push(&jsonrpc::notification(
+                        "notifications/resources/updated",
+                        json!({"uri": "changes://active"}),
+                    ));
+                }
+                session.notifications.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+            }
+        }
+    });
+}
+
+fn prompts_get(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let name =
+        params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
+    let args = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    if ctx.state.config.conformance_fixtures
+        && let Some(result) = fixtures::get_prompt(name, &args)
+    {
+        return result;
+    }
+    Err(RpcError::invalid_params(format!("Unknown prompt: {name}")))
+}
+
+fn set_level(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let level = params.get("level").and_then(Value::as_str).unwrap_or("");
+    match &ctx.session {
+        Some(session) if session.set_log_level(level) => Ok(json!({})),
+        Some(_) => Err(RpcError::invalid_params(format!("invalid log level {level:?}"))),
+        None => Err(RpcError::method_not_found("logging/setLevel")),
+    }
+}
+
+async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let reference = params.get("ref").cloned().unwrap_or_default();
+    let argument = params.get("argument").cloned().unwrap_or_default();
+    let name = argument.get("name").and_then(Value::as_str).unwrap_or("");
+    let value = argument.get("value").and_then(Value::as_str).unwrap_or("");
+    let is_change_template = reference.get("type").and_then(Value::as_str) == Some("ref/resource")
+        && reference.get("uri").and_then(Value::as_str).is_some_and(|u| u.starts_with("change://{slug}"));
+    let values = if is_change_template && name == "slug" {
+        ctx.state.upstream.slugs_with_prefix(value, ctx.call.clone()).await.map_err(call_error)?
+    } else if ctx.state.config.conformance_fixtures {
+        fixtures::complete(&reference, name, value)
+    } else {
+        vec![]
+    };
+    let total = values.len();
+    Ok(json!({"completion": {"values": values, "total": total, "hasMore": false}}))
+}
+
+/// Errors of non-tool methods: protocol errors carrying the service's reason.
+fn call_error(err: CallError) -> RpcError {
+    match err {
+        CallError::InvalidArguments(m) => RpcError::invalid_params(m),
+        CallError::Upstream(u) => {
+            let code = match u.code {
+                tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+                    jsonrpc::INVALID_PARAMS
+                }
+                tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => jsonrpc::INTERNAL_ERROR,
+                _ => jsonrpc::SERVER_ERROR,
+            };
+            RpcError::new(code, u.message.clone()).with_data(u.rest_body())
+        }
+    }
+}

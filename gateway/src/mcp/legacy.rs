@@ -1,0 +1,144 @@
+//! The HTTP+SSE transport of 2024-11-05: `GET /sse` opens the session's one
+//! stream and names the POST endpoint in an `endpoint` event; every answer
+//! travels on that stream as a `message` event. No peer SDK still offers it;
+//! older clients still need it.
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Extension,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use super::{
+    dispatch,
+    jsonrpc::{self, Incoming, RpcError},
+    protocol,
+    session::Session,
+    sse::SseOptions,
+    streamable::on_notification,
+    transport::{self, ContextParts, rpc_error, transport_error},
+};
+use crate::{AppState, security::Principal};
+
+pub const LEGACY_VERSION: &str = "2024-11-05";
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
+    if !transport::accepts_all(&headers, &["text/event-stream"]) {
+        return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
+    }
+    let Some(slot) = state.sessions.open_stream() else {
+        return transport::too_many_streams(&state);
+    };
+    let Some(session) = state.sessions.create(&principal, LEGACY_VERSION) else {
+        return transport::too_many_sessions(&state);
+    };
+    session.notifications.attach();
+    tracing::info!(session = %session.id, "legacy SSE session opened");
+    let options = SseOptions {
+        prime: false,
+        preamble: Some(format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id)),
+        retry: state.config.sse_retry,
+        keepalive: state.config.sse_keepalive,
+    };
+    // The session lives as long as its stream.
+    let (store, id, who) = (state.clone(), session.id.clone(), principal.clone());
+    let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+        store.sessions.remove(&id, &who);
+    });
+    let log = session.notifications.clone();
+    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+}
+
+pub async fn post(
+    State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
+    let Some(id) = query.get("sessionId") else {
+        return transport_error(StatusCode::BAD_REQUEST, "Bad Request: sessionId query parameter is required");
+    };
+    let Ok(session) = state.sessions.get(id, &principal) else {
+        return rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"));
+    };
+    if !transport::is_json_content(&headers) {
+        return transport_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type: use application/json");
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                RpcError::new(jsonrpc::PARSE_ERROR, format!("Parse error: {e}")),
+            );
+        }
+    };
+    match Incoming::parse(value) {
+        Err((id, err)) => rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), err),
+        Ok(Incoming::Notification { method, params }) => {
+            on_notification(&session, &method, &params);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(Incoming::Response { id, outcome }) => {
+            session.answer_client_request(&id, outcome);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(Incoming::Request { id, method, params }) => {
+            tokio::spawn(answer(state, session, principal, headers, id, method, params));
+            StatusCode::ACCEPTED.into_response()
+        }
+    }
+}
+
+async fn answer(
+    state: Arc<AppState>,
+    session: Arc<Session>,
+    principal: String,
+    headers: HeaderMap,
+    id: Value,
+    method: String,
+    params: Value,
+) {
+    let log = session.notifications.clone();
+    if method == "initialize" {
+        let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or(LEGACY_VERSION);
+        let version = protocol::negotiate(requested);
+        session.set_version(version);
+        log.push(&jsonrpc::result(&id, dispatch::initialize_result(&state, version)));
+        return;
+    }
+    let outbox = transport::pump_shared(log);
+    let cancel = session.start_request(&id);
+    let ctx = transport::context(ContextParts {
+        state: &state,
+        session: Some(session.clone()),
+        principal,
+        headers: &headers,
+        version: session.version(),
+        id: id.clone(),
+        params: &params,
+        cancel: cancel.clone(),
+        outbox: Some(outbox.clone()),
+    });
+    let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
+    session.end_request(&id);
+    if !cancel.is_cancelled() {
+        let message = match outcome {
+            Ok(result) => jsonrpc::result(&id, result),
+            Err(err) => jsonrpc::error(Some(&id), &err),
+        };
+        let _ = outbox.send(message).await;
+    }
+}

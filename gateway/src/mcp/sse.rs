@@ -1,0 +1,234 @@
+//! Server-Sent Events with resumption. Every stream is an `EventLog`: its
+//! producer (a request handler, or the session's notification feed) appends
+//! messages; an HTTP response reads them from a cursor. A dropped connection
+//! therefore loses nothing: `GET` with `Last-Event-ID` replays what followed,
+//! from a bounded log, and then continues live.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::body::Body;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub struct EventLog {
+    pub stream_id: u64,
+    capacity: usize,
+    inner: Mutex<LogInner>,
+    changed: Notify,
+    finished: AtomicBool,
+    /// Whether an HTTP response is reading this log now.
+    attached: AtomicBool,
+    /// The last sequence number any reader sent: where a new reader without
+    /// `Last-Event-ID` starts, so it neither repeats nor misses events.
+    delivered: AtomicU64,
+}
+
+struct LogInner {
+    next_seq: u64,
+    events: VecDeque<(u64, Arc<str>)>,
+}
+
+impl EventLog {
+    pub fn new(stream_id: u64, capacity: usize) -> Arc<Self> {
+        Arc::new(EventLog {
+            stream_id,
+            capacity: capacity.max(1),
+            inner: Mutex::new(LogInner { next_seq: 1, events: VecDeque::new() }),
+            changed: Notify::new(),
+            finished: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends one JSON-RPC message; the oldest is forgotten beyond capacity.
+    pub fn push(&self, message: &serde_json::Value) {
+        let text: Arc<str> = Arc::from(message.to_string());
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.events.push_back((seq, text));
+            while inner.events.len() > self.capacity {
+                inner.events.pop_front();
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// No more events will come; readers end after draining.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Claims the log for one reader; false if another is attached.
+    pub fn attach(&self) -> bool {
+        !self.attached.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn detach(&self) {
+        self.attached.store(false, Ordering::Release);
+    }
+
+    pub fn event_id(&self, seq: u64) -> String {
+        format!("{}-{}", self.stream_id, seq)
+    }
+
+    /// Events after `cursor` (a sequence number).
+    fn after(&self, cursor: u64) -> Vec<(u64, Arc<str>)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.events.iter().filter(|(seq, _)| *seq > cursor).cloned().collect()
+    }
+
+    /// The sequence number a fresh reader starts after.
+    pub fn start_cursor(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+}
+
+/// Parses `Last-Event-ID` (`<stream>-<seq>`).
+pub fn parse_event_id(value: &str) -> Option<(u64, u64)> {
+    let (stream, seq) = value.split_once('-')?;
+    Some((stream.parse().ok()?, seq.parse().ok()?))
+}
+
+pub struct SseOptions {
+    /// Send a priming event (an id with empty data) and `retry:` first (2025-11-25).
+    pub prime: bool,
+    /// Raw SSE text sent before anything else (the legacy transport's `endpoint` event).
+    pub preamble: Option<String>,
+    pub retry: Duration,
+    pub keepalive: Duration,
+}
+
+/// Releases the stream slot and the log's reader claim when the response ends,
+/// however it ends (client gone, finished, shutdown).
+pub struct Attachment {
+    log: Arc<EventLog>,
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Attachment {
+    pub fn new(log: Arc<EventLog>, on_drop: Box<dyn FnOnce() + Send>) -> Self {
+        Attachment { log, on_drop: Some(on_drop) }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.log.detach();
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+/// The response body reading `log` after `cursor`. Each event leaves in one
+/// write: several small writes per event invite Nagle delays on the client side.
+pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, shutdown: CancellationToken) -> Body {
+    let stream = async_stream::stream! {
+        let attachment = attachment;
+        let log = attachment.log.clone();
+        let mut cursor = cursor;
+        if let Some(preamble) = options.preamble {
+            yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(preamble));
+        }
+        if options.prime {
+            let id = log.event_id(cursor);
+            yield Ok(Bytes::from(format!(
+                "id: {id}\nretry: {}\ndata: \n\n",
+                options.retry.as_millis()
+            )));
+        }
+        loop {
+            // Register interest before reading so a push between the read and
+            // the wait is not missed.
+            let changed = log.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let batch = log.after(cursor);
+            if batch.is_empty() {
+                if log.is_finished() {
+                    break;
+                }
+                tokio::select! {
+                    () = &mut changed => continue,
+                    () = tokio::time::sleep(options.keepalive) => {
+                        yield Ok(Bytes::from_static(b": keepalive\n\n"));
+                        continue;
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            let mut frame = String::new();
+            for (seq, data) in batch {
+                cursor = seq;
+                frame.push_str("id: ");
+                frame.push_str(&log.event_id(seq));
+                frame.push_str("\nevent: message\ndata: ");
+                frame.push_str(&data);
+                frame.push_str("\n\n");
+            }
+            log.delivered.fetch_max(cursor, Ordering::AcqRel);
+            yield Ok(Bytes::from(frame));
+        }
+        drop(attachment);
+    };
+    Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+
+    #[test]
+    fn event_ids_round_trip() {
+        let log = EventLog::new(7, 4);
+        assert_eq!(parse_event_id(&log.event_id(12)), Some((7, 12)));
+        assert_eq!(parse_event_id("garbage"), None);
+    }
+
+    #[test]
+    fn the_log_is_bounded() {
+        let log = EventLog::new(1, 2);
+        for i in 0..5 {
+            log.push(&json!({"n": i}));
+        }
+        let kept: Vec<u64> = log.after(0).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(kept, vec![4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_the_events_after_its_cursor_then_ends() {
+        let log = EventLog::new(3, 16);
+        log.push(&json!({"a": 1}));
+        log.push(&json!({"b": 2}));
+        log.finish();
+        assert!(log.attach());
+        let opts = SseOptions {
+            prime: false,
+            preamble: None,
+            retry: Duration::from_secs(1),
+            keepalive: Duration::from_secs(60),
+        };
+        let body = super::body(Attachment::new(log.clone(), Box::new(|| {})), 1, opts, CancellationToken::new());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(text, "id: 3-2\nevent: message\ndata: {\"b\":2}\n\n");
+        assert!(log.attach(), "the reader released the log when it ended");
+    }
+}

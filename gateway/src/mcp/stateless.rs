@@ -1,0 +1,262 @@
+//! The stateless era (2026-07-28): POST only, no sessions, every request names
+//! its version in `_meta` and its method (and tool or resource) in headers.
+use std::sync::Arc;
+
+use axum::{
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    dispatch,
+    jsonrpc::{self, Incoming, RpcError},
+    protocol::{self, META_VERSION_KEY, STATELESS_VERSION},
+    sse::{EventLog, SseOptions},
+    transport::{self, ContextParts, VERSION_HEADER, header_str, rpc_error},
+};
+use crate::AppState;
+
+/// Seconds a client may cache list and read results.
+const CACHE_TTL_MS: u64 = 0;
+
+fn meta_version(value: &Value) -> Option<&str> {
+    value.get("params")?.get("_meta")?.get(META_VERSION_KEY)?.as_str()
+}
+
+pub fn is_stateless(value: &Value, header_version: Option<&str>) -> bool {
+    header_version == Some(STATELESS_VERSION) || meta_version(value).is_some()
+}
+
+/// Header values may be `=?base64?<b64>?=` for non-ASCII content.
+fn decode_header(value: &str) -> Option<String> {
+    match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
+        Some(b64) => STANDARD.decode(b64).ok().and_then(|b| String::from_utf8(b).ok()),
+        None => Some(value.to_string()),
+    }
+}
+
+fn mismatch(id: Option<&Value>, message: String) -> Response {
+    rpc_error(StatusCode::BAD_REQUEST, id, RpcError::new(jsonrpc::HEADER_MISMATCH, message))
+}
+
+pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, value: Value) -> Response {
+    let body_version = meta_version(&value).map(str::to_string);
+    let message = match Incoming::parse(value) {
+        Ok(m) => m,
+        Err((id, err)) => return rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), err),
+    };
+    let (id, method, params) = match message {
+        Incoming::Notification { .. } => return StatusCode::ACCEPTED.into_response(),
+        Incoming::Response { id, .. } => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Some(&id),
+                RpcError::new(jsonrpc::INVALID_REQUEST, "clients do not send responses in 2026-07-28"),
+            );
+        }
+        Incoming::Request { id, method, params } => (id, method, params),
+    };
+    let header_version = header_str(&headers, VERSION_HEADER);
+    let version = body_version.as_deref().or(header_version).unwrap_or("");
+    if !protocol::is_supported(version) {
+        let supported = protocol::all_versions();
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(&id),
+            RpcError::new(jsonrpc::UNSUPPORTED_VERSION, format!("Unsupported protocol version {version:?}"))
+                .with_data(json!({"supported": supported, "requested": version})),
+        );
+    }
+    if header_version != Some(version) || body_version.as_deref() != Some(version) {
+        return mismatch(
+            Some(&id),
+            format!(
+                "MCP-Protocol-Version header {header_version:?} must equal _meta {META_VERSION_KEY} {body_version:?}"
+            ),
+        );
+    }
+    match header_str(&headers, "mcp-method").and_then(decode_header) {
+        Some(m) if m == method => {}
+        other => return mismatch(Some(&id), format!("Mcp-Method header {other:?} must equal the method {method:?}")),
+    }
+    let named = match method.as_str() {
+        "tools/call" | "prompts/get" => params.get("name").and_then(Value::as_str),
+        "resources/read" => params.get("uri").and_then(Value::as_str),
+        _ => None,
+    };
+    if let Some(named) = named {
+        match header_str(&headers, "mcp-name").and_then(decode_header) {
+            Some(h) if h == named => {}
+            other => return mismatch(Some(&id), format!("Mcp-Name header {other:?} must equal {named:?}")),
+        }
+    }
+    match method.as_str() {
+        "server/discover" => transport::json_response(&jsonrpc::result(&id, discover(&state))),
+        "subscriptions/listen" => listen(state, headers, params),
+        "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => rpc_error(
+            StatusCode::NOT_FOUND,
+            Some(&id),
+            RpcError::method_not_found(&format!("{method} (not part of {STATELESS_VERSION})")),
+        ),
+        "tools/call" if dispatch::call_wants_stream(&state, &params) => {
+            stream(state, principal, headers, id, method, params)
+        }
+        _ => {
+            let ctx = transport::context(ContextParts {
+                state: &state,
+                session: None,
+                principal,
+                headers: &headers,
+                version: STATELESS_VERSION.to_string(),
+                id: id.clone(),
+                params: &params,
+                cancel: CancellationToken::new(),
+                outbox: None,
+            });
+            match dispatch::handle(&ctx, &method, params.clone()).await {
+                Ok(result) => transport::json_response(&jsonrpc::result(&id, decorate(&method, result))),
+                Err(err) if err.code == jsonrpc::METHOD_NOT_FOUND => rpc_error(StatusCode::NOT_FOUND, Some(&id), err),
+                Err(err) => transport::json_response(&jsonrpc::error(Some(&id), &err)),
+            }
+        }
+    }
+}
+
+/// Modern results say they are complete; list and read results carry cache hints.
+fn decorate(method: &str, mut result: Value) -> Value {
+    result["resultType"] = json!("complete");
+    if method.ends_with("/list") || method == "resources/read" {
+        result["ttlMs"] = json!(CACHE_TTL_MS);
+        result["cacheScope"] = json!("private");
+    }
+    result
+}
+
+fn discover(state: &AppState) -> Value {
+    json!({
+        "supportedVersions": protocol::all_versions(),
+        "capabilities": dispatch::capabilities(),
+        "serverInfo": dispatch::server_info(state),
+        "instructions": dispatch::INSTRUCTIONS,
+        "resultType": "complete",
+    })
+}
+
+/// An SSE answer whose closing by the client cancels the request (ST-07).
+fn stream(
+    state: Arc<AppState>,
+    principal: String,
+    headers: HeaderMap,
+    id: Value,
+    method: String,
+    params: Value,
+) -> Response {
+    let Some(slot) = state.sessions.open_stream() else {
+        return transport::too_many_streams(&state);
+    };
+    let log = EventLog::new(1, state.config.event_store_capacity);
+    log.attach();
+    let outbox = transport::pump_into(log.clone());
+    let cancel = state.shutdown.child_token();
+    let task_cancel = cancel.clone();
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        let ctx = transport::context(ContextParts {
+            state: &task_state,
+            session: None,
+            principal,
+            headers: &headers,
+            version: STATELESS_VERSION.to_string(),
+            id: id.clone(),
+            params: &params,
+            cancel: task_cancel.clone(),
+            outbox: Some(outbox.clone()),
+        });
+        let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
+        if !task_cancel.is_cancelled() {
+            let message = match outcome {
+                Ok(result) => jsonrpc::result(&id, decorate(&method, result)),
+                Err(err) => jsonrpc::error(Some(&id), &err),
+            };
+            let _ = outbox.send(message).await;
+        }
+    });
+    let options = SseOptions {
+        prime: false,
+        preamble: None,
+        retry: state.config.sse_retry,
+        keepalive: state.config.sse_keepalive,
+    };
+    let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
+    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+}
+
+/// `subscriptions/listen`: one SSE stream of resource notifications until the client closes it.
+fn listen(state: Arc<AppState>, headers: HeaderMap, params: Value) -> Response {
+    let Some(slot) = state.sessions.open_stream() else {
+        return transport::too_many_streams(&state);
+    };
+    let wanted: Vec<String> = params
+        .get("resources")
+        .or_else(|| params.get("uris"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().or_else(|| v.get("uri")?.as_str()).map(str::to_string)).collect())
+        .unwrap_or_default();
+    let log = EventLog::new(1, state.config.event_store_capacity);
+    log.attach();
+    let cancel = state.shutdown.child_token();
+    let (task_state, task_log, task_cancel) = (state.clone(), log.clone(), cancel.clone());
+    let call = transport::call_context(&headers);
+    tokio::spawn(async move {
+        let mut events = task_state.upstream.watch(call);
+        loop {
+            let event = tokio::select! {
+                () = task_cancel.cancelled() => break,
+                event = events.next() => event,
+            };
+            let Some(Ok(event)) = event else { break };
+            for uri in &event.uris {
+                if wanted.is_empty() || wanted.contains(uri) {
+                    task_log.push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
+                }
+            }
+            if matches!(event.kind, 1 | 4) {
+                task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+            }
+        }
+        task_log.finish();
+    });
+    let options = SseOptions {
+        prime: false,
+        preamble: None,
+        retry: state.config.sse_retry,
+        keepalive: state.config.sse_keepalive,
+    };
+    let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
+    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_era() {
+        let modern =
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{META_VERSION_KEY: "2026-07-28"}}});
+        assert!(is_stateless(&modern, None));
+        let legacy = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
+        assert!(!is_stateless(&legacy, Some("2025-11-25")));
+        assert!(is_stateless(&legacy, Some("2026-07-28")));
+    }
+
+    #[test]
+    fn decodes_base64_header_values() {
+        assert_eq!(decode_header("=?base64?dG9vbHMvY2FsbA==?=").as_deref(), Some("tools/call"));
+        assert_eq!(decode_header("plain").as_deref(), Some("plain"));
+    }
+}

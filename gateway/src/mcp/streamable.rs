@@ -1,0 +1,334 @@
+//! Streamable HTTP with sessions (2025-03-26, 2025-06-18, 2025-11-25) on `/mcp`.
+//! Requests carrying the 2026-07-28 version go to `stateless`.
+use std::sync::Arc;
+
+use axum::{
+    Extension,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use super::{
+    dispatch,
+    jsonrpc::{self, Incoming, RpcError},
+    protocol,
+    session::Session,
+    sse::{self, SseOptions},
+    stateless,
+    transport::{self, ContextParts, SESSION_HEADER, VERSION_HEADER, header_str, rpc_error, transport_error},
+};
+use crate::{AppState, security::Principal};
+
+const BOTH: [&str; 2] = ["application/json", "text/event-stream"];
+
+pub async fn post(
+    State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
+    if !transport::accepts_all(&headers, &BOTH) {
+        return transport_error(
+            StatusCode::NOT_ACCEPTABLE,
+            "Not Acceptable: Accept must list application/json and text/event-stream",
+        );
+    }
+    if !transport::is_json_content(&headers) {
+        return transport_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type: use application/json");
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                RpcError::new(jsonrpc::PARSE_ERROR, format!("Parse error: {e}")),
+            );
+        }
+    };
+    let header_version = header_str(&headers, VERSION_HEADER);
+    if stateless::is_stateless(&value, header_version) {
+        return stateless::post(state, principal, headers, value).await;
+    }
+    if let Value::Array(batch) = value {
+        return post_batch(state, principal, headers, batch).await;
+    }
+    let message = match Incoming::parse(value) {
+        Ok(m) => m,
+        Err((id, err)) => return rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), err),
+    };
+    if let Incoming::Request { id, method, params } = &message
+        && method == "initialize"
+    {
+        return initialize(&state, &principal, id, params);
+    }
+    let session = match session_for(&state, &headers, &principal) {
+        Ok(s) => s,
+        Err(response) => return *response,
+    };
+    handle_message(state, session, principal, headers, message).await
+}
+
+fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value) -> Response {
+    let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+    let version = protocol::negotiate(requested);
+    let Some(session) = state.sessions.create(principal, version) else {
+        return transport::too_many_sessions(state);
+    };
+    tracing::info!(session = %session.id, version, principal, "session created");
+    let mut response = transport::json_response(&jsonrpc::result(id, dispatch::initialize_result(state, version)));
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// The session named by `Mcp-Session-Id`, with the protocol version header checked.
+fn session_for(state: &Arc<AppState>, headers: &HeaderMap, principal: &str) -> Result<Arc<Session>, Box<Response>> {
+    let Some(id) = header_str(headers, SESSION_HEADER) else {
+        return Err(Box::new(transport_error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        )));
+    };
+    let session = state
+        .sessions
+        .get(id, principal)
+        .map_err(|_| Box::new(rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"))))?;
+    if let Some(version) = header_str(headers, VERSION_HEADER)
+        && !protocol::SESSION_VERSIONS.contains(&version)
+    {
+        return Err(Box::new(transport_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Bad Request: unsupported protocol version {version:?} (supported versions: {})",
+                protocol::SESSION_VERSIONS.join(", ")
+            ),
+        )));
+    }
+    Ok(session)
+}
+
+async fn handle_message(
+    state: Arc<AppState>,
+    session: Arc<Session>,
+    principal: String,
+    headers: HeaderMap,
+    message: Incoming,
+) -> Response {
+    match message {
+        Incoming::Notification { method, params } => {
+            on_notification(&session, &method, &params);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Incoming::Response { id, outcome } => {
+            session.answer_client_request(&id, outcome);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Incoming::Request { id, method, params } => {
+            if method == "tools/call" && dispatch::call_wants_stream(&state, &params) {
+                return answer_with_stream(state, session, principal, headers, id, method, params);
+            }
+            let response = run(&state, &session, principal, &headers, &id, &method, &params).await;
+            transport::json_response(&response)
+        }
+    }
+}
+
+pub fn on_notification(session: &Session, method: &str, params: &Value) {
+    if method == "notifications/cancelled"
+        && let Some(id) = params.get("requestId")
+    {
+        session.cancel_request(id);
+    }
+    // notifications/initialized, roots/list_changed and the like need no action.
+}
+
+/// Runs one request to its JSON-RPC response.
+async fn run(
+    state: &Arc<AppState>,
+    session: &Arc<Session>,
+    principal: String,
+    headers: &HeaderMap,
+    id: &Value,
+    method: &str,
+    params: &Value,
+) -> Value {
+    let cancel = session.start_request(id);
+    let ctx = transport::context(ContextParts {
+        state,
+        session: Some(session.clone()),
+        principal,
+        headers,
+        version: session.version(),
+        id: id.clone(),
+        params,
+        cancel,
+        outbox: None,
+    });
+    let outcome = dispatch::handle(&ctx, method, params.clone()).await;
+    session.end_request(id);
+    match outcome {
+        Ok(result) => jsonrpc::result(id, result),
+        Err(err) => jsonrpc::error(Some(id), &err),
+    }
+}
+
+/// Answers on an SSE stream: notifications for this request, then its response.
+/// The handler runs on its own task, so a dropped connection loses nothing:
+/// the client resumes with `Last-Event-ID`.
+fn answer_with_stream(
+    state: Arc<AppState>,
+    session: Arc<Session>,
+    principal: String,
+    headers: HeaderMap,
+    id: Value,
+    method: String,
+    params: Value,
+) -> Response {
+    let Some(slot) = state.sessions.open_stream() else {
+        return transport::too_many_streams(&state);
+    };
+    let log = session.new_log();
+    log.attach();
+    let outbox = transport::pump_into(log.clone());
+    let cancel = session.start_request(&id);
+    let task_state = state.clone();
+    let task_session = session.clone();
+    tokio::spawn(async move {
+        let ctx = transport::context(ContextParts {
+            state: &task_state,
+            session: Some(task_session.clone()),
+            principal,
+            headers: &headers,
+            version: task_session.version(),
+            id: id.clone(),
+            params: &params,
+            cancel: cancel.clone(),
+            outbox: Some(outbox.clone()),
+        });
+        let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
+        task_session.end_request(&id);
+        // A cancelled request gets no response, as the spec asks.
+        if !cancel.is_cancelled() {
+            let message = match outcome {
+                Ok(result) => jsonrpc::result(&id, result),
+                Err(err) => jsonrpc::error(Some(&id), &err),
+            };
+            let _ = outbox.send(message).await;
+        }
+        // Dropping the last sender ends the pump, which then finishes the log.
+        drop(ctx);
+        drop(outbox);
+    });
+    let options = SseOptions {
+        prime: protocol::primes_sse(&session.version()),
+        preamble: None,
+        retry: state.config.sse_retry,
+        keepalive: state.config.sse_keepalive,
+    };
+    transport::sse_response(&state, slot, log, 0, options, Some(&session.id), None)
+}
+
+async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap, batch: Vec<Value>) -> Response {
+    let session = match session_for(&state, &headers, &principal) {
+        Ok(s) => s,
+        Err(response) => return *response,
+    };
+    if !protocol::allows_batch(&session.version()) || batch.is_empty() {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            RpcError::new(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not supported in this protocol version"),
+        );
+    }
+    let mut responses = Vec::new();
+    for value in batch {
+        match Incoming::parse(value) {
+            Ok(Incoming::Request { id, method, params }) => {
+                responses.push(run(&state, &session, principal.clone(), &headers, &id, &method, &params).await);
+            }
+            Ok(Incoming::Notification { method, params }) => on_notification(&session, &method, &params),
+            Ok(Incoming::Response { id, outcome }) => {
+                session.answer_client_request(&id, outcome);
+            }
+            Err((id, err)) => responses.push(jsonrpc::error(id.as_ref(), &err)),
+        }
+    }
+    if responses.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    transport::json_response(&Value::Array(responses))
+}
+
+/// GET: the session's standalone stream, or a resumed stream with `Last-Event-ID`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
+    if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
+        return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
+    }
+    if !transport::accepts_all(&headers, &["text/event-stream"]) {
+        return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
+    }
+    let session = match session_for(&state, &headers, &principal) {
+        Ok(s) => s,
+        Err(response) => return *response,
+    };
+    let (log, cursor) = match header_str(&headers, "last-event-id") {
+        Some(last) => {
+            let Some((stream, seq)) = sse::parse_event_id(last) else {
+                return transport_error(StatusCode::BAD_REQUEST, "Bad Request: malformed Last-Event-ID");
+            };
+            let Some(log) = session.find_log(stream) else {
+                return transport_error(StatusCode::NOT_FOUND, "the stream to resume is gone");
+            };
+            (log, seq)
+        }
+        None => (session.notifications.clone(), session.notifications.start_cursor()),
+    };
+    if !log.attach() {
+        return transport_error(StatusCode::CONFLICT, "Conflict: only one connection per stream");
+    }
+    let Some(slot) = state.sessions.open_stream() else {
+        log.detach();
+        return transport::too_many_streams(&state);
+    };
+    let options = SseOptions {
+        prime: protocol::primes_sse(&session.version()),
+        preamble: None,
+        retry: state.config.sse_retry,
+        keepalive: state.config.sse_keepalive,
+    };
+    transport::sse_response(&state, slot, log, cursor, options, Some(&session.id), None)
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
+    if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
+        return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
+    }
+    let Some(id) = header_str(&headers, SESSION_HEADER) else {
+        return transport_error(StatusCode::BAD_REQUEST, "Bad Request: Mcp-Session-Id header is required");
+    };
+    match state.sessions.remove(id, &principal) {
+        super::session::Lookup::Found => {
+            tracing::info!(session = id, "session deleted");
+            StatusCode::OK.into_response()
+        }
+        super::session::Lookup::NotFound => {
+            rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"))
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Pieces every HTTP transport shares: reading the request, building the
+//! handler context, and the error responses the spec names.
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    context::RequestContext,
+    jsonrpc::{self, RpcError},
+    session::{Session, StreamSlot},
+    sse::{self, Attachment, EventLog, SseOptions},
+};
+use crate::{AppState, security::Principal, upstream::CallContext};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// A JSON-RPC error as an HTTP response with the given status.
+pub fn rpc_error(status: StatusCode, id: Option<&Value>, err: RpcError) -> Response {
+    let mut response = (status, axum::Json(jsonrpc::error(id, &err))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+pub fn transport_error(status: StatusCode, message: &str) -> Response {
+    rpc_error(status, None, RpcError::new(jsonrpc::SERVER_ERROR, message))
+}
+
+pub fn json_response(body: &Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Accept` lists every one of `wanted` (or a wildcard for it).
+pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .collect();
+    wanted.iter().all(|w| {
+        let major = w.split('/').next().unwrap_or("");
+        accept.iter().any(|a| a == w || *a == "*/*" || *a == format!("{major}/*"))
+    })
+}
+
+pub fn is_json_content(headers: &HeaderMap) -> bool {
+    header_str(headers, header::CONTENT_TYPE.as_str())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
+}
+
+pub fn principal_name(principal: Option<&Principal>) -> String {
+    principal.map(|p| p.0.clone()).unwrap_or_else(|| "anonymous".to_string())
+}
+
+/// The facts forwarded to the service with every call.
+pub fn call_context(headers: &HeaderMap) -> CallContext {
+    CallContext {
+        authorization: header_str(headers, header::AUTHORIZATION.as_str()).map(str::to_string),
+        request_id: header_str(headers, "x-request-id").map(str::to_string),
+        traceparent: header_str(headers, "traceparent").map(str::to_string),
+        timeout: None,
+    }
+}
+
+pub fn progress_token(params: &Value) -> Option<Value> {
+    params.get("_meta").and_then(|m| m.get("progressToken")).cloned()
+}
+
+pub struct ContextParts<'a> {
+    pub state: &'a Arc<AppState>,
+    pub session: Option<Arc<Session>>,
+    pub principal: String,
+    pub headers: &'a HeaderMap,
+    pub version: String,
+    pub id: Value,
+    pub params: &'a Value,
+    pub cancel: CancellationToken,
+    pub outbox: Option<mpsc::Sender<Value>>,
+}
+
+pub fn context(parts: ContextParts<'_>) -> RequestContext {
+    RequestContext {
+        state: parts.state.clone(),
+        session: parts.session,
+        principal: parts.principal,
+        call: call_context(parts.headers),
+        protocol_version: parts.version,
+        request_id: parts.id,
+        progress_token: progress_token(parts.params),
+        cancel: parts.cancel,
+        outbox: parts.outbox,
+    }
+}
+
+/// Copies a handler's stream messages into an event log; when every sender is
+/// gone (the handler is done) the log is finished, so readers end after draining.
+pub fn pump_into(log: Arc<EventLog>) -> mpsc::Sender<Value> {
+    pump(log, true)
+}
+
+/// Like `pump_into`, for a log that outlives the request (the legacy transport's
+/// one stream): it is not finished when the handler is done.
+pub fn pump_shared(log: Arc<EventLog>) -> mpsc::Sender<Value> {
+    pump(log, false)
+}
+
+fn pump(log: Arc<EventLog>, finish: bool) -> mpsc::Sender<Value> {
+    let (tx, mut rx) = mpsc::channel::<Value>(64);
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            log.push(&message);
+        }
+        if finish {
+            log.finish();
+        }
+    });
+    tx
+}
+
+/// An SSE response reading `log` from `cursor`.
+pub fn sse_response(
+    state: &Arc<AppState>,
+    slot: StreamSlot,
+    log: Arc<EventLog>,
+    cursor: u64,
+    options: SseOptions,
+    session_id: Option<&str>,
+    on_close: Option<Box<dyn FnOnce() + Send>>,
+) -> Response {
+    let attachment = Attachment::new(
+        log,
+        Box::new(move || {
+            drop(slot);
+            if let Some(f) = on_close {
+                f();
+            }
+        }),
+    );
+    let body = sse::body(attachment, cursor, options, state.shutdown.clone());
+    let mut response = Response::new(Body::new(body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = session_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        h.insert(SESSION_HEADER, id);
+    }
+    response
+}
+
+pub fn too_many_streams(state: &AppState) -> Response {
+    state.stats.reject(crate::health::Rejection::Overloaded);
+    transport_error(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; retry later")
+}
+
+pub fn too_many_sessions(state: &AppState) -> Response {
+    state.stats.reject(crate::health::Rejection::Overloaded);
+    transport_error(StatusCode::SERVICE_UNAVAILABLE, "session limit reached; retry later")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let both = headers(&[("accept", "application/json, text/event-stream")]);
+        assert!(accepts_all(&both, &["application/json", "text/event-stream"]));
+        let json_only = headers(&[("accept", "application/json")]);
+        assert!(!accepts_all(&json_only, &["application/json", "text/event-stream"]));
+        let wildcard = headers(&[("accept", "*/*")]);
+        assert!(accepts_all(&wildcard, &["text/event-stream"]));
+        let split = headers(&[("accept", "application/json;q=0.9"), ("accept", "text/*")]);
+        assert!(accepts_all(&split, &["application/json", "text/event-stream"]));
+    }
+
+    #[test]
+    fn content_type_check() {
+        assert!(is_json_content(&headers(&[("content-type", "application/json; charset=utf-8")])));
+        assert!(!is_json_content(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json_content(&HeaderMap::new()));
+    }
+}

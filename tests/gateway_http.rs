@@ -1,0 +1,403 @@
+//! The gateway over real HTTP: the same answers as gRPC and grpcurl, the spec's
+//! status codes for every bad request, streaming progress, sessions and health.
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::Server;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+fn base(server: &Server) -> String {
+    format!("http://{}", server.http_addr.expect("the listening line names http_addr"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http client")
+}
+
+/// A minimal MCP client over Streamable HTTP, enough to drive the gateway from tests.
+struct Mcp {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    next_id: u64,
+}
+
+impl Mcp {
+    async fn connect(server: &Server, version: &str) -> Mcp {
+        let http = client();
+        let url = format!("{}/mcp", base(server));
+        let resp = http
+            .post(&url)
+            .header("accept", ACCEPT_BOTH)
+            .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"gateway-test","version":"1"}}}))
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(resp.status(), 200, "initialize status");
+        let session =
+            resp.headers().get("mcp-session-id").expect("Mcp-Session-Id header").to_str().unwrap().to_string();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["result"]["protocolVersion"], version, "{body}");
+        let mut mcp = Mcp { http, url, session, next_id: 1 };
+        let status = mcp.post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await.status();
+        assert_eq!(status, 202, "initialized notification is accepted with 202");
+        mcp
+    }
+
+    async fn post(&mut self, body: Value) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .header("accept", ACCEPT_BOTH)
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /mcp")
+    }
+
+    /// A request answered with JSON; returns the whole JSON-RPC response.
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let resp = self.post(json!({"jsonrpc":"2.0","id":self.next_id,"method":method,"params":params})).await;
+        assert_eq!(resp.status(), 200, "{method}");
+        let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+        let text = resp.text().await.unwrap();
+        if ct.starts_with("text/event-stream") {
+            return sse_messages(&text).into_iter().find(|m| m.get("id").is_some()).expect("a response on the stream");
+        }
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn call(&mut self, tool: &str, args: Value) -> Value {
+        let resp = self.request("tools/call", json!({"name": tool, "arguments": args})).await;
+        resp["result"].clone()
+    }
+}
+
+/// The JSON messages in an SSE body (events without data, like priming events, are skipped).
+fn sse_messages(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+            let data = data.join("\n");
+            if data.is_empty() { None } else { serde_json::from_str(&data).ok() }
+        })
+        .collect()
+}
+
+fn grpcurl(server: &Server, method: &str, data: &Value) -> Value {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-emit-defaults", "-d", &data.to_string(), &server.grpcurl_addr(), method])
+        .output()
+        .expect("grpcurl on PATH (run scripts/install-test-tools)");
+    assert!(out.status.success(), "grpcurl {method}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON")
+}
+
+async fn rest(server: &Server, tool: &str, args: Value) -> (u16, Value) {
+    let resp = client().post(format!("{}/v1/tools/{tool}", base(server))).json(&args).send().await.expect("REST call");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("REST answers JSON"))
+}
+
+#[tokio::test]
+async fn the_same_call_returns_the_same_data_over_mcp_rest_and_grpcurl() {
+    let server = Server::start();
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let opened =
+        mcp.call("change.open", json!({"title": "Same everywhere", "slug": "same-data", "owner": "alice"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+    assert_eq!(opened["structuredContent"]["change"]["slug"], "same-data");
+    mcp.call("task.update", json!({"slug": "same-data", "owner": "alice", "updates": [{"id": "1.1", "done": true}]}))
+        .await;
+
+    for (tool, rpc, args) in [
+        ("change.show", "taskmcp.v1.Changes/ShowChange", json!({"slug": "same-data"})),
+        ("change.list", "taskmcp.v1.Changes/ListChanges", json!({})),
+        ("change.validate", "taskmcp.v1.Changes/ValidateChange", json!({"slug": "same-data"})),
+    ] {
+        let via_mcp = mcp.call(tool, args.clone()).await["structuredContent"].clone();
+        let (status, via_rest) = rest(&server, tool, args.clone()).await;
+        assert_eq!(status, 200, "{tool} over REST: {via_rest}");
+        let via_grpc = grpcurl(&server, rpc, &args);
+        assert_eq!(via_mcp, via_rest, "{tool}: MCP and REST differ");
+        assert_eq!(via_rest, via_grpc, "{tool}: REST and grpcurl differ");
+    }
+    // The MCP text block carries the same JSON as structuredContent.
+    let shown = mcp.call("change.show", json!({"slug": "same-data"})).await;
+    let text: Value = serde_json::from_str(shown["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, shown["structuredContent"]);
+}
+
+#[tokio::test]
+async fn tool_failures_are_tool_errors_over_mcp_and_mapped_statuses_over_rest() {
+    let server = Server::start();
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let missing = mcp.call("change.show", json!({"slug": "no-such-change"})).await;
+    assert_eq!(missing["isError"], true, "{missing}");
+    assert!(missing["content"][0]["text"].as_str().unwrap().starts_with("CHANGE_NOT_FOUND"), "{missing}");
+
+    let unknown = mcp.request("tools/call", json!({"name": "no.such.tool", "arguments": {}})).await;
+    assert_eq!(unknown["error"]["code"], -32602, "unknown tool is a protocol error: {unknown}");
+
+    let (status, body) = rest(&server, "change.show", json!({"slug": "no-such-change"})).await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["reason"].as_str()),
+        (404, Some("NOT_FOUND"), Some("CHANGE_NOT_FOUND"))
+    );
+    let (status, body) = rest(&server, "change.open", json!({"title": "x", "slug": "../etc"})).await;
+    assert_eq!((status, body["reason"].as_str()), (400, Some("INVALID_SLUG")), "{body}");
+    rest(&server, "change.open", json!({"title": "x", "slug": "held-one", "owner": "alice"})).await;
+    let (status, body) = rest(&server, "change.open", json!({"title": "x", "slug": "held-one", "owner": "bob"})).await;
+    assert_eq!((status, body["reason"].as_str()), (409, Some("LOCKED_BY_OTHER_OWNER")), "{body}");
+    assert_eq!(body["details"]["errorInfo"]["metadata"]["holder"], "alice", "{body}");
+    let (status, _) = rest(&server, "no.such.tool", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, body) = rest(&server, "change.show", json!({"slug": "x", "bogus": 1})).await;
+    assert_eq!(status, 400, "unknown fields are refused: {body}");
+}
+
+#[tokio::test]
+async fn every_bad_request_the_spec_names_gets_its_status_and_leaks_no_session() {
+    let server = Server::start();
+    let http = client();
+    let url = format!("{}/mcp", base(&server));
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"});
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+
+    struct Case {
+        name: &'static str,
+        req: reqwest::RequestBuilder,
+        status: u16,
+        jsonrpc_code: Option<i64>,
+    }
+    let post = || http.post(&url).header("accept", ACCEPT_BOTH);
+    let cases = vec![
+        Case {
+            name: "wrong Accept",
+            req: http.post(&url).header("accept", "application/json").json(&init),
+            status: 406,
+            jsonrpc_code: Some(-32000),
+        },
+        Case {
+            name: "bad Content-Type",
+            req: post().header("content-type", "text/plain").body(init.to_string()),
+            status: 415,
+            jsonrpc_code: Some(-32000),
+        },
+        Case {
+            name: "malformed JSON",
+            req: post().header("content-type", "application/json").body("{\"jsonrpc\":"),
+            status: 400,
+            jsonrpc_code: Some(-32700),
+        },
+        Case {
+            name: "not JSON-RPC",
+            req: post().json(&json!({"hello": "world"})),
+            status: 400,
+            jsonrpc_code: Some(-32600),
+        },
+        Case {
+            name: "batch where none is allowed",
+            req: post().header("mcp-session-id", &mcp.session).json(&json!([ping, ping])),
+            status: 400,
+            jsonrpc_code: Some(-32600),
+        },
+        Case { name: "missing session", req: post().json(&ping), status: 400, jsonrpc_code: Some(-32000) },
+        Case {
+            name: "unknown session",
+            req: post().header("mcp-session-id", "0123456789abcdef0123456789abcdef").json(&ping),
+            status: 404,
+            jsonrpc_code: Some(-32001),
+        },
+        Case {
+            name: "bad protocol version",
+            req: post().header("mcp-session-id", &mcp.session).header("mcp-protocol-version", "1999-01-01").json(&ping),
+            status: 400,
+            jsonrpc_code: Some(-32000),
+        },
+        Case {
+            name: "bad Origin",
+            req: post().header("origin", "http://evil.example").json(&init),
+            status: 403,
+            jsonrpc_code: None,
+        },
+        Case {
+            name: "bad Host",
+            req: post().header("host", "evil.example").json(&init),
+            status: 403,
+            jsonrpc_code: None,
+        },
+        Case {
+            name: "GET without SSE in Accept",
+            req: http.get(&url).header("accept", "application/json").header("mcp-session-id", &mcp.session),
+            status: 406,
+            jsonrpc_code: Some(-32000),
+        },
+        Case {
+            name: "DELETE of an unknown session",
+            req: http.delete(&url).header("mcp-session-id", "ffffffffffffffffffffffffffffffff"),
+            status: 404,
+            jsonrpc_code: Some(-32001),
+        },
+    ];
+    let mut failures = Vec::new();
+    for case in cases {
+        let resp = case.req.send().await.expect(case.name);
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status != case.status {
+            failures.push(format!("{}: status {status}, want {} ({body})", case.name, case.status));
+            continue;
+        }
+        if let Some(code) = case.jsonrpc_code
+            && body["error"]["code"] != code
+        {
+            failures.push(format!("{}: JSON-RPC code {}, want {code} ({body})", case.name, body["error"]["code"]));
+        }
+        if body.is_object()
+            && body.get("jsonrpc").is_some()
+            && body["error"]["message"].as_str().unwrap_or("").is_empty()
+        {
+            failures.push(format!("{}: error without a message ({body})", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "bad requests answered wrongly:\n{}", failures.join("\n"));
+
+    // An oversize body is refused from its Content-Length, before the server reads it:
+    // send only the headers and read the answer.
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAccept: {ACCEPT_BOTH}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        server.http_addr.unwrap(),
+        2 * 1024 * 1024
+    );
+    let mut tcp = tokio::net::TcpStream::connect(server.http_addr.unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tcp, &mut answer))
+        .await
+        .expect("an answer without sending the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "oversize body: {answer}");
+    assert!(answer.contains("\"jsonrpc\":\"2.0\""), "a JSON-RPC error body on /mcp: {answer}");
+
+    // The session still works, and nothing above created one.
+    assert_eq!(mcp.request("ping", json!({})).await["result"], json!({}));
+    let metrics: Value =
+        http.get(format!("{}/health/metrics", base(&server))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(metrics["sessions"], 1, "only the real session exists: {metrics}");
+    // DELETE ends it; afterwards the id is unknown.
+    let deleted = http.delete(&url).header("mcp-session-id", &mcp.session).send().await.unwrap();
+    assert!(deleted.status().is_success(), "DELETE: {}", deleted.status());
+    let after = mcp.post(json!({"jsonrpc":"2.0","id":9,"method":"ping"})).await;
+    assert_eq!(after.status(), 404);
+}
+
+#[tokio::test]
+async fn progress_streams_over_mcp_sse_and_rest_ndjson() {
+    let server = Server::start();
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    for slug in ["stream-mcp", "stream-rest"] {
+        mcp.call("change.open", json!({"title": "Stream", "slug": slug, "owner": "alice"})).await;
+    }
+    let resp = mcp
+        .post(json!({"jsonrpc":"2.0","id":50,"method":"tools/call","params":{
+            "name":"change.archive","arguments":{"slug":"stream-mcp","owner":"alice"},"_meta":{"progressToken":"p-1"}}}))
+        .await;
+    assert_eq!(resp.headers().get("content-type").unwrap(), "text/event-stream");
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("id: "), "a priming event with an id comes first: {text}");
+    let messages = sse_messages(&text);
+    let progress: Vec<&Value> = messages.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    assert_eq!(progress.len(), 4, "one progress notification per archive step: {messages:?}");
+    assert!(progress.iter().all(|p| p["params"]["progressToken"] == "p-1"));
+    let values: Vec<f64> = progress.iter().map(|p| p["params"]["progress"].as_f64().unwrap()).collect();
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "progress increases: {values:?}");
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 50, "the response ends the stream: {last}");
+    assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "stream-mcp", "{last}");
+
+    let resp = client()
+        .post(format!("{}/v1/tools/change.archive", base(&server)))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"slug": "stream-rest", "owner": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l.get("progress").is_some()).count(), 4, "{body}");
+    assert_eq!(lines.last().unwrap()["result"]["receipt"]["slug"], "stream-rest", "{body}");
+}
+
+#[tokio::test]
+async fn health_routes_answer_without_credentials_and_the_rest_needs_them() {
+    let server = Server::builder().auth_token("ops=s3cret-token").start();
+    let http = client();
+    let live = http.get(format!("{}/health/live", base(&server))).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = http.get(format!("{}/health/ready", base(&server))).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{:?}", ready.text().await);
+    let denied = http.get(format!("{}/v1/tools", base(&server))).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert!(denied.headers().get("www-authenticate").is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")));
+    let tools: Value = http
+        .get(format!("{}/v1/tools", base(&server)))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = tools["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["change.archive", "change.list", "change.open", "change.show", "change.validate", "task.update"]
+    );
+    // Only live and ready are open; the metrics summary needs a token like everything else.
+    let hidden = http.get(format!("{}/health/metrics", base(&server))).send().await.unwrap();
+    assert_eq!(hidden.status(), 401);
+    let metrics: Value = http
+        .get(format!("{}/health/metrics", base(&server)))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(metrics["uptime_seconds"].is_number(), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let server = Server::builder().rate_limit(1, 2).start();
+    let http = client();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let resp = http.get(format!("{}/v1/tools", base(&server))).send().await.unwrap();
+        if resp.status() == 429 {
+            retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after.expect("Retry-After on 429").parse().expect("whole seconds");
+    assert!(secs >= 1);
+}
