@@ -91,4 +91,18 @@ fn readme_configuration_table_matches_serve_help() {
             assert!(help.contains(env), "README says {flag} reads {env}; --help does not mention it:\n{help}");
         }
     }
+    // And the other way round: every flag `serve` accepts is documented.
+    let documented: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .filter_map(|l| l.split('|').nth(1))
+        .filter_map(|c| c.trim().trim_matches('`').split_whitespace().next().map(str::to_string))
+        .collect();
+    for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
+        let flag = flag.trim_end_matches(',').split('=').next().unwrap_or(flag);
+        if flag == "--help" || flag == "--version" {
+            continue;
+        }
+        assert!(documented.iter().any(|d| d == flag), "`serve --help` lists {flag}, the README's table does not");
+    }
 }
