@@ -146,6 +146,7 @@ impl Application {
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(trace_layer())
             .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(crate::grpc::deadline::DeadlineLayer)
             .layer(layers::AuthLayer::new(self.tokens.clone()))
             .layer(layers::RateLimitLayer::new(self.limiter.clone()));
         let grpc_server = Server::builder()
@@ -163,6 +164,7 @@ impl Application {
         let in_process: UpstreamService = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_err(|never: std::convert::Infallible| -> tonic::codegen::StdError { match never {} })
+                .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(layers::AuthLayer::new(self.tokens.clone()))
                 .service(routes),
         );

@@ -178,3 +178,20 @@ async fn the_rate_limit_answers_resource_exhausted_with_retry_info() {
     server.assert_serving().await;
     server.assert_serving().await;
 }
+
+/// The client sends `grpc-timeout` and enforces nothing itself (tonic's
+/// `set_timeout` only sets the header), so a stream that would otherwise run
+/// forever ending with DEADLINE_EXCEEDED proves the server honours deadlines.
+#[tokio::test]
+async fn the_server_ends_a_call_at_the_client_deadline() {
+    let server = Server::start();
+    let mut resources = server.resources().await;
+    let mut request = tonic::Request::new(task_mcp::pb::WatchChangesRequest::default());
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let mut stream =
+        common::ok("WatchChanges", common::bounded("WatchChanges", resources.watch_changes(request)).await);
+    let ended = common::bounded("the stream to end", stream.message()).await;
+    let status = ended.expect_err("a watch stream has no natural end; only the deadline ends it");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    server.assert_serving().await;
+}

@@ -3,6 +3,7 @@
 //! cross-cutting (auth, rate limits, request ids, logging) is a layer.
 pub mod changes;
 pub mod convert;
+pub mod deadline;
 pub mod layers;
 pub mod resources;
 

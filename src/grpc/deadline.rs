@@ -1,0 +1,173 @@
+//! Deadlines for streaming calls. tonic honours `grpc-timeout` only until the
+//! response headers are out, so a server stream (WatchChanges, a long
+//! ReadResource) would outlive its deadline. This layer ends the response body
+//! at the deadline with `grpc-status: 4` (DEADLINE_EXCEEDED) trailers.
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
+use tonic::body::Body as TonicBody;
+use tower::{Layer, Service};
+
+/// Parses `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+}
+
+impl<S, ReqB> Service<Request<ReqB>> for Deadline<S>
+where
+    S: Service<Request<ReqB>, Response = Response<TonicBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = Response<TonicBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| tokio::time::Instant::now() + d);
+        Box::pin(async move {
+            let response = inner.call(req).await?;
+            let Some(deadline) = deadline else { return Ok(response) };
+            Ok(response.map(|body| TonicBody::new(DeadlineBody::new(body, deadline))))
+        })
+    }
+}
+
+pin_project! {
+    struct DeadlineBody {
+        #[pin]
+        inner: TonicBody,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        state: State,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// The inner body finished on its own (with its own trailers).
+    Done,
+    /// We sent DEADLINE_EXCEEDED trailers.
+    Expired,
+}
+
+impl DeadlineBody {
+    fn new(inner: TonicBody, deadline: tokio::time::Instant) -> Self {
+        DeadlineBody { inner, sleep: tokio::time::sleep_until(deadline), state: State::Streaming }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.state != State::Streaming {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                *this.state = State::Done;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame)),
+            Poll::Pending => {}
+        }
+        if this.sleep.poll(cx).is_ready() {
+            *this.state = State::Expired;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("4"));
+            trailers.insert("grpc-message", HeaderValue::from_static("deadline exceeded"));
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state != State::Streaming
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_rejects_garbage() {
+        assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "10", "123456789S", "1x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_ends_with_deadline_exceeded_trailers() {
+        use http_body_util::BodyExt;
+        let endless = TonicBody::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<bytes::Bytes>, tonic::Status>,
+        >()));
+        let body = DeadlineBody::new(endless, tokio::time::Instant::now() + Duration::from_millis(20));
+        let collected = body.collect().await.expect("ends cleanly");
+        let trailers = collected.trailers().expect("trailers");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "4");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_in_time_is_untouched() {
+        use http_body_util::BodyExt;
+        let body = DeadlineBody::new(TonicBody::empty(), tokio::time::Instant::now() + Duration::from_secs(60));
+        let collected = body.collect().await.expect("ends cleanly");
+        assert!(collected.trailers().is_none());
+    }
+}
