@@ -132,13 +132,6 @@ async fn answer(
         cancel: cancel.clone(),
         outbox: Some(outbox.clone()),
     });
-    let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
+    transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
     session.end_request(&id);
-    if !cancel.is_cancelled() {
-        let message = match outcome {
-            Ok(result) => jsonrpc::result(&id, result),
-            Err(err) => jsonrpc::error(Some(&id), &err),
-        };
-        let _ = outbox.send(message).await;
-    }
 }

@@ -176,14 +176,7 @@ fn stream(
             cancel: task_cancel.clone(),
             outbox: Some(outbox.clone()),
         });
-        let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
-        if !task_cancel.is_cancelled() {
-            let message = match outcome {
-                Ok(result) => jsonrpc::result(&id, decorate(&method, result)),
-                Err(err) => jsonrpc::error(Some(&id), &err),
-            };
-            let _ = outbox.send(message).await;
-        }
+        transport::respond_on_stream(&ctx, &method, params.clone(), |r| decorate(&method, r)).await;
     });
     let options = SseOptions {
         prime: false,

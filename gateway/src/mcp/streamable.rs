@@ -211,16 +211,8 @@ fn answer_with_stream(
             cancel: cancel.clone(),
             outbox: Some(outbox.clone()),
         });
-        let outcome = dispatch::handle(&ctx, &method, params.clone()).await;
+        transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
         task_session.end_request(&id);
-        // A cancelled request gets no response, as the spec asks.
-        if !cancel.is_cancelled() {
-            let message = match outcome {
-                Ok(result) => jsonrpc::result(&id, result),
-                Err(err) => jsonrpc::error(Some(&id), &err),
-            };
-            let _ = outbox.send(message).await;
-        }
         // Dropping the last sender ends the pump, which then finishes the log.
         drop(ctx);
         drop(outbox);

@@ -108,6 +108,23 @@ pub fn context(parts: ContextParts<'_>) -> RequestContext {
     }
 }
 
+/// Runs a request whose answer travels on its stream (`ctx.outbox`): the
+/// handler's notifications go out as they happen, then the response, which
+/// `finish` may decorate. A cancelled request gets no response, as the spec asks.
+pub async fn respond_on_stream(ctx: &RequestContext, method: &str, params: Value, finish: impl FnOnce(Value) -> Value) {
+    let outcome = super::dispatch::handle(ctx, method, params).await;
+    if ctx.cancel.is_cancelled() {
+        return;
+    }
+    let message = match outcome {
+        Ok(result) => jsonrpc::result(&ctx.request_id, finish(result)),
+        Err(err) => jsonrpc::error(Some(&ctx.request_id), &err),
+    };
+    if let Some(out) = &ctx.outbox {
+        let _ = out.send(message).await;
+    }
+}
+
 /// Copies a handler's stream messages into an event log; when every sender is
 /// gone (the handler is done) the log is finished, so readers end after draining.
 pub fn pump_into(log: Arc<EventLog>) -> mpsc::Sender<Value> {
