@@ -401,3 +401,41 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     let secs: u64 = retry_after.expect("Retry-After on 429").parse().expect("whole seconds");
     assert!(secs >= 1);
 }
+
+#[tokio::test]
+async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
+    let server = Server::start();
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    mcp.call("change.open", json!({"title": "Resume", "slug": "resume-me", "owner": "alice"})).await;
+    let resp = mcp
+        .post(json!({"jsonrpc":"2.0","id":77,"method":"tools/call","params":{
+            "name":"change.archive","arguments":{"slug":"resume-me","owner":"alice"},"_meta":{"progressToken":"r"}}}))
+        .await;
+    // Read until the first message event, remember its id, then drop the connection.
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    let first_id = loop {
+        let chunk = stream.next().await.expect("the stream yields events").unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        if let Some(event) = seen.split("\n\n").find(|e| e.contains("data: {")) {
+            break event.lines().find_map(|l| l.strip_prefix("id: ")).expect("message events carry ids").to_string();
+        }
+    };
+    drop(stream);
+
+    let resumed = client()
+        .get(format!("{}/mcp", base(&server)))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &mcp.session)
+        .header("last-event-id", &first_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let text = resumed.text().await.unwrap();
+    let messages = sse_messages(&text);
+    assert!(!text.contains(&format!("id: {first_id}\nevent")), "the event we saw is not replayed: {text}");
+    let last = messages.last().expect("replayed events");
+    assert_eq!(last["id"], 77, "the stream resumes through to the response: {text}");
+    assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "resume-me");
+}
