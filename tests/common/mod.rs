@@ -377,6 +377,21 @@ impl Server {
         self.endpoint().trim_start_matches("http://").to_string()
     }
 
+    /// The gateway's base URL, e.g. `http://127.0.0.1:40124` (from `http_addr`
+    /// in the "listening" line); panics with the logs when the server gave none.
+    pub fn http_base(&self) -> String {
+        let Some(addr) = self.http_addr else {
+            panic!("the \"listening\" log line has no http_addr\n--- server logs ---\n{}", self.logs)
+        };
+        let ip = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        format!("http://{ip}:{}", addr.port())
+    }
+
+    /// The MCP Streamable HTTP endpoint, `<http_base>/mcp`.
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.http_base())
+    }
+
     /// A new, connected HTTP/2 connection to the server.
     pub async fn channel(&self) -> Channel {
         let endpoint = Endpoint::from_shared(self.endpoint()).expect("valid endpoint").connect_timeout(RPC_BOUND);

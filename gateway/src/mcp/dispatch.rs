@@ -152,7 +152,7 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Value, RpcEr
         return Err(RpcError::invalid_params("arguments must be an object"));
     }
     if ctx.state.config.conformance_fixtures
-        && let Some(result) = fixtures::call_tool(ctx, name, &args).await
+        && let Some(result) = fixtures::call_tool_with_params(ctx, name, params).await
     {
         return result;
     }
@@ -325,9 +325,8 @@ pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallConte
 fn prompts_get(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
     let name =
         params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
-    let args = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
     if ctx.state.config.conformance_fixtures
-        && let Some(result) = fixtures::get_prompt(name, &args)
+        && let Some(result) = fixtures::get_prompt_with_params(name, params)
     {
         return result;
     }

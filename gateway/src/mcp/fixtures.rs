@@ -9,12 +9,15 @@
 //!   logging, progress, errors, sampling and elicitation sent to the client on
 //!   the call's own SSE stream, a JSON Schema 2020-12 tool, resources and prompts;
 //! - the stateless-era fixtures (2026-07-28): `test_missing_capability`,
-//!   `test_logging_tool`, `test_streaming_elicitation` and the MRTR
-//!   (`InputRequiredResult`, SEP-2322) tools and prompt. MRTR reads
-//!   `params.inputResponses`, `params.requestState` and `params._meta`, so it
-//!   needs the whole request `params`: dispatch reaches it through
+//!   `test_logging_tool`, `test_streaming_elicitation`, `test_custom_headers`
+//!   (a parameter annotated `x-mcp-header`, SEP-2243; the gateway checks the
+//!   `Mcp-Param-*` header, see [`input_schema`]) and the MRTR
+//!   (`InputRequiredResult`, SEP-2322) tools and prompt. These read
+//!   `params.inputResponses`, `params.requestState` and `params._meta`, so they
+//!   need the whole request `params`: dispatch must call
 //!   [`call_tool_with_params`] and [`get_prompt_with_params`]; the older
-//!   [`call_tool`] / [`get_prompt`] only see the arguments.
+//!   [`call_tool`] / [`get_prompt`] only see the arguments, and through them a
+//!   stateless request looks as if it declared no client capability.
 //!
 //! `requestState` is opaque to the client and integrity-protected here: the
 //! state is JSON, base64url-encoded, followed by a keyed hash (SipHash from

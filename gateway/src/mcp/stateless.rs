@@ -20,6 +20,9 @@ use super::{
 };
 use crate::AppState;
 
+const META_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
+
 /// Seconds a client may cache list and read results.
 const CACHE_TTL_MS: u64 = 0;
 
@@ -61,7 +64,28 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
         Incoming::Request { id, method, params } => (id, method, params),
     };
     let header_version = header_str(&headers, VERSION_HEADER);
-    let version = body_version.as_deref().or(header_version).unwrap_or("");
+    // SEP-2575: a request whose _meta lacks protocolVersion or clientCapabilities
+    // is malformed: -32602 with HTTP 400, before any header comparison.
+    let meta = params.get("_meta");
+    let has_caps = meta.and_then(|m| m.get(META_CAPABILITIES_KEY)).is_some_and(Value::is_object);
+    if body_version.is_none() || !has_caps {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(&id),
+            RpcError::invalid_params(format!(
+                "_meta must carry {META_VERSION_KEY} and {META_CAPABILITIES_KEY} (an object) in {STATELESS_VERSION}"
+            )),
+        );
+    }
+    let version = body_version.as_deref().unwrap_or("");
+    if header_version != Some(version) {
+        return mismatch(
+            Some(&id),
+            format!(
+                "MCP-Protocol-Version header {header_version:?} must equal _meta {META_VERSION_KEY} {body_version:?}"
+            ),
+        );
+    }
     if !protocol::is_supported(version) {
         let supported = protocol::all_versions();
         return rpc_error(
@@ -69,14 +93,6 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
             Some(&id),
             RpcError::new(jsonrpc::UNSUPPORTED_VERSION, format!("Unsupported protocol version {version:?}"))
                 .with_data(json!({"supported": supported, "requested": version})),
-        );
-    }
-    if header_version != Some(version) || body_version.as_deref() != Some(version) {
-        return mismatch(
-            Some(&id),
-            format!(
-                "MCP-Protocol-Version header {header_version:?} must equal _meta {META_VERSION_KEY} {body_version:?}"
-            ),
         );
     }
     match header_str(&headers, "mcp-method").and_then(decode_header) {
@@ -94,9 +110,14 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
             other => return mismatch(Some(&id), format!("Mcp-Name header {other:?} must equal {named:?}")),
         }
     }
+    if method == "tools/call"
+        && let Err(message) = check_param_headers(&state, &headers, &params)
+    {
+        return mismatch(Some(&id), message);
+    }
     match method.as_str() {
         "server/discover" => transport::json_response(&jsonrpc::result(&id, discover(&state))),
-        "subscriptions/listen" => listen(state, headers, params),
+        "subscriptions/listen" => listen(state, headers, id, params),
         "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => rpc_error(
             StatusCode::NOT_FOUND,
             Some(&id),
@@ -120,6 +141,9 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
             match dispatch::handle(&ctx, &method, params.clone()).await {
                 Ok(result) => transport::json_response(&jsonrpc::result(&id, decorate(&method, result))),
                 Err(err) if err.code == jsonrpc::METHOD_NOT_FOUND => rpc_error(StatusCode::NOT_FOUND, Some(&id), err),
+                Err(err) if err.code == jsonrpc::MISSING_CAPABILITY => {
+                    rpc_error(StatusCode::BAD_REQUEST, Some(&id), err)
+                }
                 Err(err) => transport::json_response(&jsonrpc::error(Some(&id), &err)),
             }
         }
@@ -128,7 +152,9 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
 
 /// Modern results say they are complete; list and read results carry cache hints.
 fn decorate(method: &str, mut result: Value) -> Value {
-    result["resultType"] = json!("complete");
+    if result.get("resultType").is_none() {
+        result["resultType"] = json!("complete");
+    }
     if method.ends_with("/list") || method == "resources/read" {
         result["ttlMs"] = json!(CACHE_TTL_MS);
         result["cacheScope"] = json!("private");
@@ -143,6 +169,7 @@ fn discover(state: &AppState) -> Value {
         "serverInfo": dispatch::server_info(state),
         "instructions": dispatch::INSTRUCTIONS,
         "resultType": "complete",
+        "_meta": {"io.modelcontextprotocol/serverInfo": dispatch::server_info(state)},
     })
 }
 
@@ -188,19 +215,36 @@ fn stream(
     transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
 }
 
-/// `subscriptions/listen`: one SSE stream of resource notifications until the client closes it.
-fn listen(state: Arc<AppState>, headers: HeaderMap, params: Value) -> Response {
+/// `subscriptions/listen`: one SSE stream of the notifications the client opted
+/// in to (`params.notifications`), until the client closes it. The first frame
+/// acknowledges the subscription with the filter honoured; every frame carries
+/// `_meta["io.modelcontextprotocol/subscriptionId"]` = the listen request's id.
+fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) -> Response {
     let Some(slot) = state.sessions.open_stream() else {
         return transport::too_many_streams(&state);
     };
-    let wanted: Vec<String> = params
-        .get("resources")
-        .or_else(|| params.get("uris"))
+    let filter = params.get("notifications").cloned().unwrap_or_else(|| json!({}));
+    let wanted: Vec<String> = filter
+        .get("resourceSubscriptions")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().or_else(|| v.get("uri")?.as_str()).map(str::to_string)).collect())
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default();
+    let list_changed = filter.get("resourcesListChanged").and_then(Value::as_bool) == Some(true);
+    // Only what this server can deliver: no tool or prompt list changes happen.
+    let mut honoured = serde_json::Map::new();
+    if list_changed {
+        honoured.insert("resourcesListChanged".into(), json!(true));
+    }
+    if !wanted.is_empty() {
+        honoured.insert("resourceSubscriptions".into(), json!(wanted));
+    }
+    let tag = json!({SUBSCRIPTION_ID_KEY: id});
     let log = EventLog::new(1, state.config.event_store_capacity);
     log.attach();
+    log.push(&jsonrpc::notification(
+        "notifications/subscriptions/acknowledged",
+        json!({"_meta": tag, "notifications": honoured}),
+    ));
     let cancel = state.shutdown.child_token();
     let (task_state, task_log, task_cancel) = (state.clone(), log.clone(), cancel.clone());
     let call = transport::call_context(&headers);
@@ -213,12 +257,15 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, params: Value) -> Response {
             };
             let Some(Ok(event)) = event else { break };
             for uri in &event.uris {
-                if wanted.is_empty() || wanted.contains(uri) {
-                    task_log.push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
+                if wanted.contains(uri) {
+                    task_log.push(&jsonrpc::notification(
+                        "notifications/resources/updated",
+                        json!({"uri": uri, "_meta": tag}),
+                    ));
                 }
             }
-            if matches!(event.kind, 1 | 4) {
-                task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+            if list_changed && matches!(event.kind, 1 | 4) {
+                task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({"_meta": tag})));
             }
         }
         task_log.finish();
@@ -231,6 +278,42 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, params: Value) -> Response {
     };
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
     transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+}
+
+/// SEP-2243: a tools/call argument whose schema property has `x-mcp-header: H`
+/// must also travel as `Mcp-Param-H` (plain, or `=?base64?…?=` with strict
+/// Base64) with the same value; a missing, undecodable or different header is a
+/// HeaderMismatch.
+fn check_param_headers(state: &AppState, headers: &HeaderMap, params: &Value) -> Result<(), String> {
+    let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+    let schema = match state.upstream.registry().get(name) {
+        Some(tool) => tool.input_schema.clone(),
+        None if state.config.conformance_fixtures => match super::fixtures::input_schema(name) {
+            Some(schema) => schema,
+            None => return Ok(()),
+        },
+        None => return Ok(()),
+    };
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return Ok(()) };
+    let args = params.get("arguments");
+    for (param, def) in properties {
+        let Some(suffix) = def.get("x-mcp-header").and_then(Value::as_str) else { continue };
+        let Some(value) = args.and_then(|a| a.get(param)).filter(|v| !v.is_null()) else { continue };
+        let expected = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => value.to_string(),
+            _ => continue,
+        };
+        let header = format!("mcp-param-{}", suffix.to_ascii_lowercase());
+        let Some(raw) = header_str(headers, &header) else {
+            return Err(format!("Mcp-Param-{suffix} header is required when arguments.{param} is present"));
+        };
+        let got = decode_header(raw).ok_or_else(|| format!("Mcp-Param-{suffix} is not valid =?base64?…?= encoding"))?;
+        if got != expected {
+            return Err(format!("Mcp-Param-{suffix} header {got:?} must equal arguments.{param} {expected:?}"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
