@@ -439,3 +439,40 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
     assert_eq!(last["id"], 77, "the stream resumes through to the response: {text}");
     assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "resume-me");
 }
+
+#[tokio::test]
+async fn sessions_are_bounded_and_expire_when_idle() {
+    let server = Server::builder().args(["--max-sessions", "2", "--session-idle-seconds", "1"]).start();
+    let first = Mcp::connect(&server, "2025-11-25").await;
+    let _second = Mcp::connect(&server, "2025-06-18").await;
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let full =
+        client().post(format!("{}/mcp", base(&server))).header("accept", ACCEPT_BOTH).json(&init).send().await.unwrap();
+    assert_eq!(full.status(), 503, "a third session is refused while two live");
+    assert!(full.headers().get("retry-after").is_some(), "503 says when to retry");
+
+    // Wait out the idle timeout (a bound, not a speed check), then the old sessions are gone
+    // and their slots are free again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut expired = first;
+    let resp = expired.post(json!({"jsonrpc":"2.0","id":5,"method":"ping"})).await;
+    assert_eq!(resp.status(), 404, "an idle session expires");
+    let mut fresh = Mcp::connect(&server, "2025-11-25").await;
+    assert_eq!(fresh.request("ping", json!({})).await["result"], json!({}));
+}
+
+#[tokio::test]
+async fn slugs_complete_for_the_change_resource_templates() {
+    let server = Server::start();
+    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    for slug in ["complete-alpha", "complete-beta", "other-change"] {
+        mcp.call("change.open", json!({"title": "C", "slug": slug, "owner": "alice"})).await;
+    }
+    let answer = mcp
+        .request(
+            "completion/complete",
+            json!({"ref": {"type": "ref/resource", "uri": "change://{slug}/proposal"}, "argument": {"name": "slug", "value": "complete-"}}),
+        )
+        .await;
+    assert_eq!(answer["result"]["completion"]["values"], json!(["complete-alpha", "complete-beta"]), "{answer}");
+}

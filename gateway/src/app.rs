@@ -1,6 +1,9 @@
 //! Shared state and the router: MCP and REST routes behind the security layers,
 //! health routes outside authentication.
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +35,33 @@ impl AppState {
     }
 }
 
+/// Builds the router and starts the session sweeper (so must run inside the runtime).
 pub fn router(state: Arc<AppState>) -> Router {
+    spawn_session_sweeper(&state);
     let protected = Router::new().merge(mcp::routes()).merge(rest::routes());
     let protected = security::protect(protected, &state);
     security::outer(Router::new().merge(protected).merge(health::routes()), &state).with_state(state)
+}
+
+/// Closes idle sessions periodically; lookups already refuse them, this frees
+/// their memory and streams so a burst of abandoned sessions cannot pin the store
+/// at its limit.
+fn spawn_session_sweeper(state: &Arc<AppState>) {
+    let period = (state.config.session_idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+    let state = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            if state.shutdown.is_cancelled() {
+                return;
+            }
+            let closed = state.sessions.sweep();
+            if closed > 0 {
+                tracing::info!(closed, "idle MCP sessions closed");
+            }
+        }
+    });
 }
