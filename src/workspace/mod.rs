@@ -339,13 +339,13 @@ impl Workspace {
         if let Some(dir) = self.existing_draft(&req.slug)? {
             return self.reopen(&req, &dir);
         }
-        match self.scaffold(&req) {
-            Err(Error::Internal(msg)) if msg.starts_with(ALREADY_EXISTS) => {
+        match self.scaffold(&req)? {
+            Some(opened) => Ok(opened),
+            None => {
                 // Another process created it between our check and our rename.
                 let dir = self.draft_dir(&req.slug);
                 self.reopen(&req, &dir)
             }
-            other => other,
         }
     }
 
@@ -390,7 +390,9 @@ impl Workspace {
         Ok(())
     }
 
-    fn scaffold(&self, req: &OpenRequest) -> Result<Opened> {
+    /// Builds the change aside and renames it into place. `None`: the change
+    /// appeared meanwhile (another process won the rename).
+    fn scaffold(&self, req: &OpenRequest) -> Result<Option<Opened>> {
         let now = now();
         let scaffold = templates::render(&TemplateVars {
             kind: req.template,
@@ -409,7 +411,8 @@ impl Workspace {
         };
         let stage = self.staging.join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
         let target = self.draft_dir(&req.slug);
-        let build = || -> io::Result<()> {
+        let mut renamed = false;
+        let mut build = || -> io::Result<()> {
             fs::create_dir_all(stage.join("specs"))?;
             fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
             fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
@@ -420,6 +423,7 @@ impl Workspace {
             self.fault("open.before_rename")?;
             // The commit point: the change appears whole or not at all.
             fsutil::rename_noreplace(&stage, &target)?;
+            renamed = true;
             self.own_writes.note(&target);
             self.fault("open.after_rename")?;
             fsutil::sync_parent(&target)
@@ -427,15 +431,14 @@ impl Workspace {
         if let Err(e) = build() {
             let _ = fs::remove_dir_all(&stage);
             if e.kind() == io::ErrorKind::AlreadyExists {
-                return Err(Error::Internal(format!("{ALREADY_EXISTS}: {}", req.slug)));
+                return Ok(None);
             }
-            // After the rename the change exists and is complete; only durability
-            // of the rename is in doubt, which a retry (reopen) settles.
-            if target.join(lock::LOCK_FILE).exists() && !stage.exists() {
-                tracing::warn!(slug = %req.slug, error = %e, "change created; post-rename step failed");
-            } else {
+            if !renamed {
                 return Err(Error::internal("scaffold change", e));
             }
+            // The change exists and is complete; only the durability of the rename
+            // is in doubt, which the next open (a reopen) settles.
+            tracing::warn!(slug = %req.slug, error = %e, "change created; post-rename step failed");
         }
         let summary = self.summarize_draft(&req.slug, &target)?;
         self.emit(
@@ -443,7 +446,7 @@ impl Workspace {
             req.slug.as_str(),
             vec![ResourceUri::proposal(req.slug.as_str()), ResourceUri::tasks(req.slug.as_str())],
         );
-        Ok(Opened { summary, created: true, lock, takeover: None, files: self.listed_files(&req.slug) })
+        Ok(Some(Opened { summary, created: true, lock, takeover: None, files: self.listed_files(&req.slug) }))
     }
 
     fn listed_files(&self, slug: &Slug) -> Vec<String> {
@@ -943,8 +946,6 @@ impl Workspace {
         &self.events
     }
 }
-
-const ALREADY_EXISTS: &str = "change already exists";
 
 enum Entry {
     Draft(Slug),
