@@ -41,9 +41,10 @@ pub struct Settings {
     #[arg(long, env = "TASK_MCP_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub http_listen: SocketAddr,
 
-    /// Listen address of the Prometheus metrics endpoint (served from the telemetry release on).
-    #[arg(long, env = "TASK_MCP_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_name = "ADDR")]
-    pub metrics_listen: SocketAddr,
+    /// Listen address of the Prometheus metrics endpoint (`GET /metrics`); `off` disables it;
+    /// port 0 picks a free port.
+    #[arg(long, env = "TASK_MCP_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    pub metrics_listen: MetricsListen,
 
     #[command(flatten)]
     pub access: AccessSettings,
@@ -119,7 +120,8 @@ pub struct GatewayFlags {
     #[arg(long, env = "TASK_MCP_SESSION_IDLE_SECONDS", default_value_t = 1800, value_name = "SECONDS")]
     pub session_idle_seconds: u64,
 
-    /// Open SSE streams at most (503 with Retry-After beyond).
+    /// Open streams at most, all transports together (SSE, NDJSON, gRPC server streams);
+    /// beyond, 503 with Retry-After or UNAVAILABLE.
     #[arg(long, env = "TASK_MCP_MAX_STREAMS", default_value_t = 10_000, value_name = "N")]
     pub max_streams: usize,
 
@@ -164,10 +166,35 @@ impl Settings {
 
     /// The listeners that would be reachable from other hosts.
     pub fn public_addrs(&self) -> Vec<SocketAddr> {
-        [self.grpc_listen, self.http_listen, self.metrics_listen]
+        [Some(self.grpc_listen), Some(self.http_listen), self.metrics_listen.0]
             .into_iter()
+            .flatten()
             .filter(|a| !a.ip().is_loopback())
             .collect()
+    }
+}
+
+/// `--metrics-listen`: an address, or `off` for no Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen(None));
+        }
+        s.trim().parse().map(|addr| MetricsListen(Some(addr)))
+    }
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
     }
 }
 
@@ -214,6 +241,15 @@ mod tests {
         let s = parse(&["--auth-token", "a=1", "--auth-token", "b=2", "--grpc-listen", "0.0.0.0:0"]);
         assert_eq!(s.access.auth_tokens.len(), 2);
         assert_eq!(s.public_addrs().len(), 1);
+    }
+
+    #[test]
+    fn metrics_listener_can_be_turned_off() {
+        assert_eq!(parse(&[]).metrics_listen.0.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(parse(&["--metrics-listen", "off"]).metrics_listen, MetricsListen(None));
+        let public = parse(&["--metrics-listen", "0.0.0.0:9464"]);
+        assert_eq!(public.public_addrs().len(), 1);
+        assert!(Cli::try_parse_from(["task-mcp", "serve", "--metrics-listen", "nowhere"]).is_err());
     }
 
     #[test]

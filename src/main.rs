@@ -9,22 +9,26 @@ use task_mcp::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let (result, traces) = match Cli::parse().command {
         Command::Serve(settings) => {
-            telemetry::init_logging(settings.log_format);
-            match Application::build(settings).await {
+            let traces = telemetry::init_logging(settings.log_format);
+            let result = match Application::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal()).await,
                 Err(e) => Err(e),
-            }
+            };
+            (result, traces)
         }
         Command::Gateway(settings) => {
-            telemetry::init_logging(settings.log_format);
-            match GatewayApplication::build(settings).await {
+            let traces = telemetry::init_logging(settings.log_format);
+            let result = match GatewayApplication::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal()).await,
                 Err(e) => Err(e),
-            }
+            };
+            (result, traces)
         }
     };
+    // The last spans (the drain's included) leave before the runtime goes.
+    traces.shutdown().await;
     exit(result)
 }
 

@@ -24,9 +24,19 @@ use crate::{
     auth::{TokenConfigError, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
     error::Error,
-    grpc::{AppState, changes::ChangesService, layers, resources::ResourcesService},
+    grpc::{
+        AppState,
+        changes::ChangesService,
+        layers,
+        metrics::{GrpcMetricsLayer, StreamGate},
+        resources::ResourcesService,
+    },
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::RateLimiter,
+    telemetry::{
+        metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
+        traces,
+    },
     workspace::{Workspace, watch::WatchGuard},
 };
 use task_mcp_gateway::upstream::{Upstream, UpstreamService};
@@ -62,6 +72,8 @@ pub enum StartupError {
     Gateway(String),
     #[error("upstream {url}: {reason}")]
     Upstream { url: String, reason: String },
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Loads the tokens and refuses a public bind without them unless overridden.
@@ -95,6 +107,12 @@ pub struct Application {
     grpc_addr: SocketAddr,
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    /// The Prometheus endpoint (`--metrics-listen`), unless `off`.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// The meter provider, its readers and exporters; flushed at the end.
+    export: MetricsExport,
+    metrics: Arc<Metrics>,
+    health_flags: Arc<HealthFlags>,
     state: AppState,
     tokens: Arc<Tokens>,
     limiter: Arc<RateLimiter>,
@@ -111,7 +129,20 @@ impl Application {
         let watch = workspace.watch().map_err(StartupError::Workspace)?;
         let (grpc_listener, grpc_addr) = bind(settings.grpc_listen).await?;
         let (http_listener, http_addr) = bind(settings.http_listen).await?;
+        let metrics_listener = match settings.metrics_listen.0 {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let export = MetricsExport::start(OtlpConfig::from_env(), metrics_listener.is_some())
+            .map_err(|e| StartupError::Metrics(e.to_string()))?;
+        export.log_status();
+        let health_flags = Arc::new(HealthFlags::default());
+        let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, Some(health_flags.clone())));
         Ok(Application {
+            metrics_listener,
+            export,
+            metrics,
+            health_flags,
             limiter: Arc::new(RateLimiter::new(
                 settings.access.rate_limit_per_second,
                 settings.access.rate_limit_burst,
@@ -135,20 +166,54 @@ impl Application {
         self.http_addr
     }
 
+    /// The Prometheus endpoint's address, unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING,
     /// streams end, new connections are refused, and in-flight calls get the
     /// grace period to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let (health, routes) = service_routes(&self.state).await?;
-        let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone());
+        let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
+        let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
 
+        // The gateway calls the same routes in-process. It has already admitted
+        // the caller (token and rate limit), so only authentication runs again,
+        // to give handlers their principal. The call gets the same span and
+        // "call answered" line as over TCP, with the trace context crossing
+        // in the same `traceparent` metadata.
+        let in_process: UpstreamService = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(|never: std::convert::Infallible| -> tonic::codegen::StdError { match never {} })
+                .option_layer(traces::propagate_layer())
+                .map_response(|res: http::Response<_>| res.map(tonic::body::Body::new))
+                .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods.clone(), None))
+                .layer(trace_layer())
+                .layer(crate::grpc::deadline::DeadlineLayer)
+                .layer(layers::AuthLayer::new(self.tokens.clone()))
+                .layer(traces::ToolSpanLayer)
+                .service(routes.clone()),
+        );
+        let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
+        let gateway =
+            gateway_state(in_process, access, self.settings.gateway.to_config(), self.metrics.gateway.clone())?;
+        let router = http_router(gateway.clone());
+
+        // Metrics outermost: they see every call's final status, deadline and
+        // refusals included. gRPC clients' server streams share the gateway's
+        // stream slots (one process-wide cap).
+        let gate = StreamGate { sessions: gateway.sessions.clone(), shutdown: self.state.shutdown.clone() };
         let grpc_layers = ServiceBuilder::new()
+            .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods, Some(gate)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(trace_layer())
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
-            .layer(layers::AuthLayer::new(self.tokens.clone()))
-            .layer(layers::RateLimitLayer::new(self.limiter.clone()));
+            .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
+            .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
+            .layer(traces::ToolSpanLayer);
         let grpc_server = Server::builder()
             // Bounded per connection, and dead peers are noticed instead of held forever.
             .max_concurrent_streams(Some(1024))
@@ -158,23 +223,11 @@ impl Application {
             .layer(grpc_layers)
             .add_routes(routes.clone());
 
-        // The gateway calls the same routes in-process. It has already admitted
-        // the caller (token and rate limit), so only authentication runs again,
-        // to give handlers their principal.
-        let in_process: UpstreamService = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_err(|never: std::convert::Infallible| -> tonic::codegen::StdError { match never {} })
-                .layer(crate::grpc::deadline::DeadlineLayer)
-                .layer(layers::AuthLayer::new(self.tokens.clone()))
-                .service(routes),
-        );
-        let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
-        let gateway = gateway_state(in_process, access, self.settings.gateway.to_config())?;
-        let router = task_mcp_gateway::router(gateway.clone());
-
+        let metrics_addr = self.metrics_addr();
         tracing::info!(
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
+            metrics_addr = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             workspace = %self.state.workspace.root().display(),
             auth = if self.tokens.is_empty() { "none" } else { "bearer" },
             version = env!("CARGO_PKG_VERSION"),
@@ -183,29 +236,51 @@ impl Application {
 
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let grpc_drain = wait_for(drain_rx.clone());
-        let http_drain = wait_for(drain_rx);
+        let http_drain = wait_for(drain_rx.clone());
         let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
         let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
         let http = serve_http(self.http_listener, router, http_drain);
-        let both = async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http) };
-        tokio::pin!(both);
-        tokio::select! {
-            result = &mut both => return result.map(|_| ()),
-            () = shutdown => {}
+        // The Prometheus endpoint stays up while draining (a scrape during the
+        // drain still answers) and stops with the other listeners.
+        let scrape_parts = self.metrics_listener.zip(self.export.registry().cloned());
+        let scrape = async move {
+            match scrape_parts {
+                Some(((listener, _), registry)) => {
+                    let router = crate::telemetry::metrics::prometheus_router(registry);
+                    serve_http(listener, router, wait_for(drain_rx)).await
+                }
+                None => Ok(()),
+            }
+        };
+        let all = async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http, scrape) };
+        tokio::pin!(all);
+        let early = tokio::select! {
+            result = &mut all => Some(result.map(|_| ())),
+            () = shutdown => None,
+        };
+        if let Some(result) = early {
+            self.export.shutdown().await;
+            return result;
         }
         tracing::info!(grace_seconds = self.settings.shutdown_grace_seconds, "draining");
         probe.abort();
+        self.health_flags.set_upstream(false);
         set_health(&health, ServingStatus::NotServing).await;
         self.state.shutdown.cancel();
         gateway.shutdown.cancel();
         gateway.sessions.close_all();
         let _ = drain_tx.send(true);
-        match tokio::time::timeout(self.settings.shutdown_grace(), both).await {
-            Ok(result) => result.map(|_| ())?,
-            Err(_) => tracing::warn!("grace period over; dropping calls still in flight"),
-        }
+        let result = match tokio::time::timeout(self.settings.shutdown_grace(), all).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => {
+                tracing::warn!("grace period over; dropping calls still in flight");
+                Ok(())
+            }
+        };
+        // The last export carries the drain's own figures.
+        self.export.shutdown().await;
         tracing::info!("stopped");
-        Ok(())
+        result
     }
 }
 
@@ -248,18 +323,26 @@ fn trace_layer() -> TraceLayer<
     tower_http::trace::DefaultOnRequest,
     impl Fn(&http::Response<tonic::body::Body>, Duration, &tracing::Span) + Clone,
     tower_http::trace::DefaultOnBodyChunk,
-    tower_http::trace::DefaultOnEos,
+    impl Fn(Option<&http::HeaderMap>, Duration, &tracing::Span) + Clone,
     impl Fn(GrpcFailureClass, Duration, &tracing::Span) + Clone,
 > {
     TraceLayer::new_for_grpc()
-        .make_span_with(|req: &http::Request<tonic::body::Body>| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("grpc", method = %req.uri().path(), request_id = %id)
-        })
-        .on_response(|res: &http::Response<tonic::body::Body>, latency: Duration, _: &tracing::Span| {
+        // Also the call's OpenTelemetry server span when traces are exported
+        // (parent from the `traceparent` metadata).
+        .make_span_with(|req: &http::Request<tonic::body::Body>| traces::grpc_server_span(req))
+        .on_response(|res: &http::Response<tonic::body::Body>, latency: Duration, span: &tracing::Span| {
             // Errors answered before any message carry their status in the headers.
             let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
+            if let Some(code) = traces::grpc_status(res.headers()) {
+                traces::record_grpc_status(span, code);
+            }
             tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
+        })
+        // Other calls end with their status in the trailers.
+        .on_eos(|trailers: Option<&http::HeaderMap>, _stream: Duration, span: &tracing::Span| {
+            if let Some(code) = trailers.and_then(traces::grpc_status) {
+                traces::record_grpc_status(span, code);
+            }
         })
         // Statuses are already in "call answered"; only server faults deserve a warning.
         .on_failure(|class: GrpcFailureClass, _latency: Duration, _: &tracing::Span| match class {
@@ -276,13 +359,20 @@ fn trace_layer() -> TraceLayer<
         })
 }
 
+/// The gateway's router, with a server span per request when traces are exported.
+fn http_router(state: Arc<task_mcp_gateway::AppState>) -> axum::Router {
+    let router = task_mcp_gateway::router(state);
+    if traces::enabled() { router.layer(traces::HttpSpanLayer) } else { router }
+}
+
 fn gateway_state(
     upstream: UpstreamService,
     access: Arc<dyn task_mcp_gateway::Access>,
     config: task_mcp_gateway::GatewayConfig,
+    metrics: Arc<task_mcp_gateway::metrics::GatewayMetrics>,
 ) -> Result<Arc<task_mcp_gateway::AppState>, StartupError> {
     let upstream = Upstream::new(upstream).map_err(StartupError::Gateway)?;
-    Ok(task_mcp_gateway::AppState::new(config, Arc::new(upstream), access))
+    Ok(task_mcp_gateway::AppState::with_metrics(config, Arc::new(upstream), access, metrics))
 }
 
 async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {
@@ -305,7 +395,11 @@ async fn serve_http(
 
 /// Readiness: the overall health (service "") follows workspace writability,
 /// so the gateway's `/health/ready` and gRPC probes both see a full disk.
-fn spawn_writable_probe(workspace: Arc<Workspace>, health: HealthReporter) -> tokio::task::JoinHandle<()> {
+fn spawn_writable_probe(
+    workspace: Arc<Workspace>,
+    health: HealthReporter,
+    flags: Arc<HealthFlags>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = None;
         loop {
@@ -319,6 +413,9 @@ fn spawn_writable_probe(workspace: Arc<Workspace>, health: HealthReporter) -> to
                 }
                 Err(_) => ServingStatus::NotServing,
             };
+            // The metrics' view: both checks follow writability while serving.
+            flags.set_workspace(status == ServingStatus::Serving);
+            flags.set_upstream(status == ServingStatus::Serving);
             if last != Some(status) {
                 health.set_service_status("", status).await;
                 health.set_service_status(WORKSPACE_HEALTH, status).await;
@@ -341,6 +438,10 @@ pub struct GatewayApplication {
     listener: TcpListener,
     http_addr: SocketAddr,
     state: Arc<task_mcp_gateway::AppState>,
+    /// OTLP only (this subcommand has no metrics listener): the HTTP,
+    /// streaming, security and process series; the service counts the rest.
+    export: MetricsExport,
+    _metrics: Arc<Metrics>,
 }
 
 impl GatewayApplication {
@@ -354,33 +455,49 @@ impl GatewayApplication {
             .map_err(|e| upstream_err(e.to_string()))?
             .tcp_nodelay(true)
             .connect_lazy();
-        let service: UpstreamService =
-            BoxCloneSyncService::new(ServiceBuilder::new().map_err(tonic::codegen::StdError::from).service(channel));
+        let service: UpstreamService = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(tonic::codegen::StdError::from)
+                .option_layer(traces::propagate_layer())
+                .service(channel),
+        );
         let access = Arc::new(ServiceAccess { tokens, limiter });
-        let state = gateway_state(service, access, settings.gateway.to_config())?;
+        let export =
+            MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
+        export.log_status();
+        let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
+        let state = gateway_state(service, access, settings.gateway.to_config(), metrics.gateway.clone())?;
         let (listener, http_addr) = bind(settings.http_listen).await?;
-        Ok(GatewayApplication { settings, listener, http_addr, state })
+        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         tracing::info!(http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-        let http = serve_http(self.listener, task_mcp_gateway::router(self.state.clone()), wait_for(drain_rx));
+        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx));
         tokio::pin!(http);
-        tokio::select! {
-            result = &mut http => return result,
-            () = shutdown => {}
+        let early = tokio::select! {
+            result = &mut http => Some(result),
+            () = shutdown => None,
+        };
+        if let Some(result) = early {
+            self.export.shutdown().await;
+            return result;
         }
         tracing::info!("draining");
         self.state.shutdown.cancel();
         self.state.sessions.close_all();
         let _ = drain_tx.send(true);
-        match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!("grace period over; dropping calls still in flight"),
-        }
+        let result = match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("grace period over; dropping calls still in flight");
+                Ok(())
+            }
+        };
+        self.export.shutdown().await;
         tracing::info!("stopped");
-        Ok(())
+        result
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Access, GatewayConfig, health, mcp, rest, security, upstream::Upstream};
+use crate::{Access, GatewayConfig, health, mcp, metrics::GatewayMetrics, rest, security, upstream::Upstream};
 
 pub struct AppState {
     pub config: GatewayConfig,
@@ -19,15 +19,28 @@ pub struct AppState {
     pub started: Instant,
     /// Cancelled when the server drains: SSE streams end.
     pub shutdown: CancellationToken,
+    /// The HTTP, streaming and security instruments (no-op unless the
+    /// embedding binary passes real ones to [`AppState::with_metrics`]).
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl AppState {
     pub fn new(config: GatewayConfig, upstream: Arc<Upstream>, access: Arc<dyn Access>) -> Arc<Self> {
+        Self::with_metrics(config, upstream, access, GatewayMetrics::noop())
+    }
+
+    pub fn with_metrics(
+        config: GatewayConfig,
+        upstream: Arc<Upstream>,
+        access: Arc<dyn Access>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             sessions: Arc::new(mcp::session::SessionStore::new(&config)),
             config,
             upstream,
             access,
+            metrics,
             stats: health::Stats::default(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),

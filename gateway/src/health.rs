@@ -150,11 +150,20 @@ impl Stats {
 /// the layer tests (which have no upstream to build an `AppState` with).
 pub trait StatsRef: Clone + Send + Sync + 'static {
     fn stats(&self) -> &Stats;
+
+    /// The metric instruments; no-op ones where there is no app state.
+    fn metrics(&self) -> Arc<crate::metrics::GatewayMetrics> {
+        crate::metrics::GatewayMetrics::noop()
+    }
 }
 
 impl StatsRef for Arc<AppState> {
     fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    fn metrics(&self) -> Arc<crate::metrics::GatewayMetrics> {
+        Arc::clone(&self.metrics)
     }
 }
 

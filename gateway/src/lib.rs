@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod mcp;
+pub mod metrics;
 pub mod rest;
 pub mod schema;
 pub mod security;

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AppState,
+    metrics::{CloseReason, MessageType, StreamRejection, StreamType, Transport},
     upstream::{CallContext, CallError, EventStream, ResourceContent, ToolDef, ToolEvent},
 };
 
@@ -250,6 +251,7 @@ pub fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
         request_id: text("x-request-id"),
         traceparent: text("traceparent"),
         timeout: request_timeout(headers)?,
+        transport: Some(crate::metrics::Transport::Http),
     })
 }
 
@@ -431,6 +433,12 @@ async fn stream_reply(
     ctx: CallContext,
     wire: Wire,
 ) -> Result<Response, ApiError> {
+    let requested = std::time::Instant::now();
+    // A streamed answer takes one of the process-wide stream slots, like an
+    // MCP SSE stream: refused (503) at capacity or while draining.
+    let Some(slot) = state.sessions.open_stream() else {
+        return Err(stream_refused(state));
+    };
     // A tool without a streaming form yields its result alone (upstream.rs).
     let mut events: EventStream<ToolEvent> = state.upstream.call_tool_streaming(tool, &args, ctx);
     let first = match events.next().await {
@@ -438,7 +446,12 @@ async fn stream_reply(
         Some(Err(e)) => return Err(e.into()),
         None => return Err(ApiError::missing_result()),
     };
+    // The stream exists once its head can go out (a call that fails at once
+    // is an error response, not a stream).
+    let stream_type = if wire == Wire::Sse { StreamType::Sse } else { StreamType::Ndjson };
+    let mut recorder = state.metrics.open_stream(Transport::Http, stream_type, requested);
     let frames = async_stream::stream! {
+        let _slot = slot;
         let mut pending = Some(first);
         loop {
             let event = match pending.take() {
@@ -446,17 +459,34 @@ async fn stream_reply(
                 None => match events.next().await {
                     Some(Ok(event)) => event,
                     Some(Err(e)) => {
-                        yield Ok::<Bytes, Infallible>(encode_error(wire, &ApiError::from(e).body));
+                        let err = ApiError::from(e);
+                        let frame = encode_error(wire, &err.body);
+                        recorder.sent(MessageType::Error, 1, frame.len());
+                        recorder.close(if err.status.is_server_error() {
+                            CloseReason::ServerError
+                        } else {
+                            CloseReason::Completed
+                        });
+                        yield Ok::<Bytes, Infallible>(frame);
                         break;
                     }
                     None => {
-                        yield Ok(encode_error(wire, &ApiError::missing_result().body));
+                        let frame = encode_error(wire, &ApiError::missing_result().body);
+                        recorder.sent(MessageType::Error, 1, frame.len());
+                        recorder.close(CloseReason::ServerError);
+                        yield Ok(frame);
                         break;
                     }
                 },
             };
             let done = matches!(event, ToolEvent::Result(_));
-            yield Ok(encode_event(wire, &event));
+            let frame = encode_event(wire, &event);
+            let kind = if done { MessageType::Result } else { MessageType::Progress };
+            recorder.sent(kind, 1, frame.len());
+            if done {
+                recorder.close(CloseReason::Completed);
+            }
+            yield Ok(frame);
             if done {
                 // Dropping `events` ends the gRPC call.
                 break;
@@ -474,6 +504,22 @@ async fn stream_reply(
     // nginx and friends would otherwise hold events back until a buffer fills.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
+}
+
+/// 503 for a streamed answer that gets no stream slot, counted like the MCP
+/// transports' refusals.
+fn stream_refused(state: &AppState) -> ApiError {
+    state.stats.reject(crate::health::Rejection::Overloaded);
+    let (reason, why, message) = if state.shutdown.is_cancelled() || state.sessions.is_closing() {
+        (StreamRejection::ShuttingDown, "SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
+    } else {
+        (StreamRejection::Capacity, "TOO_MANY_STREAMS", "too many open streams; retry later")
+    };
+    state.metrics.stream_rejected(Transport::Http, reason);
+    ApiError {
+        retry_after: Some(Duration::from_secs(5)),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", why, message)
+    }
 }
 
 #[derive(Serialize)]

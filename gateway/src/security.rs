@@ -16,11 +16,17 @@
 //! whether its token would have worked; the body cap comes after auth so an
 //! anonymous caller cannot make the gateway read anything.
 //!
-//! [`outer`] wraps every route, health included. Outermost first: request
-//! counting ([`StatsLayer`]), `x-request-id` set/propagate, security headers,
-//! CORS. Counting is outermost so it sees the final status of everything,
-//! CORS preflights included; CORS is innermost so its preflight answers still
-//! get a request id and the security headers.
+//! [`outer`] wraps every route, health included. Outermost first: the HTTP
+//! metrics ([`crate::metrics::HttpMetricsLayer`]), request counting
+//! ([`StatsLayer`]), `x-request-id` set/propagate, security headers, CORS.
+//! Counting is outermost so it sees the final status of everything, CORS
+//! preflights included; CORS is innermost so its preflight answers still get
+//! a request id and the security headers.
+//!
+//! [`AuthCheck`] also counts `auth.attempts` (when tokens are configured) and
+//! `rate_limit.hits`, with the transport of the path (`mcp` or `http`). The
+//! service's own auth layer skips calls the gateway forwards, so an admitted
+//! MCP/HTTP request is one attempt, not two.
 //!
 //! Error bodies: on the MCP paths a JSON-RPC error with `id: null` and code
 //! `-32000` for every transport-level refusal (as the TypeScript SDK does:
@@ -57,6 +63,7 @@ use tower_http::{
 use crate::{
     Access, Admission, AppState, GatewayConfig,
     health::{Rejection, StatsRef},
+    metrics::{AuthResult, GatewayMetrics, Transport},
 };
 
 /// The caller admitted by [`AuthCheck`], for handlers (`Extension<Principal>`).
@@ -87,7 +94,7 @@ where
     router.layer(
         ServiceBuilder::new()
             .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()))
-            .layer(CheckLayer::new(AuthCheck { access }, stats.clone()))
+            .layer(CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone()))
             .layer(BodyCapLayer { max: config.max_body_bytes, stats })
             .layer(DefaultBodyLimit::disable()),
     )
@@ -106,6 +113,7 @@ where
 {
     router.layer(
         ServiceBuilder::new()
+            .layer(crate::metrics::HttpMetricsLayer::new(stats.metrics()))
             .layer(StatsLayer { stats })
             .layer(SetRequestIdLayer::x_request_id(MakeCounterId))
             .layer(PropagateRequestIdLayer::x_request_id())
@@ -447,25 +455,41 @@ impl Check for HostOriginCheck {
 #[derive(Clone)]
 pub struct AuthCheck {
     pub access: Arc<dyn Access>,
+    /// `auth.attempts` and `rate_limit.hits`, labelled with the path's transport.
+    pub metrics: Arc<GatewayMetrics>,
 }
 
-/// Asks `access` about the request's `Authorization` header.
-fn admit(access: &dyn Access, headers: &HeaderMap) -> Result<Principal, Refusal> {
+/// Asks `access` about the request's `Authorization` header, and counts the
+/// attempt (only when tokens are configured: without them no route is
+/// authenticated, so there is nothing to attempt) and a rate-limit refusal.
+fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &HeaderMap) -> Result<Principal, Refusal> {
     let sent = headers.get(header::AUTHORIZATION);
     // A non-UTF-8 header cannot be a valid token; with auth disabled it does
     // not matter, with auth enabled `None` is refused like any bad token.
-    match access.admit(sent.and_then(|v| v.to_str().ok())) {
+    let admission = access.admit(sent.and_then(|v| v.to_str().ok()));
+    let transport = Transport::of_path(uri.path());
+    if access.auth_enabled() {
+        let result = match admission {
+            Admission::Allowed { .. } | Admission::RateLimited { .. } => AuthResult::Valid,
+            Admission::Unauthenticated => AuthResult::of_refused(sent),
+        };
+        metrics.auth(transport, result);
+    }
+    match admission {
         Admission::Allowed { principal } => Ok(Principal(principal)),
         // RFC 6750 §3.1: no `error` attribute when no credentials were sent.
         Admission::Unauthenticated if sent.is_none() => Err(Refusal::MissingToken),
         Admission::Unauthenticated => Err(Refusal::InvalidToken),
-        Admission::RateLimited { retry_after } => Err(Refusal::RateLimited(retry_after)),
+        Admission::RateLimited { retry_after } => {
+            metrics.rate_limited(transport);
+            Err(Refusal::RateLimited(retry_after))
+        }
     }
 }
 
 impl Check for AuthCheck {
     fn check(&self, req: &mut Request) -> Result<(), Refusal> {
-        let principal = admit(self.access.as_ref(), req.headers())?;
+        let principal = admit(self.access.as_ref(), &self.metrics, req.uri(), req.headers())?;
         req.extensions_mut().insert(principal);
         Ok(())
     }
@@ -477,7 +501,7 @@ impl Check for AuthCheck {
 pub fn authorize(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Principal, Refusal> {
     HostPolicy::new(&state.config)
         .check(uri, headers)
-        .and_then(|()| admit(state.access.as_ref(), headers))
+        .and_then(|()| admit(state.access.as_ref(), &state.metrics, uri, headers))
         .inspect_err(|refusal| state.stats.reject(refusal.kind()))
 }
 
@@ -950,7 +974,8 @@ mod tests {
     // -- Authentication / rate limit -----------------------------------------
 
     fn auth_only(stats: Arc<crate::health::Stats>) -> Router {
-        tiny().layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess) }, stats))
+        tiny()
+            .layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess), metrics: GatewayMetrics::noop() }, stats))
     }
 
     #[tokio::test]
@@ -1001,6 +1026,35 @@ mod tests {
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(text_of(res).await, "alice");
+    }
+
+    #[tokio::test]
+    async fn auth_attempts_and_rate_limit_hits_are_counted_by_path_transport() {
+        let t = crate::metrics::tests::TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
+        let app = tiny()
+            .layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess), metrics: metrics.clone() }, stats()));
+        let cases: [(&str, &[(&str, &str)]); 5] = [
+            ("/mcp", &[("authorization", "Bearer good")]),
+            ("/mcp", &[]),
+            ("/v1/x", &[("authorization", "Basic YTpi")]),
+            ("/v1/x", &[("authorization", "Bearer nope")]),
+            ("/v1/x", &[("authorization", "Bearer slow")]),
+        ];
+        for (path, headers) in cases {
+            app.clone().oneshot(req(Method::GET, path, headers, Body::empty())).await.unwrap();
+        }
+        let count = |transport: &str, outcome: &str, reason: &str| {
+            let labels = [format!("transport={transport}"), format!("outcome={outcome}"), format!("reason={reason}")];
+            t.value("auth.attempts", &labels.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        assert_eq!(count("mcp", "success", "valid"), Some(1.0));
+        assert_eq!(count("mcp", "failure", "missing"), Some(1.0));
+        assert_eq!(count("http", "failure", "malformed"), Some(1.0));
+        assert_eq!(count("http", "failure", "invalid"), Some(1.0));
+        // Rate limited: the token was good.
+        assert_eq!(count("http", "success", "valid"), Some(1.0));
+        assert_eq!(t.value("rate_limit.hits", &["transport=http"]), Some(1.0));
     }
 
     #[test]

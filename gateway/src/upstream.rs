@@ -141,6 +141,10 @@ pub struct CallContext {
     pub traceparent: Option<String>,
     /// Becomes `grpc-timeout`.
     pub timeout: Option<Duration>,
+    /// How the caller reached the gateway; sent as `x-task-mcp-transport` so
+    /// the service labels its tool metrics with it and skips counting the
+    /// authentication and streams the gateway has already counted.
+    pub transport: Option<crate::metrics::Transport>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -529,6 +533,9 @@ fn request<T>(message: T, ctx: &CallContext) -> tonic::Request<T> {
             // the service then answers UNAUTHENTICATED, as it should).
             Err(_) => tracing::debug!(key, "dropping a header value not valid as gRPC metadata"),
         }
+    }
+    if let Some(transport) = ctx.transport {
+        metadata.insert(crate::metrics::TRANSPORT_HEADER, MetadataValue::from_static(transport.as_str()));
     }
     if let Some(timeout) = ctx.timeout {
         request.set_timeout(timeout.min(MAX_TIMEOUT));
@@ -1218,6 +1225,7 @@ mod tests {
             request_id: Some("req-1".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             timeout: Some(Duration::from_secs(5)),
+            transport: Some(crate::metrics::Transport::Mcp),
         };
         let args = json!({"title": "Add X", "slug": "add-x"});
         let out = fake.upstream.call_tool(tool(&fake, "change.open"), &args, ctx).await.unwrap();
@@ -1234,6 +1242,7 @@ mod tests {
         assert_eq!(headers["x-request-id"], "req-1");
         assert!(headers["traceparent"].to_str().unwrap().starts_with("00-0af7"));
         assert!(headers.contains_key("grpc-timeout"));
+        assert_eq!(headers[crate::metrics::TRANSPORT_HEADER], "mcp");
     }
 
     #[tokio::test]

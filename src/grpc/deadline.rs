@@ -131,7 +131,10 @@ impl Body for DeadlineBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state != State::Streaming
+        // An empty inner body (a trailers-only error) must stay visibly empty,
+        // or hyper sends its headers without END_STREAM and strict clients
+        // (grpc-go: grpcurl) report "closed the stream without sending trailers".
+        self.state != State::Streaming || self.inner.is_end_stream()
     }
 }
 

@@ -12,6 +12,8 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use task_mcp_gateway::metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport};
+
 use crate::{auth::Tokens, error::Error, rate_limit::RateLimiter};
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -25,18 +27,27 @@ fn reject<B: Default>(err: Error) -> Response<B> {
 #[derive(Clone)]
 pub struct AuthLayer {
     tokens: Arc<Tokens>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl AuthLayer {
     pub fn new(tokens: Arc<Tokens>) -> Self {
-        AuthLayer { tokens }
+        AuthLayer { tokens, metrics: None }
+    }
+
+    /// Counts `auth.attempts` (transport `grpc`) when tokens are configured.
+    /// A call carrying the gateway's `x-task-mcp-transport` is not counted:
+    /// the gateway counted that request's attempt when it admitted it.
+    pub fn counting(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, tokens: self.tokens.clone() }
+        Auth { inner, tokens: self.tokens.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -44,6 +55,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     tokens: Arc<Tokens>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Auth<S>
@@ -68,8 +80,16 @@ where
         if req.uri().path().starts_with(HEALTH_PREFIX) {
             return Box::pin(inner.call(req));
         }
-        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.tokens.authenticate(header) {
+        let sent = req.headers().get(http::header::AUTHORIZATION);
+        let principal = self.tokens.authenticate(sent.and_then(|v| v.to_str().ok()));
+        if let Some(metrics) = &self.metrics
+            && !self.tokens.is_empty()
+            && Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc
+        {
+            let result = if principal.is_some() { AuthResult::Valid } else { AuthResult::of_refused(sent) };
+            metrics.auth(Transport::Grpc, result);
+        }
+        match principal {
             Some(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(inner.call(req))
@@ -85,18 +105,27 @@ where
 #[derive(Clone)]
 pub struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl RateLimitLayer {
     pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        RateLimitLayer { limiter }
+        RateLimitLayer { limiter, metrics: None }
+    }
+
+    /// Counts `rate_limit.hits` with the caller's transport (a gateway that
+    /// forwards over TCP is limited here too, and that refusal is this
+    /// layer's own, so it is counted here, once).
+    pub fn counting(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, limiter: self.limiter.clone() }
+        RateLimit { inner, limiter: self.limiter.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -104,6 +133,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     limiter: Arc<RateLimiter>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
@@ -134,6 +164,9 @@ where
         match self.limiter.check(&principal) {
             Ok(()) => Box::pin(inner.call(req)),
             Err(retry_after) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.rate_limited(Transport::from_header(req.headers().get(TRANSPORT_HEADER)));
+                }
                 tracing::info!(%principal, path = req.uri().path(), ?retry_after, "rejected: rate limited");
                 Box::pin(async move { Ok(reject(Error::RateLimited { retry_after })) })
             }
@@ -178,6 +211,53 @@ mod tests {
         assert_eq!(grpc_status(&health), None);
         let ok = svc.oneshot(request("/taskmcp.v1.Changes/OpenChange", Some("Bearer tok"))).await.unwrap();
         assert_eq!(ok.body(), "ops");
+    }
+
+    #[tokio::test]
+    async fn auth_attempts_are_counted_once_per_grpc_client_call() {
+        let t = crate::telemetry::metrics::testing::TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
+        let tokens = Arc::new(Tokens::from_config(&["ops=tok".into()], None).unwrap());
+        let svc = AuthLayer::new(tokens).counting(metrics.clone()).layer(ok_service());
+        let path = "/taskmcp.v1.Changes/OpenChange";
+        svc.clone().oneshot(request(path, Some("Bearer tok"))).await.unwrap();
+        svc.clone().oneshot(request(path, None)).await.unwrap();
+        svc.clone().oneshot(request(path, Some("Basic b3Bz"))).await.unwrap();
+        svc.clone().oneshot(request(path, Some("Bearer nope"))).await.unwrap();
+        svc.clone().oneshot(request("/grpc.health.v1.Health/Check", None)).await.unwrap();
+        // Forwarded by the gateway, which counted it already.
+        let mut forwarded = request(path, Some("Bearer tok"));
+        forwarded.headers_mut().insert(TRANSPORT_HEADER, http::HeaderValue::from_static("mcp"));
+        svc.clone().oneshot(forwarded).await.unwrap();
+        let count = |outcome: &str, reason: &str| {
+            let (o, r) = (format!("outcome={outcome}"), format!("reason={reason}"));
+            t.value("auth.attempts", &["transport=grpc", &o, &r])
+        };
+        assert_eq!(count("success", "valid"), Some(1.0));
+        assert_eq!(count("failure", "missing"), Some(1.0));
+        assert_eq!(count("failure", "malformed"), Some(1.0));
+        assert_eq!(count("failure", "invalid"), Some(1.0));
+        assert_eq!(t.points().iter().filter(|(n, _, _)| n == "auth.attempts").count(), 4);
+
+        // Without tokens nothing is authenticated, so nothing is attempted.
+        let open = AuthLayer::new(Arc::new(Tokens::default())).counting(metrics).layer(ok_service());
+        open.oneshot(request(path, None)).await.unwrap();
+        assert_eq!(count("success", "valid"), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn rate_limit_hits_are_counted_by_transport() {
+        let t = crate::telemetry::metrics::testing::TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
+        let svc = RateLimitLayer::new(Arc::new(RateLimiter::new(1, 1))).counting(metrics).layer(ok_service());
+        let path = "/taskmcp.v1.Changes/ShowChange";
+        svc.clone().oneshot(request(path, None)).await.unwrap();
+        svc.clone().oneshot(request(path, None)).await.unwrap();
+        let mut forwarded = request(path, None);
+        forwarded.headers_mut().insert(TRANSPORT_HEADER, http::HeaderValue::from_static("http"));
+        svc.oneshot(forwarded).await.unwrap();
+        assert_eq!(t.value("rate_limit.hits", &["transport=grpc"]), Some(1.0));
+        assert_eq!(t.value("rate_limit.hits", &["transport=http"]), Some(1.0));
     }
 
     #[tokio::test]

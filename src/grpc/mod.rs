@@ -5,6 +5,7 @@ pub mod changes;
 pub mod convert;
 pub mod deadline;
 pub mod layers;
+pub mod metrics;
 pub mod resources;
 
 use std::sync::Arc;

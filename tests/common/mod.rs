@@ -198,9 +198,10 @@ impl ServerBuilder {
         }
         cmd.args(&self.args);
         // The environment equivalents of the flags must not leak in from the
-        // developer's shell and change what a test means.
+        // developer's shell and change what a test means; nor may a Collector
+        // configured there (OTEL_*) receive the tests' telemetry.
         for (key, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
-            if key.starts_with("TASK_MCP_") {
+            if key.starts_with("TASK_MCP_") || key.starts_with("OTEL_") {
                 cmd.env_remove(&key);
             }
         }

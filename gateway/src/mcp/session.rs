@@ -185,6 +185,8 @@ pub struct SessionStore {
     event_capacity: usize,
     streams: AtomicUsize,
     max_streams: usize,
+    /// Set by `close_all` (drain): no new stream opens afterwards.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl SessionStore {
@@ -196,6 +198,7 @@ impl SessionStore {
             event_capacity: config.event_store_capacity,
             streams: AtomicUsize::new(0),
             max_streams: config.max_streams,
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -257,8 +260,9 @@ impl SessionStore {
         before - sessions.len()
     }
 
-    /// Closes every session (shutdown).
+    /// Closes every session (shutdown); streams are refused from now on.
     pub fn close_all(&self) {
+        self.closing.store(true, Ordering::Release);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for s in sessions.values() {
             s.closed.cancel();
@@ -266,8 +270,23 @@ impl SessionStore {
         sessions.clear();
     }
 
-    /// Reserves a stream slot; None when at capacity.
+    /// Whether `close_all` ran (the server is draining).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// The configured cap on open streams (all transports share it).
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
+    /// Reserves a stream slot; None when at capacity or draining. The gRPC
+    /// service takes its server streams from the same slots, so the cap is
+    /// process-wide.
     pub fn open_stream(self: &Arc<Self>) -> Option<StreamSlot> {
+        if self.is_closing() {
+            return None;
+        }
         let mut current = self.streams.load(Ordering::Relaxed);
         loop {
             if current >= self.max_streams {

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{CloseReason, MessageType, StreamRecorder};
+
 pub struct EventLog {
     pub stream_id: u64,
     capacity: usize,
@@ -32,7 +34,8 @@ pub struct EventLog {
 
 struct LogInner {
     next_seq: u64,
-    events: VecDeque<(u64, Arc<str>)>,
+    /// Sequence number, the message's JSON, and its kind (for the metrics).
+    events: VecDeque<(u64, Arc<str>, MessageType)>,
 }
 
 impl EventLog {
@@ -51,11 +54,12 @@ impl EventLog {
     /// Appends one JSON-RPC message; the oldest is forgotten beyond capacity.
     pub fn push(&self, message: &serde_json::Value) {
         let text: Arc<str> = Arc::from(message.to_string());
+        let kind = MessageType::of_jsonrpc(message);
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let seq = inner.next_seq;
             inner.next_seq += 1;
-            inner.events.push_back((seq, text));
+            inner.events.push_back((seq, text, kind));
             while inner.events.len() > self.capacity {
                 inner.events.pop_front();
             }
@@ -87,9 +91,9 @@ impl EventLog {
     }
 
     /// Events after `cursor` (a sequence number).
-    fn after(&self, cursor: u64) -> Vec<(u64, Arc<str>)> {
+    fn after(&self, cursor: u64) -> Vec<(u64, Arc<str>, MessageType)> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.events.iter().filter(|(seq, _)| *seq > cursor).cloned().collect()
+        inner.events.iter().filter(|(seq, _, _)| *seq > cursor).cloned().collect()
     }
 
     /// The sequence number a fresh reader starts after.
@@ -137,20 +141,32 @@ impl Drop for Attachment {
 
 /// The response body reading `log` after `cursor`. Each event leaves in one
 /// write: several small writes per event invite Nagle delays on the client side.
-pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, shutdown: CancellationToken) -> Body {
+///
+/// `recorder` counts what is written (the legacy `endpoint` event and the
+/// priming event as `priming`, keep-alives as `ping`, log events by kind) and
+/// why the stream ended: `completed` when the log is finished, `shutdown` on
+/// drain, `client_closed` when the body is dropped first.
+pub fn body(
+    attachment: Attachment,
+    cursor: u64,
+    options: SseOptions,
+    shutdown: CancellationToken,
+    recorder: StreamRecorder,
+) -> Body {
     let stream = async_stream::stream! {
         let attachment = attachment;
+        let mut recorder = recorder;
         let log = attachment.log.clone();
         let mut cursor = cursor;
         if let Some(preamble) = options.preamble {
+            recorder.sent(MessageType::Priming, 1, preamble.len());
             yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(preamble));
         }
         if options.prime {
             let id = log.event_id(cursor);
-            yield Ok(Bytes::from(format!(
-                "id: {id}\nretry: {}\ndata: \n\n",
-                options.retry.as_millis()
-            )));
+            let prime = format!("id: {id}\nretry: {}\ndata: \n\n", options.retry.as_millis());
+            recorder.sent(MessageType::Priming, 1, prime.len());
+            yield Ok(Bytes::from(prime));
         }
         loop {
             // Register interest before reading so a push between the read and
@@ -161,19 +177,26 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, shutdown: 
             let batch = log.after(cursor);
             if batch.is_empty() {
                 if log.is_finished() {
+                    recorder.close(CloseReason::Completed);
                     break;
                 }
                 tokio::select! {
                     () = &mut changed => continue,
                     () = tokio::time::sleep(options.keepalive) => {
-                        yield Ok(Bytes::from_static(b": keepalive\n\n"));
+                        const KEEPALIVE: &[u8] = b": keepalive\n\n";
+                        recorder.sent(MessageType::Ping, 1, KEEPALIVE.len());
+                        yield Ok(Bytes::from_static(KEEPALIVE));
                         continue;
                     }
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => {
+                        recorder.close(CloseReason::Shutdown);
+                        break;
+                    }
                 }
             }
             let mut frame = String::new();
-            for (seq, data) in batch {
+            for (seq, data, kind) in batch {
+                recorder.sent(kind, 1, 0);
                 cursor = seq;
                 frame.push_str("id: ");
                 frame.push_str(&log.event_id(seq));
@@ -182,6 +205,7 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, shutdown: 
                 frame.push_str("\n\n");
             }
             log.delivered.fetch_max(cursor, Ordering::AcqRel);
+            recorder.add_bytes(frame.len());
             yield Ok(Bytes::from(frame));
         }
         drop(attachment);
@@ -208,7 +232,7 @@ mod tests {
         for i in 0..5 {
             log.push(&json!({"n": i}));
         }
-        let kept: Vec<u64> = log.after(0).into_iter().map(|(s, _)| s).collect();
+        let kept: Vec<u64> = log.after(0).into_iter().map(|(s, _, _)| s).collect();
         assert_eq!(kept, vec![4, 5]);
     }
 
@@ -225,10 +249,46 @@ mod tests {
             retry: Duration::from_secs(1),
             keepalive: Duration::from_secs(60),
         };
-        let body = super::body(Attachment::new(log.clone(), Box::new(|| {})), 1, opts, CancellationToken::new());
+        let recorder = crate::metrics::GatewayMetrics::noop().open_stream(
+            crate::metrics::Transport::Mcp,
+            crate::metrics::StreamType::Sse,
+            std::time::Instant::now(),
+        );
+        let body =
+            super::body(Attachment::new(log.clone(), Box::new(|| {})), 1, opts, CancellationToken::new(), recorder);
         let bytes = body.collect().await.unwrap().to_bytes();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         assert_eq!(text, "id: 3-2\nevent: message\ndata: {\"b\":2}\n\n");
         assert!(log.attach(), "the reader released the log when it ended");
+    }
+
+    #[tokio::test]
+    async fn the_stream_counts_what_it_writes_and_why_it_ended() {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport, tests::TestMeter};
+        let t = TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 4));
+        let log = EventLog::new(1, 16);
+        log.push(&json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}));
+        log.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+        log.finish();
+        let opts = SseOptions {
+            prime: true,
+            preamble: None,
+            retry: Duration::from_secs(1),
+            keepalive: Duration::from_secs(60),
+        };
+        let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let body = super::body(Attachment::new(log, Box::new(|| {})), 0, opts, CancellationToken::new(), recorder);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let kind = |k: &str| {
+            let labels = ["transport=mcp".to_string(), "stream.type=sse".into(), format!("message.type={k}")];
+            t.value("streaming.messages", &labels.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        assert_eq!((kind("priming"), kind("progress"), kind("result")), (Some(1.0), Some(1.0), Some(1.0)));
+        let base = ["transport=mcp", "stream.type=sse"];
+        assert_eq!(t.value("streaming.bytes_transferred", &base), Some(bytes.len() as f64));
+        assert_eq!(t.value("streaming.active_connections", &base), Some(0.0));
+        let done = ["transport=mcp", "stream.type=sse", "close.reason=completed"];
+        assert_eq!(t.value("streaming.connection.duration", &done), Some(1.0));
     }
 }

@@ -17,7 +17,12 @@ use super::{
     session::{Session, StreamSlot},
     sse::{self, Attachment, EventLog, SseOptions},
 };
-use crate::{AppState, security::Principal, upstream::CallContext};
+use crate::{
+    AppState,
+    metrics::{StreamRejection, StreamType, Transport},
+    security::Principal,
+    upstream::CallContext,
+};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -75,6 +80,7 @@ pub fn call_context(headers: &HeaderMap) -> CallContext {
         request_id: header_str(headers, "x-request-id").map(str::to_string),
         traceparent: header_str(headers, "traceparent").map(str::to_string),
         timeout: None,
+        transport: Some(crate::metrics::Transport::Mcp),
     }
 }
 
@@ -169,7 +175,10 @@ pub fn sse_response(
             }
         }),
     );
-    let body = sse::body(attachment, cursor, options, state.shutdown.clone());
+    // Every SSE response of the MCP transports is an `mcp` stream; the
+    // request arrived moments ago (handlers answer SSE without awaiting).
+    let recorder = state.metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+    let body = sse::body(attachment, cursor, options, state.shutdown.clone(), recorder);
     let mut response = Response::new(Body::new(body));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -181,8 +190,15 @@ pub fn sse_response(
     response
 }
 
+/// The answer when `SessionStore::open_stream` finds no slot: the store is
+/// full, or closed because the server is draining.
 pub fn too_many_streams(state: &AppState) -> Response {
     state.stats.reject(crate::health::Rejection::Overloaded);
+    if state.shutdown.is_cancelled() || state.sessions.is_closing() {
+        state.metrics.stream_rejected(Transport::Mcp, StreamRejection::ShuttingDown);
+        return transport_error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down; retry elsewhere");
+    }
+    state.metrics.stream_rejected(Transport::Mcp, StreamRejection::Capacity);
     transport_error(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; retry later")
 }
 
