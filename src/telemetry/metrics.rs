@@ -46,8 +46,6 @@ pub const SERVICE_NAME: &str = "task-mcp";
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(15);
 /// How long the final export at shutdown may take.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-/// At most one "export failed" warning per this period.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -252,25 +250,13 @@ pub fn meter(provider: &SdkMeterProvider) -> Meter {
 #[derive(Debug)]
 pub struct WarnOnFailure<E> {
     inner: E,
-    last_warning: Mutex<Option<Instant>>,
+    warn: super::warn::WarnEvery,
     failing: AtomicBool,
 }
 
 impl<E> WarnOnFailure<E> {
     pub fn new(inner: E) -> Self {
-        WarnOnFailure { inner, last_warning: Mutex::new(None), failing: AtomicBool::new(false) }
-    }
-
-    /// Whether a failure now deserves a warning (and if so, remembers it).
-    fn should_warn(&self, now: Instant) -> bool {
-        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
-        match *last {
-            Some(at) if now.duration_since(at) < WARN_EVERY => false,
-            _ => {
-                *last = Some(now);
-                true
-            }
-        }
+        WarnOnFailure { inner, warn: super::warn::WarnEvery::default(), failing: AtomicBool::new(false) }
     }
 
     fn observe(&self, result: &OTelSdkResult) {
@@ -282,7 +268,7 @@ impl<E> WarnOnFailure<E> {
             }
             Err(e) => {
                 self.failing.store(true, Ordering::Relaxed);
-                if self.should_warn(Instant::now()) {
+                if self.warn.allow(Instant::now()) {
                     tracing::warn!(
                         error = %e,
                         "metrics export over OTLP failed; retrying every interval (this warning repeats at most once a minute)"
@@ -777,15 +763,6 @@ mod tests {
         assert_eq!(parse_limit("max\n"), None);
         assert_eq!(parse_limit("536870912\n"), Some(536870912));
         assert_eq!(parse_limit("9223372036854771712"), None);
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let w = WarnOnFailure::new(());
-        let t0 = Instant::now();
-        assert!(w.should_warn(t0));
-        assert!(!w.should_warn(t0 + Duration::from_secs(30)));
-        assert!(w.should_warn(t0 + Duration::from_secs(61)));
     }
 
     #[test]

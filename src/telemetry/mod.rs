@@ -3,6 +3,7 @@
 //! `trace_id` and `span_id` of the request it belongs to.
 pub mod metrics;
 pub mod traces;
+pub mod warn;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

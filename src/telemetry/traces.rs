@@ -38,7 +38,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Mutex, OnceLock,
+        OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context as TaskContext, Poll},
@@ -74,8 +74,6 @@ const SCOPE: &str = "task-mcp";
 /// How long shutdown waits for the last batch; a Collector that is down must not
 /// hold the exit for the SDK's default 30 s.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
-/// At most one export-failure warning per this interval.
-const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Set once, when export is on. Read on every request by the layers' fast path.
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -288,22 +286,12 @@ fn instance_id_from(attributes: &str) -> Option<String> {
 #[derive(Debug)]
 struct WarnOnFailure<E> {
     inner: E,
-    last_warning: Mutex<Option<Instant>>,
+    warn: super::warn::WarnEvery,
 }
 
 impl<E> WarnOnFailure<E> {
     fn new(inner: E) -> Self {
-        WarnOnFailure { inner, last_warning: Mutex::new(None) }
-    }
-
-    fn should_warn(&self) -> bool {
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < WARN_INTERVAL) {
-            return false;
-        }
-        *last = Some(now);
-        true
+        WarnOnFailure { inner, warn: super::warn::WarnEvery::default() }
     }
 }
 
@@ -314,7 +302,7 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
         async move {
             let result = export.await;
             if let Err(e) = &result
-                && self.should_warn()
+                && self.warn.allow(Instant::now())
             {
                 tracing::warn!(
                     target: "task_mcp::telemetry",
