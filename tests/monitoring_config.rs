@@ -14,7 +14,8 @@
 //! - `amtool check-config`; `amtool config routes test` for every case of the routes table and for
 //!   every alert of the rule files; `amtool template render` of every template for a firing and a
 //!   resolved fixture; the inhibitions applied by a real Alertmanager.
-//! - Dashboard lint; Terraform formatting and structure (terraform itself is not available here).
+//! - Dashboard lint; Terraform parsed by a real HCL2 parser (hcl-rs), formatting and structure
+//!   checked by rules (terraform itself is not available here).
 //!
 //! promtool and amtool come from the Debian packages `prometheus` and `prometheus-alertmanager`;
 //! `scripts/install-test-tools` installs them. A missing tool fails the test, it never skips.
@@ -1254,4 +1255,17 @@ fn the_terraform_format_check_can_fail() {
     let problems = hcl_format_problems(&bad);
     assert!(problems.iter().any(|p| p.contains("'='")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("indented 3")), "{problems:?}");
+}
+
+/// Every Terraform file parses as HCL2 with a real parser, and a broken copy does not.
+#[test]
+fn terraform_parses_as_hcl() {
+    let dir = mon("terraform");
+    for f in ["main.tf", "variables.tf", "outputs.tf", "terraform.tfvars.example"] {
+        let text = read(&dir.join(f));
+        let body = hcl::parse(&text).unwrap_or_else(|e| panic!("terraform/{f} does not parse as HCL: {e}"));
+        assert!(body.iter().count() > 0, "terraform/{f} is empty");
+    }
+    let broken = read(&dir.join("main.tf")).replacen('}', "", 1);
+    assert!(hcl::parse(&broken).is_err(), "a main.tf with an unbalanced brace must not parse");
 }
