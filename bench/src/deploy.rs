@@ -30,6 +30,15 @@ pub enum Deploy {
     RmcpStateful,
 }
 
+/// How a `serve` reports metrics (the telemetry scenarios); without it, the
+/// Prometheus endpoint is on at a free port, as in every other scenario.
+pub struct TelemetrySetup {
+    /// `--metrics-listen`: an address, or `None` for `off`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Extra environment (`OTEL_*`).
+    pub env: Vec<(&'static str, String)>,
+}
+
 pub struct Binaries {
     pub task_mcp: PathBuf,
     pub rmcp_echo: PathBuf,
@@ -77,7 +86,11 @@ fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
-fn serve_args(workspace: &Path, grpc: u16, http: u16) -> anyhow::Result<Vec<String>> {
+fn serve_args(workspace: &Path, grpc: u16, http: u16, metrics: Option<String>) -> anyhow::Result<Vec<String>> {
+    let metrics = match metrics {
+        Some(m) => m,
+        None => loopback(free_port()?).to_string(),
+    };
     Ok(vec![
         s("serve"),
         s("--workspace"),
@@ -87,7 +100,7 @@ fn serve_args(workspace: &Path, grpc: u16, http: u16) -> anyhow::Result<Vec<Stri
         s("--http-listen"),
         loopback(http).to_string(),
         s("--metrics-listen"),
-        loopback(free_port()?).to_string(),
+        metrics,
         s("--rate-limit-per-second"),
         s(0),
         s("--max-sessions"),
@@ -98,6 +111,14 @@ fn serve_args(workspace: &Path, grpc: u16, http: u16) -> anyhow::Result<Vec<Stri
 }
 
 pub async fn start(deploy: Deploy, o: &DeployOptions<'_>) -> anyhow::Result<Running> {
+    start_with(deploy, o, None).await
+}
+
+pub async fn start_with(
+    deploy: Deploy,
+    o: &DeployOptions<'_>,
+    telemetry: Option<&TelemetrySetup>,
+) -> anyhow::Result<Running> {
     let log = |name: &str| o.logs.join(format!("{}-{name}.log", o.tag));
     let quiet = [("RUST_LOG", "warn")];
     match deploy {
@@ -105,12 +126,17 @@ pub async fn start(deploy: Deploy, o: &DeployOptions<'_>) -> anyhow::Result<Runn
             let scratch = Scratch::new(o.work, o.tag)?;
             let workspace = scratch.0.join("openspec");
             let (grpc_port, http_port) = (free_port()?, free_port()?);
-            let mut args = serve_args(&workspace, grpc_port, http_port)?;
+            let metrics = telemetry.map(|t| t.metrics_listen.map_or_else(|| s("off"), |a| a.to_string()));
+            let mut args = serve_args(&workspace, grpc_port, http_port, metrics)?;
             if deploy == Deploy::ServeFixtures {
                 args.push(s("--conformance-fixtures"));
             }
-            let env: &[(&str, &str)] = if deploy == Deploy::ServeInfoLog { &[("RUST_LOG", "info")] } else { &quiet };
-            let mut serve = Server::spawn("serve", o.cpu, &o.bins.task_mcp, &args, env, &log("serve"))?;
+            let mut env: Vec<(&str, &str)> =
+                if deploy == Deploy::ServeInfoLog { vec![("RUST_LOG", "info")] } else { quiet.to_vec() };
+            if let Some(t) = telemetry {
+                env.extend(t.env.iter().map(|(k, v)| (*k, v.as_str())));
+            }
+            let mut serve = Server::spawn("serve", o.cpu, &o.bins.task_mcp, &args, &env, &log("serve"))?;
             wait_listening(&mut serve, loopback(grpc_port)).await?;
             wait_listening(&mut serve, loopback(http_port)).await?;
             grpc::open_bench_change(loopback(grpc_port), SLUG).await?;

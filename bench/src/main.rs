@@ -9,6 +9,7 @@ mod proc;
 mod profile;
 mod report;
 mod sse;
+mod telemetry;
 mod throughput;
 
 use std::{path::PathBuf, time::Duration};
@@ -75,7 +76,7 @@ struct RunArgs {
     /// Samples of each first-event latency scenario.
     #[arg(long, default_value_t = 2000)]
     samples: usize,
-    /// Only these parts: scenario ids (see `list`), `throughput`, `memory`, `first-event`, `profile`.
+    /// Only these parts: scenario ids (see `list`), `throughput`, `telemetry`, `memory`, `first-event`, `profile`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs of one scenario in a round when other work disturbed the previous ones.
@@ -101,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Cmd::List => {
-            for s in SCENARIOS {
+            for s in SCENARIOS.iter().chain(telemetry::SCENARIOS.iter().map(|t| &t.scenario)) {
                 println!("{:<28} {}", s.id, s.what);
             }
             Ok(())
@@ -164,6 +165,55 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     Err(e) => {
                         eprintln!("FAILED: {e:#}");
                         results.failures.push(format!("{}: {e:#}", scenario.id));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    // Telemetry: metrics off, pulled, pushed, and pushed at a Collector that is down or stalled,
+    // every variant once per round like the throughput scenarios.
+    let chosen: Vec<_> =
+        telemetry::SCENARIOS.iter().filter(|t| wanted(&args.only, "telemetry", t.scenario.id)).collect();
+    for repeat in 1..=args.repeats {
+        for t in &chosen {
+            let tag = format!("{}-r{repeat}", t.scenario.id);
+            let o = DeployOptions { bins: &bins, cpu: &args.server_cpu, work: &work, logs: &logs, tag: &tag };
+            for attempt in 1..=args.attempts {
+                let other =
+                    crate::proc::wait_quiet(throughput::DISTURBED_CORES, Duration::from_secs(args.quiet_wait_seconds))
+                        .await;
+                eprint!("[{repeat}/{}] {:<28} ", args.repeats, t.scenario.id);
+                match telemetry::run_one(t, repeat, args.connections, window, &o).await {
+                    Ok((r, note)) => {
+                        eprintln!(
+                            "{:>9.0} calls/s  p50 {:>7.0} us  p99 {:>7.0} us  server {:.2}  other {:.2} cores  scrapes {} exports {} stalled conns {}{}{}",
+                            r.calls_per_sec,
+                            r.latency.p50_us,
+                            r.latency.p99_us,
+                            r.server_cores,
+                            r.foreign_cores,
+                            note.scrapes,
+                            note.exports,
+                            note.stalled_connections,
+                            if r.errors > 0 { format!("  ERRORS {}", r.errors) } else { String::new() },
+                            if r.disturbed {
+                                format!("  DISTURBED (machine busy {other:.2} cores before)")
+                            } else {
+                                String::new()
+                            },
+                        );
+                        let again = r.disturbed && attempt < args.attempts;
+                        results.throughput.push(r);
+                        results.telemetry.push(note);
+                        if !again {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED: {e:#}");
+                        results.failures.push(format!("{}: {e:#}", t.scenario.id));
                         break;
                     }
                 }

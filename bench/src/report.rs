@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::{
     profile::ProfileResult,
     sse::{FirstEventResult, IdleConnectionResult, MemoryResult},
+    telemetry::TelemetryNote,
     throughput::{RunResult, SCENARIOS},
 };
 
@@ -72,6 +73,8 @@ pub struct Results {
     pub idle_connections: Vec<IdleConnectionResult>,
     pub first_event: Vec<FirstEventResult>,
     pub profile: Vec<ProfileResult>,
+    /// What the scraper and the OTLP receivers saw in each telemetry run.
+    pub telemetry: Vec<TelemetryNote>,
     pub targets: Vec<Target>,
     pub failures: Vec<String>,
 }
@@ -124,6 +127,7 @@ impl Results {
             idle_connections: Vec::new(),
             first_event: Vec::new(),
             profile: Vec::new(),
+            telemetry: Vec::new(),
             targets: Vec::new(),
             failures: Vec::new(),
         }
@@ -142,7 +146,7 @@ impl Results {
 
     pub fn finish(&mut self) {
         self.finished_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        for s in SCENARIOS {
+        for s in SCENARIOS.iter().chain(crate::telemetry::SCENARIOS.iter().map(|t| &t.scenario)) {
             let runs = self.runs(s.id);
             if runs.is_empty() {
                 continue;
@@ -197,6 +201,14 @@ impl Results {
             ("gateway MCP (in-process) / straight gRPC", "a-mcp-inproc", "c-grpc"),
             ("REST / MCP session (both in-process)", "d-rest", "a-mcp-inproc"),
             ("gRPC with info logging / gRPC with warn", "c3-grpc-infolog", "c-grpc"),
+            ("gRPC: Prometheus (scraped) / metrics off", "t-grpc-prom", "t-grpc-off"),
+            ("gRPC: OTLP live / metrics off", "t-grpc-otlp-live", "t-grpc-off"),
+            ("gRPC: OTLP closed port / OTLP live", "t-grpc-otlp-closed", "t-grpc-otlp-live"),
+            ("gRPC: OTLP stalled / OTLP live", "t-grpc-otlp-stalled", "t-grpc-otlp-live"),
+            ("MCP: Prometheus (scraped) / metrics off", "t-mcp-prom", "t-mcp-off"),
+            ("MCP: OTLP live / metrics off", "t-mcp-otlp-live", "t-mcp-off"),
+            ("MCP: OTLP closed port / OTLP live", "t-mcp-otlp-closed", "t-mcp-otlp-live"),
+            ("MCP: OTLP stalled / OTLP live", "t-mcp-otlp-stalled", "t-mcp-otlp-live"),
         ] {
             let mut by_round: BTreeMap<usize, (Option<f64>, Option<f64>)> = BTreeMap::new();
             // The last run of each scenario in a round is the one that counts (earlier ones were disturbed).

@@ -237,7 +237,18 @@ pub async fn run_one(
     window: Window,
     o: &DeployOptions<'_>,
 ) -> anyhow::Result<RunResult> {
-    let running = deploy::start(scenario.deploy, o).await?;
+    run_one_with(scenario, repeat, connections, window, o, None).await
+}
+
+pub async fn run_one_with(
+    scenario: &Scenario,
+    repeat: usize,
+    connections: usize,
+    window: Window,
+    o: &DeployOptions<'_>,
+    telemetry: Option<&deploy::TelemetrySetup>,
+) -> anyhow::Result<RunResult> {
+    let running = deploy::start_with(scenario.deploy, o, telemetry).await?;
     let marks = std::cell::RefCell::new(Vec::<(f64, f64, proc::CpuSample)>::new());
     let mark = || marks.borrow_mut().push((running.cpu_seconds(), proc::self_cpu_seconds(), proc::cpu_sample()));
     let (outcome, request_bytes, response_bytes) = match scenario.load {
