@@ -706,17 +706,19 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for MeteredBody<B> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use axum::{Router, body::Body, routing::get};
-    use http_body_util::BodyExt;
+/// Reads instruments back without any exporter. Shared with the service's
+/// tests through the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
+    use std::sync::Arc;
+
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::{KeyValue, metrics::Meter};
     use opentelemetry_sdk::metrics::{
         ManualReader, SdkMeterProvider,
         data::{AggregatedMetrics, MetricData, ResourceMetrics},
         reader::MetricReader,
     };
-    use tower::ServiceExt;
 
     /// An SDK meter whose data tests read back through a manual reader.
     pub struct TestMeter {
@@ -745,6 +747,12 @@ pub(crate) mod tests {
             kind: opentelemetry_sdk::metrics::InstrumentKind,
         ) -> opentelemetry_sdk::metrics::Temporality {
             self.0.temporality(kind)
+        }
+    }
+
+    impl Default for TestMeter {
+        fn default() -> Self {
+            Self::new()
         }
     }
 
@@ -810,6 +818,15 @@ pub(crate) mod tests {
             self.points().into_iter().find(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| v)
         }
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::testing::TestMeter;
+    use super::*;
+    use axum::{Router, body::Body, routing::get};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
     #[test]
     fn labels_are_bounded() {

@@ -1030,7 +1030,7 @@ mod tests {
 
     #[tokio::test]
     async fn auth_attempts_and_rate_limit_hits_are_counted_by_path_transport() {
-        let t = crate::metrics::tests::TestMeter::new();
+        let t = crate::metrics::testing::TestMeter::new();
         let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
         let app = tiny()
             .layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess), metrics: metrics.clone() }, stats()));

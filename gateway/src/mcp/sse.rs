@@ -264,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_counts_what_it_writes_and_why_it_ended() {
-        use crate::metrics::{GatewayMetrics, StreamType, Transport, tests::TestMeter};
+        use crate::metrics::{GatewayMetrics, StreamType, Transport, testing::TestMeter};
         let t = TestMeter::new();
         let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 4));
         let log = EventLog::new(1, 16);
