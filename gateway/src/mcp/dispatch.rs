@@ -191,7 +191,9 @@ async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<
 }
 
 fn tool_result(version: &str, value: Value) -> Value {
-    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    // Compact: the block mirrors structuredContent, and pretty-printing it cost
+    // measurable time on every call (BENCHMARKS.md, hot spot 5).
+    let text = serde_json::to_string(&value).unwrap_or_default();
     let mut result = json!({"content": [{"type": "text", "text": text}], "isError": false});
     if protocol::has_structured_content(version) {
         result["structuredContent"] = value;

@@ -19,8 +19,8 @@ use super::{
     protocol,
     session::Session,
     sse::SseOptions,
-    streamable::on_notification,
-    transport::{self, ContextParts, rpc_error, transport_error},
+    streamable::{answer_in_session, on_notification},
+    transport::{self, rpc_error, transport_error},
 };
 use crate::{AppState, security::Principal};
 
@@ -120,18 +120,5 @@ async fn answer(
         return;
     }
     let outbox = transport::pump_shared(log);
-    let cancel = session.start_request(&id);
-    let ctx = transport::context(ContextParts {
-        state: &state,
-        session: Some(session.clone()),
-        principal,
-        headers: &headers,
-        version: session.version(),
-        id: id.clone(),
-        params: &params,
-        cancel: cancel.clone(),
-        outbox: Some(outbox.clone()),
-    });
-    transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
-    session.end_request(&id);
+    answer_in_session(state, session, principal, headers, outbox, id, method, params).await;
 }

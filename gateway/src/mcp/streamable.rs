@@ -195,28 +195,9 @@ fn answer_with_stream(
     };
     let log = session.new_log();
     log.attach();
+    // When the task is done its sender drops, the pump ends and finishes the log.
     let outbox = transport::pump_into(log.clone());
-    let cancel = session.start_request(&id);
-    let task_state = state.clone();
-    let task_session = session.clone();
-    tokio::spawn(async move {
-        let ctx = transport::context(ContextParts {
-            state: &task_state,
-            session: Some(task_session.clone()),
-            principal,
-            headers: &headers,
-            version: task_session.version(),
-            id: id.clone(),
-            params: &params,
-            cancel: cancel.clone(),
-            outbox: Some(outbox.clone()),
-        });
-        transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
-        task_session.end_request(&id);
-        // Dropping the last sender ends the pump, which then finishes the log.
-        drop(ctx);
-        drop(outbox);
-    });
+    tokio::spawn(answer_in_session(state.clone(), session.clone(), principal, headers, outbox, id, method, params));
     let options = SseOptions {
         prime: protocol::primes_sse(&session.version()),
         preamble: None,
@@ -224,6 +205,35 @@ fn answer_with_stream(
         keepalive: state.config.sse_keepalive,
     };
     transport::sse_response(&state, slot, log, 0, options, Some(&session.id), None)
+}
+
+/// Runs one session request whose messages go to `outbox`, registered as in
+/// flight for its duration so `notifications/cancelled` can stop it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn answer_in_session(
+    state: Arc<AppState>,
+    session: Arc<Session>,
+    principal: String,
+    headers: HeaderMap,
+    outbox: tokio::sync::mpsc::Sender<Value>,
+    id: Value,
+    method: String,
+    params: Value,
+) {
+    let cancel = session.start_request(&id);
+    let ctx = transport::context(ContextParts {
+        state: &state,
+        session: Some(session.clone()),
+        principal,
+        headers: &headers,
+        version: session.version(),
+        id: id.clone(),
+        params: &params,
+        cancel,
+        outbox: Some(outbox),
+    });
+    transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
+    session.end_request(&id);
 }
 
 async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap, batch: Vec<Value>) -> Response {
