@@ -460,6 +460,50 @@ async fn show_change_returns_proposal_tasks_deltas_and_lock() {
     assert_eq!(delta.requirements[0].scenarios, 1);
 }
 
+/// `change.show` keeps parsed changes between calls; every edit made on disk by another process
+/// must show in the very next call, with no wait: rewrites, new spec folders written right after
+/// they are made, deletions, a rename away and a change folder replaced under the same slug.
+#[tokio::test]
+async fn show_change_sees_every_edit_on_disk_at_once() {
+    let server = Server::start();
+    let mut c = server.changes().await;
+    open(&mut c, "cached", "alice").await;
+    let dir = change_dir(&server, "cached");
+    for round in 0..40 {
+        let proposal = format!("# Round {round}\n\nText of round {round}.\n");
+        fs::write(dir.join("proposal.md"), &proposal).unwrap();
+        let cap = dir.join(format!("specs/cap-{round}"));
+        fs::create_dir_all(&cap).unwrap();
+        fs::write(cap.join("spec.md"), format!("## ADDED Requirements\n\n### Requirement: R{round}\nSHALL.\n"))
+            .unwrap();
+        let shown = show(&mut c, "cached").await;
+        assert_eq!(shown.proposal, proposal, "round {round}: the proposal just written");
+        assert_eq!(shown.change.as_ref().map(|s| s.title.as_str()), Some(format!("Round {round}").as_str()));
+        let paths: BTreeSet<String> = shown.deltas.iter().map(|d| d.path.clone()).collect();
+        assert!(paths.contains(&format!("cap-{round}/spec.md")), "round {round}: new folder's spec in {paths:?}");
+        assert_eq!(paths.len(), round + 1, "round {round}: {paths:?}");
+        // The same answer again, now from the cache.
+        assert_eq!(show(&mut c, "cached").await, shown, "round {round}: a repeated read");
+    }
+    fs::remove_dir_all(dir.join("specs/cap-0")).unwrap();
+    assert!(!show(&mut c, "cached").await.deltas.iter().any(|d| d.path.starts_with("cap-0/")), "deleted folder");
+    fs::write(dir.join("tasks.md"), "## 1. Only\n\n- [x] 1.1 Done already\n").unwrap();
+    let tasks = show(&mut c, "cached").await.tasks;
+    assert_eq!((tasks.len(), tasks[0].done), (1, true), "{tasks:?}");
+
+    // The folder moved away: not found at once; a new folder under the slug: its content.
+    let aside = server.workspace.join("aside");
+    fs::rename(&dir, &aside).unwrap();
+    let status =
+        err("ShowChange", bounded("ShowChange", c.show_change(ShowChangeRequest { slug: "cached".into() })).await);
+    assert_error(&status, Code::NotFound, "CHANGE_NOT_FOUND");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("proposal.md"), "# Replaced\n").unwrap();
+    let shown = show(&mut c, "cached").await;
+    assert_eq!(shown.proposal, "# Replaced\n");
+    assert!(shown.deltas.is_empty() && shown.tasks.is_empty(), "{shown:?}");
+}
+
 #[tokio::test]
 async fn show_change_of_an_unknown_slug_is_not_found() {
     let server = Server::start();

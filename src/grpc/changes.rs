@@ -117,23 +117,27 @@ impl Changes for ChangesService {
     ) -> Result<Response<pb::ShowChangeResponse>, Status> {
         let slug = Slug::parse(&req.into_inner().slug)?;
         let ws = self.state.workspace.clone();
-        let shown = blocking(move || ws.show_change(&slug)).await?;
+        // A cached change is answered on the async worker: no thread hop, no disk.
+        let shown = match ws.cached_show(&slug) {
+            Some(shown) => shown,
+            None => blocking(move || ws.show_change_and_cache(&slug)).await?,
+        };
         Ok(Response::new(pb::ShowChangeResponse {
             change: Some(convert::summary(&shown.summary)),
-            proposal: shown.proposal,
+            proposal: shown.proposal.clone(),
             tasks: shown.tasks.iter().map(convert::task).collect(),
             deltas: shown
                 .deltas
-                .into_iter()
+                .iter()
                 .map(|d| pb::SpecDelta {
-                    path: d.path,
-                    content: d.content,
+                    path: d.path.clone(),
+                    content: d.content.clone(),
                     requirements: d
                         .requirements
-                        .into_iter()
+                        .iter()
                         .map(|r| pb::RequirementChange {
-                            operation: r.operation,
-                            requirement: r.requirement,
+                            operation: r.operation.clone(),
+                            requirement: r.requirement.clone(),
                             scenarios: r.scenarios,
                         })
                         .collect(),

@@ -9,6 +9,7 @@
 //! Every mutation of a slug runs under that slug's mutex (one writer per change
 //! in this process) and commits with a single rename, so a crash leaves either
 //! the old state or the new one. Methods block; async callers use `spawn_blocking`.
+mod cache;
 pub mod fsutil;
 pub mod git;
 pub mod lock;
@@ -19,7 +20,7 @@ use std::{
     collections::HashMap,
     fs, io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -243,6 +244,8 @@ pub struct Workspace {
     slug_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     events: broadcast::Sender<Event>,
     own_writes: watch::OwnWrites,
+    /// Set once `watch` has started; it also keeps the parsed-change cache.
+    watcher: OnceLock<Arc<watch::Watcher>>,
     fault_hook: Option<FaultHook>,
     max_resource_bytes: u64,
 }
@@ -264,6 +267,7 @@ impl Workspace {
             slug_locks: Mutex::new(HashMap::new()),
             events,
             own_writes: watch::OwnWrites::default(),
+            watcher: OnceLock::new(),
             fault_hook: None,
             max_resource_bytes,
         };
@@ -594,6 +598,21 @@ impl Workspace {
     }
 
     // ----- change.show -----
+
+    /// The change from the cache, if it is there and nothing under it changed since. Never
+    /// blocks, so async callers may call it inline; on `None`, call `show_change_and_cache`.
+    pub fn cached_show(&self, slug: &Slug) -> Option<Arc<Shown>> {
+        self.watcher.get()?.cached_show(slug)
+    }
+
+    /// `show_change`, kept for `cached_show` when the watcher runs.
+    pub fn show_change_and_cache(&self, slug: &Slug) -> Result<Arc<Shown>> {
+        let Some(watcher) = self.watcher.get() else { return self.show_change(slug).map(Arc::new) };
+        let ticket = watcher.show_ticket();
+        let shown = Arc::new(self.show_change(slug)?);
+        watcher.store_show(slug, ticket, shown.clone());
+        Ok(shown)
+    }
 
     pub fn show_change(&self, slug: &Slug) -> Result<Shown> {
         let (dir, summary) = self.locate(slug)?;
@@ -936,6 +955,11 @@ impl Workspace {
 
     pub(crate) fn changes_dir(&self) -> &Path {
         &self.changes
+    }
+
+    pub(crate) fn set_watcher(&self, watcher: Arc<watch::Watcher>) {
+        // A second watcher (tests may start one per handle) leaves the first one in charge of the cache.
+        let _ = self.watcher.set(watcher);
     }
 
     pub(crate) fn own_writes(&self) -> &watch::OwnWrites {

@@ -1,19 +1,36 @@
-//! Sees edits made by other processes. Our own writes are noted with a
-//! fingerprint (inode, size, mtime) so the watcher can tell them from a foreign
-//! edit of the same file; events are coalesced over a short quiet period because
-//! one editor save is several filesystem events.
+//! Sees edits on disk, ours and other processes', through inotify on every folder under
+//! `changes/`. Two users:
+//!
+//! - subscribers (`WatchChanges`, resource subscriptions) get an event per foreign edit. Our
+//!   own writes are noted with a fingerprint (inode, size, mtime) so they can be told from a
+//!   foreign edit of the same file; events are coalesced over a short quiet period because one
+//!   editor save is several filesystem events.
+//! - the parsed-change cache (`cache`) drops a slug on any event under it. Before every lookup
+//!   the caller reads the kernel's queue (one non-blocking `read`), and the kernel queues an
+//!   event before the write that caused it returns, so a cached answer never misses a write
+//!   that finished before the lookup.
+//!
+//! The watch mask leaves out opens, reads and closes without writing: the server reads these
+//! files on every uncached call and must not wake itself up doing so.
 use std::{
-    collections::{BTreeMap, HashMap},
-    os::unix::fs::MetadataExt,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak, mpsc},
-    time::Duration,
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
-use notify::{EventKind as FsKind, RecursiveMode, Watcher, event::AccessKind, event::ModifyKind};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::{Event, EventKind, Workspace};
-use crate::error::{Error, Result};
+use super::{Event, EventKind, Shown, Workspace, archive_slug, cache::ShowCache};
+use crate::{
+    domain::Slug,
+    error::{Error, Result},
+};
 
 const QUIET: Duration = Duration::from_millis(150);
 const MAX_NOTED: usize = 4096;
@@ -59,50 +76,221 @@ impl OwnWrites {
     }
 }
 
-/// Keeps the watcher alive; dropping it stops the watch thread.
+/// Distinct paths waiting for the quiet period; more are dropped (the events they would
+/// have caused are merged per slug anyway).
+const MAX_PENDING: usize = 4096;
+
+fn mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::ONLYDIR
+}
+
+/// The inotify instance, what it watches, and what its events feed.
+pub struct Watcher {
+    changes: PathBuf,
+    state: Mutex<State>,
+    stopped: AtomicBool,
+}
+
+struct State {
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    buffer: Vec<u8>,
+    pending: BTreeSet<PathBuf>,
+    last_event: Option<Instant>,
+    cache: ShowCache,
+}
+
+/// Keeps the watcher alive; dropping it stops the watch thread and turns the cache off.
 pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
+    watcher: Arc<Watcher>,
 }
 
-pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
-    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(tx).map_err(|e| Error::internal("start watcher", e))?;
-    watcher.watch(ws.changes_dir(), RecursiveMode::Recursive).map_err(|e| Error::internal("watch changes", e))?;
-    let weak = Arc::downgrade(ws);
-    std::thread::Builder::new()
-        .name("workspace-watch".into())
-        .spawn(move || run(weak, rx))
-        .map_err(|e| Error::internal("spawn watcher", e))?;
-    Ok(WatchGuard { _watcher: watcher })
-}
-
-fn relevant(kind: &FsKind) -> bool {
-    match kind {
-        FsKind::Access(AccessKind::Close(_)) => true,
-        FsKind::Access(_) | FsKind::Modify(ModifyKind::Metadata(_)) | FsKind::Other => false,
-        _ => true,
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.watcher.stopped.store(true, Ordering::Release);
     }
 }
 
-fn run(ws: Weak<Workspace>, rx: mpsc::Receiver<notify::Result<notify::Event>>) {
-    let mut pending: Vec<PathBuf> = Vec::new();
-    loop {
-        match rx.recv_timeout(QUIET) {
-            Ok(Ok(event)) if relevant(&event.kind) => pending.extend(event.paths),
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if pending.is_empty() {
-                    continue;
-                }
-                let Some(ws) = ws.upgrade() else { return };
-                flush(&ws, std::mem::take(&mut pending));
+pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
+    let inotify = Inotify::init().map_err(|e| Error::internal("start watcher", e))?;
+    let watcher = Arc::new(Watcher {
+        changes: ws.changes_dir().to_path_buf(),
+        state: Mutex::new(State {
+            inotify,
+            dirs: HashMap::new(),
+            buffer: vec![0; 64 * 1024],
+            pending: BTreeSet::new(),
+            last_event: None,
+            cache: ShowCache::default(),
+        }),
+        stopped: AtomicBool::new(false),
+    });
+    watcher.lock().watch_tree(ws.changes_dir()).map_err(|e| Error::internal("watch changes", e))?;
+    let weak = Arc::downgrade(ws);
+    let thread_watcher = watcher.clone();
+    std::thread::Builder::new()
+        .name("workspace-watch".into())
+        .spawn(move || run(weak, thread_watcher))
+        .map_err(|e| Error::internal("spawn watcher", e))?;
+    ws.set_watcher(watcher.clone());
+    Ok(WatchGuard { watcher })
+}
+
+impl Watcher {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached change, after taking in every event queued so far. `None` when not cached
+    /// or when the watcher has stopped (then nothing would invalidate an entry).
+    pub fn cached_show(&self, slug: &Slug) -> Option<Arc<Shown>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut state = self.lock();
+        state.drain(&self.changes);
+        state.cache.get(slug.as_str())
+    }
+
+    /// Ticket for a read of the disk that starts now; see `store_show`.
+    pub fn show_ticket(&self) -> u64 {
+        let mut state = self.lock();
+        state.drain(&self.changes);
+        state.cache.generation()
+    }
+
+    /// Keeps what a read begun at `ticket` found, unless something under the workspace changed since.
+    pub fn store_show(&self, slug: &Slug, ticket: u64, shown: Arc<Shown>) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        state.drain(&self.changes);
+        state.cache.insert(slug.as_str(), ticket, shown);
+    }
+}
+
+impl State {
+    /// Adds a watch on `dir` and every real folder below it; symlinks are not followed.
+    fn watch_tree(&mut self, dir: &Path) -> io::Result<()> {
+        let wd = self.inotify.watches().add(dir, mask())?;
+        self.dirs.insert(wd, dir.to_path_buf());
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                // A folder that vanished meanwhile, or the watch limit: the rest still works.
+                let _ = self.watch_tree(&entry.path());
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        Ok(())
+    }
+
+    /// Reads every queued event without blocking; adds watches for new folders, invalidates
+    /// the cache and queues paths for subscribers.
+    fn drain(&mut self, changes: &Path) {
+        loop {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let events: Vec<(WatchDescriptor, EventMask, Option<PathBuf>)> = match self.inotify.read_events(&mut buffer)
+            {
+                Ok(events) => {
+                    events.map(|e| (e.wd.clone(), e.mask, e.name.map(|n| PathBuf::from(n.to_os_string())))).collect()
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading filesystem events failed; cache cleared");
+                    self.cache.invalidate_all();
+                    Vec::new()
+                }
+            };
+            self.buffer = buffer;
+            if events.is_empty() {
+                return;
+            }
+            for (wd, mask, name) in events {
+                self.take(changes, wd, mask, name);
+            }
+        }
+    }
+
+    fn take(&mut self, changes: &Path, wd: WatchDescriptor, mask: EventMask, name: Option<PathBuf>) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            // Events were lost: anything may have changed, and new folders may lack a watch.
+            tracing::warn!("filesystem event queue overflowed; rewatching the workspace");
+            let _ = self.watch_tree(changes);
+            self.cache.invalidate_all();
+            return;
+        }
+        if mask.contains(EventMask::IGNORED) {
+            self.dirs.remove(&wd);
+            return;
+        }
+        let Some(dir) = self.dirs.get(&wd) else { return };
+        let path = match name {
+            Some(name) => dir.join(name),
+            None => dir.clone(),
+        };
+        if mask.contains(EventMask::ISDIR) && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+            // Watch before invalidating: a file written into the new folder before its watch
+            // existed is covered by the invalidation below, one written after by the watch.
+            let _ = self.watch_tree(&path);
+        }
+        match cache_key(changes, &path) {
+            Some(slug) => self.cache.invalidate(&slug),
+            None => self.cache.invalidate_all(),
+        }
+        if !mask.contains(EventMask::ATTRIB) && self.pending.len() < MAX_PENDING {
+            self.pending.insert(path);
+            self.last_event = Some(Instant::now());
         }
     }
 }
 
-fn flush(ws: &Workspace, paths: Vec<PathBuf>) {
+/// The slug whose cached answer an event at `path` may change: a draft's folder or an archive
+/// folder of that slug. `None` for anything else (the `changes/` folder itself).
+fn cache_key(changes: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(changes).ok()?;
+    let mut parts = rel.components().filter_map(|c| c.as_os_str().to_str());
+    match parts.next()? {
+        "archive" => archive_slug(parts.next()?).map(str::to_string),
+        first => Some(first.to_string()),
+    }
+}
+
+fn run(ws: Weak<Workspace>, watcher: Arc<Watcher>) {
+    let fd = watcher.lock().inotify.as_raw_fd();
+    while !watcher.stopped.load(Ordering::Acquire) {
+        let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the descriptor stays open as long as `watcher` lives.
+        // The timeout bounds how late a stop or a quiet period is noticed.
+        unsafe { libc::poll(&mut poll, 1, QUIET.as_millis() as libc::c_int) };
+        let due = {
+            let mut state = watcher.lock();
+            state.drain(&watcher.changes);
+            match state.last_event {
+                Some(at) if at.elapsed() >= QUIET => {
+                    state.last_event = None;
+                    std::mem::take(&mut state.pending)
+                }
+                _ => BTreeSet::new(),
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let Some(ws) = ws.upgrade() else { return };
+        flush(&ws, due);
+    }
+}
+
+fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
     // One event per (slug, kind), with the union of affected URIs.
     let mut merged: BTreeMap<(String, u8), (EventKind, Vec<String>)> = BTreeMap::new();
     for path in paths {
