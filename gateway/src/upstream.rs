@@ -15,7 +15,7 @@ use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
     SerializeOptions,
 };
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -252,6 +252,18 @@ impl Upstream {
         message_to_json(&output)
     }
 
+    /// `call_tool` with the output as JSON text, serialized once from the message.
+    pub async fn call_tool_raw(
+        &self,
+        tool: &ToolDef,
+        args: &Value,
+        ctx: CallContext,
+    ) -> Result<Box<RawValue>, CallError> {
+        let input = json_to_message(&tool.method.input(), args)?;
+        let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
+        message_to_raw_json(&output)
+    }
+
     /// Progress events, then the result. Dropping the stream cancels the call.
     pub fn call_tool_streaming(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> EventStream<ToolEvent> {
         let input = match json_to_message(&tool.method.input(), args) {
@@ -473,6 +485,22 @@ pub(crate) fn message_to_json(message: &DynamicMessage) -> Result<Value, CallErr
     message
         .serialize_with_options(serde_json::value::Serializer, &OUTPUT_OPTIONS)
         .map_err(|e| CallError::from(Status::internal(format!("encoding the response as JSON: {e}"))))
+}
+
+/// A response message to JSON text, without a `Value` tree in between.
+#[allow(
+    clippy::result_large_err,
+    reason = "`CallError` is the module's fixed error type; it is built once per failed call"
+)]
+pub(crate) fn message_to_raw_json(message: &DynamicMessage) -> Result<Box<RawValue>, CallError> {
+    let encode_error =
+        |e: &dyn std::fmt::Display| CallError::from(Status::internal(format!("encoding the response as JSON: {e}")));
+    let mut out = Vec::with_capacity(message.encoded_len() * 2 + 64);
+    message
+        .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &OUTPUT_OPTIONS)
+        .map_err(|e| encode_error(&e))?;
+    let text = String::from_utf8(out).map_err(|e| encode_error(&e))?;
+    RawValue::from_string(text).map_err(|e| encode_error(&e))
 }
 
 /// One message of a streaming form: `progress` → a progress event, `result` →

@@ -4,13 +4,14 @@ use std::sync::{Arc, atomic::Ordering};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue};
 
 use super::{
     context::RequestContext,
     fixtures,
     jsonrpc::{self, RpcError},
     protocol,
+    reply::Reply,
     session::Session,
 };
 use crate::{
@@ -29,15 +30,19 @@ pub fn handle<'a>(
     ctx: &'a RequestContext,
     method: &'a str,
     params: Value,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RpcError>> + Send + 'a>> {
-    Box::pin(handle_inner(ctx, method, params))
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, RpcError>> + Send + 'a>> {
+    Box::pin(async move {
+        match method {
+            "tools/call" => tools_call(ctx, &params).await,
+            _ => handle_inner(ctx, method, params).await.map(Reply::Json),
+        }
+    })
 }
 
 async fn handle_inner(ctx: &RequestContext, method: &str, params: Value) -> Result<Value, RpcError> {
     match method {
         "ping" => Ok(json!({})),
         "tools/list" => tools_list(ctx, &params),
-        "tools/call" => tools_call(ctx, &params).await,
         "resources/list" => resources_list(ctx, &params).await,
         "resources/templates/list" => Ok(json!({"resourceTemplates": resource_templates(ctx)})),
         "resources/read" => resources_read(ctx, &params).await,
@@ -144,7 +149,7 @@ pub fn call_wants_stream(state: &AppState, params: &Value) -> bool {
     has_token || (state.config.conformance_fixtures && fixtures::wants_stream(name))
 }
 
-async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcError> {
     let name =
         params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
     let args = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
@@ -154,7 +159,7 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Value, RpcEr
     if ctx.state.config.conformance_fixtures
         && let Some(result) = fixtures::call_tool_with_params(ctx, name, params).await
     {
-        return result;
+        return result.map(Reply::Json);
     }
     let Some(tool) = ctx.state.upstream.registry().get(name) else {
         return Err(RpcError::invalid_params(format!("Unknown tool: {name}")));
@@ -167,16 +172,19 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Value, RpcEr
         }
     };
     match outcome {
-        Ok(value) => Ok(tool_result(&ctx.protocol_version, value)),
-        Err(CallError::InvalidArguments(message)) => Ok(tool_error(format!("INVALID_ARGUMENTS: {message}"), None)),
-        Err(CallError::Upstream(err)) => upstream_to_tool_result(err),
+        Ok(output) => Ok(Reply::tool(output, protocol::has_structured_content(&ctx.protocol_version))),
+        Err(CallError::InvalidArguments(message)) => {
+            Ok(Reply::Json(tool_error(format!("INVALID_ARGUMENTS: {message}"), None)))
+        }
+        Err(CallError::Upstream(err)) => upstream_to_tool_result(err).map(Reply::Json),
     }
 }
 
-async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<Value, CallError> {
+/// The tool's output as JSON text.
+async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<Box<RawValue>, CallError> {
     let upstream = &ctx.state.upstream;
     if ctx.progress_token.is_none() || tool.stream_method.is_none() {
-        return upstream.call_tool(tool, args, ctx.call.clone()).await;
+        return upstream.call_tool_raw(tool, args, ctx.call.clone()).await;
     }
     let mut events = upstream.call_tool_streaming(tool, args, ctx.call.clone());
     while let Some(event) = events.next().await {
@@ -184,21 +192,13 @@ async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<
             ToolEvent::Progress { step, message, current, total } => {
                 ctx.progress(f64::from(current), Some(f64::from(total)), Some(format!("{step}: {message}"))).await;
             }
-            ToolEvent::Result(value) => return Ok(value),
+            ToolEvent::Result(value) => {
+                return serde_json::value::to_raw_value(&value)
+                    .map_err(|e| CallError::from(tonic::Status::internal(format!("encoding the result: {e}"))));
+            }
         }
     }
     Err(CallError::Upstream(UpstreamError::from(tonic::Status::internal("stream ended without a result"))))
-}
-
-fn tool_result(version: &str, value: Value) -> Value {
-    // Compact: the block mirrors structuredContent, and pretty-printing it cost
-    // measurable time on every call (BENCHMARKS.md, hot spot 5).
-    let text = serde_json::to_string(&value).unwrap_or_default();
-    let mut result = json!({"content": [{"type": "text", "text": text}], "isError": false});
-    if protocol::has_structured_content(version) {
-        result["structuredContent"] = value;
-    }
-    result
 }
 
 fn tool_error(text: String, details: Option<Value>) -> Value {

@@ -1,4 +1,5 @@
 //! JSON-RPC 2.0 framing for MCP.
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -122,6 +123,24 @@ pub fn result(id: &Value, result: Value) -> Value {
 
 pub fn error(id: Option<&Value>, err: &RpcError) -> Value {
     json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": err.to_json()})
+}
+
+/// A response as JSON text, for results that are not `Value`s (see `reply`).
+pub fn result_text(id: &Value, result: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Response<'a, T> {
+        jsonrpc: &'static str,
+        id: &'a Value,
+        result: &'a T,
+    }
+    serde_json::to_string(&Response { jsonrpc: "2.0", id, result }).unwrap_or_else(|e| {
+        error_text(Some(id), &RpcError::new(INTERNAL_ERROR, format!("encoding the result failed: {e}")))
+    })
+}
+
+/// An error response as JSON text.
+pub fn error_text(id: Option<&Value>, err: &RpcError) -> String {
+    error(id, err).to_string()
 }
 
 pub fn notification(method: &str, params: Value) -> Value {

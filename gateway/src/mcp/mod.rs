@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod jsonrpc;
 pub mod legacy;
 pub mod protocol;
+pub mod reply;
 pub mod session;
 pub mod sse;
 pub mod stateless;

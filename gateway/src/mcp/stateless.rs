@@ -139,7 +139,9 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
                 outbox: None,
             });
             match dispatch::handle(&ctx, &method, params.clone()).await {
-                Ok(result) => transport::json_response(&jsonrpc::result(&id, decorate(&method, result))),
+                Ok(result) => {
+                    transport::json_text_response(jsonrpc::result_text(&id, &result.decorate(|r| decorate(&method, r))))
+                }
                 Err(err) if err.code == jsonrpc::METHOD_NOT_FOUND => rpc_error(StatusCode::NOT_FOUND, Some(&id), err),
                 Err(err) if err.code == jsonrpc::MISSING_CAPABILITY => {
                     rpc_error(StatusCode::BAD_REQUEST, Some(&id), err)

@@ -134,7 +134,7 @@ async fn handle_message(
                 return answer_with_stream(state, session, principal, headers, id, method, params);
             }
             let response = run(&state, &session, principal, &headers, &id, &method, &params).await;
-            transport::json_response(&response)
+            transport::json_text_response(response)
         }
     }
 }
@@ -148,7 +148,7 @@ pub fn on_notification(session: &Session, method: &str, params: &Value) {
     // notifications/initialized, roots/list_changed and the like need no action.
 }
 
-/// Runs one request to its JSON-RPC response.
+/// Runs one request to its JSON-RPC response, as JSON text.
 async fn run(
     state: &Arc<AppState>,
     session: &Arc<Session>,
@@ -157,7 +157,7 @@ async fn run(
     id: &Value,
     method: &str,
     params: &Value,
-) -> Value {
+) -> String {
     let cancel = session.start_request(id);
     let ctx = transport::context(ContextParts {
         state,
@@ -173,8 +173,8 @@ async fn run(
     let outcome = dispatch::handle(&ctx, method, params.clone()).await;
     session.end_request(id);
     match outcome {
-        Ok(result) => jsonrpc::result(id, result),
-        Err(err) => jsonrpc::error(Some(id), &err),
+        Ok(result) => jsonrpc::result_text(id, &result),
+        Err(err) => jsonrpc::error_text(Some(id), &err),
     }
 }
 
@@ -258,13 +258,13 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
             Ok(Incoming::Response { id, outcome }) => {
                 session.answer_client_request(&id, outcome);
             }
-            Err((id, err)) => responses.push(jsonrpc::error(id.as_ref(), &err)),
+            Err((id, err)) => responses.push(jsonrpc::error_text(id.as_ref(), &err)),
         }
     }
     if responses.is_empty() {
         return StatusCode::ACCEPTED.into_response();
     }
-    transport::json_response(&Value::Array(responses))
+    transport::json_text_response(format!("[{}]", responses.join(",")))
 }
 
 /// GET: the session's standalone stream, or a resumed stream with `Last-Event-ID`.

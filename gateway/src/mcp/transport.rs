@@ -44,6 +44,11 @@ pub fn json_response(body: &Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// A 200 with a body that is JSON text already.
+pub fn json_text_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -123,7 +128,7 @@ pub async fn respond_on_stream(ctx: &RequestContext, method: &str, params: Value
         return;
     }
     let message = match outcome {
-        Ok(result) => jsonrpc::result(&ctx.request_id, finish(result)),
+        Ok(result) => jsonrpc::result(&ctx.request_id, finish(result.into_value())),
         Err(err) => jsonrpc::error(Some(&ctx.request_id), &err),
     };
     if let Some(out) = &ctx.outbox {
