@@ -23,7 +23,10 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -216,10 +219,11 @@ where
             transport,
             start: Instant::now(),
             slot: None,
+            active: info.tool.map(|tool| self.shared.metrics.tool_active.cell(tool, transport)),
             done: false,
         };
-        if let Some(tool) = info.tool {
-            self.shared.metrics.tool_active.add(1, &tool_attrs2(tool, transport));
+        if let Some(active) = &call.active {
+            active.fetch_add(1, Ordering::Relaxed);
         }
         // A gRPC client's server stream takes a slot, or is refused.
         if info.stream.is_some()
@@ -264,10 +268,6 @@ fn capacity_status() -> tonic::Status {
     );
     details.set_retry_info(Some(std::time::Duration::from_secs(5)));
     tonic::Status::with_error_details(Code::Unavailable, "too many open streams; retry later", details)
-}
-
-fn tool_attrs2(tool: &'static str, transport: Transport) -> [KeyValue; 2] {
-    [KeyValue::new("tool.name", tool), KeyValue::new("transport", transport.as_str())]
 }
 
 /// The `grpc-status` of a header map (trailers, or a trailers-only response).
@@ -358,6 +358,8 @@ struct CallRecord {
     start: Instant,
     /// The stream slot of a gRPC client's server stream, held until it ends.
     slot: Option<StreamSlot>,
+    /// The in-flight count of the call's tool, if it is one.
+    active: Option<Arc<AtomicI64>>,
     done: bool,
 }
 
@@ -378,9 +380,11 @@ impl CallRecord {
                 KeyValue::new("rpc.response.status_code", code_name(code)),
             ],
         );
+        if let Some(active) = &self.active {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(tool) = self.info.tool {
             let (transport, outcome) = (self.transport.as_str(), outcome(code));
-            m.tool_active.add(-1, &tool_attrs2(tool, self.transport));
             m.tool_executions.add(
                 1,
                 &[
