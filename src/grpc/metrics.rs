@@ -219,7 +219,7 @@ where
             transport,
             start: Instant::now(),
             slot: None,
-            active: info.tool.map(|tool| self.shared.metrics.tool_active.cell(tool, transport)),
+            active: info.tool.map(|tool| self.shared.metrics.tool_active.cell((tool, transport))),
             done: false,
         };
         if let Some(active) = &call.active {

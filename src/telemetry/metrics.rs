@@ -21,26 +21,23 @@
 //! `SdkMeterProvider`, and [`Metrics`] is built from a `Meter` passed in, so
 //! tests (several servers in one process) never share instruments.
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex, OnceLock, RwLock,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use opentelemetry::{
     InstrumentationScope, KeyValue,
-    metrics::{
-        AsyncInstrument, Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, ObservableUpDownCounter,
-    },
+    metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, ObservableUpDownCounter},
 };
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     metrics::{PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
 };
-use task_mcp_gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS, Transport};
+use task_mcp_gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS, LiveCounts, Transport};
 
 /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise; also the meter
 /// (instrumentation scope) name, which the contract's `otel_scope_name` is.
@@ -385,43 +382,12 @@ pub struct Metrics {
     pub rpc_duration: Histogram<f64>,
     pub tool_executions: Counter<u64>,
     pub tool_duration: Histogram<f64>,
-    pub tool_active: Arc<ActiveTools>,
+    /// Tool executions in flight by tool and transport.
+    pub tool_active: Arc<LiveCounts<(&'static str, Transport)>>,
     /// Observable instruments: kept so their callbacks live as long as this.
     _observed: Vec<ObservableGauge<i64>>,
     _tool_active: ObservableUpDownCounter<i64>,
     _observed_f64: Vec<ObservableGauge<f64>>,
-}
-
-/// Tool executions in flight by tool and transport, read when metrics are collected. Two
-/// counter updates per call (start, end) through the SDK cost more than the rest of a call's
-/// metrics; two atomic additions cost next to nothing. A series appears at its first call, as
-/// it would with an up-down counter.
-#[derive(Default)]
-pub struct ActiveTools {
-    cells: RwLock<HashMap<(&'static str, Transport), Arc<AtomicI64>>>,
-}
-
-impl ActiveTools {
-    /// The in-flight count of `tool` over `transport`.
-    pub fn cell(&self, tool: &'static str, transport: Transport) -> Arc<AtomicI64> {
-        let read = self.cells.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(cell) = read.get(&(tool, transport)) {
-            return cell.clone();
-        }
-        drop(read);
-        let mut write = self.cells.write().unwrap_or_else(|p| p.into_inner());
-        write.entry((tool, transport)).or_default().clone()
-    }
-
-    fn observe(&self, observer: &dyn AsyncInstrument<i64>) {
-        let cells = self.cells.read().unwrap_or_else(|p| p.into_inner());
-        for ((tool, transport), cell) in cells.iter() {
-            observer.observe(
-                cell.load(Ordering::Relaxed),
-                &[KeyValue::new("tool.name", *tool), KeyValue::new("transport", transport.as_str())],
-            );
-        }
-    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -475,7 +441,7 @@ impl Metrics {
                     .build(),
             );
         }
-        let tool_active = Arc::new(ActiveTools::default());
+        let tool_active: Arc<LiveCounts<(&'static str, Transport)>> = Arc::default();
         let active = tool_active.clone();
         let observed_f64 = vec![
             meter
@@ -518,7 +484,11 @@ impl Metrics {
                 .i64_observable_up_down_counter("tool.active_executions")
                 .with_unit("{execution}")
                 .with_description("Tool executions in flight.")
-                .with_callback(move |o| active.observe(o))
+                .with_callback(move |o| {
+                    active.observe(o, |(tool, transport)| {
+                        [KeyValue::new("tool.name", tool), KeyValue::new("transport", transport.as_str())]
+                    })
+                })
                 .build(),
             tool_active,
             _observed: observed,
