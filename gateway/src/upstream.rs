@@ -246,19 +246,9 @@ impl Upstream {
         &self.pool
     }
 
-    pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Value, CallError> {
-        let input = json_to_message(&tool.method.input(), args)?;
-        let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
-        message_to_json(&output)
-    }
-
-    /// `call_tool` with the output as JSON text, serialized once from the message.
-    pub async fn call_tool_raw(
-        &self,
-        tool: &ToolDef,
-        args: &Value,
-        ctx: CallContext,
-    ) -> Result<Box<RawValue>, CallError> {
+    /// A unary tool call; the output as JSON text, serialized once from the message (callers
+    /// embed it in their answers as it is).
+    pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Box<RawValue>, CallError> {
         let input = json_to_message(&tool.method.input(), args)?;
         let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
         message_to_raw_json(&output)
@@ -1257,6 +1247,7 @@ mod tests {
         };
         let args = json!({"title": "Add X", "slug": "add-x"});
         let out = fake.upstream.call_tool(tool(&fake, "change.open"), &args, ctx).await.unwrap();
+        let out: Value = serde_json::from_str(out.get()).unwrap();
         assert_eq!(out["created"], true);
         assert_eq!(out["change"]["slug"], "add-x");
         assert_eq!(out["change"]["status"], "CHANGE_STATUS_DRAFT");
@@ -1326,6 +1317,7 @@ mod tests {
             .call_tool(tool(&fake, "change.archive"), &json!({"slug": "add-x"}), CallContext::default())
             .await
             .unwrap();
+        let unary: Value = serde_json::from_str(unary.get()).unwrap();
         assert_eq!(result, &unary);
         assert_eq!(result["receipt"]["slug"], "add-x");
     }
@@ -1473,7 +1465,8 @@ mod tests {
                 let args = json!({"slug": "add-z"});
                 let ctx = CallContext::default();
                 let tool = tool?;
-                let value = fake.upstream.call_tool(&tool, &args, ctx.clone()).await.ok()?;
+                let value: Value =
+                    serde_json::from_str(fake.upstream.call_tool(&tool, &args, ctx.clone()).await.ok()?.get()).ok()?;
                 let mut events = fake.upstream.call_tool_streaming(&tool, &args, ctx.clone());
                 while events.next().await.is_some() {}
                 fake.upstream.read_resource("change://a/proposal", ctx.clone()).await.ok()?;
