@@ -24,7 +24,7 @@ use std::{
     collections::HashMap,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
     task::{Context, Poll},
@@ -34,7 +34,10 @@ use std::{
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use opentelemetry::KeyValue;
+use opentelemetry::{
+    KeyValue,
+    metrics::{BoundCounter, BoundHistogram},
+};
 use pin_project_lite::pin_project;
 use task_mcp_gateway::{
     mcp::session::{SessionStore, StreamSlot},
@@ -87,6 +90,8 @@ enum StreamKind {
 
 #[derive(Debug, Clone, Copy)]
 struct MethodInfo {
+    /// Its slot in tables kept per method (0: `_OTHER`).
+    index: usize,
     /// `rpc.method`.
     label: &'static str,
     /// `tool.name` when the RPC is a tool or a tool's streaming form.
@@ -95,7 +100,7 @@ struct MethodInfo {
     stream: Option<StreamKind>,
 }
 
-const OTHER: MethodInfo = MethodInfo { label: "_OTHER", tool: None, stream: None };
+const OTHER: MethodInfo = MethodInfo { index: 0, label: "_OTHER", tool: None, stream: None };
 
 /// `/package.Service/Method` → what to record for it. Built once.
 #[derive(Debug, Clone)]
@@ -142,18 +147,27 @@ impl MethodTable {
                         },
                     }
                 });
-                methods
-                    .insert(leak(format!("/{label}")), MethodInfo { label, tool: tools.get(label).copied(), stream });
+                let index = methods.len() + 1;
+                methods.insert(
+                    leak(format!("/{label}")),
+                    MethodInfo { index, label, tool: tools.get(label).copied(), stream },
+                );
             }
         }
         for label in EXTRA_METHODS {
-            methods.insert(leak(format!("/{label}")), MethodInfo { label, tool: None, stream: None });
+            let index = methods.len() + 1;
+            methods.insert(leak(format!("/{label}")), MethodInfo { index, label, tool: None, stream: None });
         }
         Ok(MethodTable { methods })
     }
 
     fn get(&self, path: &str) -> MethodInfo {
         self.methods.get(path).copied().unwrap_or(OTHER)
+    }
+
+    /// Methods plus `_OTHER`: the length of a table indexed by `MethodInfo::index`.
+    fn slots(&self) -> usize {
+        self.methods.len() + 1
     }
 }
 
@@ -174,12 +188,25 @@ struct Shared {
     metrics: Arc<Metrics>,
     methods: MethodTable,
     gate: Option<StreamGate>,
+    /// By `MethodInfo::index`.
+    succeeded: Vec<SuccessInstruments>,
+}
+
+/// A method's instruments bound to the attributes of a success, made at its first success.
+/// Most calls succeed; recording through a bound instrument skips the SDK's per-call lookup of
+/// the attribute set, about half of what keeping metrics costs a call (BENCHMARKS.md).
+#[derive(Default)]
+struct SuccessInstruments {
+    rpc_duration: OnceLock<BoundHistogram<f64>>,
+    /// By transport: executions and duration.
+    tool: [OnceLock<(BoundCounter<u64>, BoundHistogram<f64>)>; 3],
 }
 
 impl GrpcMetricsLayer {
     /// `gate`: where gRPC clients' streams take their slots (`None`: no cap).
     pub fn new(metrics: Arc<Metrics>, methods: MethodTable, gate: Option<StreamGate>) -> Self {
-        GrpcMetricsLayer { shared: Arc::new(Shared { metrics, methods, gate }) }
+        let succeeded = (0..methods.slots()).map(|_| SuccessInstruments::default()).collect();
+        GrpcMetricsLayer { shared: Arc::new(Shared { metrics, methods, gate, succeeded }) }
     }
 }
 
@@ -372,17 +399,38 @@ impl CallRecord {
         self.slot = None;
         let m = &self.shared.metrics;
         let elapsed = self.start.elapsed().as_secs_f64();
-        m.rpc_duration.record(
-            elapsed,
-            &[
-                KeyValue::new("rpc.system.name", "grpc"),
-                KeyValue::new("rpc.method", self.info.label),
-                KeyValue::new("rpc.response.status_code", code_name(code)),
-            ],
-        );
         if let Some(active) = &self.active {
             active.fetch_sub(1, Ordering::Relaxed);
         }
+        let rpc_attributes = |code| {
+            [
+                KeyValue::new("rpc.system.name", "grpc"),
+                KeyValue::new("rpc.method", self.info.label),
+                KeyValue::new("rpc.response.status_code", code_name(code)),
+            ]
+        };
+        let bound = self.shared.succeeded.get(self.info.index);
+        if let (0, Some(bound)) = (code, bound) {
+            bound.rpc_duration.get_or_init(|| m.rpc_duration.bind(&rpc_attributes(0))).record(elapsed);
+            if let Some(tool) = self.info.tool
+                && let Some(slot) = bound.tool.get(self.transport as usize)
+            {
+                let (executions, duration) = slot.get_or_init(|| {
+                    let transport = self.transport.as_str();
+                    let base = [KeyValue::new("tool.name", tool), KeyValue::new("transport", transport)];
+                    let success = KeyValue::new("outcome", outcome(0));
+                    let mut counted = base.to_vec();
+                    counted.extend([success.clone(), KeyValue::new("error.type", error_type(0, None))]);
+                    let mut timed = base.to_vec();
+                    timed.push(success);
+                    (m.tool_executions.bind(&counted), m.tool_duration.bind(&timed))
+                });
+                executions.add(1);
+                duration.record(elapsed);
+            }
+            return;
+        }
+        m.rpc_duration.record(elapsed, &rpc_attributes(code));
         if let Some(tool) = self.info.tool {
             let (transport, outcome) = (self.transport.as_str(), outcome(code));
             m.tool_executions.add(
