@@ -106,6 +106,8 @@ struct State {
     pending: BTreeSet<PathBuf>,
     last_event: Option<Instant>,
     cache: ShowCache,
+    /// Some folder is not watched: the cache cannot be trusted.
+    blind: bool,
 }
 
 /// Keeps the watcher alive; dropping it stops the watch thread and turns the cache off.
@@ -130,6 +132,7 @@ pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
             pending: BTreeSet::new(),
             last_event: None,
             cache: ShowCache::default(),
+            blind: false,
         }),
         stopped: AtomicBool::new(false),
     });
@@ -157,6 +160,9 @@ impl Watcher {
         }
         let mut state = self.lock();
         state.drain(&self.changes);
+        if state.blind {
+            return None;
+        }
         state.cache.get(slug.as_str())
     }
 
@@ -174,7 +180,9 @@ impl Watcher {
         }
         let mut state = self.lock();
         state.drain(&self.changes);
-        state.cache.insert(slug.as_str(), ticket, shown);
+        if !state.blind {
+            state.cache.insert(slug.as_str(), ticket, shown);
+        }
     }
 }
 
@@ -186,11 +194,33 @@ impl State {
         let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                // A folder that vanished meanwhile, or the watch limit: the rest still works.
-                let _ = self.watch_tree(&entry.path());
+                self.watch_new(&entry.path());
             }
         }
         Ok(())
+    }
+
+    /// `watch_tree` for a folder that appeared; one that is gone again needs no watch.
+    fn watch_new(&mut self, dir: &Path) {
+        match self.watch_tree(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => self.lose_sight(dir, &e),
+            _ => {}
+        }
+    }
+
+    /// A folder could not be watched (usually `fs.inotify.max_user_watches`): edits in it would
+    /// go unseen, so the cache is turned off for good; subscribers still get what is watched.
+    fn lose_sight(&mut self, dir: &Path, error: &io::Error) {
+        if self.blind {
+            return;
+        }
+        self.blind = true;
+        self.cache.invalidate_all();
+        tracing::warn!(
+            folder = %dir.display(),
+            error = %error,
+            "cannot watch a workspace folder (raise fs.inotify.max_user_watches?); change.show reads the disk on every call from now on"
+        );
     }
 
     /// Reads every queued event without blocking; adds watches for new folders, invalidates
@@ -224,7 +254,7 @@ impl State {
         if mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost: anything may have changed, and new folders may lack a watch.
             tracing::warn!("filesystem event queue overflowed; rewatching the workspace");
-            let _ = self.watch_tree(changes);
+            self.watch_new(changes);
             self.cache.invalidate_all();
             return;
         }
@@ -240,7 +270,7 @@ impl State {
         if mask.contains(EventMask::ISDIR) && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
             // Watch before invalidating: a file written into the new folder before its watch
             // existed is covered by the invalidation below, one written after by the watch.
-            let _ = self.watch_tree(&path);
+            self.watch_new(&path);
         }
         match cache_key(changes, &path) {
             Some(slug) => self.cache.invalidate(&slug),
@@ -314,5 +344,29 @@ fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
     }
     for ((slug, _), (kind, uris)) in merged {
         let _ = ws.sender().send(Event { kind, slug, at: time::OffsetDateTime::now_utc(), uris, external: true });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_serves_repeated_reads_and_turns_off_when_a_folder_cannot_be_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+        let guard = ws.watch().unwrap();
+        std::fs::create_dir_all(ws.changes_dir().join("seen")).unwrap();
+        std::fs::write(ws.changes_dir().join("seen/proposal.md"), "# Seen\n").unwrap();
+        let slug = Slug::parse("seen").unwrap();
+
+        let first = ws.show_change_and_cache(&slug).unwrap();
+        let cached = ws.cached_show(&slug).expect("cached after a read");
+        assert!(Arc::ptr_eq(&first, &cached), "the same parsed change, not a re-read");
+
+        guard.watcher.lock().lose_sight(Path::new("/unwatchable"), &io::Error::other("watch limit"));
+        assert!(ws.cached_show(&slug).is_none(), "dropped when a folder goes unwatched");
+        ws.show_change_and_cache(&slug).unwrap();
+        assert!(ws.cached_show(&slug).is_none(), "and nothing is cached from then on");
     }
 }
