@@ -960,16 +960,19 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_dropped_before_its_head_is_499_and_leaves_no_active_request() {
+    async fn a_request_in_flight_is_active_and_dropped_before_its_head_is_499_and_no_longer_active() {
         let t = TestMeter::new();
         let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
         let app = Router::new()
             .route("/mcp", get(std::future::pending::<&'static str>))
             .layer(HttpMetricsLayer::new(metrics));
-        let fut = app.oneshot(get_req("/mcp"));
-        // Poll once so the request is in flight, then drop it.
-        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), fut).await;
+        let mut fut = Box::pin(app.oneshot(get_req("/mcp")));
+        // Poll until the request is in flight, then drop it.
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), &mut fut).await;
         assert!(timed_out.is_err());
+        let active = ["http.request.method=GET", "http.route=/mcp"];
+        assert_eq!(t.value("http.server.active_requests", &active), Some(1.0), "counted while in flight");
+        drop(fut);
         let dropped = ["http.request.method=GET", "http.route=/mcp", "http.response.status_code=499"];
         assert_eq!(t.value("http.server.requests", &dropped), Some(1.0));
         assert_eq!(t.value("http.server.active_requests", &["http.request.method=GET", "http.route=/mcp"]), Some(0.0));
