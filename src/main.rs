@@ -9,26 +9,27 @@ use task_mcp::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (result, traces) = match Cli::parse().command {
+    let (result, logging) = match Cli::parse().command {
         Command::Serve(settings) => {
-            let traces = telemetry::init_logging(settings.log_format);
+            let logging = telemetry::init_logging(settings.log_format);
             let result = match Application::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal()).await,
                 Err(e) => Err(e),
             };
-            (result, traces)
+            (result, logging)
         }
         Command::Gateway(settings) => {
-            let traces = telemetry::init_logging(settings.log_format);
+            let logging = telemetry::init_logging(settings.log_format);
             let result = match GatewayApplication::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal()).await,
                 Err(e) => Err(e),
             };
-            (result, traces)
+            (result, logging)
         }
     };
     // The last spans (the drain's included) leave before the runtime goes.
-    traces.shutdown().await;
+    logging.traces.shutdown().await;
+    // The log writer flushes when the rest of `logging` drops, after this last line.
     exit(result)
 }
 
