@@ -483,14 +483,17 @@ pub(crate) fn message_to_json(message: &DynamicMessage) -> Result<Value, CallErr
     reason = "`CallError` is the module's fixed error type; it is built once per failed call"
 )]
 pub(crate) fn message_to_raw_json(message: &DynamicMessage) -> Result<Box<RawValue>, CallError> {
-    let encode_error =
-        |e: &dyn std::fmt::Display| CallError::from(Status::internal(format!("encoding the response as JSON: {e}")));
-    let mut out = Vec::with_capacity(message.encoded_len() * 2 + 64);
-    message
-        .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &OUTPUT_OPTIONS)
-        .map_err(|e| encode_error(&e))?;
-    let text = String::from_utf8(out).map_err(|e| encode_error(&e))?;
-    RawValue::from_string(text).map_err(|e| encode_error(&e))
+    /// `DynamicMessage` serialized with [`OUTPUT_OPTIONS`].
+    struct Output<'a>(&'a DynamicMessage);
+    impl serde::Serialize for Output<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.0.serialize_with_options(serializer, &OUTPUT_OPTIONS)
+        }
+    }
+    // Written by serde_json, so taken as valid JSON as it is: no size walk of the message
+    // beforehand, no parse afterwards.
+    serde_json::value::to_raw_value(&Output(message))
+        .map_err(|e| CallError::from(Status::internal(format!("encoding the response as JSON: {e}"))))
 }
 
 /// One message of a streaming form: `progress` → a progress event, `result` →
