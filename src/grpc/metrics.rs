@@ -402,11 +402,27 @@ impl CallRecord {
         if let Some(active) = &self.active {
             active.fetch_sub(1, Ordering::Relaxed);
         }
+        let transport = self.transport.as_str();
         let rpc_attributes = |code| {
             [
                 KeyValue::new("rpc.system.name", "grpc"),
                 KeyValue::new("rpc.method", self.info.label),
                 KeyValue::new("rpc.response.status_code", code_name(code)),
+            ]
+        };
+        let execution_attributes = |tool, code, headers| {
+            [
+                KeyValue::new("tool.name", tool),
+                KeyValue::new("transport", transport),
+                KeyValue::new("outcome", outcome(code)),
+                KeyValue::new("error.type", error_type(code, headers)),
+            ]
+        };
+        let duration_attributes = |tool, code| {
+            [
+                KeyValue::new("tool.name", tool),
+                KeyValue::new("transport", transport),
+                KeyValue::new("outcome", outcome(code)),
             ]
         };
         let bound = self.shared.succeeded.get(self.info.index);
@@ -416,14 +432,10 @@ impl CallRecord {
                 && let Some(slot) = bound.tool.get(self.transport as usize)
             {
                 let (executions, duration) = slot.get_or_init(|| {
-                    let transport = self.transport.as_str();
-                    let base = [KeyValue::new("tool.name", tool), KeyValue::new("transport", transport)];
-                    let success = KeyValue::new("outcome", outcome(0));
-                    let mut counted = base.to_vec();
-                    counted.extend([success.clone(), KeyValue::new("error.type", error_type(0, None))]);
-                    let mut timed = base.to_vec();
-                    timed.push(success);
-                    (m.tool_executions.bind(&counted), m.tool_duration.bind(&timed))
+                    (
+                        m.tool_executions.bind(&execution_attributes(tool, 0, None)),
+                        m.tool_duration.bind(&duration_attributes(tool, 0)),
+                    )
                 });
                 executions.add(1);
                 duration.record(elapsed);
@@ -432,24 +444,8 @@ impl CallRecord {
         }
         m.rpc_duration.record(elapsed, &rpc_attributes(code));
         if let Some(tool) = self.info.tool {
-            let (transport, outcome) = (self.transport.as_str(), outcome(code));
-            m.tool_executions.add(
-                1,
-                &[
-                    KeyValue::new("tool.name", tool),
-                    KeyValue::new("transport", transport),
-                    KeyValue::new("outcome", outcome),
-                    KeyValue::new("error.type", error_type(code, headers)),
-                ],
-            );
-            m.tool_duration.record(
-                elapsed,
-                &[
-                    KeyValue::new("tool.name", tool),
-                    KeyValue::new("transport", transport),
-                    KeyValue::new("outcome", outcome),
-                ],
-            );
+            m.tool_executions.add(1, &execution_attributes(tool, code, headers));
+            m.tool_duration.record(elapsed, &duration_attributes(tool, code));
         }
     }
 
