@@ -14,18 +14,18 @@
 //! default stays 15s), and a fixed slack for a loaded CI machine. With today's files:
 //! 60s + 30s (the team route; the critical route waits 10s) + 3 x 1s + 20s = 113s.
 mod monitoring_support;
+mod stack_support;
 
 use std::{
     collections::BTreeMap,
     net::TcpListener,
-    path::PathBuf,
-    process::{Command, Output},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use monitoring_support::{PromApi, Rule, all_rules, mon, prom_duration, read, root};
+use monitoring_support::{PromApi, Rule, all_rules, mon, prom_duration, read};
 use serde_json::Value;
+use stack_support::{Stack, gone, text};
 
 /// The alert the rule files raise when Prometheus cannot scrape the server.
 const SERVICE_DOWN_EXPR: &str = "up{job=\"task-mcp\"} == 0";
@@ -36,35 +36,6 @@ const SLACK: Duration = Duration::from_secs(20);
 /// Failure bounds of the set-up steps (never speed checks).
 const UP_BOUND: Duration = Duration::from_secs(60);
 const STOP_BOUND: Duration = Duration::from_secs(30);
-
-const COMPONENTS: &[&str] = &["otel-collector", "alertmanager", "task-mcp", "prometheus"];
-const PORT_VARS: &[&str] = &[
-    "STACK_HTTP_PORT",
-    "STACK_GRPC_PORT",
-    "STACK_METRICS_PORT",
-    "STACK_PROMETHEUS_PORT",
-    "STACK_ALERTMANAGER_PORT",
-    "STACK_OTLP_GRPC_PORT",
-    "STACK_OTLP_HTTP_PORT",
-    "STACK_COLLECTOR_EXPORTER_PORT",
-    "STACK_COLLECTOR_SELF_PORT",
-    "STACK_COLLECTOR_HEALTH_PORT",
-    "STACK_COLLECTOR_PPROF_PORT",
-    "STACK_COLLECTOR_ZPAGES_PORT",
-];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // The webhook receiver: records every payload Alertmanager POSTs.
@@ -122,99 +93,6 @@ fn firing(received: &[Value], receiver: &str, alertname: &str) -> Vec<BTreeMap<S
 // ---------------------------------------------------------------------------------------------
 // The stack
 
-/// Runs `scripts/<script>` with the stack's environment (and nothing of the caller's that
-/// would change what the stack means).
-fn run_script(env: &BTreeMap<&'static str, String>, script: &str) -> Output {
-    let mut cmd = Command::new(root().join("scripts").join(script));
-    for (key, _) in std::env::vars().filter(|(k, _)| {
-        k.starts_with("TASK_MCP_")
-            || k.starts_with("OTEL_")
-            || (k.starts_with("STACK_") && !env.contains_key(k.as_str()))
-    }) {
-        cmd.env_remove(key);
-    }
-    cmd.envs(env).current_dir(root()).output().unwrap_or_else(|e| panic!("run {script}: {e}"))
-}
-
-struct Stack {
-    dir: tempfile::TempDir,
-    env: BTreeMap<&'static str, String>,
-}
-
-impl Stack {
-    fn new(webhook: &str) -> Stack {
-        let dir = tempfile::Builder::new().prefix("task-mcp-alert-path-").tempdir().expect("tempdir");
-        let mut env: BTreeMap<&'static str, String> = PORT_VARS.iter().map(|k| (*k, free_port().to_string())).collect();
-        env.insert("STACK_DIR", dir.path().display().to_string());
-        env.insert("STACK_SCRAPE_INTERVAL", format!("{}s", INTERVAL.as_secs()));
-        // up{job="task-mcp"} exists only when Prometheus scrapes the server directly.
-        env.insert("STACK_COLLECTOR", "off".into());
-        env.insert("STACK_ALERTMANAGER_WEBHOOK", webhook.to_string());
-        env.insert("TASK_MCP_BIN", env!("CARGO_BIN_EXE_task-mcp").into());
-        Stack { dir, env }
-    }
-
-    fn port(&self, key: &str) -> u16 {
-        self.env[key].parse().expect("port")
-    }
-
-    fn run(&self, script: &str) -> Output {
-        run_script(&self.env, script)
-    }
-
-    /// `run` on a blocking thread, so the webhook keeps being served meanwhile.
-    async fn run_async(&self, script: &'static str) -> Output {
-        let env = self.env.clone();
-        tokio::task::spawn_blocking(move || run_script(&env, script)).await.expect("script task")
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn pids(&self) -> BTreeMap<String, u32> {
-        COMPONENTS
-            .iter()
-            .filter_map(|name| {
-                let text = std::fs::read_to_string(self.path(&format!("pids/{name}.pid"))).ok()?;
-                Some((name.to_string(), text.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for name in COMPONENTS {
-            if let Ok(text) = std::fs::read_to_string(self.path(&format!("logs/{name}.log"))) {
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                all.push_str(&format!("--- {name} (last lines) ---\n"));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
-            }
-        }
-        all
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // Never leave processes behind, whatever the test did.
-        let out = self.run("stack-down");
-        if std::thread::panicking() {
-            eprintln!("stack-down: {}\n{}", text(&out), self.logs());
-        }
-    }
-}
-
-fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
-}
-
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -264,7 +142,16 @@ async fn stopping_the_server_fires_service_down_and_alertmanager_delivers_it_to_
     );
 
     let (webhook, received) = start_webhook().await;
-    let stack = Stack::new(&webhook);
+    let scrape = format!("{}s", INTERVAL.as_secs());
+    let stack = Stack::new(
+        "task-mcp-alert-path-",
+        &[
+            ("STACK_SCRAPE_INTERVAL", &scrape),
+            // up{job="task-mcp"} exists only when Prometheus scrapes the server directly.
+            ("STACK_COLLECTOR", "off"),
+            ("STACK_ALERTMANAGER_WEBHOOK", &webhook),
+        ],
+    );
     let up = stack.run_async("stack-up").await;
     assert!(up.status.success(), "stack-up failed\n{}\n{}", text(&up), stack.logs());
     assert!(String::from_utf8_lossy(&up.stdout).contains("mode: direct"), "{}", text(&up));

@@ -11,115 +11,17 @@
 //!
 //! Needs the Debian packages `prometheus` and `prometheus-alertmanager` (scripts/install-test-tools
 //! installs them; stack-up would too).
+mod stack_support;
+
 use std::{
-    collections::BTreeMap,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    net::TcpStream,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-
-const COMPONENTS: &[&str] = &["otel-collector", "alertmanager", "task-mcp", "prometheus"];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Stack {
-    dir: tempfile::TempDir,
-    env: BTreeMap<&'static str, String>,
-}
-
-impl Stack {
-    fn new() -> Stack {
-        let dir = tempfile::Builder::new().prefix("task-mcp-stack-").tempdir().unwrap();
-        let mut env = BTreeMap::new();
-        for key in [
-            "STACK_HTTP_PORT",
-            "STACK_GRPC_PORT",
-            "STACK_METRICS_PORT",
-            "STACK_PROMETHEUS_PORT",
-            "STACK_ALERTMANAGER_PORT",
-            "STACK_OTLP_GRPC_PORT",
-            "STACK_OTLP_HTTP_PORT",
-            "STACK_COLLECTOR_EXPORTER_PORT",
-            "STACK_COLLECTOR_SELF_PORT",
-            "STACK_COLLECTOR_HEALTH_PORT",
-            "STACK_COLLECTOR_PPROF_PORT",
-            "STACK_COLLECTOR_ZPAGES_PORT",
-        ] {
-            env.insert(key, free_port().to_string());
-        }
-        env.insert("STACK_DIR", dir.path().display().to_string());
-        env.insert("STACK_SCRAPE_INTERVAL", "1s".into());
-        env.insert("TASK_MCP_BIN", env!("CARGO_BIN_EXE_task-mcp").into());
-        Stack { dir, env }
-    }
-
-    fn port(&self, key: &str) -> u16 {
-        self.env[key].parse().unwrap()
-    }
-
-    fn run(&self, script: &str) -> Output {
-        let mut cmd = Command::new(root().join("scripts").join(script));
-        // The server's flags must not leak in from the developer's shell.
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TASK_MCP_") || k.starts_with("OTEL_")) {
-            cmd.env_remove(key);
-        }
-        cmd.envs(&self.env).current_dir(root()).output().unwrap_or_else(|e| panic!("run {script}: {e}"))
-    }
-
-    fn pids(&self) -> BTreeMap<String, u32> {
-        COMPONENTS
-            .iter()
-            .filter_map(|name| {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("pids/{name}.pid"))).ok()?;
-                Some((name.to_string(), text.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for name in COMPONENTS {
-            if let Ok(text) = std::fs::read_to_string(self.dir.path().join(format!("logs/{name}.log"))) {
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                all.push_str(&format!("--- {name} (last lines) ---\n"));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
-            }
-        }
-        all
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // Never leave processes behind, whatever the test did.
-        let out = self.run("stack-down");
-        if std::thread::panicking() {
-            eprintln!("stack-down: {}\n{}", text(&out), self.logs());
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use stack_support::{Stack, gone, text};
 
 /// A tiny blocking HTTP GET (HTTP/1.0, so the body ends with the connection): status and body.
 fn get(url: &str) -> Option<(u16, String)> {
@@ -188,14 +90,6 @@ fn is_loopback_hex(addr: &str) -> bool {
     matches!(addr, "0100007F" | "00000000000000000000000001000000" | "0000000000000000FFFF00000100007F")
 }
 
-fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // Exited but not reaped yet: not running.
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
-}
-
 fn wait_until(what: &str, bound: Duration, stack: &Stack, mut pred: impl FnMut() -> bool) {
     let deadline = Instant::now() + bound;
     while !pred() {
@@ -206,7 +100,7 @@ fn wait_until(what: &str, bound: Duration, stack: &Stack, mut pred: impl FnMut()
 
 #[test]
 fn stack_up_starts_everything_on_loopback_and_stack_down_stops_exactly_that() {
-    let stack = Stack::new();
+    let stack = Stack::new("task-mcp-stack-", &[]);
     let up = stack.run("stack-up");
     assert!(up.status.success(), "stack-up failed\n{}\n{}", text(&up), stack.logs());
     let stdout = String::from_utf8_lossy(&up.stdout).to_string();
@@ -275,9 +169,9 @@ fn stack_up_starts_everything_on_loopback_and_stack_down_stops_exactly_that() {
 
 #[test]
 fn stack_down_leaves_a_reused_pid_alone() {
-    let stack = Stack::new();
+    let stack = Stack::new("task-mcp-stack-", &[]);
     // A PID file naming a live process that stack-up did not start (this test process).
-    let pids = stack.dir.path().join("pids");
+    let pids = stack.path("pids");
     std::fs::create_dir_all(&pids).unwrap();
     std::fs::write(pids.join("prometheus.pid"), std::process::id().to_string()).unwrap();
     std::fs::write(pids.join("prometheus.cmd"), "/usr/bin/prometheus\n--config.file=/nowhere\n").unwrap();
