@@ -4,11 +4,12 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::Server;
+use common::{
+    Server,
+    mcp::{ACCEPT_BOTH, Mcp, sse_messages},
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 fn base(server: &Server) -> String {
     format!("http://{}", server.http_addr.expect("the listening line names http_addr"))
@@ -18,77 +19,9 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http client")
 }
 
-/// A minimal MCP client over Streamable HTTP, enough to drive the gateway from tests.
-struct Mcp {
-    http: reqwest::Client,
-    url: String,
-    session: String,
-    next_id: u64,
-}
-
-impl Mcp {
-    async fn connect(server: &Server, version: &str) -> Mcp {
-        let http = client();
-        let url = format!("{}/mcp", base(server));
-        let resp = http
-            .post(&url)
-            .header("accept", ACCEPT_BOTH)
-            .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"gateway-test","version":"1"}}}))
-            .send()
-            .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "initialize status");
-        let session =
-            resp.headers().get("mcp-session-id").expect("Mcp-Session-Id header").to_str().unwrap().to_string();
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["result"]["protocolVersion"], version, "{body}");
-        let mut mcp = Mcp { http, url, session, next_id: 1 };
-        let status = mcp.post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await.status();
-        assert_eq!(status, 202, "initialized notification is accepted with 202");
-        mcp
-    }
-
-    async fn post(&mut self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .header("accept", ACCEPT_BOTH)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .json(&body)
-            .send()
-            .await
-            .expect("POST /mcp")
-    }
-
-    /// A request answered with JSON; returns the whole JSON-RPC response.
-    async fn request(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let resp = self.post(json!({"jsonrpc":"2.0","id":self.next_id,"method":method,"params":params})).await;
-        assert_eq!(resp.status(), 200, "{method}");
-        let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
-        let text = resp.text().await.unwrap();
-        if ct.starts_with("text/event-stream") {
-            return sse_messages(&text).into_iter().find(|m| m.get("id").is_some()).expect("a response on the stream");
-        }
-        serde_json::from_str(&text).unwrap()
-    }
-
-    async fn call(&mut self, tool: &str, args: Value) -> Value {
-        let resp = self.request("tools/call", json!({"name": tool, "arguments": args})).await;
-        resp["result"].clone()
-    }
-}
-
-/// The JSON messages in an SSE body (events without data, like priming events, are skipped).
-fn sse_messages(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
-            let data = data.join("\n");
-            if data.is_empty() { None } else { serde_json::from_str(&data).ok() }
-        })
-        .collect()
+/// A session with the server's gateway in `version`.
+async fn connect(server: &Server, version: &str) -> Mcp {
+    Mcp::connect(client(), format!("{}/mcp", base(server)), None, version, "gateway-test").await
 }
 
 fn grpcurl(server: &Server, method: &str, data: &Value) -> Value {
@@ -109,7 +42,7 @@ async fn rest(server: &Server, tool: &str, args: Value) -> (u16, Value) {
 #[tokio::test]
 async fn the_same_call_returns_the_same_data_over_mcp_rest_and_grpcurl() {
     let server = Server::start();
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
     let opened =
         mcp.call("change.open", json!({"title": "Same everywhere", "slug": "same-data", "owner": "alice"})).await;
     assert_eq!(opened["isError"], false, "{opened}");
@@ -138,7 +71,7 @@ async fn the_same_call_returns_the_same_data_over_mcp_rest_and_grpcurl() {
 #[tokio::test]
 async fn tool_failures_are_tool_errors_over_mcp_and_mapped_statuses_over_rest() {
     let server = Server::start();
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
     let missing = mcp.call("change.show", json!({"slug": "no-such-change"})).await;
     assert_eq!(missing["isError"], true, "{missing}");
     assert!(missing["content"][0]["text"].as_str().unwrap().starts_with("CHANGE_NOT_FOUND"), "{missing}");
@@ -170,7 +103,7 @@ async fn every_bad_request_the_spec_names_gets_its_status_and_leaks_no_session()
     let url = format!("{}/mcp", base(&server));
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
     let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"});
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
 
     struct Case {
         name: &'static str,
@@ -305,7 +238,7 @@ async fn every_bad_request_the_spec_names_gets_its_status_and_leaks_no_session()
 #[tokio::test]
 async fn progress_streams_over_mcp_sse_and_rest_ndjson() {
     let server = Server::start();
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
     for slug in ["stream-mcp", "stream-rest"] {
         mcp.call("change.open", json!({"title": "Stream", "slug": slug, "owner": "alice"})).await;
     }
@@ -405,7 +338,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
     let server = Server::start();
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
     mcp.call("change.open", json!({"title": "Resume", "slug": "resume-me", "owner": "alice"})).await;
     let resp = mcp
         .post(json!({"jsonrpc":"2.0","id":77,"method":"tools/call","params":{
@@ -443,8 +376,8 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
 #[tokio::test]
 async fn sessions_are_bounded_and_expire_when_idle() {
     let server = Server::builder().args(["--max-sessions", "2", "--session-idle-seconds", "1"]).start();
-    let first = Mcp::connect(&server, "2025-11-25").await;
-    let _second = Mcp::connect(&server, "2025-06-18").await;
+    let first = connect(&server, "2025-11-25").await;
+    let _second = connect(&server, "2025-06-18").await;
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
     let full =
         client().post(format!("{}/mcp", base(&server))).header("accept", ACCEPT_BOTH).json(&init).send().await.unwrap();
@@ -454,17 +387,17 @@ async fn sessions_are_bounded_and_expire_when_idle() {
     // Wait out the idle timeout (a bound, not a speed check), then the old sessions are gone
     // and their slots are free again.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut expired = first;
+    let expired = first;
     let resp = expired.post(json!({"jsonrpc":"2.0","id":5,"method":"ping"})).await;
     assert_eq!(resp.status(), 404, "an idle session expires");
-    let mut fresh = Mcp::connect(&server, "2025-11-25").await;
+    let mut fresh = connect(&server, "2025-11-25").await;
     assert_eq!(fresh.request("ping", json!({})).await["result"], json!({}));
 }
 
 #[tokio::test]
 async fn slugs_complete_for_the_change_resource_templates() {
     let server = Server::start();
-    let mut mcp = Mcp::connect(&server, "2025-11-25").await;
+    let mut mcp = connect(&server, "2025-11-25").await;
     for slug in ["complete-alpha", "complete-beta", "other-change"] {
         mcp.call("change.open", json!({"title": "C", "slug": slug, "owner": "alice"})).await;
     }

@@ -47,7 +47,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Auth, Server, bounded};
+use common::{
+    Auth, Server, bounded,
+    mcp::{ACCEPT_BOTH, Mcp, sse_messages},
+};
 use futures_util::{StreamExt, stream};
 use monitoring_support::{
     PromApi, Rule, Sample, all_rules, check_promql, contract, dashboard_queries, dashboards, files_with_ext, mon,
@@ -448,7 +451,6 @@ async fn dashboard_variables(api: &PromApi, instance: &str) -> BTreeMap<String, 
 // ---------------------------------------------------------------------------------------------
 // HTTP and MCP clients
 
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const MCP_VERSION: &str = "2025-11-25";
 
 struct Ctx {
@@ -534,96 +536,9 @@ fn exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     out
 }
 
-/// The JSON messages of an SSE body.
-fn sse_messages(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
-            serde_json::from_str(&data.join("\n")).ok()
-        })
-        .collect()
-}
-
-struct Mcp {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-    next_id: u64,
-}
-
-impl Mcp {
-    async fn connect(ctx: &Ctx, token: &str) -> Mcp {
-        let url = ctx.url("/mcp");
-        let resp = ctx
-            .http
-            .post(&url)
-            .bearer_auth(token)
-            .header("accept", ACCEPT_BOTH)
-            .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion": MCP_VERSION, "capabilities": {}, "clientInfo": {"name":"monitoring-live","version":"1"}}}))
-            .send()
-            .await
-            .expect("initialize");
-        assert_eq!(resp.status(), 200, "initialize");
-        let session = resp.headers()["mcp-session-id"].to_str().expect("session id").to_string();
-        let _ = resp.bytes().await;
-        let mcp = Mcp { http: ctx.http.clone(), url, token: token.to_string(), session, next_id: 1 };
-        let resp = mcp.post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
-        assert_eq!(resp.status(), 202, "initialized");
-        mcp
-    }
-
-    async fn post(&self, body: Value) -> reqwest::Response {
-        self.http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", ACCEPT_BOTH)
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", MCP_VERSION)
-            .json(&body)
-            .send()
-            .await
-            .expect("POST /mcp")
-    }
-
-    /// A request; the JSON-RPC response (from a JSON body or an SSE stream).
-    async fn request(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let resp = self.post(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})).await;
-        assert_eq!(resp.status(), 200, "{method}");
-        let sse = resp.headers().get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream"));
-        let text = resp.text().await.expect("body");
-        if sse {
-            return sse_messages(&text)
-                .into_iter()
-                .find(|m| m["id"] == id)
-                .unwrap_or_else(|| panic!("{method}: {text}"));
-        }
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"))
-    }
-
-    async fn call(&mut self, tool: &str, args: Value) -> Value {
-        self.request("tools/call", json!({"name": tool, "arguments": args})).await["result"].clone()
-    }
-
-    /// Opens the session's GET stream; the response, once its first (priming) chunk arrived.
-    async fn open_stream(&self) -> reqwest::Response {
-        let mut resp = self
-            .http
-            .get(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", MCP_VERSION)
-            .send()
-            .await
-            .expect("GET /mcp");
-        assert_eq!(resp.status(), 200, "GET /mcp");
-        bounded("the SSE priming event", resp.chunk()).await.expect("SSE body").expect("a first chunk");
-        resp
-    }
+/// A session with the server's gateway as `token`'s principal.
+async fn connect(ctx: &Ctx, token: &str) -> Mcp {
+    Mcp::connect(ctx.http.clone(), ctx.url("/mcp"), Some(token), MCP_VERSION, "monitoring-live").await
 }
 
 fn open_req(slug: &str) -> OpenChangeRequest {
@@ -722,7 +637,7 @@ async fn healthy_round(ctx: &Ctx, round: u32) {
 
     // MCP (Streamable HTTP): the tool list, the six tools, a streamed tools/call, resources,
     // the session's GET stream, its end.
-    let mut mcp = Mcp::connect(ctx, TOKEN).await;
+    let mut mcp = connect(ctx, TOKEN).await;
     assert!(mcp.request("tools/list", json!({})).await["result"]["tools"].is_array());
     for slug in [s("mcp-a"), s("mcp-b")] {
         let r = mcp.call("change.open", json!({"slug": slug, "title": "Over MCP"})).await;
@@ -909,7 +824,7 @@ async fn prime_faults(ctx: &Ctx) {
         .expect("break proposal");
     let (status, body) = ctx.tool(TOKEN, "change.archive", json!({"slug": "invalid-change"})).await;
     assert!((400..500).contains(&status), "archive of an invalid change: {status} {body}");
-    let mut mcp = Mcp::connect(ctx, TOKEN).await;
+    let mut mcp = connect(ctx, TOKEN).await;
     let r = mcp.call("change.show", json!({"slug": "no-such-change"})).await;
     assert_eq!(r["isError"], true, "{r}");
 
@@ -973,7 +888,7 @@ async fn prime_faults(ctx: &Ctx) {
 
     // Streams refused at the cap, over each transport.
     let held = hold_streams(ctx).await;
-    let other = Mcp::connect(ctx, TOKEN).await;
+    let other = connect(ctx, TOKEN).await;
     let resp = http
         .get(&other.url)
         .bearer_auth(TOKEN)
@@ -1042,7 +957,7 @@ async fn hold_streams(ctx: &Ctx) -> HeldStreams {
         .await
         .expect("WatchChanges")
         .into_inner();
-    let mcp = Mcp::connect(ctx, TOKEN).await;
+    let mcp = connect(ctx, TOKEN).await;
     let sse = mcp.open_stream().await;
     HeldStreams { _watch: watch, _sse: sse }
 }

@@ -6,6 +6,8 @@
 //! Every test file does `mod common;` and uses the part it needs.
 #![allow(dead_code)]
 
+pub mod mcp;
+
 use std::{
     collections::BTreeMap,
     fmt,
