@@ -13,6 +13,7 @@ pub mod rest;
 pub mod schema;
 pub mod security;
 pub mod upstream;
+pub mod wire_json;
 
 pub use access::{Access, Admission};
 pub use app::{AppState, router};

@@ -9,11 +9,11 @@
 //! tools are, use the generated typed clients.
 use std::{collections::BTreeSet, fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use bytes::{Buf as _, Bytes};
 use futures_util::Stream;
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
-    SerializeOptions,
 };
 use serde_json::{Value, value::RawValue};
 use tonic::{
@@ -22,7 +22,11 @@ use tonic::{
     metadata::MetadataValue,
 };
 
-use crate::{error::UpstreamError, pb, schema};
+use crate::{
+    error::UpstreamError,
+    pb, schema,
+    wire_json::{self, OutputEncoder},
+};
 
 /// Any gRPC transport: a `Channel` to a remote service, or the service's own
 /// routes in-process. Boxed so the gateway code is the same for both.
@@ -49,6 +53,8 @@ pub struct ToolDef {
     pub method: MethodDescriptor,
     /// The server-streaming form (same request; messages with `progress`, then `result`).
     pub stream_method: Option<MethodDescriptor>,
+    /// Writes the response's bytes as JSON.
+    pub output: OutputEncoder,
 }
 
 /// Tools sorted by name (a deterministic `tools/list`).
@@ -110,6 +116,7 @@ impl Registry {
                     read_only: tool.read_only,
                     destructive: tool.destructive,
                     idempotent: tool.idempotent,
+                    output: OutputEncoder::new(method.output()),
                     method,
                     stream_method: None,
                 });
@@ -213,10 +220,6 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(99_999_999);
 /// enums by name or number), unknown fields refused so a typo is reported
 /// rather than silently ignored.
 const INPUT_OPTIONS: DeserializeOptions = DeserializeOptions::new().deny_unknown_fields(true);
-/// JSON out: every field, defaults included, so `structuredContent` always has
-/// the same shape; lowerCamelCase names, enums as names, 64-bit integers as
-/// strings. Unset message and `optional` fields are left out.
-const OUTPUT_OPTIONS: SerializeOptions = SerializeOptions::new().skip_default_fields(false);
 
 pub struct Upstream {
     service: Transport,
@@ -246,12 +249,12 @@ impl Upstream {
         &self.pool
     }
 
-    /// A unary tool call; the output as JSON text, serialized once from the message (callers
-    /// embed it in their answers as it is).
+    /// A unary tool call; the output as JSON text, written once from the response's bytes
+    /// (callers embed it in their answers as it is).
     pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Box<RawValue>, CallError> {
         let input = json_to_message(&tool.method.input(), args)?;
         let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
-        message_to_raw_json(&output)
+        tool.output.to_raw(&output).map_err(output_error)
     }
 
     /// Progress events, then the result. Dropping the stream cancels the call.
@@ -264,9 +267,10 @@ impl Upstream {
         let Some(stream_method) = tool.stream_method.clone() else {
             // No streaming form: the result alone is the whole stream.
             let method = tool.method.clone();
+            let encoder = tool.output.clone();
             return Box::pin(async_stream::stream! {
                 yield match unary_call(grpc, &method, input, &ctx).await {
-                    Ok(output) => message_to_json(&output).map(ToolEvent::Result),
+                    Ok(output) => encoder.to_value(&output).map(ToolEvent::Result).map_err(output_error),
                     Err(status) => Err(CallError::from(status)),
                 };
             });
@@ -466,34 +470,18 @@ pub(crate) fn json_to_message(desc: &MessageDescriptor, args: &Value) -> Result<
         .map_err(|e| CallError::InvalidArguments(e.to_string()))
 }
 
-/// A response message to JSON (see [`OUTPUT_OPTIONS`]).
+/// A response message to JSON (see [`wire_json::OUTPUT_OPTIONS`]).
 #[allow(
     clippy::result_large_err,
     reason = "`CallError` is the module's fixed error type; it is built once per failed call"
 )]
 pub(crate) fn message_to_json(message: &DynamicMessage) -> Result<Value, CallError> {
-    message
-        .serialize_with_options(serde_json::value::Serializer, &OUTPUT_OPTIONS)
-        .map_err(|e| CallError::from(Status::internal(format!("encoding the response as JSON: {e}"))))
+    serde_json::to_value(wire_json::Reflected(message)).map_err(|e| output_error(wire_json::EncodeError::Encode(e)))
 }
 
-/// A response message to JSON text, without a `Value` tree in between.
-#[allow(
-    clippy::result_large_err,
-    reason = "`CallError` is the module's fixed error type; it is built once per failed call"
-)]
-pub(crate) fn message_to_raw_json(message: &DynamicMessage) -> Result<Box<RawValue>, CallError> {
-    /// `DynamicMessage` serialized with [`OUTPUT_OPTIONS`].
-    struct Output<'a>(&'a DynamicMessage);
-    impl serde::Serialize for Output<'_> {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            self.0.serialize_with_options(serializer, &OUTPUT_OPTIONS)
-        }
-    }
-    // Written by serde_json, so taken as valid JSON as it is: no size walk of the message
-    // beforehand, no parse afterwards.
-    serde_json::value::to_raw_value(&Output(message))
-        .map_err(|e| CallError::from(Status::internal(format!("encoding the response as JSON: {e}"))))
+/// INTERNAL, as tonic's own prost codec says of a malformed message.
+fn output_error(err: wire_json::EncodeError) -> CallError {
+    CallError::from(Status::internal(err.to_string()))
 }
 
 /// One message of a streaming form: `progress` → a progress event, `result` →
@@ -647,15 +635,16 @@ impl tower::Service<http::Request<tonic::body::Body>> for Transport {
 /// The unary call as a future owning everything it needs: a future borrowing
 /// descriptors or context would be generic over their lifetimes, and rustc
 /// cannot always prove the `Send` that spawning callers need of such futures.
+/// The answer is the response's bytes, for the tool's [`OutputEncoder`].
 fn unary_call(
     mut grpc: tonic::client::Grpc<Transport>,
     method: &MethodDescriptor,
     input: DynamicMessage,
     ctx: &CallContext,
-) -> impl Future<Output = Result<DynamicMessage, Status>> + Send + use<> {
+) -> impl Future<Output = Result<Bytes, Status>> + Send + use<> {
     let path = method_path(method);
     let request = request(input, ctx);
-    let codec = DynamicCodec::new(method.output());
+    let codec = RawResponseCodec;
     let deadline = deadline(ctx);
     async move {
         let path = path?;
@@ -789,6 +778,38 @@ impl Codec for DynamicCodec {
 
     fn decoder(&mut self) -> Self::Decoder {
         DynamicDecoder { decode_as: self.decode_as.clone() }
+    }
+}
+
+/// Requests as `DynamicMessage`, responses as their bytes: the tool's
+/// [`OutputEncoder`] writes them as JSON without decoding them into a message first.
+#[derive(Debug, Clone)]
+struct RawResponseCodec;
+
+impl Codec for RawResponseCodec {
+    type Encode = DynamicMessage;
+    type Decode = Bytes;
+    type Encoder = DynamicEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
