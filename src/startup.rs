@@ -66,8 +66,6 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("HTTP server: {0}")]
-    Http(std::io::Error),
     #[error("gateway: {0}")]
     Gateway(String),
     #[error("upstream {url}: {reason}")]
@@ -384,15 +382,54 @@ async fn serve_http(
     router: axum::Router,
     drain: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    use axum::serve::ListenerExt;
-    // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
-    // small trailing write would wait for the previous one's ACK.
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+    // HTTP/1.1 only, without the HTTP/2 sniffing of a dual-protocol server: that
+    // reads the first 24 bytes on their own, and hyper then grows its 8 KiB read
+    // buffer to 16 KiB for the rest of the request, on every connection (measured
+    // in BENCHMARKS.md, "Memory per stream"). MCP clients speak HTTP/1.1; TLS and
+    // HTTP/2 belong to the proxy in front.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut drain = std::pin::pin!(drain);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    accept_failed(&err).await;
+                    continue;
+                }
+            },
+            () = &mut drain => break,
+        };
+        // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
+        // small trailing write would wait for the previous one's ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    // `into_make_service` shares the route table between connections; passing the
-    // Router itself deep-copies it for each one (measured: 37.5 -> 19.8 KiB per SSE stream).
-    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(drain).await.map_err(StartupError::Http)
+        // A clone of the Router shares its route table (an `Arc`).
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A failed `accept`: a connection that died in the backlog is nobody's
+/// business; running out of descriptors or memory is, and is waited out
+/// rather than spun on.
+async fn accept_failed(err: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(err.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %err, "accepting an HTTP connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Readiness: the overall health (service "") follows workspace writability,
