@@ -41,6 +41,17 @@ impl Reply {
         }
     }
 
+    /// Bytes a response carrying this result may take (a starting capacity; the JSON-RPC
+    /// envelope included).
+    pub fn size_hint(&self) -> usize {
+        const ENVELOPE: usize = 256;
+        match self {
+            Reply::Json(_) => ENVELOPE,
+            // The output once as it is and once escaped, which at worst doubles it.
+            Reply::Tool(tool) => 3 * tool.output.get().len() + ENVELOPE,
+        }
+    }
+
     /// The result as a `Value`, for paths that queue messages as values (SSE streams).
     pub fn into_value(self) -> Value {
         match self {
