@@ -107,7 +107,12 @@ impl IntoResponse for ApiError {
 fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     let mut buf = Vec::with_capacity(256);
     write_json(&mut buf, value);
-    let mut res = Response::new(Body::from(buf));
+    json_body_response(status, buf)
+}
+
+/// `body`, JSON text already, as the response.
+fn json_body_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
@@ -417,7 +422,7 @@ async fn call_tool_inner(
     match wire {
         Wire::Json => {
             let result = state.upstream.call_tool(tool, &args, ctx).await?;
-            Ok(json_response(StatusCode::OK, &result))
+            Ok(json_body_response(StatusCode::OK, result.into_bytes()))
         }
         Wire::Ndjson | Wire::Sse => stream_reply(state, tool, args, ctx, wire).await,
     }

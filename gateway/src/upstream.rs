@@ -15,7 +15,7 @@ use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
 };
-use serde_json::{Value, value::RawValue};
+use serde_json::Value;
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -25,7 +25,7 @@ use tonic::{
 use crate::{
     error::UpstreamError,
     pb, schema,
-    wire_json::{self, OutputEncoder},
+    wire_json::{self, JsonText, OutputEncoder},
 };
 
 /// Any gRPC transport: a `Channel` to a remote service, or the service's own
@@ -251,10 +251,10 @@ impl Upstream {
 
     /// A unary tool call; the output as JSON text, written once from the response's bytes
     /// (callers embed it in their answers as it is).
-    pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Box<RawValue>, CallError> {
+    pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<JsonText, CallError> {
         let input = json_to_message(&tool.method.input(), args)?;
         let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
-        tool.output.to_raw(&output).map_err(output_error)
+        tool.output.to_text(&output).map_err(output_error)
     }
 
     /// Progress events, then the result. Dropping the stream cancels the call.
@@ -1271,7 +1271,7 @@ mod tests {
         };
         let args = json!({"title": "Add X", "slug": "add-x"});
         let out = fake.upstream.call_tool(tool(&fake, "change.open"), &args, ctx).await.unwrap();
-        let out: Value = serde_json::from_str(out.get()).unwrap();
+        let out = out.to_value();
         assert_eq!(out["created"], true);
         assert_eq!(out["change"]["slug"], "add-x");
         assert_eq!(out["change"]["status"], "CHANGE_STATUS_DRAFT");
@@ -1341,7 +1341,7 @@ mod tests {
             .call_tool(tool(&fake, "change.archive"), &json!({"slug": "add-x"}), CallContext::default())
             .await
             .unwrap();
-        let unary: Value = serde_json::from_str(unary.get()).unwrap();
+        let unary = unary.to_value();
         assert_eq!(result, &unary);
         assert_eq!(result["receipt"]["slug"], "add-x");
     }
@@ -1489,8 +1489,7 @@ mod tests {
                 let args = json!({"slug": "add-z"});
                 let ctx = CallContext::default();
                 let tool = tool?;
-                let value: Value =
-                    serde_json::from_str(fake.upstream.call_tool(&tool, &args, ctx.clone()).await.ok()?.get()).ok()?;
+                let value: Value = fake.upstream.call_tool(&tool, &args, ctx.clone()).await.ok()?.to_value();
                 let mut events = fake.upstream.call_tool_streaming(&tool, &args, ctx.clone());
                 while events.next().await.is_some() {}
                 fake.upstream.read_resource("change://a/proposal", ctx.clone()).await.ok()?;

@@ -21,7 +21,6 @@ use serde::{
     Serialize, Serializer,
     ser::{SerializeMap, SerializeSeq},
 };
-use serde_json::value::RawValue;
 
 /// prost-reflect's nesting limit for decoding; deeper messages go its way and meet it there.
 const MAX_DEPTH: u32 = 100;
@@ -51,11 +50,10 @@ impl OutputEncoder {
     }
 
     /// `bytes` as JSON text.
-    pub fn to_raw(&self, bytes: &[u8]) -> Result<Box<RawValue>, EncodeError> {
-        self.encode(bytes, |message| {
-            // Written by serde_json, so valid JSON as it is: no parse afterwards.
-            serde_json::value::to_raw_value(message)
-        })
+    pub fn to_text(&self, bytes: &[u8]) -> Result<JsonText, EncodeError> {
+        // The JSON of a message is about one and a half times its protobuf; sized so the
+        // buffer does not grow, copying, on the way.
+        self.encode(bytes, |message| JsonText::with_capacity(2 * bytes.len() + 64, message))
     }
 
     /// `bytes` as a `Value`.
@@ -97,6 +95,46 @@ impl Serialize for Either<'_> {
             Either::Direct(direct) => direct.serialize(serializer),
             Either::Reflected(reflected) => reflected.serialize(serializer),
         }
+    }
+}
+
+/// JSON text written by serde_json: valid JSON (and UTF-8) as it is, so it is passed on and
+/// embedded in answers without being parsed or checked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Vec<u8>);
+
+impl JsonText {
+    /// `value` as JSON text.
+    pub fn new(value: &impl Serialize) -> Result<JsonText, serde_json::Error> {
+        serde_json::to_vec(value).map(JsonText)
+    }
+
+    fn with_capacity(capacity: usize, value: &impl Serialize) -> Result<JsonText, serde_json::Error> {
+        let mut text = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut text, value)?;
+        Ok(JsonText(text))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text parsed, for the paths that queue messages as `Value`s.
+    pub fn to_value(&self) -> serde_json::Value {
+        // serde_json wrote it, so it parses; `null` would only hide a bug, never a client's input.
+        serde_json::from_slice(&self.0).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -789,7 +827,7 @@ mod tests {
             } else {
                 assert_eq!(direct, reflected, "round {round}");
             }
-            assert_eq!(encoder.to_raw(&bytes).expect("encodes").get(), direct);
+            assert_eq!(encoder.to_text(&bytes).expect("encodes").as_bytes(), direct.as_bytes());
         }
     }
 
@@ -820,7 +858,7 @@ mod tests {
                 message.set_field_by_name("n", V::I32(3));
             }
             let bytes = message.encode_to_vec();
-            assert_eq!(encoder.to_raw(&bytes).expect("encodes").get(), reflected_text(&desc, &bytes));
+            assert_eq!(encoder.to_text(&bytes).expect("encodes").as_bytes(), reflected_text(&desc, &bytes).as_bytes());
         }
     }
 
@@ -967,7 +1005,7 @@ mod tests {
 
         for (what, bytes) in cases {
             assert_eq!(encoder.direct(&bytes), None, "{what}");
-            let err = encoder.to_raw(&bytes).expect_err(what);
+            let err = encoder.to_text(&bytes).expect_err(what);
             assert!(matches!(err, EncodeError::Decode(_) | EncodeError::Encode(_)), "{what}: {err}");
         }
     }

@@ -4,7 +4,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{Value, json};
 
 use super::{
     context::RequestContext,
@@ -18,6 +18,7 @@ use crate::{
     AppState,
     error::{McpFailure, UpstreamError},
     upstream::{CallContext, CallError, ToolDef, ToolEvent},
+    wire_json::JsonText,
 };
 
 /// Items per page of tools/list and resources/list.
@@ -181,7 +182,7 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
 }
 
 /// The tool's output as JSON text.
-async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<Box<RawValue>, CallError> {
+async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<JsonText, CallError> {
     let upstream = &ctx.state.upstream;
     if ctx.progress_token.is_none() || tool.stream_method.is_none() {
         return upstream.call_tool(tool, args, ctx.call.clone()).await;
@@ -193,7 +194,7 @@ async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<
                 ctx.progress(f64::from(current), Some(f64::from(total)), Some(format!("{step}: {message}"))).await;
             }
             ToolEvent::Result(value) => {
-                return serde_json::value::to_raw_value(&value)
+                return JsonText::new(&value)
                     .map_err(|e| CallError::from(tonic::Status::internal(format!("encoding the result: {e}"))));
             }
         }

@@ -1,6 +1,5 @@
 //! JSON-RPC 2.0 framing for MCP.
 use super::reply::Reply;
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -127,22 +126,15 @@ pub fn error(id: Option<&Value>, err: &RpcError) -> Value {
 }
 
 /// A response as JSON text, for results that are not `Value`s (see `reply`).
-pub fn result_text(id: &Value, result: &Reply) -> String {
-    #[derive(Serialize)]
-    struct Response<'a> {
-        jsonrpc: &'static str,
-        id: &'a Value,
-        result: &'a Reply,
-    }
+pub fn result_text(id: &Value, result: &Reply) -> Vec<u8> {
     // Sized up front: a tool's answer is several KiB, and a buffer grown by doubling copies
     // it over and over on the way.
     let mut text = Vec::with_capacity(result.size_hint());
-    serde_json::to_writer(&mut text, &Response { jsonrpc: "2.0", id, result })
-        .map_err(|e| e.to_string())
-        .and_then(|()| String::from_utf8(text).map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| {
-            error_text(Some(id), &RpcError::new(INTERNAL_ERROR, format!("encoding the result failed: {e}")))
-        })
+    match result.write_response(id, &mut text) {
+        Ok(()) => text,
+        Err(e) => error_text(Some(id), &RpcError::new(INTERNAL_ERROR, format!("encoding the result failed: {e}")))
+            .into_bytes(),
+    }
 }
 
 /// An error response as JSON text.

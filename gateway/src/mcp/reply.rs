@@ -4,9 +4,12 @@
 //! in JSON, sent twice (as the text block and as `structuredContent`). Building a `Value` tree
 //! for it, serializing that for the text block and again for the response, then dropping it
 //! cost about a third of the CPU of a `change.show` call. A `ToolReply` holds the output
-//! serialized once, straight from the protobuf message, and writes it into both places.
-use serde::{Serialize, Serializer, ser::SerializeMap};
-use serde_json::{Map, Value, json, value::RawValue};
+//! written once, straight from the protobuf bytes, and the response is written around it into
+//! one buffer sized for it: the text block is the output escaped as it is copied in.
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::wire_json::JsonText;
 
 pub enum Reply {
     Json(Value),
@@ -14,7 +17,7 @@ pub enum Reply {
 }
 
 pub struct ToolReply {
-    output: Box<RawValue>,
+    output: JsonText,
     /// The negotiated version has `structuredContent` (2025-06-18 and later).
     structured: bool,
     /// Members a transport adds (`resultType` in 2026-07-28).
@@ -24,7 +27,7 @@ pub struct ToolReply {
 impl Reply {
     /// A successful tool call's result: a text block with `output`, and `output` itself as
     /// `structuredContent` when the version has it.
-    pub fn tool(output: Box<RawValue>, structured: bool) -> Reply {
+    pub fn tool(output: JsonText, structured: bool) -> Reply {
         Reply::Tool(ToolReply { output, structured, extra: Map::new() })
     }
 
@@ -48,7 +51,7 @@ impl Reply {
         match self {
             Reply::Json(_) => ENVELOPE,
             // The output once as it is and once escaped, which at worst doubles it.
-            Reply::Tool(tool) => 3 * tool.output.get().len() + ENVELOPE,
+            Reply::Tool(tool) => 3 * tool.output.len() + ENVELOPE,
         }
     }
 
@@ -57,8 +60,9 @@ impl Reply {
         match self {
             Reply::Json(value) => value,
             Reply::Tool(tool) => {
-                let output: Value = serde_json::from_str(tool.output.get()).unwrap_or(Value::Null);
-                let mut result = json!({"content": [{"type": "text", "text": tool.output.get()}], "isError": false});
+                let output = tool.output.to_value();
+                let text = String::from_utf8_lossy(tool.output.as_bytes());
+                let mut result = json!({"content": [{"type": "text", "text": text}], "isError": false});
                 if tool.structured {
                     result["structuredContent"] = output;
                 }
@@ -69,61 +73,164 @@ impl Reply {
             }
         }
     }
+
+    /// Appends the JSON-RPC response `{"jsonrpc":"2.0","id":…,"result":…}` carrying this result.
+    pub fn write_response(&self, id: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let tool = match self {
+            Reply::Json(result) => {
+                #[derive(Serialize)]
+                struct Response<'a> {
+                    jsonrpc: &'static str,
+                    id: &'a Value,
+                    result: &'a Value,
+                }
+                return serde_json::to_writer(out, &Response { jsonrpc: "2.0", id, result });
+            }
+            Reply::Tool(tool) => tool,
+        };
+        // The members in the order serde would write them for
+        // `{content: [{type, text}], isError, structuredContent, ...extra}`.
+        out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        serde_json::to_writer(&mut *out, id)?;
+        out.extend_from_slice(br#","result":{"content":[{"type":"text","text":""#);
+        escape_into(out, tool.output.as_bytes());
+        out.extend_from_slice(br#""}],"isError":false"#);
+        if tool.structured {
+            out.extend_from_slice(br#","structuredContent":"#);
+            out.extend_from_slice(tool.output.as_bytes());
+        }
+        for (key, value) in &tool.extra {
+            out.push(b',');
+            serde_json::to_writer(&mut *out, key)?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value)?;
+        }
+        out.extend_from_slice(b"}}");
+        Ok(())
+    }
 }
 
-impl Serialize for Reply {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Reply::Json(value) => value.serialize(serializer),
-            Reply::Tool(tool) => {
+/// Appends `text` as the contents of a JSON string, escaped as serde_json escapes: `"` and `\`,
+/// control characters as `\n`-style short forms or `\u00XX`.
+fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &byte) in text.iter().enumerate() {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        if short == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::ser::SerializeMap;
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    const OUTPUT: &str = r#"{"slug":"a","n":1,"text":"quote \" back \\ line\n bell \u0007 é"}"#;
+
+    fn output() -> JsonText {
+        JsonText::new(&serde_json::from_str::<Value>(OUTPUT).expect("JSON")).expect("text")
+    }
+
+    /// The response as serde writes it from the members in order: what `write_response` must
+    /// produce byte for byte.
+    fn reference(id: &Value, output: &str, structured: bool, extra: &Map<String, Value>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Response<'a> {
+            jsonrpc: &'static str,
+            id: &'a Value,
+            result: ToolResult<'a>,
+        }
+        #[derive(Serialize)]
+        struct TextBlock<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            text: &'a str,
+        }
+        struct ToolResult<'a>(&'a str, bool, &'a Map<String, Value>);
+        impl Serialize for ToolResult<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 let mut map = serializer.serialize_map(None)?;
-                map.serialize_entry("content", &[TextBlock { kind: "text", text: tool.output.get() }])?;
+                map.serialize_entry("content", &[TextBlock { kind: "text", text: self.0 }])?;
                 map.serialize_entry("isError", &false)?;
-                if tool.structured {
-                    map.serialize_entry("structuredContent", &tool.output)?;
+                if self.1 {
+                    let raw = RawValue::from_string(self.0.to_string()).expect("raw");
+                    map.serialize_entry("structuredContent", &raw)?;
                 }
-                for (key, value) in &tool.extra {
+                for (key, value) in self.2 {
                     map.serialize_entry(key, value)?;
                 }
                 map.end()
             }
         }
-    }
-}
-
-#[derive(Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn output() -> Box<RawValue> {
-        RawValue::from_string(r#"{"slug":"a","n":1}"#.to_string()).expect("raw")
+        let result = ToolResult(output, structured, extra);
+        serde_json::to_vec(&Response { jsonrpc: "2.0", id, result }).expect("serializes")
     }
 
     #[test]
-    fn a_tool_reply_serializes_as_the_value_it_stands_for() {
+    fn a_tool_reply_is_written_as_serde_would_write_it() {
+        let text = String::from_utf8(output().into_bytes()).expect("UTF-8");
         for structured in [true, false] {
-            let reply = Reply::tool(output(), structured).decorate(|mut v| {
-                v["resultType"] = json!("complete");
-                v
-            });
-            let written: Value = serde_json::to_value(&reply).expect("serialize");
-            let mut expected = json!({
-                "content": [{"type": "text", "text": r#"{"slug":"a","n":1}"#}],
-                "isError": false,
-                "resultType": "complete",
-            });
-            if structured {
-                expected["structuredContent"] = json!({"slug": "a", "n": 1});
+            for id in [json!(7), json!("req-\"1\"")] {
+                let reply = Reply::tool(output(), structured).decorate(|mut v| {
+                    v["resultType"] = json!("complete");
+                    v
+                });
+                let mut written = Vec::new();
+                reply.write_response(&id, &mut written).expect("write");
+                let Reply::Tool(tool) = &reply else { unreachable!("a tool reply") };
+                assert_eq!(
+                    String::from_utf8_lossy(&written),
+                    String::from_utf8_lossy(&reference(&id, &text, structured, &tool.extra))
+                );
+                let mut expected = json!({
+                    "content": [{"type": "text", "text": text}],
+                    "isError": false,
+                    "resultType": "complete",
+                });
+                if structured {
+                    expected["structuredContent"] = serde_json::from_str(&text).expect("JSON");
+                }
+                let parsed: Value = serde_json::from_slice(&written).expect("valid JSON");
+                assert_eq!(parsed["result"], expected);
+                assert_eq!(reply.into_value(), expected);
             }
-            assert_eq!(written, expected);
-            assert_eq!(reply.into_value(), expected);
         }
+    }
+
+    #[test]
+    fn escaping_matches_serde_json_for_every_byte_that_needs_it() {
+        let mut text: String = (0u8..0x80).map(char::from).collect();
+        text.push_str("é 日本 \u{2028} end");
+        let mut escaped = vec![b'"'];
+        escape_into(&mut escaped, text.as_bytes());
+        escaped.push(b'"');
+        assert_eq!(String::from_utf8(escaped).expect("UTF-8"), serde_json::to_string(&text).expect("serde"));
     }
 }

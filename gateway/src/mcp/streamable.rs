@@ -157,7 +157,7 @@ async fn run(
     id: &Value,
     method: &str,
     params: &Value,
-) -> String {
+) -> Vec<u8> {
     let cancel = session.start_request(id);
     let ctx = transport::context(ContextParts {
         state,
@@ -174,7 +174,7 @@ async fn run(
     session.end_request(id);
     match outcome {
         Ok(result) => jsonrpc::result_text(id, &result),
-        Err(err) => jsonrpc::error_text(Some(id), &err),
+        Err(err) => jsonrpc::error_text(Some(id), &err).into_bytes(),
     }
 }
 
@@ -258,13 +258,16 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
             Ok(Incoming::Response { id, outcome }) => {
                 session.answer_client_request(&id, outcome);
             }
-            Err((id, err)) => responses.push(jsonrpc::error_text(id.as_ref(), &err)),
+            Err((id, err)) => responses.push(jsonrpc::error_text(id.as_ref(), &err).into_bytes()),
         }
     }
     if responses.is_empty() {
         return StatusCode::ACCEPTED.into_response();
     }
-    transport::json_text_response(format!("[{}]", responses.join(",")))
+    let mut body = vec![b'['];
+    body.extend(responses.join(&b","[..]));
+    body.push(b']');
+    transport::json_text_response(body)
 }
 
 /// GET: the session's standalone stream, or a resumed stream with `Last-Event-ID`.

@@ -45,7 +45,7 @@ pub fn json_response(body: &Value) -> Response {
 }
 
 /// A 200 with a body that is JSON text already.
-pub fn json_text_response(body: String) -> Response {
+pub fn json_text_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
