@@ -116,17 +116,12 @@ fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, &byte) in text.iter().enumerate() {
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            b'\t' => b't',
-            b'\n' => b'n',
-            0x0c => b'f',
-            b'\r' => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
+        // One table load per byte, as serde_json does: a `match` here took 1.6 times as long
+        // (perf, `change.show` through the gateway).
+        let short = ESCAPE[usize::from(byte)];
+        if short == 0 {
+            continue;
+        }
         out.extend_from_slice(&text[start..i]);
         if short == b'u' {
             out.extend_from_slice(&[
@@ -144,6 +139,24 @@ fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
     }
     out.extend_from_slice(&text[start..]);
 }
+
+/// For each byte, the letter after the backslash that escapes it (`u`: `\u00XX`), or 0.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 #[cfg(test)]
 mod tests {
