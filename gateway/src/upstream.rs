@@ -644,7 +644,7 @@ fn unary_call(
 ) -> impl Future<Output = Result<Bytes, Status>> + Send + use<> {
     let path = method_path(method);
     let request = request(input, ctx);
-    let codec = RawResponseCodec;
+    let codec = DynamicCodec::raw();
     let deadline = deadline(ctx);
     async move {
         let path = path?;
@@ -753,56 +753,48 @@ fn too_large(uri: &str, size: usize) -> Status {
     )
 }
 
-/// `application/grpc+proto` for messages known only by descriptor: encodes any
-/// `DynamicMessage`, decodes into the message type it was made for.
+/// `application/grpc+proto` for requests known only by descriptor (any
+/// `DynamicMessage`), with answers read by `D`: decoded into their message
+/// type ([`DynamicDecoder`]) or kept as bytes for the tool's [`OutputEncoder`],
+/// which writes them as JSON without a message in between ([`RawDecoder`]).
 #[derive(Debug, Clone)]
-pub(crate) struct DynamicCodec {
-    decode_as: MessageDescriptor,
+pub(crate) struct DynamicCodec<D> {
+    decoder: D,
 }
 
-impl DynamicCodec {
+impl DynamicCodec<DynamicDecoder> {
     pub(crate) fn new(decode_as: MessageDescriptor) -> Self {
-        DynamicCodec { decode_as }
+        DynamicCodec { decoder: DynamicDecoder { decode_as } }
     }
 }
 
-impl Codec for DynamicCodec {
+impl DynamicCodec<RawDecoder> {
+    fn raw() -> Self {
+        DynamicCodec { decoder: RawDecoder }
+    }
+}
+
+impl<D> Codec for DynamicCodec<D>
+where
+    D: Decoder<Error = Status> + Clone + Send + 'static,
+    D::Item: Send + 'static,
+{
     type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
+    type Decode = D::Item;
     type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = D;
 
     fn encoder(&mut self) -> Self::Encoder {
         DynamicEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder { decode_as: self.decode_as.clone() }
-    }
-}
-
-/// Requests as `DynamicMessage`, responses as their bytes: the tool's
-/// [`OutputEncoder`] writes them as JSON without decoding them into a message first.
-#[derive(Debug, Clone)]
-struct RawResponseCodec;
-
-impl Codec for RawResponseCodec {
-    type Encode = DynamicMessage;
-    type Decode = Bytes;
-    type Encoder = DynamicEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
+        self.decoder.clone()
     }
 }
 
 #[derive(Debug, Clone)]
-struct RawDecoder;
+pub(crate) struct RawDecoder;
 
 impl Decoder for RawDecoder {
     type Item = Bytes;
