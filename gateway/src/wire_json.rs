@@ -618,11 +618,8 @@ impl Serialize for Value<'_> {
             (ValueKind::Int64, Wire::Varint(v)) => serializer.collect_str(&(v as i64)),
             (ValueKind::Uint32, Wire::Varint(v)) => serializer.serialize_u32(v as u32),
             (ValueKind::Uint64, Wire::Varint(v)) => serializer.collect_str(&v),
-            (ValueKind::Sint32, Wire::Varint(v)) => {
-                let v = v as u32;
-                serializer.serialize_i32((v >> 1) as i32 ^ -((v & 1) as i32))
-            }
-            (ValueKind::Sint64, Wire::Varint(v)) => serializer.collect_str(&((v >> 1) as i64 ^ -((v & 1) as i64))),
+            (ValueKind::Sint32, Wire::Varint(v)) => serializer.serialize_i32(zigzag32(v)),
+            (ValueKind::Sint64, Wire::Varint(v)) => serializer.collect_str(&zigzag64(v)),
             (ValueKind::Bool, Wire::Varint(v)) => serializer.serialize_bool(v != 0),
             (ValueKind::Enum(desc), Wire::Varint(v)) => match desc.get_value(v as i32) {
                 Some(value) => serializer.serialize_str(value.name()),
@@ -646,6 +643,17 @@ impl Serialize for Value<'_> {
             _ => Err(give_up(GiveUp)),
         }
     }
+}
+
+/// `sint32` and `sint64` travel zigzag-encoded (0, -1, 1, -2, … as 0, 1, 2, 3, …); a `sint32`
+/// decoder keeps the low 32 bits of the varint.
+fn zigzag32(v: u64) -> i32 {
+    let v = v as u32;
+    (v >> 1) as i32 ^ -((v & 1) as i32)
+}
+
+fn zigzag64(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
 fn float<S: Serializer>(serializer: S, v: f32) -> Result<S::Ok, S::Error> {
@@ -683,11 +691,8 @@ impl Serialize for MapKey<'_> {
             (ValueKind::Int64, Wire::Varint(v)) => serializer.collect_str(&(v as i64)),
             (ValueKind::Uint32, Wire::Varint(v)) => serializer.collect_str(&(v as u32)),
             (ValueKind::Uint64, Wire::Varint(v)) => serializer.collect_str(&v),
-            (ValueKind::Sint32, Wire::Varint(v)) => {
-                let v = v as u32;
-                serializer.collect_str(&((v >> 1) as i32 ^ -((v & 1) as i32)))
-            }
-            (ValueKind::Sint64, Wire::Varint(v)) => serializer.collect_str(&((v >> 1) as i64 ^ -((v & 1) as i64))),
+            (ValueKind::Sint32, Wire::Varint(v)) => serializer.collect_str(&zigzag32(v)),
+            (ValueKind::Sint64, Wire::Varint(v)) => serializer.collect_str(&zigzag64(v)),
             (ValueKind::Fixed32, Wire::Fixed32(v)) => serializer.collect_str(&v),
             (ValueKind::Sfixed32, Wire::Fixed32(v)) => serializer.collect_str(&(v as i32)),
             (ValueKind::Fixed64, Wire::Fixed64(v)) => serializer.collect_str(&v),
