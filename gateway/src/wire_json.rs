@@ -45,7 +45,8 @@ impl OutputEncoder {
     }
 
     /// True when answers are serialized from the wire bytes (not through `DynamicMessage`).
-    pub fn is_direct(&self) -> bool {
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
         self.plan.is_some()
     }
 

@@ -132,14 +132,13 @@ pub fn result_text(id: &Value, result: &Reply) -> Vec<u8> {
     let mut text = Vec::with_capacity(result.size_hint());
     match result.write_response(id, &mut text) {
         Ok(()) => text,
-        Err(e) => error_text(Some(id), &RpcError::new(INTERNAL_ERROR, format!("encoding the result failed: {e}")))
-            .into_bytes(),
+        Err(e) => error_text(Some(id), &RpcError::new(INTERNAL_ERROR, format!("encoding the result failed: {e}"))),
     }
 }
 
 /// An error response as JSON text.
-pub fn error_text(id: Option<&Value>, err: &RpcError) -> String {
-    error(id, err).to_string()
+pub fn error_text(id: Option<&Value>, err: &RpcError) -> Vec<u8> {
+    error(id, err).to_string().into_bytes()
 }
 
 pub fn notification(method: &str, params: Value) -> Value {

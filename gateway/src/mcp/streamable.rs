@@ -174,7 +174,7 @@ async fn run(
     session.end_request(id);
     match outcome {
         Ok(result) => jsonrpc::result_text(id, &result),
-        Err(err) => jsonrpc::error_text(Some(id), &err).into_bytes(),
+        Err(err) => jsonrpc::error_text(Some(id), &err),
     }
 }
 
@@ -258,7 +258,7 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
             Ok(Incoming::Response { id, outcome }) => {
                 session.answer_client_request(&id, outcome);
             }
-            Err((id, err)) => responses.push(jsonrpc::error_text(id.as_ref(), &err).into_bytes()),
+            Err((id, err)) => responses.push(jsonrpc::error_text(id.as_ref(), &err)),
         }
     }
     if responses.is_empty() {
