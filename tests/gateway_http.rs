@@ -344,7 +344,9 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
         .post(json!({"jsonrpc":"2.0","id":77,"method":"tools/call","params":{
             "name":"change.archive","arguments":{"slug":"resume-me","owner":"alice"},"_meta":{"progressToken":"r"}}}))
         .await;
-    // Read until the first message event, remember its id, then drop the connection.
+    // Read until the first message event and remember its id. The client then
+    // loses the connection; the server cannot tell yet (a dead peer shows only
+    // at the next write), which the test pins by keeping this end open.
     let mut stream = resp.bytes_stream();
     let mut seen = String::new();
     let first_id = loop {
@@ -354,7 +356,6 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
             break event.lines().find_map(|l| l.strip_prefix("id: ")).expect("message events carry ids").to_string();
         }
     };
-    drop(stream);
 
     let resumed = client()
         .get(format!("{}/mcp", base(&server)))
@@ -364,13 +365,16 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resumed.status(), 200);
+    assert_eq!(resumed.status(), 200, "resuming takes the stream over from the lost connection");
     let text = resumed.text().await.unwrap();
     let messages = sse_messages(&text);
     assert!(!text.contains(&format!("id: {first_id}\nevent")), "the event we saw is not replayed: {text}");
     let last = messages.last().expect("replayed events");
     assert_eq!(last["id"], 77, "the stream resumes through to the response: {text}");
     assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "resume-me");
+    // The old response ends rather than holding a stream slot (a bound, not a speed check).
+    let old_end = tokio::time::timeout(Duration::from_secs(10), async { while stream.next().await.is_some() {} }).await;
+    assert!(old_end.is_ok(), "the superseded response ends");
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ pub async fn get(
     let Some(session) = state.sessions.create(&principal, LEGACY_VERSION) else {
         return transport::too_many_sessions(&state);
     };
-    session.notifications.attach();
+    let reader = session.notifications.claim();
     tracing::info!(session = %session.id, "legacy SSE session opened");
     let options = SseOptions {
         prime: false,
@@ -54,8 +54,7 @@ pub async fn get(
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
         store.sessions.remove(&id, &who);
     });
-    let log = session.notifications.clone();
-    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+    transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))
 }
 
 pub async fn post(

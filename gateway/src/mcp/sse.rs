@@ -3,6 +3,11 @@
 //! messages; an HTTP response reads them from a cursor. A dropped connection
 //! therefore loses nothing: `GET` with `Last-Event-ID` replays what followed,
 //! from a bounded log, and then continues live.
+//!
+//! One reader at a time: a resumption (`Last-Event-ID`) takes the log over
+//! from whichever response still holds it, because the client that resumes
+//! has lost that connection even when the server has not noticed yet (a
+//! dead TCP peer shows only at the next write).
 use std::{
     collections::VecDeque,
     sync::{
@@ -25,8 +30,9 @@ pub struct EventLog {
     inner: Mutex<LogInner>,
     changed: Notify,
     finished: AtomicBool,
-    /// Whether an HTTP response is reading this log now.
-    attached: AtomicBool,
+    /// The claim of the HTTP response reading this log now; 0 when none.
+    reader: AtomicU64,
+    next_reader: AtomicU64,
     /// The last sequence number any reader sent: where a new reader without
     /// `Last-Event-ID` starts, so it neither repeats nor misses events.
     delivered: AtomicU64,
@@ -46,7 +52,8 @@ impl EventLog {
             inner: Mutex::new(LogInner { next_seq: 1, events: VecDeque::new() }),
             changed: Notify::new(),
             finished: AtomicBool::new(false),
-            attached: AtomicBool::new(false),
+            reader: AtomicU64::new(0),
+            next_reader: AtomicU64::new(1),
             delivered: AtomicU64::new(0),
         })
     }
@@ -77,13 +84,21 @@ impl EventLog {
         self.finished.load(Ordering::Acquire)
     }
 
-    /// Claims the log for one reader; false if another is attached.
-    pub fn attach(&self) -> bool {
-        !self.attached.swap(true, Ordering::AcqRel)
+    /// Claims the log for a reader if none holds it.
+    pub fn claim_if_free(self: &Arc<Self>) -> Option<Reader> {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        self.reader.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        Some(Reader { log: self.clone(), id })
     }
 
-    pub fn detach(&self) {
-        self.attached.store(false, Ordering::Release);
+    /// Claims the log for a reader, ending the one that holds it, if any.
+    pub fn claim(self: &Arc<Self>) -> Reader {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        if self.reader.swap(id, Ordering::AcqRel) != 0 {
+            // Wake the superseded reader so that it sees it lost the log.
+            self.changed.notify_waiters();
+        }
+        Reader { log: self.clone(), id }
     }
 
     pub fn event_id(&self, seq: u64) -> String {
@@ -117,22 +132,40 @@ pub struct SseOptions {
     pub keepalive: Duration,
 }
 
-/// Releases the stream slot and the log's reader claim when the response ends,
-/// however it ends (client gone, finished, shutdown).
-pub struct Attachment {
+/// The right to read an `EventLog`, released on drop unless a newer reader
+/// has taken the log over in the meantime.
+pub struct Reader {
     log: Arc<EventLog>,
+    id: u64,
+}
+
+impl Reader {
+    fn is_current(&self) -> bool {
+        self.log.reader.load(Ordering::Acquire) == self.id
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.log.reader.compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// Releases the stream slot and the log's reader claim when the response ends,
+/// however it ends (client gone, finished, superseded, shutdown).
+pub struct Attachment {
+    reader: Reader,
     on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Attachment {
-    pub fn new(log: Arc<EventLog>, on_drop: Box<dyn FnOnce() + Send>) -> Self {
-        Attachment { log, on_drop: Some(on_drop) }
+    pub fn new(reader: Reader, on_drop: Box<dyn FnOnce() + Send>) -> Self {
+        Attachment { reader, on_drop: Some(on_drop) }
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.log.detach();
         if let Some(f) = self.on_drop.take() {
             f();
         }
@@ -145,7 +178,8 @@ impl Drop for Attachment {
 /// `recorder` counts what is written (the legacy `endpoint` event and the
 /// priming event as `priming`, keep-alives as `ping`, log events by kind) and
 /// why the stream ended: `completed` when the log is finished, `shutdown` on
-/// drain, `client_closed` when the body is dropped first.
+/// drain, `client_closed` when the body is dropped first or the client
+/// resumed the stream on another connection.
 pub fn body(
     attachment: Attachment,
     cursor: u64,
@@ -156,7 +190,7 @@ pub fn body(
     let stream = async_stream::stream! {
         let attachment = attachment;
         let mut recorder = recorder;
-        let log = attachment.log.clone();
+        let log = attachment.reader.log.clone();
         let mut cursor = cursor;
         if let Some(preamble) = options.preamble {
             recorder.sent(MessageType::Priming, 1, preamble.len());
@@ -174,6 +208,10 @@ pub fn body(
             let changed = log.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            if !attachment.reader.is_current() {
+                recorder.close(CloseReason::ClientClosed);
+                break;
+            }
             let batch = log.after(cursor);
             if batch.is_empty() {
                 if log.is_finished() {
@@ -242,7 +280,7 @@ mod tests {
         log.push(&json!({"a": 1}));
         log.push(&json!({"b": 2}));
         log.finish();
-        assert!(log.attach());
+        let reader = log.claim_if_free().expect("nobody reads a new log");
         let opts = SseOptions {
             prime: false,
             preamble: None,
@@ -254,12 +292,57 @@ mod tests {
             crate::metrics::StreamType::Sse,
             std::time::Instant::now(),
         );
-        let body =
-            super::body(Attachment::new(log.clone(), Box::new(|| {})), 1, opts, CancellationToken::new(), recorder);
+        let body = super::body(Attachment::new(reader, Box::new(|| {})), 1, opts, CancellationToken::new(), recorder);
         let bytes = body.collect().await.unwrap().to_bytes();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         assert_eq!(text, "id: 3-2\nevent: message\ndata: {\"b\":2}\n\n");
-        assert!(log.attach(), "the reader released the log when it ended");
+        assert!(log.claim_if_free().is_some(), "the reader released the log when it ended");
+    }
+
+    fn quiet_options() -> SseOptions {
+        SseOptions { prime: false, preamble: None, retry: Duration::from_secs(1), keepalive: Duration::from_secs(60) }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_reader_takes_the_log_over_and_the_old_one_ends() {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport, testing::TestMeter};
+        let t = TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 4));
+        let log = EventLog::new(5, 16);
+        let first = log.claim_if_free().expect("nobody reads a new log");
+        assert!(log.claim_if_free().is_none(), "a second plain reader is refused while one reads");
+        let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let mut old = super::body(
+            Attachment::new(first, Box::new(|| {})),
+            0,
+            quiet_options(),
+            CancellationToken::new(),
+            recorder,
+        );
+        log.push(&json!({"n": 1}));
+        let frame = old.frame().await.expect("the first event").unwrap().into_data().unwrap();
+        assert!(std::str::from_utf8(&frame).unwrap().starts_with("id: 5-1\n"));
+
+        // The client lost that connection (the server has not noticed) and resumes after 5-1.
+        let resumed = log.claim();
+        log.push(&json!({"n": 2}));
+        assert!(old.frame().await.is_none(), "the superseded reader ends without sending on");
+        let closed = ["transport=mcp", "stream.type=sse", "close.reason=client_closed"];
+        assert_eq!(t.value("streaming.connection.duration", &closed), Some(1.0));
+        assert!(log.claim_if_free().is_none(), "the old reader ending leaves the new claim in place");
+
+        log.finish();
+        let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let new = super::body(
+            Attachment::new(resumed, Box::new(|| {})),
+            1,
+            quiet_options(),
+            CancellationToken::new(),
+            recorder,
+        );
+        let text = String::from_utf8(new.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert_eq!(text, "id: 5-2\nevent: message\ndata: {\"n\":2}\n\n");
+        assert!(log.claim_if_free().is_some(), "the log is free once its reader ended");
     }
 
     #[tokio::test]
@@ -278,7 +361,8 @@ mod tests {
             keepalive: Duration::from_secs(60),
         };
         let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-        let body = super::body(Attachment::new(log, Box::new(|| {})), 0, opts, CancellationToken::new(), recorder);
+        let body =
+            super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, opts, CancellationToken::new(), recorder);
         let bytes = body.collect().await.unwrap().to_bytes();
         let kind = |k: &str| {
             let labels = ["transport=mcp".to_string(), "stream.type=sse".into(), format!("message.type={k}")];

@@ -188,7 +188,7 @@ fn stream(
         return transport::too_many_streams(&state);
     };
     let log = EventLog::new(1, state.config.event_store_capacity);
-    log.attach();
+    let reader = log.claim();
     let outbox = transport::pump_into(log.clone());
     let cancel = state.shutdown.child_token();
     let task_cancel = cancel.clone();
@@ -214,7 +214,7 @@ fn stream(
         keepalive: state.config.sse_keepalive,
     };
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
-    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+    transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))
 }
 
 /// `subscriptions/listen`: one SSE stream of the notifications the client opted
@@ -242,7 +242,7 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
     }
     let tag = json!({SUBSCRIPTION_ID_KEY: id});
     let log = EventLog::new(1, state.config.event_store_capacity);
-    log.attach();
+    let reader = log.claim();
     log.push(&jsonrpc::notification(
         "notifications/subscriptions/acknowledged",
         json!({"_meta": tag, "notifications": honoured}),
@@ -279,7 +279,7 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
         keepalive: state.config.sse_keepalive,
     };
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
-    transport::sse_response(&state, slot, log, 0, options, None, Some(on_close))
+    transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))
 }
 
 /// SEP-2243: a tools/call argument whose schema property has `x-mcp-header: H`

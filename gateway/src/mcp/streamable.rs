@@ -194,7 +194,7 @@ fn answer_with_stream(
         return transport::too_many_streams(&state);
     };
     let log = session.new_log();
-    log.attach();
+    let reader = log.claim();
     // When the task is done its sender drops, the pump ends and finishes the log.
     let outbox = transport::pump_into(log.clone());
     tokio::spawn(answer_in_session(state.clone(), session.clone(), principal, headers, outbox, id, method, params));
@@ -204,7 +204,7 @@ fn answer_with_stream(
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
     };
-    transport::sse_response(&state, slot, log, 0, options, Some(&session.id), None)
+    transport::sse_response(&state, slot, reader, 0, options, Some(&session.id), None)
 }
 
 /// Runs one session request whose messages go to `outbox`, registered as in
@@ -287,7 +287,9 @@ pub async fn get(
         Ok(s) => s,
         Err(response) => return *response,
     };
-    let (log, cursor) = match header_str(&headers, "last-event-id") {
+    // Resuming takes the stream over from the connection the client lost;
+    // a second plain GET while the standalone stream is read is a conflict.
+    let (log, cursor, resuming) = match header_str(&headers, "last-event-id") {
         Some(last) => {
             let Some((stream, seq)) = sse::parse_event_id(last) else {
                 return transport_error(StatusCode::BAD_REQUEST, "Bad Request: malformed Last-Event-ID");
@@ -295,16 +297,20 @@ pub async fn get(
             let Some(log) = session.find_log(stream) else {
                 return transport_error(StatusCode::NOT_FOUND, "the stream to resume is gone");
             };
-            (log, seq)
+            (log, seq, true)
         }
-        None => (session.notifications.clone(), session.notifications.start_cursor()),
+        None => (session.notifications.clone(), session.notifications.start_cursor(), false),
     };
-    if !log.attach() {
-        return transport_error(StatusCode::CONFLICT, "Conflict: only one connection per stream");
-    }
     let Some(slot) = state.sessions.open_stream() else {
-        log.detach();
         return transport::too_many_streams(&state);
+    };
+    let reader = if resuming {
+        log.claim()
+    } else {
+        match log.claim_if_free() {
+            Some(reader) => reader,
+            None => return transport_error(StatusCode::CONFLICT, "Conflict: only one connection per stream"),
+        }
     };
     let options = SseOptions {
         prime: protocol::primes_sse(&session.version()),
@@ -312,7 +318,7 @@ pub async fn get(
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
     };
-    transport::sse_response(&state, slot, log, cursor, options, Some(&session.id), None)
+    transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 
 pub async fn delete(

@@ -15,7 +15,7 @@ use super::{
     context::RequestContext,
     jsonrpc::{self, RpcError},
     session::{Session, StreamSlot},
-    sse::{self, Attachment, EventLog, SseOptions},
+    sse::{self, Attachment, EventLog, Reader, SseOptions},
 };
 use crate::{
     AppState,
@@ -161,18 +161,18 @@ fn pump(log: Arc<EventLog>, finish: bool) -> mpsc::Sender<Value> {
     tx
 }
 
-/// An SSE response reading `log` from `cursor`.
+/// An SSE response that reads the log `reader` holds, after `cursor`.
 pub fn sse_response(
     state: &Arc<AppState>,
     slot: StreamSlot,
-    log: Arc<EventLog>,
+    reader: Reader,
     cursor: u64,
     options: SseOptions,
     session_id: Option<&str>,
     on_close: Option<Box<dyn FnOnce() + Send>>,
 ) -> Response {
     let attachment = Attachment::new(
-        log,
+        reader,
         Box::new(move || {
             drop(slot);
             if let Some(f) = on_close {
