@@ -30,31 +30,31 @@ const PAGE_SIZE: usize = 50;
 pub fn handle<'a>(
     ctx: &'a RequestContext,
     method: &'a str,
-    params: Value,
+    params: &'a Value,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, RpcError>> + Send + 'a>> {
     Box::pin(async move {
         match method {
-            "tools/call" => tools_call(ctx, &params).await,
+            "tools/call" => tools_call(ctx, params).await,
             _ => handle_inner(ctx, method, params).await.map(Reply::Json),
         }
     })
 }
 
-async fn handle_inner(ctx: &RequestContext, method: &str, params: Value) -> Result<Value, RpcError> {
+async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Result<Value, RpcError> {
     match method {
         "ping" => Ok(json!({})),
-        "tools/list" => tools_list(ctx, &params),
-        "resources/list" => resources_list(ctx, &params).await,
+        "tools/list" => tools_list(ctx, params),
+        "resources/list" => resources_list(ctx, params).await,
         "resources/templates/list" => Ok(json!({"resourceTemplates": resource_templates(ctx)})),
-        "resources/read" => resources_read(ctx, &params).await,
-        "resources/subscribe" => subscribe(ctx, &params, true),
-        "resources/unsubscribe" => subscribe(ctx, &params, false),
+        "resources/read" => resources_read(ctx, params).await,
+        "resources/subscribe" => subscribe(ctx, params, true),
+        "resources/unsubscribe" => subscribe(ctx, params, false),
         "prompts/list" => {
             Ok(json!({"prompts": if ctx.state.config.conformance_fixtures { fixtures::prompts() } else { vec![] }}))
         }
-        "prompts/get" => prompts_get(ctx, &params),
-        "logging/setLevel" => set_level(ctx, &params),
-        "completion/complete" => complete(ctx, &params).await,
+        "prompts/get" => prompts_get(ctx, params),
+        "logging/setLevel" => set_level(ctx, params),
+        "completion/complete" => complete(ctx, params).await,
         _ => Err(RpcError::method_not_found(method)),
     }
 }
@@ -153,7 +153,8 @@ pub fn call_wants_stream(state: &AppState, params: &Value) -> bool {
 async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcError> {
     let name =
         params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
-    let args = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    let no_arguments = Value::Object(serde_json::Map::new());
+    let args = params.get("arguments").unwrap_or(&no_arguments);
     if !args.is_object() {
         return Err(RpcError::invalid_params("arguments must be an object"));
     }
@@ -166,7 +167,7 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
         return Err(RpcError::invalid_params(format!("Unknown tool: {name}")));
     };
     let outcome = tokio::select! {
-        outcome = run_tool(ctx, tool, &args) => outcome,
+        outcome = run_tool(ctx, tool, args) => outcome,
         () = ctx.cancel.cancelled() => {
             // Dropping the call's future cancels the gRPC call.
             return Err(RpcError::new(jsonrpc::SERVER_ERROR, "request cancelled"));

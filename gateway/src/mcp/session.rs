@@ -133,14 +133,13 @@ impl Session {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|l| l.stream_id == stream_id).cloned()
     }
 
-    pub fn start_request(&self, id: &Value) -> CancellationToken {
-        let token = self.closed.child_token();
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), token.clone());
-        token
-    }
-
-    pub fn end_request(&self, id: &Value) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.to_string());
+    /// Registers a request as in flight, so that `notifications/cancelled` can stop it, until
+    /// the returned guard drops: however the request ends, its connection gone included.
+    pub fn start_request(&self, id: &Value) -> InFlight<'_> {
+        let key = id.to_string();
+        let cancel = self.closed.child_token();
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), cancel.clone());
+        InFlight { session: self, key, cancel }
     }
 
     /// `notifications/cancelled`: unknown or finished ids are ignored, as the spec asks.
@@ -316,6 +315,20 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A request in flight in a session (see [`Session::start_request`]).
+pub struct InFlight<'a> {
+    session: &'a Session,
+    key: String,
+    /// Cancelled by `notifications/cancelled` or when the session closes.
+    pub cancel: CancellationToken,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.session.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +360,24 @@ mod tests {
         assert!(s.open_stream().is_none());
         drop(one);
         assert!(s.open_stream().is_some());
+    }
+
+    #[test]
+    fn a_request_is_cancellable_while_in_flight_and_forgotten_however_it_ends() {
+        let s = store(1);
+        let a = s.create("a", "v").unwrap();
+        let id = serde_json::json!(7);
+        let first = a.start_request(&id);
+        a.cancel_request(&id);
+        assert!(first.cancel.is_cancelled(), "notifications/cancelled reaches the request");
+        drop(first);
+        // A request whose future is dropped (its connection gone) leaves no entry behind.
+        let second = a.start_request(&id);
+        let token = second.cancel.clone();
+        drop(second);
+        assert!(a.in_flight.lock().unwrap().is_empty());
+        a.cancel_request(&id);
+        assert!(!token.is_cancelled(), "a finished request is not cancelled");
     }
 
     #[test]

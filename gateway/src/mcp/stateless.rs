@@ -138,7 +138,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
                 cancel: CancellationToken::new(),
                 outbox: None,
             });
-            match dispatch::handle(&ctx, &method, params.clone()).await {
+            match dispatch::handle(&ctx, &method, &params).await {
                 Ok(result) => {
                     transport::json_text_response(jsonrpc::result_text(&id, &result.decorate(|r| decorate(&method, r))))
                 }
@@ -205,7 +205,7 @@ fn stream(
             cancel: task_cancel.clone(),
             outbox: Some(outbox.clone()),
         });
-        transport::respond_on_stream(&ctx, &method, params.clone(), |r| decorate(&method, r)).await;
+        transport::respond_on_stream(&ctx, &method, &params, |r| decorate(&method, r)).await;
     });
     let options = SseOptions {
         prime: false,

@@ -158,7 +158,7 @@ async fn run(
     method: &str,
     params: &Value,
 ) -> Vec<u8> {
-    let cancel = session.start_request(id);
+    let in_flight = session.start_request(id);
     let ctx = transport::context(ContextParts {
         state,
         session: Some(session.clone()),
@@ -167,11 +167,11 @@ async fn run(
         version: session.version(),
         id: id.clone(),
         params,
-        cancel,
+        cancel: in_flight.cancel.clone(),
         outbox: None,
     });
-    let outcome = dispatch::handle(&ctx, method, params.clone()).await;
-    session.end_request(id);
+    let outcome = dispatch::handle(&ctx, method, params).await;
+    drop(in_flight);
     match outcome {
         Ok(result) => jsonrpc::result_text(id, &result),
         Err(err) => jsonrpc::error_text(Some(id), &err),
@@ -220,7 +220,7 @@ pub(super) async fn answer_in_session(
     method: String,
     params: Value,
 ) {
-    let cancel = session.start_request(&id);
+    let in_flight = session.start_request(&id);
     let ctx = transport::context(ContextParts {
         state: &state,
         session: Some(session.clone()),
@@ -229,11 +229,11 @@ pub(super) async fn answer_in_session(
         version: session.version(),
         id: id.clone(),
         params: &params,
-        cancel,
+        cancel: in_flight.cancel.clone(),
         outbox: Some(outbox),
     });
-    transport::respond_on_stream(&ctx, &method, params.clone(), |r| r).await;
-    session.end_request(&id);
+    transport::respond_on_stream(&ctx, &method, &params, |r| r).await;
+    drop(in_flight);
 }
 
 async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap, batch: Vec<Value>) -> Response {

@@ -122,7 +122,12 @@ pub fn context(parts: ContextParts<'_>) -> RequestContext {
 /// Runs a request whose answer travels on its stream (`ctx.outbox`): the
 /// handler's notifications go out as they happen, then the response, which
 /// `finish` may decorate. A cancelled request gets no response, as the spec asks.
-pub async fn respond_on_stream(ctx: &RequestContext, method: &str, params: Value, finish: impl FnOnce(Value) -> Value) {
+pub async fn respond_on_stream(
+    ctx: &RequestContext,
+    method: &str,
+    params: &Value,
+    finish: impl FnOnce(Value) -> Value,
+) {
     let outcome = super::dispatch::handle(ctx, method, params).await;
     if ctx.cancel.is_cancelled() {
         return;
