@@ -53,18 +53,24 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Accept` lists every one of `wanted` (or a wildcard for it).
+/// `Accept` lists every one of `wanted` (or a wildcard for it). Media types compare without
+/// regard to case (RFC 9110, 8.3.1); parameters such as `q` are ignored.
 pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
-    let accept: Vec<&str> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.split(';').next().unwrap_or("").trim())
-        .collect();
+    let ranges = || {
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|range| range.split(';').next().unwrap_or("").trim())
+    };
     wanted.iter().all(|w| {
         let major = w.split('/').next().unwrap_or("");
-        accept.iter().any(|a| a == w || *a == "*/*" || *a == format!("{major}/*"))
+        ranges().any(|range| {
+            range.eq_ignore_ascii_case(w)
+                || range == "*/*"
+                || range.strip_suffix("/*").is_some_and(|m| m.eq_ignore_ascii_case(major))
+        })
     })
 }
 
@@ -239,6 +245,10 @@ mod tests {
         assert!(accepts_all(&wildcard, &["text/event-stream"]));
         let split = headers(&[("accept", "application/json;q=0.9"), ("accept", "text/*")]);
         assert!(accepts_all(&split, &["application/json", "text/event-stream"]));
+        let cased = headers(&[("accept", "Application/JSON, TEXT/Event-Stream")]);
+        assert!(accepts_all(&cased, &["application/json", "text/event-stream"]));
+        let other_wildcard = headers(&[("accept", "application/json, image/*")]);
+        assert!(!accepts_all(&other_wildcard, &["application/json", "text/event-stream"]));
     }
 
     #[test]
