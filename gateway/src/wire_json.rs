@@ -695,21 +695,21 @@ fn write_timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), GiveUp> {
     if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
         return Err(GiveUp);
     }
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let second_of_day = seconds.rem_euclid(86_400);
+    // The calendar from the `time` crate; the digits by hand, as prost-types lays them out.
+    let at = time::OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| GiveUp)?;
     let nanos = nanos as u32;
     out.push(b'"');
-    fixed_digits(out, year as u32, 4);
+    fixed_digits(out, at.year() as u32, 4);
     out.push(b'-');
-    fixed_digits(out, month, 2);
+    fixed_digits(out, u32::from(u8::from(at.month())), 2);
     out.push(b'-');
-    fixed_digits(out, day, 2);
+    fixed_digits(out, u32::from(at.day()), 2);
     out.push(b'T');
-    fixed_digits(out, (second_of_day / 3600) as u32, 2);
+    fixed_digits(out, u32::from(at.hour()), 2);
     out.push(b':');
-    fixed_digits(out, (second_of_day / 60 % 60) as u32, 2);
+    fixed_digits(out, u32::from(at.minute()), 2);
     out.push(b':');
-    fixed_digits(out, (second_of_day % 60) as u32, 2);
+    fixed_digits(out, u32::from(at.second()), 2);
     if nanos != 0 {
         out.push(b'.');
         if nanos.is_multiple_of(1_000_000) {
@@ -732,21 +732,6 @@ fn fixed_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Appends `text` as the contents of a JSON string, escaped as serde_json escapes: `"` and `\`,
