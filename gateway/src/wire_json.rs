@@ -584,27 +584,19 @@ fn map_entry<'a>(
 }
 
 /// One value of a field, written as serde_json writes what prost-reflect hands it: integers
-/// by `itoa`, floats by `zmij`, 64-bit integers as strings, enums by name.
-// The casts are the protobuf wire rules: an int32 travels as a sign-extended varint, a uint32
-// as a varint whose high bits a decoder drops, fixed-width values as their bits.
+/// by `itoa` (the 64-bit ones as strings), floats by `zmij`, enums by name.
 fn write_value(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u32, out: &mut Vec<u8>) -> Result<(), GiveUp> {
+    if let Some(n) = integer(kind, wire) {
+        n.write(out, false);
+        return Ok(());
+    }
     match (kind, wire) {
-        (ValueKind::Int32, Wire::Varint(v)) => number(out, v as i32),
-        (ValueKind::Int64, Wire::Varint(v)) => quoted_number(out, v as i64),
-        (ValueKind::Uint32, Wire::Varint(v)) => number(out, v as u32),
-        (ValueKind::Uint64, Wire::Varint(v)) => quoted_number(out, v),
-        (ValueKind::Sint32, Wire::Varint(v)) => number(out, zigzag32(v)),
-        (ValueKind::Sint64, Wire::Varint(v)) => quoted_number(out, zigzag64(v)),
         (ValueKind::Bool, Wire::Varint(v)) => out.extend_from_slice(if v != 0 { b"true" } else { b"false" }),
         (ValueKind::Enum(desc), Wire::Varint(v)) => match desc.get_value(v as i32) {
             Some(value) => string(out, value.name().as_bytes()),
             None => number(out, v as i32),
         },
-        (ValueKind::Fixed32, Wire::Fixed32(v)) => number(out, v),
-        (ValueKind::Sfixed32, Wire::Fixed32(v)) => number(out, v as i32),
         (ValueKind::Float, Wire::Fixed32(v)) => float(out, f32::from_bits(v)),
-        (ValueKind::Fixed64, Wire::Fixed64(v)) => quoted_number(out, v),
-        (ValueKind::Sfixed64, Wire::Fixed64(v)) => quoted_number(out, v as i64),
         (ValueKind::Double, Wire::Fixed64(v)) => float(out, f64::from_bits(v)),
         (ValueKind::String, Wire::Len(bytes)) => {
             string(out, std::str::from_utf8(bytes).map_err(|_| GiveUp)?.as_bytes());
@@ -624,24 +616,62 @@ fn write_value(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u32, out: &
 
 /// A map key: JSON object keys are strings, numbers and booleans written as text.
 fn write_map_key(kind: &ValueKind, wire: Wire<'_>, out: &mut Vec<u8>) -> Result<(), GiveUp> {
+    if let Some(n) = integer(kind, wire) {
+        n.write(out, true);
+        return Ok(());
+    }
     match (kind, wire) {
         (ValueKind::String, Wire::Len(bytes)) => {
             string(out, std::str::from_utf8(bytes).map_err(|_| GiveUp)?.as_bytes())
         }
         (ValueKind::Bool, Wire::Varint(v)) => out.extend_from_slice(if v != 0 { b"\"true\"" } else { b"\"false\"" }),
-        (ValueKind::Int32, Wire::Varint(v)) => quoted_number(out, v as i32),
-        (ValueKind::Int64, Wire::Varint(v)) => quoted_number(out, v as i64),
-        (ValueKind::Uint32, Wire::Varint(v)) => quoted_number(out, v as u32),
-        (ValueKind::Uint64, Wire::Varint(v)) => quoted_number(out, v),
-        (ValueKind::Sint32, Wire::Varint(v)) => quoted_number(out, zigzag32(v)),
-        (ValueKind::Sint64, Wire::Varint(v)) => quoted_number(out, zigzag64(v)),
-        (ValueKind::Fixed32, Wire::Fixed32(v)) => quoted_number(out, v),
-        (ValueKind::Sfixed32, Wire::Fixed32(v)) => quoted_number(out, v as i32),
-        (ValueKind::Fixed64, Wire::Fixed64(v)) => quoted_number(out, v),
-        (ValueKind::Sfixed64, Wire::Fixed64(v)) => quoted_number(out, v as i64),
         _ => return Err(GiveUp),
     }
     Ok(())
+}
+
+/// The value of an integer field.
+#[derive(Clone, Copy)]
+enum Integer {
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+}
+
+impl Integer {
+    /// 64-bit integers are JSON strings (a double cannot hold them); 32-bit ones are numbers,
+    /// except as map keys (`quoted`).
+    fn write(self, out: &mut Vec<u8>, quoted: bool) {
+        match self {
+            Integer::I32(n) if !quoted => number(out, n),
+            Integer::U32(n) if !quoted => number(out, n),
+            Integer::I32(n) => quoted_number(out, n),
+            Integer::U32(n) => quoted_number(out, n),
+            Integer::I64(n) => quoted_number(out, n),
+            Integer::U64(n) => quoted_number(out, n),
+        }
+    }
+}
+
+/// An integer field's value from the wire; `None` for other kinds, or a wire type that does
+/// not fit.
+// The casts are the protobuf wire rules: an int32 travels as a sign-extended varint, a uint32
+// as a varint whose high bits a decoder drops, fixed-width values as their bits.
+fn integer(kind: &ValueKind, wire: Wire<'_>) -> Option<Integer> {
+    Some(match (kind, wire) {
+        (ValueKind::Int32, Wire::Varint(v)) => Integer::I32(v as i32),
+        (ValueKind::Int64, Wire::Varint(v)) => Integer::I64(v as i64),
+        (ValueKind::Uint32, Wire::Varint(v)) => Integer::U32(v as u32),
+        (ValueKind::Uint64, Wire::Varint(v)) => Integer::U64(v),
+        (ValueKind::Sint32, Wire::Varint(v)) => Integer::I32(zigzag32(v)),
+        (ValueKind::Sint64, Wire::Varint(v)) => Integer::I64(zigzag64(v)),
+        (ValueKind::Fixed32, Wire::Fixed32(v)) => Integer::U32(v),
+        (ValueKind::Sfixed32, Wire::Fixed32(v)) => Integer::I32(v as i32),
+        (ValueKind::Fixed64, Wire::Fixed64(v)) => Integer::U64(v),
+        (ValueKind::Sfixed64, Wire::Fixed64(v)) => Integer::I64(v as i64),
+        _ => return None,
+    })
 }
 
 /// `sint32` and `sint64` travel zigzag-encoded (0, -1, 1, -2, … as 0, 1, 2, 3, …); a `sint32`
