@@ -192,6 +192,11 @@ impl Results {
                 "a-mcp-inproc",
                 "e2-rmcp-sessionless",
             ),
+            (
+                "gateway MCP session (in-process) / rmcp peer answering the same change.show JSON",
+                "a-mcp-inproc",
+                "e3-rmcp-show",
+            ),
             ("in-process / loopback gRPC (gateway MCP session)", "a-mcp-inproc", "b-mcp-loopback"),
             (
                 "in-process / loopback gRPC (gateway MCP stateless)",

@@ -115,6 +115,13 @@ pub const SCENARIOS: &[Scenario] = &[
         load: Load::McpSessionless,
         tool: "echo",
     },
+    Scenario {
+        id: "e3-rmcp-show",
+        what: "peer: rmcp 3.11 `show` tool answering task-mcp's change.show answer (same JSON, fixed), as e2",
+        deploy: Deploy::Rmcp,
+        load: Load::McpSessionless,
+        tool: "show",
+    },
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +161,7 @@ fn arguments(tool: &str) -> Value {
     match tool {
         "echo" => json!({"message": "hello from the bench"}),
         "test_simple_text" => json!({}),
+        // change.show, ShowChange, and rmcp-echo's `show`.
         _ => json!({"slug": deploy::SLUG}),
     }
 }

@@ -1,11 +1,14 @@
 //! The peer for the comparison: an MCP server on the official Rust SDK (rmcp)
-//! with one trivial tool, `echo`, over Streamable HTTP at `/mcp`.
+//! over Streamable HTTP at `/mcp`, with a trivial tool, `echo`, and `show`, which answers
+//! what task-mcp's `change.show` answers for the bench's change (the same JSON, in
+//! `structuredContent` and as a text block), so the two can be compared at one answer size.
 //!
 //! Default: stateless JSON mode (no sessions, `application/json` answers).
 //! `--stateful`: rmcp's session mode, for the SSE stream and memory scenarios.
 use std::{net::SocketAddr, sync::Arc};
 
 use clap::Parser;
+use rmcp::handler::server::wrapper::Json;
 use rmcp::{
     ServerHandler,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
@@ -15,7 +18,7 @@ use rmcp::{
     },
 };
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -33,20 +36,82 @@ struct EchoInput {
     message: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ShowInput {
+    /// The change to show (any: the answer is fixed).
+    #[allow(dead_code)]
+    slug: String,
+}
+
+/// task-mcp's `change.show` answer, typed as an rmcp server would type it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct ShowAnswer {
+    change: Change,
+    proposal: String,
+    tasks: Vec<Task>,
+    deltas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Change {
+    slug: String,
+    title: String,
+    status: String,
+    updated_at: String,
+    lock: Lock,
+    progress: Progress,
+    uri: String,
+    archive_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Lock {
+    owner: String,
+    acquired_at: String,
+    expires_at: String,
+    ttl_seconds: u32,
+    live: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct Progress {
+    done: u32,
+    total: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct Task {
+    id: String,
+    text: String,
+    done: bool,
+    line: u32,
+    section: String,
+}
+
 #[derive(Clone)]
 struct EchoServer {
     tool_router: ToolRouter<EchoServer>,
+    show: Arc<ShowAnswer>,
 }
 
 #[tool_router]
 impl EchoServer {
-    fn new() -> Self {
-        EchoServer { tool_router: Self::tool_router() }
+    fn new(show: Arc<ShowAnswer>) -> Self {
+        EchoServer { tool_router: Self::tool_router(), show }
     }
 
     #[tool(description = "Returns its `message` argument unchanged")]
     async fn echo(&self, Parameters(input): Parameters<EchoInput>) -> String {
         input.message
+    }
+
+    #[tool(description = "Answers task-mcp's change.show answer for the bench's change")]
+    async fn show(&self, Parameters(_input): Parameters<ShowInput>) -> Json<ShowAnswer> {
+        // Cloned per call, as a server builds its answer per call.
+        Json(ShowAnswer::clone(&self.show))
     }
 }
 
@@ -59,8 +124,12 @@ async fn main() -> anyhow::Result<()> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(args.stateful)
         .with_json_response(!args.stateful);
-    let service =
-        StreamableHttpService::new(|| Ok(EchoServer::new()), Arc::new(LocalSessionManager::default()), config);
+    let show: Arc<ShowAnswer> = Arc::new(serde_json::from_str(include_str!("../../fixtures/change-show.json"))?);
+    let service = StreamableHttpService::new(
+        move || Ok(EchoServer::new(show.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
     let app = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!("rmcp-echo listening on {} ({})", args.listen, if args.stateful { "stateful" } else { "stateless JSON" });
