@@ -3,7 +3,8 @@ one connection of the throughput bench does): warm-up calls, then zeroes callgri
 makes N calls and dumps the counts.
 
 - `task-mcp`: one MCP session, `change.open`, then `change.show` (the bench's `a` scenario).
-- `peer`: rmcp-echo's `echo` tool, session-less with the 2025-11-25 header (the bench's `e2`)."""
+- `peer-echo`: rmcp-echo's `echo` tool, session-less with the 2025-11-25 header (the bench's `e2`).
+- `peer-show`: rmcp-echo's `show` tool, which answers our change.show JSON (the bench's `e3`)."""
 import http.client
 import json
 import subprocess
@@ -27,7 +28,7 @@ def call(name, arguments):
         sys.exit(f"{name} failed: {response.status} {body[:300]!r}")
 
 
-if server == "task-mcp":
+if server in ("", "task-mcp"):
     response, _ = post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bench-instructions", "version": "1"}}})
@@ -40,7 +41,10 @@ if server == "task-mcp":
     tool, arguments = "change.show", {"slug": "bench-change"}
 else:
     headers["mcp-protocol-version"] = "2025-11-25"
-    tool, arguments = "echo", {"message": "hello from the bench"}
+    tool, arguments = {
+        "peer-echo": ("echo", {"message": "hello from the bench"}),
+        "peer-show": ("show", {"slug": "bench-change"}),
+    }[server]
 
 for _ in range(warmup):
     call(tool, arguments)
