@@ -6,6 +6,7 @@ pub mod access;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod mcp;
 pub mod metrics;

@@ -250,11 +250,11 @@ pub fn request_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError
 /// The per-call facts forwarded to the service as gRPC metadata.
 pub fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
     // Only visible-ASCII values can become gRPC ASCII metadata; others are dropped.
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     Ok(CallContext {
-        authorization: text("authorization"),
-        request_id: text("x-request-id"),
-        traceparent: text("traceparent"),
+        authorization: text(header::AUTHORIZATION),
+        request_id: text(crate::headers::X_REQUEST_ID),
+        traceparent: text(crate::headers::TRACEPARENT),
         timeout: request_timeout(headers)?,
         transport: Some(crate::metrics::Transport::Http),
     })

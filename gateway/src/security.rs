@@ -51,7 +51,7 @@ use axum::{
     response::Response,
 };
 use futures_util::future::{Either, Ready, ready};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use pin_project_lite::pin_project;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceBuilder, util::MapResponseLayer};
@@ -61,7 +61,7 @@ use tower_http::{
 };
 
 use crate::{
-    Access, Admission, AppState, GatewayConfig,
+    Access, Admission, AppState, GatewayConfig, headers,
     health::{Rejection, StatsRef},
     metrics::{AuthResult, GatewayMetrics, Transport},
 };
@@ -769,7 +769,6 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let name = HeaderName::from_static;
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
@@ -779,19 +778,19 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::ACCEPT,
-                name("mcp-session-id"),
-                name("mcp-protocol-version"),
-                name("last-event-id"),
-                name("mcp-method"),
-                name("mcp-name"),
-                name("x-request-id"),
-                name("traceparent"),
+                headers::MCP_SESSION_ID,
+                headers::MCP_PROTOCOL_VERSION,
+                headers::LAST_EVENT_ID,
+                headers::MCP_METHOD,
+                headers::MCP_NAME,
+                headers::X_REQUEST_ID,
+                headers::TRACEPARENT,
             ])
             .expose_headers([
-                name("mcp-session-id"),
+                headers::MCP_SESSION_ID,
                 header::RETRY_AFTER,
                 header::WWW_AUTHENTICATE,
-                name("x-request-id"),
+                headers::X_REQUEST_ID,
             ])
             // Browsers cap this (Chrome: 2 h); 10 min saves a preflight per call.
             .max_age(Duration::from_secs(600)),

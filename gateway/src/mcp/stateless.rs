@@ -16,9 +16,9 @@ use super::{
     jsonrpc::{self, Incoming, RpcError},
     protocol::{self, META_VERSION_KEY, STATELESS_VERSION},
     sse::{EventLog, SseOptions},
-    transport::{self, ContextParts, VERSION_HEADER, header_str, rpc_error},
+    transport::{self, ContextParts, header_str, rpc_error},
 };
-use crate::AppState;
+use crate::{AppState, headers};
 
 const META_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
@@ -63,7 +63,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
         }
         Incoming::Request { id, method, params } => (id, method, params),
     };
-    let header_version = header_str(&headers, VERSION_HEADER);
+    let header_version = header_str(&headers, headers::MCP_PROTOCOL_VERSION);
     // SEP-2575: a request whose _meta lacks protocolVersion or clientCapabilities
     // is malformed: -32602 with HTTP 400, before any header comparison.
     let meta = params.get("_meta");
@@ -95,7 +95,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
                 .with_data(json!({"supported": supported, "requested": version})),
         );
     }
-    match header_str(&headers, "mcp-method").and_then(decode_header) {
+    match header_str(&headers, headers::MCP_METHOD).and_then(decode_header) {
         Some(m) if m == method => {}
         other => return mismatch(Some(&id), format!("Mcp-Method header {other:?} must equal the method {method:?}")),
     }
@@ -105,7 +105,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
         _ => None,
     };
     if let Some(named) = named {
-        match header_str(&headers, "mcp-name").and_then(decode_header) {
+        match header_str(&headers, headers::MCP_NAME).and_then(decode_header) {
             Some(h) if h == named => {}
             other => return mismatch(Some(&id), format!("Mcp-Name header {other:?} must equal {named:?}")),
         }

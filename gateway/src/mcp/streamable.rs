@@ -18,9 +18,9 @@ use super::{
     session::Session,
     sse::{self, SseOptions},
     stateless,
-    transport::{self, ContextParts, SESSION_HEADER, VERSION_HEADER, header_str, rpc_error, transport_error},
+    transport::{self, ContextParts, header_str, rpc_error, transport_error},
 };
-use crate::{AppState, security::Principal};
+use crate::{AppState, headers, security::Principal};
 
 const BOTH: [&str; 2] = ["application/json", "text/event-stream"];
 
@@ -50,7 +50,7 @@ pub async fn post(
             );
         }
     };
-    let header_version = header_str(&headers, VERSION_HEADER);
+    let header_version = header_str(&headers, headers::MCP_PROTOCOL_VERSION);
     if stateless::is_stateless(&value, header_version) {
         return stateless::post(state, principal, headers, value).await;
     }
@@ -82,14 +82,14 @@ fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value
     tracing::info!(session = %session.id, version, principal, "session created");
     let mut response = transport::json_response(&jsonrpc::result(id, dispatch::initialize_result(state, version)));
     if let Ok(v) = HeaderValue::from_str(&session.id) {
-        response.headers_mut().insert(SESSION_HEADER, v);
+        response.headers_mut().insert(headers::MCP_SESSION_ID, v);
     }
     response
 }
 
 /// The session named by `Mcp-Session-Id`, with the protocol version header checked.
 fn session_for(state: &Arc<AppState>, headers: &HeaderMap, principal: &str) -> Result<Arc<Session>, Box<Response>> {
-    let Some(id) = header_str(headers, SESSION_HEADER) else {
+    let Some(id) = header_str(headers, headers::MCP_SESSION_ID) else {
         return Err(Box::new(transport_error(
             StatusCode::BAD_REQUEST,
             "Bad Request: Mcp-Session-Id header is required",
@@ -99,7 +99,7 @@ fn session_for(state: &Arc<AppState>, headers: &HeaderMap, principal: &str) -> R
         .sessions
         .get(id, principal)
         .map_err(|_| Box::new(rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"))))?;
-    if let Some(version) = header_str(headers, VERSION_HEADER)
+    if let Some(version) = header_str(headers, headers::MCP_PROTOCOL_VERSION)
         && !protocol::SESSION_VERSIONS.contains(&version)
     {
         return Err(Box::new(transport_error(
@@ -277,7 +277,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
-    if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
+    if header_str(&headers, headers::MCP_PROTOCOL_VERSION) == Some(protocol::STATELESS_VERSION) {
         return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
     }
     if !transport::accepts_all(&headers, &["text/event-stream"]) {
@@ -289,7 +289,7 @@ pub async fn get(
     };
     // Resuming takes the stream over from the connection the client lost;
     // a second plain GET while the standalone stream is read is a conflict.
-    let (log, cursor, resuming) = match header_str(&headers, "last-event-id") {
+    let (log, cursor, resuming) = match header_str(&headers, headers::LAST_EVENT_ID) {
         Some(last) => {
             let Some((stream, seq)) = sse::parse_event_id(last) else {
                 return transport_error(StatusCode::BAD_REQUEST, "Bad Request: malformed Last-Event-ID");
@@ -327,10 +327,10 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
-    if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
+    if header_str(&headers, headers::MCP_PROTOCOL_VERSION) == Some(protocol::STATELESS_VERSION) {
         return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
     }
-    let Some(id) = header_str(&headers, SESSION_HEADER) else {
+    let Some(id) = header_str(&headers, headers::MCP_SESSION_ID) else {
         return transport_error(StatusCode::BAD_REQUEST, "Bad Request: Mcp-Session-Id header is required");
     };
     match state.sessions.remove(id, &principal) {

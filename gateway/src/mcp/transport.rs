@@ -18,14 +18,11 @@ use super::{
     sse::{self, Attachment, EventLog, Reader, SseOptions},
 };
 use crate::{
-    AppState,
+    AppState, headers,
     metrics::{StreamRejection, StreamType, Transport},
     security::Principal,
     upstream::CallContext,
 };
-
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
 /// A JSON-RPC error as an HTTP response with the given status.
 pub fn rpc_error(status: StatusCode, id: Option<&Value>, err: RpcError) -> Response {
@@ -49,7 +46,7 @@ pub fn json_text_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -75,7 +72,7 @@ pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
 }
 
 pub fn is_json_content(headers: &HeaderMap) -> bool {
-    header_str(headers, header::CONTENT_TYPE.as_str())
+    header_str(headers, header::CONTENT_TYPE)
         .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
         .unwrap_or(false)
 }
@@ -87,9 +84,9 @@ pub fn principal_name(principal: Option<&Principal>) -> String {
 /// The facts forwarded to the service with every call.
 pub fn call_context(headers: &HeaderMap) -> CallContext {
     CallContext {
-        authorization: header_str(headers, header::AUTHORIZATION.as_str()).map(str::to_string),
-        request_id: header_str(headers, "x-request-id").map(str::to_string),
-        traceparent: header_str(headers, "traceparent").map(str::to_string),
+        authorization: header_str(headers, header::AUTHORIZATION).map(str::to_string),
+        request_id: header_str(headers, headers::X_REQUEST_ID).map(str::to_string),
+        traceparent: header_str(headers, headers::TRACEPARENT).map(str::to_string),
         timeout: None,
         transport: Some(crate::metrics::Transport::Mcp),
     }
@@ -201,7 +198,7 @@ pub fn sse_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(id) = session_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        h.insert(SESSION_HEADER, id);
+        h.insert(headers::MCP_SESSION_ID, id);
     }
     response
 }
