@@ -99,8 +99,8 @@ struct EchoServer {
 
 #[tool_router]
 impl EchoServer {
-    fn new(show: Arc<ShowAnswer>) -> Self {
-        EchoServer { tool_router: Self::tool_router(), show }
+    fn new(tool_router: ToolRouter<EchoServer>, show: Arc<ShowAnswer>) -> Self {
+        EchoServer { tool_router, show }
     }
 
     #[tool(description = "Returns its `message` argument unchanged")]
@@ -125,8 +125,11 @@ async fn main() -> anyhow::Result<()> {
         .with_legacy_session_mode(args.stateful)
         .with_json_response(!args.stateful);
     let show: Arc<ShowAnswer> = Arc::new(serde_json::from_str(include_str!("../../fixtures/change-show.json"))?);
+    // Stateless mode makes a server per request. The router (with its tools' JSON schemas) is
+    // built once and cloned into each, the cheapest way rmcp allows, not rebuilt per call.
+    let tool_router = EchoServer::tool_router();
     let service = StreamableHttpService::new(
-        move || Ok(EchoServer::new(show.clone())),
+        move || Ok(EchoServer::new(tool_router.clone(), show.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );
