@@ -28,7 +28,7 @@ def call(name, arguments):
         sys.exit(f"{name} failed: {response.status} {body[:300]!r}")
 
 
-if server in ("", "task-mcp"):
+if server == "task-mcp":
     response, _ = post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bench-instructions", "version": "1"}}})

@@ -8,10 +8,12 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use clap::Parser;
-use rmcp::handler::server::wrapper::Json;
 use rmcp::{
     ServerHandler,
-    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
+    handler::server::{
+        router::tool::ToolRouter,
+        wrapper::{Json, Parameters},
+    },
     tool, tool_handler, tool_router,
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -50,6 +52,7 @@ struct ShowAnswer {
     change: Change,
     proposal: String,
     tasks: Vec<Task>,
+    /// Empty for the bench's change (task-mcp's deltas are objects).
     deltas: Vec<String>,
 }
 
