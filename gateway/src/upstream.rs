@@ -51,6 +51,8 @@ pub struct ToolDef {
     pub destructive: bool,
     pub idempotent: bool,
     pub method: MethodDescriptor,
+    /// The RPC's path (`/package.Service/Method`), made once rather than formatted per call.
+    pub path: http::uri::PathAndQuery,
     /// The server-streaming form (same request; messages with `progress`, then `result`).
     pub stream_method: Option<MethodDescriptor>,
     /// Writes the response's bytes as JSON.
@@ -117,6 +119,7 @@ impl Registry {
                     destructive: tool.destructive,
                     idempotent: tool.idempotent,
                     output: OutputEncoder::new(method.output()),
+                    path: method_path(&method).map_err(|e| format!("{}: {}", method.full_name(), e.message()))?,
                     method,
                     stream_method: None,
                 });
@@ -253,7 +256,7 @@ impl Upstream {
     /// (callers embed it in their answers as it is).
     pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<JsonText, CallError> {
         let input = json_to_message(&tool.method.input(), args)?;
-        let output = unary_call(self.grpc.clone(), &tool.method, input, &ctx).await?;
+        let output = unary_call(self.grpc.clone(), tool.path.clone(), input, &ctx).await?;
         tool.output.to_text(&output).map_err(output_error)
     }
 
@@ -266,10 +269,10 @@ impl Upstream {
         let grpc = self.grpc.clone();
         let Some(stream_method) = tool.stream_method.clone() else {
             // No streaming form: the result alone is the whole stream.
-            let method = tool.method.clone();
+            let path = tool.path.clone();
             let encoder = tool.output.clone();
             return Box::pin(async_stream::stream! {
-                yield match unary_call(grpc, &method, input, &ctx).await {
+                yield match unary_call(grpc, path, input, &ctx).await {
                     Ok(output) => encoder.to_value(&output).map(ToolEvent::Result).map_err(output_error),
                     Err(status) => Err(CallError::from(status)),
                 };
@@ -638,16 +641,14 @@ impl tower::Service<http::Request<tonic::body::Body>> for Transport {
 /// The answer is the response's bytes, for the tool's [`OutputEncoder`].
 fn unary_call(
     mut grpc: tonic::client::Grpc<Transport>,
-    method: &MethodDescriptor,
+    path: http::uri::PathAndQuery,
     input: DynamicMessage,
     ctx: &CallContext,
 ) -> impl Future<Output = Result<Bytes, Status>> + Send + use<> {
-    let path = method_path(method);
     let request = request(input, ctx);
     let codec = DynamicCodec::raw();
     let deadline = deadline(ctx);
     async move {
-        let path = path?;
         let call = async move {
             grpc.ready().await.map_err(not_ready)?;
             grpc.unary(request, path, codec).await
