@@ -51,24 +51,25 @@ pub fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Optio
 }
 
 /// `Accept` lists every one of `wanted` (or a wildcard for it). Media types compare without
-/// regard to case (RFC 9110, 8.3.1); parameters such as `q` are ignored.
+/// regard to case (RFC 9110, 8.3.1); parameters such as `q` are ignored. The header is read
+/// once, as bytes, for all of `wanted` (at most 64).
 pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
-    let ranges = || {
-        headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|range| range.split(';').next().unwrap_or("").trim())
-    };
-    wanted.iter().all(|w| {
-        let major = w.split('/').next().unwrap_or("");
-        ranges().any(|range| {
-            range.eq_ignore_ascii_case(w)
-                || range == "*/*"
-                || range.strip_suffix("/*").is_some_and(|m| m.eq_ignore_ascii_case(major))
-        })
-    })
+    debug_assert!(wanted.len() <= 64, "one bit per wanted type");
+    let mut met = 0u64;
+    let ranges = headers.get_all(header::ACCEPT).into_iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    for range in ranges {
+        let range = range.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        for (i, w) in wanted.iter().enumerate() {
+            let major = w.split('/').next().unwrap_or_default();
+            if range.eq_ignore_ascii_case(w.as_bytes())
+                || range == b"*/*"
+                || range.strip_suffix(b"/*").is_some_and(|m| m.eq_ignore_ascii_case(major.as_bytes()))
+            {
+                met |= 1 << i;
+            }
+        }
+    }
+    met.count_ones() as usize == wanted.len()
 }
 
 pub fn is_json_content(headers: &HeaderMap) -> bool {
