@@ -281,12 +281,7 @@ mod tests {
         log.push(&json!({"b": 2}));
         log.finish();
         let reader = log.claim_if_free().expect("nobody reads a new log");
-        let opts = SseOptions {
-            prime: false,
-            preamble: None,
-            retry: Duration::from_secs(1),
-            keepalive: Duration::from_secs(60),
-        };
+        let opts = quiet_options();
         let recorder = crate::metrics::GatewayMetrics::noop().open_stream(
             crate::metrics::Transport::Mcp,
             crate::metrics::StreamType::Sse,
@@ -354,12 +349,7 @@ mod tests {
         log.push(&json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}}));
         log.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
         log.finish();
-        let opts = SseOptions {
-            prime: true,
-            preamble: None,
-            retry: Duration::from_secs(1),
-            keepalive: Duration::from_secs(60),
-        };
+        let opts = SseOptions { prime: true, ..quiet_options() };
         let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
         let body =
             super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, opts, CancellationToken::new(), recorder);
