@@ -43,6 +43,8 @@ pub enum Error {
     LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
     #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
     ValidationFailed { slug: String, findings: Vec<FindingRef> },
+    #[error("change {slug:?} is archived in {archive_path} but has no readable receipt")]
+    ReceiptUnavailable { slug: String, archive_path: String },
     #[error("resource {:?} is {size} bytes, over the {limit} byte cap", truncate(uri))]
     ResourceTooLarge { uri: String, size: u64, limit: u64 },
     #[error("missing or invalid bearer token")]
@@ -51,6 +53,12 @@ pub enum Error {
     RateLimited { retry_after: Duration },
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The workspace on disk is in a state the server cannot work with: a folder it may not
+    /// write, a full or read-only disk, a symlink where a folder belongs, a receipt that does
+    /// not parse. An operator fixes it, not the client, so the code is INTERNAL; but unlike
+    /// `Internal` it is named, with the path inside the workspace (never the host's).
+    #[error("workspace unusable at {path}: {why}")]
+    WorkspaceUnusable { path: String, why: String },
     /// Anything the client could not have caused. The message is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,6 +71,21 @@ impl Error {
 
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         Error::Internal(format!("{context}: {err}"))
+    }
+
+    /// An I/O failure on `path`: those an operator must fix (permissions, a read-only or full
+    /// disk) as `WorkspaceUnusable`, naming the path's last two parts; the rest as internal.
+    pub fn io(context: &str, path: &std::path::Path, err: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match err.kind() {
+            K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded => {
+                let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
+                tail.reverse();
+                tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
+                Error::WorkspaceUnusable { path: tail.join("/"), why: format!("{context}: {}", err.kind()) }
+            }
+            _ => Error::internal(context, err),
+        }
     }
 
     /// The stable, machine-readable reason code (`ErrorInfo.reason`).
@@ -79,10 +102,12 @@ impl Error {
             Error::ResourceNotFound { .. } => "RESOURCE_NOT_FOUND",
             Error::LockedByOtherOwner { .. } => "LOCKED_BY_OTHER_OWNER",
             Error::ValidationFailed { .. } => "VALIDATION_FAILED",
+            Error::ReceiptUnavailable { .. } => "RECEIPT_UNAVAILABLE",
             Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::WorkspaceUnusable { .. } => "WORKSPACE_UNUSABLE",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -100,11 +125,13 @@ impl Error {
             }
             // A concurrency conflict the caller resolves by waiting or picking another slug.
             Error::LockedByOtherOwner { .. } => Code::Aborted,
-            Error::ValidationFailed { .. } | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
+            Error::ValidationFailed { .. } | Error::ReceiptUnavailable { .. } | Error::ResourceTooLarge { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Unauthenticated => Code::Unauthenticated,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
-            Error::Internal(_) => Code::Internal,
+            Error::WorkspaceUnusable { .. } | Error::Internal(_) => Code::Internal,
         }
     }
 
@@ -137,12 +164,16 @@ impl Error {
             Error::ValidationFailed { slug, findings } => {
                 vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
             }
+            Error::ReceiptUnavailable { slug, archive_path } => {
+                vec![kv("slug", slug.clone()), kv("archive_path", archive_path.clone())]
+            }
             Error::ResourceTooLarge { uri, size, limit } => {
                 vec![kv("uri", truncate(uri)), kv("size", size.to_string()), kv("limit", limit.to_string())]
             }
             Error::RateLimited { retry_after } => {
                 vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
             }
+            Error::WorkspaceUnusable { path, .. } => vec![kv("path", path.clone())],
             Error::Unauthenticated | Error::ShuttingDown | Error::Internal(_) => vec![],
         }
     }

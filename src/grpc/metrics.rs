@@ -58,7 +58,7 @@ const EXTRA_METHODS: [&str; 4] = [
 ];
 
 /// The contract's `error.type` values that are service reasons.
-const REASONS: [&str; 17] = [
+const REASONS: [&str; 19] = [
     "INVALID_SLUG",
     "INVALID_ARGUMENT",
     "INVALID_PATH",
@@ -70,10 +70,12 @@ const REASONS: [&str; 17] = [
     "RESOURCE_NOT_FOUND",
     "LOCKED_BY_OTHER_OWNER",
     "VALIDATION_FAILED",
+    "RECEIPT_UNAVAILABLE",
     "RESOURCE_TOO_LARGE",
     "UNAUTHENTICATED",
     "RATE_LIMITED",
     "SHUTTING_DOWN",
+    "WORKSPACE_UNUSABLE",
     "INTERNAL",
     "UNAVAILABLE",
 ];

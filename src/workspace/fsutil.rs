@@ -20,15 +20,28 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Replaces `path` atomically: readers see the old or the new content, never a mix.
+/// Replaces `path` atomically: readers see the old or the new content, never a mix. The new
+/// file keeps the old one's permissions: a `tasks.md` made private stays private.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let temp = temp_sibling(path);
-    let result = write_new(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    let keep_mode = |()| match path.symlink_metadata() {
+        Ok(old) if old.is_file() => fs::set_permissions(&temp, old.permissions()),
+        _ => Ok(()),
+    };
+    let result = write_new(&temp, bytes).and_then(keep_mode).and_then(|()| fs::rename(&temp, path));
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
     result?;
     sync_parent(path)
+}
+
+/// Holds an exclusive advisory lock (`flock`) on the folder `dir` until the returned file is
+/// dropped: how two processes serving one workspace take turns at a change's read-modify-write.
+pub fn lock_dir(dir: &Path) -> io::Result<File> {
+    let file = File::open(dir)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// Makes a rename or create in `path`'s directory durable.

@@ -90,7 +90,7 @@ pub fn write_initial(dir: &Path, record: &LockRecord) -> io::Result<()> {
 
 pub fn acquire(dir: &Path, slug: &str, owner: &Owner, ttl: Ttl, now: OffsetDateTime) -> Result<Acquired> {
     let lock_path = dir.join(LOCK_FILE);
-    let io_err = |e: io::Error| Error::internal("acquire lock", e);
+    let io_err = |e: io::Error| Error::io("acquire lock", &lock_path, e);
     // Each turn either succeeds, fails with a conflict, or observed another
     // process change the lock under it; a few turns settle any real race.
     for _ in 0..5 {
@@ -119,7 +119,7 @@ fn try_place(
     record: &LockRecord,
     now: OffsetDateTime,
 ) -> Result<Option<Acquired>> {
-    let io_err = |e: io::Error| Error::internal("acquire lock", e);
+    let io_err = |e: io::Error| Error::io("acquire lock", lock_path, e);
     match fs::hard_link(temp, lock_path) {
         Ok(()) => return Ok(Some(Acquired::New(record.clone()))),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -169,7 +169,7 @@ pub fn release(dir: &Path) -> Result<()> {
     match fs::remove_file(dir.join(LOCK_FILE)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::internal("release lock", e)),
+        Err(e) => Err(Error::io("release lock", &dir.join(LOCK_FILE), e)),
     }
 }
 

@@ -309,6 +309,14 @@ impl Workspace {
         }
     }
 
+    /// This process's turn at the change in `dir` against other processes serving the same
+    /// workspace (`flock` on the folder; the mutex of `slug_lock` orders this process's own
+    /// threads). Without it, two servers ticking tasks at once each rewrite `tasks.md` from
+    /// what they read, and one tick is lost.
+    fn change_turn(&self, dir: &Path) -> Result<fs::File> {
+        fsutil::lock_dir(dir).map_err(|e| Error::io("lock change folder", dir, e))
+    }
+
     fn slug_lock(&self, slug: &Slug) -> Arc<Mutex<()>> {
         let mut map = self.slug_locks.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(slug.as_str().to_string()).or_default().clone()
@@ -389,7 +397,7 @@ impl Workspace {
             expired_at: previous.expires_at(),
         });
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
-        fsutil::atomic_write(&path, &bytes).map_err(|e| Error::internal("write meta", e))?;
+        fsutil::atomic_write(&path, &bytes).map_err(|e| Error::io("write meta", &path, e))?;
         self.own_writes.note(&path);
         Ok(())
     }
@@ -438,7 +446,7 @@ impl Workspace {
                 return Ok(None);
             }
             if !renamed {
-                return Err(Error::internal("scaffold change", e));
+                return Err(Error::io("scaffold change", &target, e));
             }
             // The change exists and is complete; only the durability of the rename
             // is in doubt, which the next open (a reopen) settles.
@@ -530,9 +538,13 @@ impl Workspace {
         Ok(out)
     }
 
+    /// The dated folders of the archive; none while the archive folder is missing.
     fn archive_names(&self) -> Result<Vec<String>> {
+        if !self.archive_exists()? {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.archive).map_err(|e| Error::internal("list archive", e))?.flatten() {
+        for entry in fs::read_dir(&self.archive).map_err(|e| Error::io("list archive", &self.archive, e))?.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
                 && archive_slug(name).is_some()
@@ -541,6 +553,33 @@ impl Workspace {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the archive folder is there. A symlink or a file in its place is refused:
+    /// archiving through it would move changes out of the workspace.
+    fn archive_exists(&self) -> Result<bool> {
+        match self.archive.symlink_metadata() {
+            Ok(m) if m.is_dir() => Ok(true),
+            Ok(_) => Err(Error::WorkspaceUnusable {
+                path: "changes/archive".into(),
+                why: "is not a folder (a symlink or a file is in its place)".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat archive", &self.archive, e)),
+        }
+    }
+
+    /// The archive folder, made again if it is missing: git keeps no empty folder, so a
+    /// checkout can drop it.
+    fn archive_root(&self) -> Result<&Path> {
+        if !self.archive_exists()? {
+            match fs::create_dir(&self.archive) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("create archive", &self.archive, e)),
+            }
+        }
+        Ok(&self.archive)
     }
 
     fn summarize_draft(&self, slug: &Slug, dir: &Path) -> Result<Summary> {
@@ -574,15 +613,35 @@ impl Workspace {
         })
     }
 
-    /// The newest archive folder of `slug`, if any.
+    /// The newest archive folder of `slug`, if any. A folder's receipt names its slug: the
+    /// name alone is ambiguous once a slug is archived twice in a day (`…-bar-2` is `bar`'s
+    /// second archive, or the first of a change named `bar-2`), so it decides only where
+    /// there is no receipt.
     fn latest_archive(&self, slug: &Slug) -> Result<Option<(String, PathBuf)>> {
-        let mut names: Vec<String> =
-            self.archive_names()?.into_iter().filter(|n| archive_slug(n) == Some(slug.as_str())).collect();
-        names.sort();
-        Ok(names.pop().map(|n| {
-            let dir = self.archive.join(&n);
-            (n, dir)
-        }))
+        let mut found = Vec::new();
+        for name in self.archive_names()? {
+            let (date, rest) = name.split_at(10);
+            let rest = &rest[1..];
+            let n = if rest == slug.as_str() {
+                1
+            } else {
+                let numbered = rest.strip_prefix(slug.as_str()).and_then(|t| t.strip_prefix('-'));
+                match numbered.and_then(|d| d.parse::<u32>().ok()) {
+                    Some(n) if n > 1 => n,
+                    _ => continue,
+                }
+            };
+            let dir = self.archive.join(&name);
+            let mine = match read_receipt(&dir) {
+                Some(receipt) => receipt.slug == slug.as_str(),
+                None => n == 1,
+            };
+            if mine {
+                found.push(((date.to_string(), n), name, dir));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found.pop().map(|(_, name, dir)| (name, dir)))
     }
 
     /// A draft's folder, else its newest archive's.
@@ -681,7 +740,11 @@ impl Workspace {
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = self.existing_draft(slug)?.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
+        let not_found = || Error::ChangeNotFound { slug: slug.to_string() };
+        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
+        let _turn = self.change_turn(&dir)?;
+        // Another process may have archived it while this one waited for its turn.
+        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
         let held = lock::read(&dir)?;
         if let Some(held) = &held
             && held.is_live(now())
@@ -710,7 +773,7 @@ impl Workspace {
             Acquired::New(_) | Acquired::Refreshed(_) => {}
         }
         self.own_writes.note(&dir.join(lock::LOCK_FILE));
-        fsutil::atomic_write(&path, new_text.as_bytes()).map_err(|e| Error::internal("write tasks", e))?;
+        fsutil::atomic_write(&path, new_text.as_bytes()).map_err(|e| Error::io("write tasks", &path, e))?;
         self.own_writes.note(&path);
         self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
         Ok((checklist::parse(&new_text).items, changed))
@@ -728,11 +791,23 @@ impl Workspace {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(dir) = self.existing_draft(slug)? else {
+        let mut turn = None;
+        let draft = match self.existing_draft(slug)? {
+            Some(dir) => {
+                turn = Some(self.change_turn(&dir)?);
+                // Another process may have archived it while this one waited for its turn.
+                self.existing_draft(slug)?
+            }
+            None => None,
+        };
+        let _turn = turn;
+        let Some(dir) = draft else {
             return match self.latest_archive(slug)? {
-                Some((_, archived)) => {
-                    let receipt = read_receipt(&archived)
-                        .ok_or_else(|| Error::Internal(format!("archive of {slug} has no readable receipt")))?;
+                Some((name, archived)) => {
+                    let receipt = read_receipt(&archived).ok_or_else(|| Error::ReceiptUnavailable {
+                        slug: slug.to_string(),
+                        archive_path: format!("changes/archive/{name}"),
+                    })?;
                     // A crash between the move and the release leaves the lock inside.
                     let _ = lock::release(&archived);
                     Ok(Archived { receipt, already_archived: true, findings: vec![] })
@@ -776,7 +851,7 @@ impl Workspace {
 
         let archived_at = now();
         let name = self.free_archive_name(slug, archived_at)?;
-        let target = self.archive.join(&name);
+        let target = self.archive_root()?.join(&name);
         let meta = read_meta(&dir);
         let activity = git::activity_since(&self.root, meta.opened_at);
         let receipt = Receipt {
@@ -793,7 +868,7 @@ impl Workspace {
         };
         let receipt_path = dir.join(RECEIPT_FILE);
         let bytes = serde_json::to_vec_pretty(&receipt).map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::internal("write receipt", e))?;
+        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::io("write receipt", &receipt_path, e))?;
         self.own_writes.note(&receipt_path);
         progress(Step {
             name: "receipt",
@@ -807,7 +882,7 @@ impl Workspace {
         if let Err(e) = moved {
             // Back to exactly the state before the call, so a retry starts clean.
             let _ = fs::remove_file(&receipt_path);
-            return Err(Error::internal("move change to archive", e));
+            return Err(Error::io("move change to archive", &dir, e));
         }
         self.own_writes.note(&target);
         let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
@@ -934,8 +1009,11 @@ impl Workspace {
         let first = parts.next()?;
         if first == "archive" {
             let name = parts.next()?;
-            let slug = archive_slug(name)?;
-            return Some((EventKind::Archived, slug.to_string(), vec![format!("change://{slug}/receipt")]));
+            // The receipt names the slug; the folder name only without one (see `latest_archive`).
+            let slug = read_receipt(&self.archive.join(name))
+                .map(|r| r.slug)
+                .or_else(|| archive_slug(name).map(str::to_string))?;
+            return Some((EventKind::Archived, slug.clone(), vec![ResourceUri::receipt(&slug)]));
         }
         let slug = Slug::parse(first).ok()?;
         let rest: Vec<&str> = parts.collect();
@@ -1110,5 +1188,7 @@ fn active_json(page: &Page) -> serde_json::Value {
     serde_json::json!({"changes": items, "total": page.total, "nextPageToken": page.next_page_token})
 }
 
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod tests;

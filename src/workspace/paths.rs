@@ -16,6 +16,11 @@ pub fn resolve_inside(base: &Path, value: &str) -> Result<PathBuf> {
         return Ok(joined);
     }
     let escape = || Error::InvalidPath { value: value.to_string(), why: "resolves outside the change" };
+    // `base` is proven a real folder: were it a symlink, its target would become the
+    // boundary, and a `specs` linked to `/etc` would serve `/etc` (the earlier server's bug).
+    if !base.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(escape());
+    }
     let real_base = base.canonicalize().map_err(|e| Error::internal("canonicalize base", e))?;
     match joined.canonicalize() {
         Ok(real) if real.starts_with(&real_base) => Ok(real),
@@ -39,5 +44,15 @@ mod tests {
         assert!(matches!(resolve_inside(base.path(), "link"), Err(Error::InvalidPath { .. })));
         assert!(resolve_inside(base.path(), "inner").is_ok());
         assert!(resolve_inside(base.path(), "missing.md").is_ok());
+    }
+
+    #[test]
+    fn a_base_that_is_a_symlink_is_not_the_boundary() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "x").unwrap();
+        let change = tempfile::tempdir().unwrap();
+        let specs = change.path().join("specs");
+        std::os::unix::fs::symlink(outside.path(), &specs).unwrap();
+        assert!(matches!(resolve_inside(&specs, "secret"), Err(Error::InvalidPath { .. })));
     }
 }

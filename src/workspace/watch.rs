@@ -26,7 +26,7 @@ use std::{
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::{Event, EventKind, Shown, Workspace, archive_slug, cache::ShowCache};
+use super::{Event, EventKind, Shown, Workspace, cache::ShowCache};
 use crate::{
     domain::Slug,
     error::{Error, Result},
@@ -283,13 +283,14 @@ impl State {
     }
 }
 
-/// The slug whose cached answer an event at `path` may change: a draft's folder or an archive
-/// folder of that slug. `None` for anything else (the `changes/` folder itself).
+/// The slug whose cached answer an event at `path` may change: a draft's folder. `None` for
+/// anything else: the `changes/` folder itself, and the archive, whose folder names do not
+/// say whose they are (`…-bar-2` may be `bar`'s second archive); archiving is rare.
 fn cache_key(changes: &Path, path: &Path) -> Option<String> {
     let rel = path.strip_prefix(changes).ok()?;
     let mut parts = rel.components().filter_map(|c| c.as_os_str().to_str());
     match parts.next()? {
-        "archive" => archive_slug(parts.next()?).map(str::to_string),
+        "archive" => None,
         first => Some(first.to_string()),
     }
 }

@@ -1,0 +1,153 @@
+//! What people and other tools do to a workspace on disk: symlinks where folders belong, a
+//! missing archive folder, a slug archived twice in a day, an archive made without a receipt,
+//! a second server process on the same workspace. Each must end in the right answer or a
+//! clear error, never in a read or a move outside the workspace, nor a lost write.
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+
+use super::*;
+
+fn open(root: &Path, slug: &str) -> (Slug, Owner) {
+    let ws = Workspace::open(root, 1 << 20).unwrap();
+    let slug = Slug::parse(slug).unwrap();
+    let owner = Owner::parse("alice").unwrap();
+    ws.open_change(OpenRequest {
+        slug: slug.clone(),
+        title: Title::parse("On disk").unwrap(),
+        rationale: Rationale::parse("because").unwrap(),
+        owner: owner.clone(),
+        ttl: Ttl::DEFAULT,
+        template: TemplateKind::Feature,
+    })
+    .unwrap();
+    (slug, owner)
+}
+
+fn archive(ws: &Workspace, slug: &Slug, owner: &Owner) -> Result<Archived> {
+    ws.archive_change(slug, owner, None, &mut |_| {})
+}
+
+#[test]
+fn a_specs_folder_linked_outside_serves_nothing_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("secret.md"), "not yours").unwrap();
+    let (slug, _) = open(dir.path(), "sym");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let specs = dir.path().join("changes/sym/specs");
+    fs::remove_dir_all(&specs).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &specs).unwrap();
+    let raw = "change://sym/delta/secret.md";
+    let read = ws.read_resource(&ResourceUri::parse(raw).unwrap(), raw);
+    assert!(matches!(read, Err(Error::InvalidPath { .. })), "{:?}", read.map(|r| r.bytes));
+    assert!(ws.show_change(&slug).unwrap().deltas.is_empty());
+}
+
+#[test]
+fn an_archive_folder_linked_outside_is_refused_and_the_change_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "arch-out");
+    let archive_dir = dir.path().join("changes/archive");
+    fs::remove_dir(&archive_dir).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &archive_dir).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let err = archive(&ws, &slug, &owner).unwrap_err();
+    assert!(matches!(&err, Error::WorkspaceUnusable { path, .. } if path == "changes/archive"), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(dir.path().join("changes/arch-out/proposal.md").is_file(), "the change is still a draft");
+    assert!(!dir.path().join("changes/arch-out/receipt.json").exists(), "no receipt left behind");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing moved outside");
+}
+
+#[test]
+fn a_missing_archive_folder_lists_as_empty_and_is_made_again_by_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "no-archive");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    fs::remove_dir(dir.path().join("changes/archive")).unwrap();
+    let page = ws.list_changes(StatusFilter::All, 50, "").unwrap();
+    assert_eq!(page.items.len(), 1);
+    let archived = archive(&ws, &slug, &owner).unwrap();
+    assert!(dir.path().join(&archived.receipt.archive_path).join("receipt.json").is_file());
+}
+
+#[test]
+fn a_slug_archived_twice_in_a_day_resolves_to_its_newest_archive_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "bar");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let first = archive(&ws, &slug, &owner).unwrap();
+    open(dir.path(), "bar");
+    let second = archive(&ws, &slug, &owner).unwrap();
+    assert!(second.receipt.archive_path.ends_with("-bar-2"), "{}", second.receipt.archive_path);
+    assert_ne!(first.receipt.archive_path, second.receipt.archive_path);
+
+    let shown = ws.show_change(&slug).unwrap();
+    assert_eq!(shown.summary.archive_name.as_deref(), second.receipt.archive_path.strip_prefix("changes/archive/"));
+    let again = archive(&ws, &slug, &owner).unwrap();
+    assert!(again.already_archived);
+    assert_eq!(again.receipt, second.receipt);
+    let raw = "change://bar/receipt";
+    let receipt = ws.read_resource(&ResourceUri::parse(raw).unwrap(), raw).unwrap();
+    assert_eq!(serde_json::from_slice::<Receipt>(&receipt.bytes).unwrap(), second.receipt);
+
+    // `bar-2` was never opened: its name's look-alike folder is `bar`'s.
+    let other = Slug::parse("bar-2").unwrap();
+    assert!(matches!(ws.show_change(&other), Err(Error::ChangeNotFound { .. })));
+    assert!(matches!(archive(&ws, &other, &owner), Err(Error::ChangeNotFound { .. })));
+}
+
+#[test]
+fn an_archive_made_without_a_receipt_is_a_typed_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    // What the OpenSpec CLI leaves: an archived change with no receipt of ours.
+    let cli = dir.path().join("changes/archive/2026-01-01-cli-one");
+    fs::create_dir_all(cli.join("specs")).unwrap();
+    fs::write(cli.join("proposal.md"), "# CLI archived\n\n## Why\nx\n").unwrap();
+    let slug = Slug::parse("cli-one").unwrap();
+    let err = archive(&ws, &slug, &Owner::parse("alice").unwrap()).unwrap_err();
+    assert!(matches!(err, Error::ReceiptUnavailable { .. }), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(ws.show_change(&slug).unwrap().summary.status, Status::Archived);
+}
+
+#[test]
+fn two_processes_ticking_one_change_lose_no_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "ticks");
+    let ids: Vec<String> = (1..=40).map(|n| format!("1.{n}")).collect();
+    let tasks: String = ids.iter().map(|id| format!("- [ ] {id} Task {id}\n")).collect();
+    fs::write(dir.path().join("changes/ticks/tasks.md"), format!("# Tasks\n\n## 1. Work\n{tasks}")).unwrap();
+    // Two handles on one root stand for two processes: neither sees the other's mutexes, only
+    // the folder's `flock`.
+    let handles = [
+        Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap()),
+        Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap()),
+    ];
+    let threads: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (ws, slug, owner, id) = (handles[i % 2].clone(), slug.clone(), owner.clone(), id.clone());
+            std::thread::spawn(move || ws.update_tasks(&slug, &owner, &[(id, true)]).map(|_| ()))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+    let text = fs::read_to_string(dir.path().join("changes/ticks/tasks.md")).unwrap();
+    assert_eq!(text.matches("- [x]").count(), ids.len(), "{text}");
+}
+
+#[test]
+fn ticking_keeps_the_permissions_of_tasks_md() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "private");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let path = dir.path().join("changes/private/tasks.md");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let id = checklist::parse(&fs::read_to_string(&path).unwrap()).items[0].id.clone();
+    ws.update_tasks(&slug, &owner, &[(id, true)]).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
