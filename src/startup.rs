@@ -13,6 +13,8 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
+
+use crate::grpc::rejections::RejectionsLayer;
 use tower_http::{
     classify::GrpcFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -42,7 +44,8 @@ use crate::{
 use task_mcp_gateway::upstream::{Upstream, UpstreamService};
 
 /// Largest request message accepted; the biggest legitimate one (500 task
-/// updates, or an 8 KiB rationale) is far below it.
+/// updates, or an 8 KiB rationale) is far below it. Raised to the HTTP body cap when
+/// that is larger, so an HTTP request within its cap never meets a second, smaller one.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// How often readiness re-checks that the workspace can be written.
 const WRITABLE_PROBE: Duration = Duration::from_secs(5);
@@ -173,7 +176,8 @@ impl Application {
     /// streams end, new connections are refused, and in-flight calls get the
     /// grace period to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        let (health, routes) = service_routes(&self.state).await?;
+        let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
+        let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
 
@@ -192,6 +196,7 @@ impl Application {
                 .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(layers::AuthLayer::new(self.tokens.clone()))
                 .layer(traces::ToolSpanLayer)
+                .layer(RejectionsLayer)
                 .service(routes.clone()),
         );
         let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
@@ -211,7 +216,8 @@ impl Application {
             .layer(crate::grpc::deadline::DeadlineLayer)
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
-            .layer(traces::ToolSpanLayer);
+            .layer(traces::ToolSpanLayer)
+            .layer(RejectionsLayer);
         let grpc_server = Server::builder()
             // Bounded per connection, and dead peers are noticed instead of held forever.
             .max_concurrent_streams(Some(1024))
@@ -284,7 +290,7 @@ impl Application {
 
 /// Health, reflection and the two services as one set of routes, served over
 /// TCP and called in-process by the gateway.
-async fn service_routes(state: &AppState) -> Result<(HealthReporter, Routes), StartupError> {
+async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthReporter, Routes), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -303,12 +309,8 @@ async fn service_routes(state: &AppState) -> Result<(HealthReporter, Routes), St
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            ChangesServer::new(ChangesService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            ResourcesServer::new(ResourcesService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
-        );
+        .add_service(ChangesServer::new(ChangesService::new(state.clone())).max_decoding_message_size(max_request))
+        .add_service(ResourcesServer::new(ResourcesService::new(state.clone())).max_decoding_message_size(max_request));
     Ok((health, builder.routes()))
 }
 

@@ -1,7 +1,8 @@
-//! Deadlines for streaming calls. tonic honours `grpc-timeout` only until the
-//! response headers are out, so a server stream (WatchChanges, a long
-//! ReadResource) would outlive its deadline. This layer ends the response body
-//! at the deadline with `grpc-status: 4` (DEADLINE_EXCEEDED) trailers.
+//! Deadlines (`grpc-timeout`). tonic honours them only until the response headers are out,
+//! and answers an expired one CANCELLED, so a server stream (WatchChanges, a long
+//! ReadResource) would outlive its deadline and a slow unary call would look cancelled by
+//! its client. This layer answers DEADLINE_EXCEEDED when the deadline passes before the
+//! answer, and ends a response body at the deadline with `grpc-status: 4` trailers.
 use std::{
     pin::Pin,
     task::{Context, Poll},
@@ -71,9 +72,16 @@ where
             .and_then(parse_grpc_timeout)
             .map(|d| tokio::time::Instant::now() + d);
         Box::pin(async move {
-            let response = inner.call(req).await?;
-            let Some(deadline) = deadline else { return Ok(response) };
-            Ok(response.map(|body| TonicBody::new(DeadlineBody::new(body, deadline))))
+            let Some(deadline) = deadline else { return inner.call(req).await };
+            // Before the answer, too: tonic's own timer would answer CANCELLED, which a client
+            // (and the metrics) would read as its own doing. Work already on the blocking pool
+            // runs to its end; like any gRPC deadline, this one stops the wait, not the write.
+            match tokio::time::timeout_at(deadline, inner.call(req)).await {
+                Ok(response) => Ok(response?.map(|body| TonicBody::new(DeadlineBody::new(body, deadline)))),
+                Err(_) => {
+                    Ok(tonic::Status::deadline_exceeded("the deadline passed before the service answered").into_http())
+                }
+            }
         })
     }
 }
@@ -164,6 +172,19 @@ mod tests {
         let collected = body.collect().await.expect("ends cleanly");
         let trailers = collected.trailers().expect("trailers");
         assert_eq!(trailers.get("grpc-status").unwrap(), "4");
+    }
+
+    #[tokio::test]
+    async fn an_answer_later_than_the_deadline_is_deadline_exceeded() {
+        use tower::ServiceExt;
+        let slow = tower::service_fn(|_: Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, std::convert::Infallible>(Response::new(TonicBody::empty()))
+        });
+        let req = Request::builder().header("grpc-timeout", "20m").body(()).unwrap();
+        let response = DeadlineLayer.layer(slow).oneshot(req).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a trailers-only status");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod deadline;
 pub mod layers;
 pub mod metrics;
+pub mod rejections;
 pub mod resources;
 
 use std::sync::Arc;
