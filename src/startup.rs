@@ -47,6 +47,8 @@ use task_mcp_gateway::upstream::{Upstream, UpstreamService};
 /// updates, or an 8 KiB rationale) is far below it. Raised to the HTTP body cap when
 /// that is larger, so an HTTP request within its cap never meets a second, smaller one.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// How long an HTTP connection may take to send a request head (see `serve_http`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness re-checks that the workspace can be written.
 const WRITABLE_PROBE: Duration = Duration::from_secs(5);
 /// The health service name that reports workspace writability.
@@ -391,7 +393,10 @@ async fn serve_http(
     // in BENCHMARKS.md, "Memory per stream"). MCP clients speak HTTP/1.1; TLS and
     // HTTP/2 belong to the proxy in front.
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true);
+    // A client that opens a connection and sends no complete request head in time is
+    // dropped: before the head arrives nothing is authenticated, so without this anyone
+    // could hold connections open forever (slowloris). Idle keep-alive connections end too.
+    http.keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
     let mut drain = std::pin::pin!(drain);
     loop {

@@ -9,7 +9,10 @@
 //! 3. [`BodyCapLayer`]: `Content-Length` over the cap → 413 up front; a body
 //!    without a length is wrapped so that reading past the cap fails, and any
 //!    413 coming back from a handler is given our error body.
-//! 4. `DefaultBodyLimit::disable()`: axum's own 2 MiB extractor cap would
+//! 4. `RequestBodyTimeoutLayer`: a body that stops arriving for [`BODY_READ_TIMEOUT`] ends
+//!    the request, so a client cannot hold a connection by trickling a body (the request
+//!    head has its own timeout in the server, see `task_mcp::startup`).
+//! 5. `DefaultBodyLimit::disable()`: axum's own 2 MiB extractor cap would
 //!    otherwise undercut (or double-box) ours.
 //!
 //! Host/Origin comes first so a rebinding page learns nothing, not even
@@ -58,6 +61,7 @@ use tower::{Layer, Service, ServiceBuilder, util::MapResponseLayer};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::RequestBodyTimeoutLayer,
 };
 
 use crate::{
@@ -82,6 +86,9 @@ pub fn protect(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<A
     protect_with(router, &state.config, Arc::clone(&state.access), Arc::clone(state))
 }
 
+/// The longest wait for the next piece of a request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// [`protect`] with its parts spelled out, so the layers can be tested without
 /// an upstream.
 pub fn protect_with<S, T>(router: Router<S>, config: &GatewayConfig, access: Arc<dyn Access>, stats: T) -> Router<S>
@@ -96,6 +103,7 @@ where
             .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()))
             .layer(CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone()))
             .layer(BodyCapLayer { max: config.max_body_bytes, stats })
+            .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
             .layer(DefaultBodyLimit::disable()),
     )
 }
@@ -378,8 +386,15 @@ impl HostPolicy {
         is_loopback_origin(origin)
     }
 
-    /// Both checks for one request.
+    /// Both checks for one request. A second `Host` or `Origin` line is refused too: the check
+    /// reads the first, and a proxy in front may act on the last.
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        if headers.get_all(header::HOST).iter().nth(1).is_some() {
+            return Err(Refusal::HostNotAllowed);
+        }
+        if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+            return Err(Refusal::OriginNotAllowed);
+        }
         match Self::requested_host(uri, headers) {
             Some(host) if self.host_allowed(host) => {}
             // A missing Host (HTTP/1.0) is refused too: nothing proves the
@@ -914,6 +929,19 @@ mod tests {
             let app = host_only(&GatewayConfig::default(), stats());
             let res = app.oneshot(req(Method::GET, "/mcp", &[("origin", origin)], Body::empty())).await.unwrap();
             assert_eq!(res.status(), want, "{origin}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_host_or_origin_line_is_refused() {
+        let twice: [&[(&str, &str)]; 2] = [
+            &[("host", "localhost"), ("host", "evil.example")],
+            &[("origin", "http://localhost"), ("origin", "http://evil.example")],
+        ];
+        for headers in twice {
+            let app = host_only(&GatewayConfig::default(), stats());
+            let res = app.oneshot(req(Method::GET, "/mcp", headers, Body::empty())).await.unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{headers:?}");
         }
     }
 

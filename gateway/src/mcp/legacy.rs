@@ -17,7 +17,7 @@ use super::{
     dispatch,
     jsonrpc::{self, Incoming, RpcError},
     protocol,
-    session::Session,
+    session::{Endpoint, Session},
     sse::SseOptions,
     streamable::{answer_in_session, on_notification},
     transport::{self, rpc_error, transport_error},
@@ -38,7 +38,7 @@ pub async fn get(
     let Some(slot) = state.sessions.open_stream() else {
         return transport::too_many_streams(&state);
     };
-    let Some(session) = state.sessions.create(&principal, LEGACY_VERSION) else {
+    let Some(session) = state.sessions.create(&principal, Endpoint::Legacy, LEGACY_VERSION) else {
         return transport::too_many_sessions(&state);
     };
     let reader = session.notifications.claim();
@@ -52,7 +52,7 @@ pub async fn get(
     // The session lives as long as its stream.
     let (store, id, who) = (state.clone(), session.id.clone(), principal.clone());
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
-        store.sessions.remove(&id, &who);
+        store.sessions.remove(&id, &who, Endpoint::Legacy);
     });
     transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))
 }
@@ -68,7 +68,7 @@ pub async fn post(
     let Some(id) = query.get("sessionId") else {
         return transport_error(StatusCode::BAD_REQUEST, "Bad Request: sessionId query parameter is required");
     };
-    let Ok(session) = state.sessions.get(id, &principal) else {
+    let Ok(session) = state.sessions.get(id, &principal, Endpoint::Legacy) else {
         return rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"));
     };
     if !transport::is_json_content(&headers) {

@@ -28,9 +28,18 @@ pub fn level_rank(level: &str) -> Option<u8> {
     LEVELS.iter().position(|l| *l == level).map(|p| p as u8)
 }
 
+/// The transport whose endpoint made a session: its id is good there only, so a legacy
+/// `/messages` session cannot be driven through `/mcp` (or renegotiated), nor the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Streamable,
+    Legacy,
+}
+
 pub struct Session {
     pub id: String,
     pub principal: String,
+    pub endpoint: Endpoint,
     version: Mutex<String>,
     last_seen: Mutex<Instant>,
     log_level: AtomicU8,
@@ -50,10 +59,11 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(id: String, principal: String, version: String, event_capacity: usize) -> Self {
+    fn new(id: String, principal: String, endpoint: Endpoint, version: String, event_capacity: usize) -> Self {
         Session {
             id,
             principal,
+            endpoint,
             version: Mutex::new(version),
             last_seen: Mutex::new(Instant::now()),
             log_level: AtomicU8::new(1),
@@ -86,6 +96,20 @@ impl Session {
 
     fn idle_for(&self) -> Duration {
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    /// Ends the session: its requests are cancelled and its standalone stream ends, so a
+    /// client still listening learns (on reconnecting, by a 404) that the session is gone
+    /// rather than waiting on a stream nothing will ever reach.
+    fn end(&self) {
+        self.closed.cancel();
+        self.notifications.finish();
+    }
+
+    /// Idle: nothing heard within `timeout`, and no client reading the standalone stream (a
+    /// client listening for notifications is using its session, though it sends nothing).
+    fn is_idle(&self, timeout: Duration) -> bool {
+        self.idle_for() >= timeout && !self.notifications.has_reader()
     }
 
     pub fn set_log_level(&self, level: &str) -> bool {
@@ -212,20 +236,21 @@ impl SessionStore {
     }
 
     /// Creates a session, or None when the store is full.
-    pub fn create(&self, principal: &str, version: &str) -> Option<Arc<Session>> {
+    pub fn create(&self, principal: &str, endpoint: Endpoint, version: &str) -> Option<Arc<Session>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.len() >= self.max_sessions {
             return None;
         }
-        let session = Arc::new(Session::new(new_id(), principal.to_string(), version.to_string(), self.event_capacity));
+        let session =
+            Arc::new(Session::new(new_id(), principal.to_string(), endpoint, version.to_string(), self.event_capacity));
         sessions.insert(session.id.clone(), session.clone());
         Some(session)
     }
 
-    pub fn get(&self, id: &str, principal: &str) -> Result<Arc<Session>, Lookup> {
+    pub fn get(&self, id: &str, principal: &str, endpoint: Endpoint) -> Result<Arc<Session>, Lookup> {
         let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
         match session {
-            Some(s) if s.principal == principal && s.idle_for() < self.idle_timeout => {
+            Some(s) if s.principal == principal && s.endpoint == endpoint && !s.is_idle(self.idle_timeout) => {
                 s.touch();
                 Ok(s)
             }
@@ -233,11 +258,11 @@ impl SessionStore {
         }
     }
 
-    pub fn remove(&self, id: &str, principal: &str) -> Lookup {
+    pub fn remove(&self, id: &str, principal: &str, endpoint: Endpoint) -> Lookup {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match sessions.get(id) {
-            Some(s) if s.principal == principal => {
-                s.closed.cancel();
+            Some(s) if s.principal == principal && s.endpoint == endpoint => {
+                s.end();
                 sessions.remove(id);
                 Lookup::Found
             }
@@ -250,9 +275,9 @@ impl SessionStore {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let before = sessions.len();
         sessions.retain(|_, s| {
-            let keep = s.idle_for() < self.idle_timeout;
+            let keep = !s.is_idle(self.idle_timeout);
             if !keep {
-                s.closed.cancel();
+                s.end();
             }
             keep
         });
@@ -264,7 +289,7 @@ impl SessionStore {
         self.closing.store(true, Ordering::Release);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for s in sessions.values() {
-            s.closed.cancel();
+            s.end();
         }
         sessions.clear();
     }
@@ -341,15 +366,41 @@ mod tests {
     #[test]
     fn sessions_are_bound_to_their_principal_and_bounded() {
         let s = store(1);
-        let a = s.create("alice", "2025-11-25").unwrap();
+        let a = s.create("alice", Endpoint::Streamable, "2025-11-25").unwrap();
         assert_eq!(a.id.len(), 32);
-        assert!(s.get(&a.id, "alice").is_ok());
-        assert_eq!(s.get(&a.id, "mallory").err(), Some(Lookup::NotFound));
-        assert!(s.create("bob", "2025-11-25").is_none(), "full");
-        assert_eq!(s.remove(&a.id, "mallory"), Lookup::NotFound);
-        assert_eq!(s.remove(&a.id, "alice"), Lookup::Found);
+        assert!(s.get(&a.id, "alice", Endpoint::Streamable).is_ok());
+        assert_eq!(s.get(&a.id, "mallory", Endpoint::Streamable).err(), Some(Lookup::NotFound));
+        assert!(s.create("bob", Endpoint::Streamable, "2025-11-25").is_none(), "full");
+        assert_eq!(s.remove(&a.id, "mallory", Endpoint::Streamable), Lookup::NotFound);
+        assert_eq!(s.remove(&a.id, "alice", Endpoint::Streamable), Lookup::Found);
         assert!(a.closed.is_cancelled());
-        assert_eq!(s.get(&a.id, "alice").err(), Some(Lookup::NotFound));
+        assert!(a.notifications.is_finished(), "its standalone stream ends");
+        assert_eq!(s.get(&a.id, "alice", Endpoint::Streamable).err(), Some(Lookup::NotFound));
+    }
+
+    #[test]
+    fn a_session_id_is_good_only_on_the_endpoint_that_made_it() {
+        let s = store(2);
+        let legacy = s.create("alice", Endpoint::Legacy, "2024-11-05").unwrap();
+        assert_eq!(s.get(&legacy.id, "alice", Endpoint::Streamable).err(), Some(Lookup::NotFound));
+        assert_eq!(s.remove(&legacy.id, "alice", Endpoint::Streamable), Lookup::NotFound);
+        assert!(!legacy.closed.is_cancelled());
+        assert!(s.get(&legacy.id, "alice", Endpoint::Legacy).is_ok());
+    }
+
+    #[test]
+    fn a_session_whose_stream_is_read_is_not_idle() {
+        let config =
+            GatewayConfig { max_sessions: 2, session_idle_timeout: Duration::ZERO, ..GatewayConfig::default() };
+        let s = SessionStore::new(&config);
+        let listening = s.create("alice", Endpoint::Streamable, "2025-11-25").unwrap();
+        let quiet = s.create("alice", Endpoint::Streamable, "2025-11-25").unwrap();
+        let reader = listening.notifications.claim();
+        assert_eq!(s.sweep(), 1, "only the session nobody listens on expires");
+        assert!(quiet.closed.is_cancelled());
+        assert!(!listening.closed.is_cancelled());
+        drop(reader);
+        assert_eq!(s.sweep(), 1, "once its stream is gone, it is idle too");
     }
 
     #[test]
@@ -365,7 +416,7 @@ mod tests {
     #[test]
     fn a_request_is_cancellable_while_in_flight_and_forgotten_however_it_ends() {
         let s = store(1);
-        let a = s.create("a", "v").unwrap();
+        let a = s.create("a", Endpoint::Streamable, "v").unwrap();
         let id = serde_json::json!(7);
         let first = a.start_request(&id);
         a.cancel_request(&id);
@@ -383,7 +434,7 @@ mod tests {
     #[test]
     fn log_levels_filter() {
         let s = store(1);
-        let a = s.create("a", "v").unwrap();
+        let a = s.create("a", Endpoint::Streamable, "v").unwrap();
         assert!(a.set_log_level("warning"));
         assert!(!a.logs_at("info"));
         assert!(a.logs_at("error"));

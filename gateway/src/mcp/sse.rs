@@ -84,6 +84,11 @@ impl EventLog {
         self.finished.load(Ordering::Acquire)
     }
 
+    /// Whether a client is reading the log now.
+    pub fn has_reader(&self) -> bool {
+        self.reader.load(Ordering::Acquire) != 0
+    }
+
     /// Claims the log for a reader if none holds it.
     pub fn claim_if_free(self: &Arc<Self>) -> Option<Reader> {
         let id = self.next_reader.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use super::{
     dispatch,
     jsonrpc::{self, Incoming, RpcError},
     protocol,
-    session::Session,
+    session::{Endpoint, Session},
     sse::{self, SseOptions},
     stateless,
     transport::{self, ContextParts, header_str, rpc_error, transport_error},
@@ -76,7 +76,7 @@ pub async fn post(
 fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value) -> Response {
     let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
     let version = protocol::negotiate(requested);
-    let Some(session) = state.sessions.create(principal, version) else {
+    let Some(session) = state.sessions.create(principal, Endpoint::Streamable, version) else {
         return transport::too_many_sessions(state);
     };
     tracing::info!(session = %session.id, version, principal, "session created");
@@ -97,7 +97,7 @@ fn session_for(state: &Arc<AppState>, headers: &HeaderMap, principal: &str) -> R
     };
     let session = state
         .sessions
-        .get(id, principal)
+        .get(id, principal, Endpoint::Streamable)
         .map_err(|_| Box::new(rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"))))?;
     if let Some(version) = header_str(headers, headers::MCP_PROTOCOL_VERSION)
         && !protocol::SESSION_VERSIONS.contains(&version)
@@ -278,7 +278,7 @@ pub async fn get(
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
     if header_str(&headers, headers::MCP_PROTOCOL_VERSION) == Some(protocol::STATELESS_VERSION) {
-        return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
+        return stateless_method_not_allowed();
     }
     if !transport::accepts_all(&headers, &["text/event-stream"]) {
         return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
@@ -294,8 +294,10 @@ pub async fn get(
             let Some((stream, seq)) = sse::parse_event_id(last) else {
                 return transport_error(StatusCode::BAD_REQUEST, "Bad Request: malformed Last-Event-ID");
             };
+            // 400, not 404: a 404 tells the client its session is gone (it must initialize
+            // again), when only this stream's events are no longer kept.
             let Some(log) = session.find_log(stream) else {
-                return transport_error(StatusCode::NOT_FOUND, "the stream to resume is gone");
+                return transport_error(StatusCode::BAD_REQUEST, "Bad Request: the stream to resume is gone");
             };
             (log, seq, true)
         }
@@ -321,6 +323,13 @@ pub async fn get(
     transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 
+/// GET and DELETE have no meaning in the stateless era: 405, with the `Allow` RFC 9110 requires.
+fn stateless_method_not_allowed() -> Response {
+    let mut response = transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
+    response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
+}
+
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     principal: Option<Extension<Principal>>,
@@ -328,12 +337,12 @@ pub async fn delete(
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
     if header_str(&headers, headers::MCP_PROTOCOL_VERSION) == Some(protocol::STATELESS_VERSION) {
-        return transport_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed in 2026-07-28: use POST");
+        return stateless_method_not_allowed();
     }
     let Some(id) = header_str(&headers, headers::MCP_SESSION_ID) else {
         return transport_error(StatusCode::BAD_REQUEST, "Bad Request: Mcp-Session-Id header is required");
     };
-    match state.sessions.remove(id, &principal) {
+    match state.sessions.remove(id, &principal, Endpoint::Streamable) {
         super::session::Lookup::Found => {
             tracing::info!(session = id, "session deleted");
             StatusCode::OK.into_response()
