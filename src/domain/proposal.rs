@@ -3,6 +3,8 @@
 /// The text of the first level-one heading (`# Title`), outside code fences.
 pub fn title(text: &str) -> Option<String> {
     let mut in_fence = false;
+    // Editors on Windows may start the file with a byte-order mark; validation skips it too.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for line in text.lines() {
         let trimmed = line.trim_start();
         if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
@@ -28,5 +30,6 @@ mod tests {
     fn first_h1_outside_fences() {
         assert_eq!(super::title("```\n# no\n```\n## Why\n# Yes it is\n").as_deref(), Some("Yes it is"));
         assert_eq!(super::title("no heading"), None);
+        assert_eq!(super::title("\u{feff}# After a byte-order mark\n").as_deref(), Some("After a byte-order mark"));
     }
 }

@@ -151,3 +151,18 @@ fn ticking_keeps_the_permissions_of_tasks_md() {
     ws.update_tasks(&slug, &owner, &[(id, true)]).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn spec_files_beyond_the_cap_fail_validation_rather_than_go_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "many");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    for n in 0..=MAX_SPEC_FILES {
+        let cap = dir.path().join(format!("changes/many/specs/c{n:03}"));
+        fs::create_dir_all(&cap).unwrap();
+        fs::write(cap.join("spec.md"), "## ADDED Requirements\n### Requirement: R\nThe thing SHALL work.\n").unwrap();
+    }
+    let findings = ws.validate_change(&slug).unwrap();
+    assert!(findings.iter().any(|f| f.code == "TOO_MANY_SPEC_FILES" && f.severity == Severity::Error), "{findings:?}");
+    assert!(matches!(archive(&ws, &slug, &owner), Err(Error::ValidationFailed { .. })));
+}

@@ -45,7 +45,7 @@ use lock::{Acquired, LockRecord};
 
 /// Largest proposal, task list or spec file the server parses.
 pub const MAX_DOC_BYTES: u64 = 1024 * 1024;
-/// Spec files read per change; more are reported, not read.
+/// Spec files read per change; more are not read, and a finding says so.
 const MAX_SPEC_FILES: usize = 200;
 const META_FILE: &str = ".taskmcp.json";
 const RECEIPT_FILE: &str = "receipt.json";
@@ -897,6 +897,9 @@ impl Workspace {
             // and removed by the next archive call for this slug.
             tracing::warn!(slug = %slug, error = %e, "archived but lock not released");
         }
+        // The release changed the folder; noted as it is now, so the watcher does not report
+        // this archive a second time as another process's.
+        self.own_writes.note(&target);
         progress(Step { name: "release", message: "lock released".into(), current: 4, total: STEPS });
         self.emit(EventKind::Archived, slug.as_str(), vec![ResourceUri::receipt(slug.as_str())]);
         let findings = findings.into_iter().filter(|f| f.severity != Severity::Error).collect();
@@ -1009,6 +1012,11 @@ impl Workspace {
         let first = parts.next()?;
         if first == "archive" {
             let name = parts.next()?;
+            if parts.next().is_some() {
+                // Inside an archived change: its lock released, a file touched. The archive
+                // itself was reported when its folder appeared.
+                return None;
+            }
             // The receipt names the slug; the folder name only without one (see `latest_archive`).
             let slug = read_receipt(&self.archive.join(name))
                 .map(|r| r.slug)
@@ -1024,7 +1032,8 @@ impl Workspace {
             [] => (EventKind::Opened, slug.to_string(), vec![ResourceUri::proposal(slug.as_str())]),
             ["tasks.md"] => (EventKind::TasksUpdated, slug.to_string(), vec![ResourceUri::tasks(slug.as_str())]),
             ["proposal.md"] => (EventKind::Updated, slug.to_string(), vec![ResourceUri::proposal(slug.as_str())]),
-            ["specs", tail @ ..] if !tail.is_empty() => {
+            // A folder under `specs/` is no resource; the files in it are reported themselves.
+            ["specs", tail @ ..] if !tail.is_empty() && !path.is_dir() => {
                 (EventKind::Updated, slug.to_string(), vec![ResourceUri::delta(slug.as_str(), &tail.join("/"))])
             }
             _ => (EventKind::Updated, slug.to_string(), vec![]),
@@ -1121,12 +1130,15 @@ struct SpecRead {
 }
 
 /// Every `*.md` under `specs/` (depth-limited, symlinks not followed), as
-/// `(path relative to specs/, text)` sorted by path.
+/// `(path relative to specs/, text)` sorted by path. Beyond `MAX_SPEC_FILES` (the first by
+/// path), files are not read, and an error finding says so: what was not read was not
+/// validated, so such a change is not archived.
 fn read_spec_files(specs: &Path) -> Result<SpecRead> {
     let mut out = SpecRead { files: Vec::new(), problems: Vec::new() };
     if !specs.symlink_metadata().is_ok_and(|m| m.is_dir()) {
         return Ok(out);
     }
+    let mut found = Vec::new();
     let mut stack = vec![(specs.to_path_buf(), String::new(), 0usize)];
     while let Some((dir, prefix, depth)) = stack.pop() {
         let entries = fs::read_dir(&dir).map_err(|e| Error::internal("list specs", e))?;
@@ -1144,29 +1156,62 @@ fn read_spec_files(specs: &Path) -> Result<SpecRead> {
             if kind.is_dir() && depth < 6 {
                 stack.push((entry.path(), rel, depth + 1));
             } else if kind.is_file() && name.ends_with(".md") {
-                if out.files.len() >= MAX_SPEC_FILES {
-                    continue;
-                }
-                match fsutil::read_text_capped(&entry.path(), MAX_DOC_BYTES)
-                    .map_err(|e| Error::internal("read spec", e))?
-                {
-                    TextRead::Text(t) => out.files.push((rel, t)),
-                    other => out.problems.push(unreadable_finding(&format!("specs/{rel}"), &other)),
-                }
+                found.push((rel, entry.path()));
             }
         }
     }
-    out.files.sort_by(|a, b| a.0.cmp(&b.0));
+    found.sort();
+    if found.len() > MAX_SPEC_FILES {
+        out.problems.push(Finding {
+            code: "TOO_MANY_SPEC_FILES",
+            severity: Severity::Error,
+            file: "specs".into(),
+            line: 0,
+            message: format!(
+                "{} spec files; only the first {MAX_SPEC_FILES} by path were read and validated",
+                found.len()
+            ),
+        });
+        found.truncate(MAX_SPEC_FILES);
+    }
+    for (rel, path) in found {
+        match fsutil::read_text_capped(&path, MAX_DOC_BYTES).map_err(|e| Error::internal("read spec", e))? {
+            TextRead::Text(t) => out.files.push((rel, t)),
+            other => out.problems.push(unreadable_finding(&format!("specs/{rel}"), &other)),
+        }
+    }
     Ok(out)
 }
 
+/// The last modification of the change: its folder, proposal, tasks and anything under
+/// `specs/` (an edit to `specs/auth/spec.md` touches neither `specs/` nor the folder).
 fn updated_at(dir: &Path) -> OffsetDateTime {
-    ["", "proposal.md", "tasks.md", "specs"]
+    let modified = |p: &Path| p.symlink_metadata().and_then(|m| m.modified()).ok();
+    ["", "proposal.md", "tasks.md"]
         .iter()
-        .filter_map(|f| dir.join(f).metadata().and_then(|m| m.modified()).ok())
+        .filter_map(|f| modified(&dir.join(f)))
+        .chain(newest_under(&dir.join("specs"), 0))
         .max()
         .map(OffsetDateTime::from)
         .unwrap_or_else(now)
+}
+
+/// The newest modification time of `dir` and what is under it (as deep as specs are read;
+/// symlinks not followed).
+fn newest_under(dir: &Path, depth: usize) -> Option<std::time::SystemTime> {
+    let meta = dir.symlink_metadata().ok()?;
+    let mut newest = meta.modified().ok();
+    if meta.is_dir() && depth <= 6 {
+        for entry in fs::read_dir(dir).ok()?.flatten() {
+            let child = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                newest_under(&entry.path(), depth + 1)
+            } else {
+                entry.metadata().and_then(|m| m.modified()).ok()
+            };
+            newest = newest.max(child);
+        }
+    }
+    newest
 }
 
 fn active_json(page: &Page) -> serde_json::Value {

@@ -88,6 +88,8 @@ fn mask() -> WatchMask {
         | WatchMask::CLOSE_WRITE
         | WatchMask::MOVED_FROM
         | WatchMask::MOVED_TO
+        | WatchMask::MOVE_SELF
+        | WatchMask::DELETE_SELF
         | WatchMask::DONT_FOLLOW
         | WatchMask::ONLYDIR
 }
@@ -108,6 +110,9 @@ struct State {
     cache: ShowCache,
     /// Some folder is not watched: the cache cannot be trusted.
     blind: bool,
+    /// The `changes/` folder was moved or deleted from under its watch: nothing under the
+    /// path is watched until a folder is there again and watched afresh.
+    root_lost: bool,
 }
 
 /// Keeps the watcher alive; dropping it stops the watch thread and turns the cache off.
@@ -133,6 +138,7 @@ pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
             last_event: None,
             cache: ShowCache::default(),
             blind: false,
+            root_lost: false,
         }),
         stopped: AtomicBool::new(false),
     });
@@ -160,7 +166,7 @@ impl Watcher {
         }
         let mut state = self.lock();
         state.drain(&self.changes);
-        if state.blind {
+        if state.blind || state.root_lost {
             return None;
         }
         state.cache.get(slug.as_str())
@@ -180,7 +186,7 @@ impl Watcher {
         }
         let mut state = self.lock();
         state.drain(&self.changes);
-        if !state.blind {
+        if !state.blind && !state.root_lost {
             state.cache.insert(slug.as_str(), ticket, shown);
         }
     }
@@ -223,9 +229,44 @@ impl State {
         );
     }
 
+    /// `changes/` itself was moved away or deleted (a folder swapped in by hand, a restore):
+    /// the watches follow the old folders, so they are all dropped, the cache with them, until
+    /// `find_root` watches whatever is at the path again.
+    fn lose_root(&mut self, changes: &Path) {
+        tracing::warn!(folder = %changes.display(), "the changes folder was moved or deleted; watching it afresh");
+        for wd in std::mem::take(&mut self.dirs).into_keys() {
+            let _ = self.inotify.watches().remove(wd);
+        }
+        self.cache.invalidate_all();
+        self.root_lost = true;
+        self.find_root(changes);
+    }
+
+    /// Watches `changes/` again if a folder is there; events from before are gone, so a
+    /// change already inside is picked up by the cache missing it, not by a subscriber event.
+    fn find_root(&mut self, changes: &Path) {
+        if !changes.is_dir() {
+            return;
+        }
+        match self.watch_tree(changes) {
+            Ok(()) => {
+                self.root_lost = false;
+                self.cache.invalidate_all();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.root_lost = false;
+                self.lose_sight(changes, &e);
+            }
+        }
+    }
+
     /// Reads every queued event without blocking; adds watches for new folders, invalidates
     /// the cache and queues paths for subscribers.
     fn drain(&mut self, changes: &Path) {
+        if self.root_lost {
+            self.find_root(changes);
+        }
         loop {
             let mut buffer = std::mem::take(&mut self.buffer);
             let events: Vec<(WatchDescriptor, EventMask, Option<PathBuf>)> = match self.inotify.read_events(&mut buffer)
@@ -267,6 +308,10 @@ impl State {
             Some(name) => dir.join(name),
             None => dir.clone(),
         };
+        if path == changes && mask.intersects(EventMask::MOVE_SELF | EventMask::DELETE_SELF) {
+            self.lose_root(changes);
+            return;
+        }
         if mask.contains(EventMask::ISDIR) && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
             // Watch before invalidating: a file written into the new folder before its watch
             // existed is covered by the invalidation below, one written after by the watch.
@@ -369,5 +414,33 @@ mod tests {
         assert!(ws.cached_show(&slug).is_none(), "dropped when a folder goes unwatched");
         ws.show_change_and_cache(&slug).unwrap();
         assert!(ws.cached_show(&slug).is_none(), "and nothing is cached from then on");
+    }
+
+    #[test]
+    fn a_changes_folder_swapped_by_hand_is_watched_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+        let _guard = ws.watch().unwrap();
+        let changes = ws.changes_dir().to_path_buf();
+        std::fs::create_dir_all(changes.join("seen")).unwrap();
+        std::fs::write(changes.join("seen/proposal.md"), "# Old\n").unwrap();
+        let slug = Slug::parse("seen").unwrap();
+        assert_eq!(ws.show_change_and_cache(&slug).unwrap().summary.title, "Old");
+        assert!(ws.cached_show(&slug).is_some());
+
+        // A replacement built beside it, then swapped in: the old folder keeps the watches.
+        let new = dir.path().join("changes.new");
+        std::fs::create_dir_all(new.join("seen")).unwrap();
+        std::fs::create_dir_all(new.join("archive")).unwrap();
+        std::fs::write(new.join("seen/proposal.md"), "# New\n").unwrap();
+        std::fs::rename(&changes, dir.path().join("changes.old")).unwrap();
+        std::fs::rename(&new, &changes).unwrap();
+        let title = |shown: Option<Arc<Shown>>| shown.map(|s| s.summary.title.clone());
+        assert_ne!(title(ws.cached_show(&slug)).as_deref(), Some("Old"), "the old folder's answer is gone");
+        assert_eq!(ws.show_change_and_cache(&slug).unwrap().summary.title, "New");
+
+        std::fs::write(changes.join("seen/proposal.md"), "# Newer\n").unwrap();
+        assert_ne!(title(ws.cached_show(&slug)).as_deref(), Some("New"), "edits in the new folder are seen");
+        assert_eq!(ws.show_change_and_cache(&slug).unwrap().summary.title, "Newer");
     }
 }

@@ -285,6 +285,18 @@ fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Value, Rp
     Ok(json!({}))
 }
 
+/// Whether a change event (`ChangeEvent.kind`) adds or removes a resource: a change opened (1)
+/// or archived (4).
+pub fn lists_changed(kind: i32) -> bool {
+    matches!(kind, 1 | 4)
+}
+
+/// The resources a change event updates: its own URIs, and `changes://active` (the list of
+/// drafts) when a change is opened or archived. Sessions and `subscriptions/listen` alike.
+pub fn updated_uris(kind: i32, uris: &[String]) -> impl Iterator<Item = &str> {
+    uris.iter().map(String::as_str).chain(lists_changed(kind).then_some("changes://active"))
+}
+
 /// Starts (once per session) the upstream change feed that turns workspace
 /// events into `notifications/resources/updated` and `list_changed` on the
 /// session's standalone stream.
@@ -305,21 +317,14 @@ pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallConte
                 session.watching.store(false, Ordering::Release);
                 break;
             };
-            for uri in &event.uris {
+            for uri in updated_uris(event.kind, &event.uris) {
                 if session.is_subscribed(uri) {
                     session
                         .notifications
                         .push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
                 }
             }
-            let opened_or_archived = matches!(event.kind, 1 | 4);
-            if opened_or_archived {
-                if session.is_subscribed("changes://active") {
-                    session.notifications.push(&jsonrpc::notification(
-                        "notifications/resources/updated",
-                        json!({"uri": "changes://active"}),
-                    ));
-                }
+            if lists_changed(event.kind) {
                 session.notifications.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
             }
         }

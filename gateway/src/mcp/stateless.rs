@@ -258,15 +258,15 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
                 event = events.next() => event,
             };
             let Some(Ok(event)) = event else { break };
-            for uri in &event.uris {
-                if wanted.contains(uri) {
+            for uri in dispatch::updated_uris(event.kind, &event.uris) {
+                if wanted.iter().any(|w| w == uri) {
                     task_log.push(&jsonrpc::notification(
                         "notifications/resources/updated",
                         json!({"uri": uri, "_meta": tag}),
                     ));
                 }
             }
-            if list_changed && matches!(event.kind, 1 | 4) {
+            if list_changed && dispatch::lists_changed(event.kind) {
                 task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({"_meta": tag})));
             }
         }
