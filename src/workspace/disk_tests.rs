@@ -166,3 +166,22 @@ fn spec_files_beyond_the_cap_fail_validation_rather_than_go_unread() {
     assert!(findings.iter().any(|f| f.code == "TOO_MANY_SPEC_FILES" && f.severity == Severity::Error), "{findings:?}");
     assert!(matches!(archive(&ws, &slug, &owner), Err(Error::ValidationFailed { .. })));
 }
+
+#[test]
+fn an_archive_is_reported_once_as_this_process_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "watched");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+    archive(&ws, &slug, &owner).unwrap();
+    // Past the watcher's quiet period, so anything it would report has been reported.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut archived = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.kind == EventKind::Archived {
+            archived.push(event.external);
+        }
+    }
+    assert_eq!(archived, vec![false], "one ARCHIVED event, from this process");
+}
