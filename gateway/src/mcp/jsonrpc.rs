@@ -83,10 +83,14 @@ impl Incoming {
             return Err((id.filter(valid_id), RpcError::new(INVALID_REQUEST, "jsonrpc must be \"2.0\"")));
         }
         match (obj.remove("method"), id) {
-            (Some(Value::String(method)), None) => Ok(Incoming::Notification { method, params: params(&mut obj) }),
-            (Some(Value::String(method)), Some(id)) if valid_id(&id) => {
-                Ok(Incoming::Request { id, method, params: params(&mut obj) })
+            (Some(Value::String(method)), None) => {
+                let params = params(&mut obj).map_err(|e| (None, e))?;
+                Ok(Incoming::Notification { method, params })
             }
+            (Some(Value::String(method)), Some(id)) if valid_id(&id) => match params(&mut obj) {
+                Ok(params) => Ok(Incoming::Request { id, method, params }),
+                Err(e) => Err((Some(id), e)),
+            },
             (Some(Value::String(_)), Some(_)) => {
                 Err((None, RpcError::new(INVALID_REQUEST, "id must be a string or an integer")))
             }
@@ -110,10 +114,13 @@ impl Incoming {
     }
 }
 
-fn params(obj: &mut Map<String, Value>) -> Value {
+/// A message's `params`: an object in MCP (JSON-RPC's by-position arrays are not used);
+/// absent or `null` means none.
+fn params(obj: &mut Map<String, Value>) -> Result<Value, RpcError> {
     match obj.remove("params") {
-        Some(p @ Value::Object(_)) => p,
-        _ => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => Ok(p),
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(_) => Err(RpcError::invalid_params("params must be an object")),
     }
 }
 
@@ -161,6 +168,17 @@ mod tests {
         assert!(matches!(n, Incoming::Notification { .. }));
         let resp = Incoming::parse(json!({"jsonrpc":"2.0","id":"s1","result":{}})).unwrap();
         assert!(matches!(resp, Incoming::Response { outcome: Ok(_), .. }));
+    }
+
+    #[test]
+    fn params_must_be_an_object_when_present() {
+        let r = Incoming::parse(json!({"jsonrpc":"2.0","id":1,"method":"ping","params":null})).unwrap();
+        assert!(matches!(r, Incoming::Request { ref params, .. } if params == &json!({})));
+        for bad in [json!("abc"), json!([1, 2]), json!(3)] {
+            let err = Incoming::parse(json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":bad})).err();
+            let (id, err) = err.expect("refused");
+            assert_eq!((id, err.code), (Some(json!(1)), INVALID_PARAMS));
+        }
     }
 
     #[test]

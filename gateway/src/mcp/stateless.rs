@@ -86,12 +86,19 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
             ),
         );
     }
-    if !protocol::is_supported(version) {
+    // Only the stateless era is served without a session: an earlier version's rules (its
+    // error codes, its result fields) need the session that `initialize` makes.
+    if version != STATELESS_VERSION {
         let supported = protocol::all_versions();
+        let why = if protocol::is_supported(version) {
+            format!("Protocol version {version:?} needs a session: send initialize first")
+        } else {
+            format!("Unsupported protocol version {version:?}")
+        };
         return rpc_error(
             StatusCode::BAD_REQUEST,
             Some(&id),
-            RpcError::new(jsonrpc::UNSUPPORTED_VERSION, format!("Unsupported protocol version {version:?}"))
+            RpcError::new(jsonrpc::UNSUPPORTED_VERSION, why)
                 .with_data(json!({"supported": supported, "requested": version})),
         );
     }

@@ -99,18 +99,22 @@ fn session_for(state: &Arc<AppState>, headers: &HeaderMap, principal: &str) -> R
         .sessions
         .get(id, principal, Endpoint::Streamable)
         .map_err(|_| Box::new(rpc_error(StatusCode::NOT_FOUND, None, RpcError::new(-32001, "Session not found"))))?;
-    if let Some(version) = header_str(headers, headers::MCP_PROTOCOL_VERSION)
-        && !protocol::SESSION_VERSIONS.contains(&version)
-    {
-        return Err(Box::new(transport_error(
+    check_session_version(headers)?;
+    Ok(session)
+}
+
+/// A session request's `MCP-Protocol-Version`, when present, must name a session-era version.
+fn check_session_version(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    match header_str(headers, headers::MCP_PROTOCOL_VERSION) {
+        Some(version) if !protocol::SESSION_VERSIONS.contains(&version) => Err(Box::new(transport_error(
             StatusCode::BAD_REQUEST,
             &format!(
                 "Bad Request: unsupported protocol version {version:?} (supported versions: {})",
                 protocol::SESSION_VERSIONS.join(", ")
             ),
-        )));
+        ))),
+        _ => Ok(()),
     }
-    Ok(session)
 }
 
 async fn handle_message(
@@ -342,6 +346,9 @@ pub async fn delete(
     let Some(id) = header_str(&headers, headers::MCP_SESSION_ID) else {
         return transport_error(StatusCode::BAD_REQUEST, "Bad Request: Mcp-Session-Id header is required");
     };
+    if let Err(response) = check_session_version(&headers) {
+        return *response;
+    }
     match state.sessions.remove(id, &principal, Endpoint::Streamable) {
         super::session::Lookup::Found => {
             tracing::info!(session = id, "session deleted");
