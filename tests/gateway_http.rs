@@ -399,6 +399,40 @@ async fn sessions_are_bounded_and_expire_when_idle() {
 }
 
 #[tokio::test]
+async fn a_deleted_session_ends_its_stream_and_its_id_is_good_on_its_own_endpoint_only() {
+    let server = Server::start();
+    let mcp = connect(&server, "2025-11-25").await;
+    // Another stream's events being gone is no reason to drop the session: 400, not 404.
+    let gone = client()
+        .get(format!("{}/mcp", base(&server)))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &mcp.session)
+        .header("last-event-id", "7-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 400);
+    // A Streamable HTTP session id means nothing to the legacy transport.
+    let legacy = client()
+        .post(format!("{}/messages?sessionId={}", base(&server), mcp.session))
+        .json(&json!({"jsonrpc":"2.0","id":"x1","method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), 404);
+
+    let mut stream = mcp.open_stream().await;
+    let deleted =
+        client().delete(format!("{}/mcp", base(&server))).header("mcp-session-id", &mcp.session).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    // The stream ends rather than idling on (a bound, not a speed check).
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Ok(Some(_)) = stream.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the deleted session's stream ends");
+    assert_eq!(mcp.post(json!({"jsonrpc":"2.0","id":9,"method":"ping"})).await.status(), 404);
+}
+
+#[tokio::test]
 async fn slugs_complete_for_the_change_resource_templates() {
     let server = Server::start();
     let mut mcp = connect(&server, "2025-11-25").await;

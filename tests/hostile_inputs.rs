@@ -408,15 +408,12 @@ async fn oversized_fields_are_refused_with_invalid_argument() {
     expect_invalid(&mut f, "rationale with NUL", bounded("OpenChange", c.open_change(nul_rationale)).await);
     let huge_title = OpenChangeRequest { title: "t".repeat(100 * 1024), ..base.clone() };
     expect_invalid(&mut f, "title of 100 KiB", bounded("OpenChange", c.open_change(huge_title)).await);
-    // Past the server's request size cap the codec refuses the message itself:
-    // any refusal but Internal/Unknown will do, and the server keeps serving.
+    // Past the server's request size cap tonic refuses the message itself; the answer is
+    // still typed: RESOURCE_EXHAUSTED (the gRPC guide's code for it) with reason TOO_LARGE.
     let giant = OpenChangeRequest { rationale: "r".repeat(2 << 20), ..base };
     let status = bounded("OpenChange 2 MiB", c.open_change(giant)).await.expect_err("2 MiB request accepted");
-    assert!(
-        !matches!(status.code(), Code::Ok | Code::Internal | Code::Unknown),
-        "2 MiB request: {}",
-        describe(&status)
-    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "2 MiB request: {}", describe(&status));
+    assert_eq!(status.get_error_details().error_info().map(|i| i.reason.as_str()), Some("TOO_LARGE"));
 
     let updates = (0..600).map(|_| TaskUpdate { id: "1.1".into(), done: true }).collect();
     let req = UpdateTasksRequest { slug: VICTIM.into(), owner: "alice".into(), updates };
@@ -452,4 +449,94 @@ async fn oversized_fields_are_refused_with_invalid_argument() {
     f.assert_none("oversized_fields_are_refused_with_invalid_argument");
     assert_same_tree(&before, &snapshot(&server.workspace), "after oversized inputs");
     server.assert_serving().await;
+}
+
+/// Request bytes as they are, for what no generated client would send.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+async fn raw_call(server: &Server, method: &'static str, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.expect("channel ready");
+    let path = http::uri::PathAndQuery::from_static(method);
+    grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_the_request_message_are_invalid_argument_not_internal() {
+    let server = Server::start();
+    // A string field (slug) holding bytes that are not UTF-8; a length past the end; nothing.
+    for (what, bytes) in [
+        ("invalid UTF-8", vec![0x0a, 0x05, 0xff, 0xfe, b'a', b'b', b'c']),
+        ("a length past the end", vec![0x0a, 0x50, b'x']),
+        ("a number where the slug's string belongs", vec![0x08, 0x01]),
+    ] {
+        let status =
+            raw_call(&server, "/taskmcp.v1.Changes/ShowChange", tonic::Request::new(bytes)).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", describe(&status));
+        let reason = status.get_error_details().error_info().map(|i| i.reason.clone());
+        assert_eq!(reason.as_deref(), Some("INVALID_ARGUMENT"), "{what}");
+    }
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_before_the_answer_is_deadline_exceeded() {
+    let server = Server::start();
+    let open = prost::Message::encode_to_vec(&OpenChangeRequest {
+        title: "Late".into(),
+        slug: "late".into(),
+        owner: "alice".into(),
+        ..Default::default()
+    });
+    // Sent over bare HTTP/2: a tonic client would enforce the deadline itself, and the test
+    // would see the client's answer, not the server's. 1 ns: over when it arrives.
+    let tcp = tokio::net::TcpStream::connect(server.grpcurl_addr()).await.expect("connect");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{}/taskmcp.v1.Changes/OpenChange", server.grpcurl_addr()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "1n")
+        .body(())
+        .expect("request");
+    let (response, mut body) = h2.send_request(request, false).expect("send");
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(open.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&open);
+    body.send_data(frame.into(), true).expect("send the message");
+    let response = bounded("the answer", response).await.expect("an answer");
+    let status = Status::from_header_map(response.headers()).expect("a trailers-only status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", describe(&status));
 }
