@@ -14,7 +14,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
-use crate::grpc::rejections::RejectionsLayer;
+use crate::grpc::rejections;
 use tower_http::{
     classify::GrpcFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -198,7 +198,7 @@ impl Application {
                 .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(layers::AuthLayer::new(self.tokens.clone()))
                 .layer(traces::ToolSpanLayer)
-                .layer(RejectionsLayer)
+                .layer(rejections::layer())
                 .service(routes.clone()),
         );
         let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
@@ -219,7 +219,7 @@ impl Application {
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
             .layer(traces::ToolSpanLayer)
-            .layer(RejectionsLayer);
+            .layer(rejections::layer());
         let grpc_server = Server::builder()
             // Bounded per connection, and dead peers are noticed instead of held forever.
             .max_concurrent_streams(Some(1024))

@@ -8,11 +8,11 @@
 //!    on success the request carries a [`Principal`] extension.
 //! 3. [`BodyCapLayer`]: `Content-Length` over the cap → 413 up front; a body
 //!    without a length is wrapped so that reading past the cap fails, and any
-//!    413 coming back from a handler is given our error body.
-//! 4. `RequestBodyTimeoutLayer`: a body that stops arriving for [`BODY_READ_TIMEOUT`] ends
-//!    the request, so a client cannot hold a connection by trickling a body (the request
-//!    head has its own timeout in the server, see `task_mcp::startup`).
-//! 5. `DefaultBodyLimit::disable()`: axum's own 2 MiB extractor cap would
+//!    413 coming back from a handler is given our error body. Every body must also
+//!    arrive within [`BODY_READ_TIMEOUT`] of the first wait for it ([`PacedBody`]), so a
+//!    client cannot hold a connection by trickling one (the request head has its own
+//!    timeout in the server, see `task_mcp::startup`).
+//! 4. `DefaultBodyLimit::disable()`: axum's own 2 MiB extractor cap would
 //!    otherwise undercut (or double-box) ours.
 //!
 //! Host/Origin comes first so a rebinding page learns nothing, not even
@@ -61,7 +61,6 @@ use tower::{Layer, Service, ServiceBuilder, util::MapResponseLayer};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    timeout::RequestBodyTimeoutLayer,
 };
 
 use crate::{
@@ -86,8 +85,8 @@ pub fn protect(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<A
     protect_with(router, &state.config, Arc::clone(&state.access), Arc::clone(state))
 }
 
-/// The longest wait for the next piece of a request body.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a request body may take to arrive, from the first time a handler waits for it.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// [`protect`] with its parts spelled out, so the layers can be tested without
 /// an upstream.
@@ -103,7 +102,6 @@ where
             .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()))
             .layer(CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone()))
             .layer(BodyCapLayer { max: config.max_body_bytes, stats })
-            .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
             .layer(DefaultBodyLimit::disable()),
     )
 }
@@ -357,15 +355,6 @@ impl HostPolicy {
         policy
     }
 
-    /// The authority the client asked for: `:authority` / absolute-form URI
-    /// first (RFC 9113 §8.3.1, RFC 9112 §3.2.2), else the `Host` header.
-    fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-        match uri.authority() {
-            Some(authority) => Some(authority.as_str()),
-            None => headers.get(header::HOST)?.to_str().ok(),
-        }
-    }
-
     pub fn host_allowed(&self, host: &str) -> bool {
         if self.any_host {
             return true;
@@ -389,24 +378,23 @@ impl HostPolicy {
     /// Both checks for one request. A second `Host` or `Origin` line is refused too: the check
     /// reads the first, and a proxy in front may act on the last.
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
-        if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        // The authority the client asked for: `:authority` / absolute-form URI first
+        // (RFC 9113 §8.3.1, RFC 9112 §3.2.2), else the `Host` header. A missing Host
+        // (HTTP/1.0) is refused too: nothing proves the client meant this server.
+        let host = match uri.authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => host_header.and_then(|h| h.to_str().ok()),
+        };
+        if hosts.next().is_some() || !host.is_some_and(|h| self.host_allowed(h)) {
             return Err(Refusal::HostNotAllowed);
         }
-        if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
-            return Err(Refusal::OriginNotAllowed);
-        }
-        match Self::requested_host(uri, headers) {
-            Some(host) if self.host_allowed(host) => {}
-            // A missing Host (HTTP/1.0) is refused too: nothing proves the
-            // client meant this server.
-            _ => return Err(Refusal::HostNotAllowed),
-        }
-        match headers.get(header::ORIGIN) {
-            None => Ok(()),
-            Some(origin) => match origin.to_str() {
-                Ok(origin) if self.origin_allowed(origin) => Ok(()),
-                _ => Err(Refusal::OriginNotAllowed),
-            },
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => Ok(()),
+            (Some(origin), None) if origin.to_str().is_ok_and(|o| self.origin_allowed(o)) => Ok(()),
+            _ => Err(Refusal::OriginNotAllowed),
         }
     }
 }
@@ -574,13 +562,12 @@ where
                 return Either::Left(ready(Ok(refusal.response(mcp))));
             }
             // hyper (HTTP/1 and h2 alike) refuses a body longer than its
-            // Content-Length, so a declared length within the cap needs no
-            // wrapper: the common case costs no allocation.
-            Some(_) => req,
+            // Content-Length, so a declared length within the cap needs no limit.
+            Some(_) => req.map(|body| Body::new(PacedBody::new(body, BODY_READ_TIMEOUT))),
             // Chunked or unannounced: cut the body off at the cap while reading.
             None => {
                 let max = self.max;
-                req.map(|body| Body::new(http_body_util::Limited::new(body, max)))
+                req.map(|body| Body::new(PacedBody::new(http_body_util::Limited::new(body, max), BODY_READ_TIMEOUT)))
             }
         };
         Either::Right(BodyCapFuture {
@@ -630,6 +617,64 @@ where
             return Poll::Ready(Ok(res));
         }
         Poll::Ready(Ok(Refusal::BodyTooLarge(*this.max).response(*this.mcp)))
+    }
+}
+
+pin_project! {
+    /// A request body that fails once it has kept a handler waiting for `timeout` in all.
+    /// The timer is armed at the first wait only: a body hyper has already read, the usual
+    /// case, costs no timer (a timer per request was 1% of a call's instructions).
+    pub struct PacedBody<B> {
+        #[pin]
+        inner: B,
+        timeout: Duration,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<B> PacedBody<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        PacedBody { inner, timeout, deadline: None }
+    }
+}
+
+/// The error of a [`PacedBody`] that took too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(Duration);
+
+impl<B> http_body::Body for PacedBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(*this.timeout))))),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

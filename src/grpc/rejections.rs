@@ -6,78 +6,53 @@
 //! and, as the gRPC status-code guide says for a message over the limit, RESOURCE_EXHAUSTED
 //! with `ErrorInfo` TOO_LARGE. The service's own errors always carry details, so an answer
 //! without them is tonic's.
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
-use http::{Request, Response};
+use http::{HeaderName, Response};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tower::{Layer, Service};
+use tower::util::MapResponseLayer;
 
 use crate::error::{ERROR_DOMAIN, Error};
 
-#[derive(Clone, Copy, Default)]
-pub struct RejectionsLayer;
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
-impl<S> Layer<S> for RejectionsLayer {
-    type Service = Rejections<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Rejections { inner }
-    }
-}
+/// The layer: a plain function over each response, no future of its own.
+pub type RejectionsLayer<B> = MapResponseLayer<fn(Response<B>) -> Response<B>>;
 
-#[derive(Clone)]
-pub struct Rejections<S> {
-    inner: S,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Rejections<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Future: Send + 'static,
-    ResB: Default,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let future = self.inner.call(req);
-        Box::pin(async move { future.await.map(retype) })
-    }
+pub fn layer<B: Default>() -> RejectionsLayer<B> {
+    MapResponseLayer::new(retype::<B> as fn(Response<B>) -> Response<B>)
 }
 
 /// The typed form of tonic's own refusal of a request; any other response as it is.
 fn retype<B: Default>(response: Response<B>) -> Response<B> {
-    if response.headers().contains_key("grpc-status-details-bin") {
+    // Only an answer without a message has its status in the headers; a success has none.
+    let code = match response.headers().get(&GRPC_STATUS).map(|v| v.as_bytes()) {
+        Some(b"13") => Code::Internal,
+        Some(b"11") => Code::OutOfRange,
+        _ => return response,
+    };
+    if response.headers().contains_key(&GRPC_STATUS_DETAILS) {
         return response;
     }
-    let Some(status) = Status::from_header_map(response.headers()) else { return response };
-    let typed = match status.code() {
-        Code::Internal => Error::invalid("request", status.message()).into_status(),
-        Code::OutOfRange => {
+    let message = Status::from_header_map(response.headers()).map(|s| s.message().to_string()).unwrap_or_default();
+    let typed = match code {
+        Code::Internal => Error::invalid("request", message).into_status(),
+        _ => {
             let details = ErrorDetails::with_error_info(
                 "TOO_LARGE",
                 ERROR_DOMAIN,
                 [("field".to_string(), "request".to_string())].into_iter().collect::<std::collections::HashMap<_, _>>(),
             );
-            Status::with_error_details(Code::ResourceExhausted, status.message(), details)
+            Status::with_error_details(Code::ResourceExhausted, message, details)
         }
-        _ => return response,
     };
     typed.into_http()
 }
 
 #[cfg(test)]
 mod tests {
-    use tower::ServiceExt;
+    use http::Request;
+    use tower::{Layer, ServiceExt};
 
     use super::*;
 
@@ -86,7 +61,7 @@ mod tests {
             let status = status.clone();
             async move { Ok::<_, std::convert::Infallible>(status.into_http::<()>()) }
         });
-        let response = RejectionsLayer.layer(inner).oneshot(Request::new(())).await.unwrap();
+        let response = layer().layer(inner).oneshot(Request::new(())).await.unwrap();
         Status::from_header_map(response.headers()).expect("a status in the headers")
     }
 
