@@ -977,6 +977,26 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_fails_after_the_timeout_and_one_that_came_costs_no_timer() {
+        use http_body::Body as _;
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let mut body = std::pin::pin!(PacedBody::new(stalled, Duration::from_secs(30)));
+        let waited = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        let err = waited.expect("an end").expect_err("the body timed out");
+        assert!(err.is::<BodyTimedOut>(), "{err}");
+
+        let mut arrived = std::pin::pin!(PacedBody::new(
+            http_body_util::Full::new(bytes::Bytes::from("{}")),
+            Duration::from_secs(30)
+        ));
+        let frame = std::future::poll_fn(|cx| arrived.as_mut().poll_frame(cx)).await;
+        assert!(frame.expect("a frame").is_ok());
+        assert!(arrived.deadline.is_none(), "no timer for a body that was there");
+    }
+
     #[tokio::test]
     async fn a_second_host_or_origin_line_is_refused() {
         let twice: [&[(&str, &str)]; 2] = [
