@@ -43,6 +43,11 @@ pub enum Error {
     LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
     #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
     ValidationFailed { slug: String, findings: Vec<FindingRef> },
+    /// A file of the change that the server cannot read as text (not UTF-8, not a regular
+    /// file): the request is fine, the change on disk is not; `change.validate` reports the
+    /// same as a `FILE_UNREADABLE` finding.
+    #[error("{file} of change {slug:?} {why}")]
+    FileUnreadable { slug: String, file: String, why: &'static str },
     #[error("change {slug:?} is archived in {archive_path} but has no readable receipt")]
     ReceiptUnavailable { slug: String, archive_path: String },
     #[error("resource {:?} is {size} bytes, over the {limit} byte cap", truncate(uri))]
@@ -103,6 +108,7 @@ impl Error {
             Error::LockedByOtherOwner { .. } => "LOCKED_BY_OTHER_OWNER",
             Error::ValidationFailed { .. } => "VALIDATION_FAILED",
             Error::ReceiptUnavailable { .. } => "RECEIPT_UNAVAILABLE",
+            Error::FileUnreadable { .. } => "FILE_UNREADABLE",
             Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -125,9 +131,10 @@ impl Error {
             }
             // A concurrency conflict the caller resolves by waiting or picking another slug.
             Error::LockedByOtherOwner { .. } => Code::Aborted,
-            Error::ValidationFailed { .. } | Error::ReceiptUnavailable { .. } | Error::ResourceTooLarge { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::ValidationFailed { .. }
+            | Error::ReceiptUnavailable { .. }
+            | Error::FileUnreadable { .. }
+            | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
@@ -164,6 +171,7 @@ impl Error {
             Error::ValidationFailed { slug, findings } => {
                 vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
             }
+            Error::FileUnreadable { slug, file, .. } => vec![kv("slug", slug.clone()), kv("file", file.clone())],
             Error::ReceiptUnavailable { slug, archive_path } => {
                 vec![kv("slug", slug.clone()), kv("archive_path", archive_path.clone())]
             }

@@ -78,6 +78,12 @@ impl Changes for ChangesService {
         let ws = self.state.workspace.clone();
         let opened = blocking(move || ws.open_change(open)).await?;
         let slug = opened.summary.slug.clone();
+        // The resources of the files the change has (a folder made by hand may lack some).
+        let has = |file: &str| opened.files.iter().any(|f| f.rsplit('/').next() == Some(file));
+        let resource_uris = [("proposal.md", ResourceUri::proposal(&slug)), ("tasks.md", ResourceUri::tasks(&slug))]
+            .into_iter()
+            .filter_map(|(file, uri)| has(file).then_some(uri))
+            .collect();
         Ok(Response::new(pb::OpenChangeResponse {
             change: Some(convert::summary(&opened.summary)),
             created: opened.created,
@@ -87,7 +93,7 @@ impl Changes for ChangesService {
                 expired_at: Some(convert::timestamp(prev.expires_at())),
             }),
             files: opened.files,
-            resource_uris: vec![ResourceUri::proposal(&slug), ResourceUri::tasks(&slug)],
+            resource_uris,
         }))
     }
 

@@ -58,7 +58,7 @@ const EXTRA_METHODS: [&str; 4] = [
 ];
 
 /// The contract's `error.type` values that are service reasons.
-const REASONS: [&str; 19] = [
+const REASONS: [&str; 20] = [
     "INVALID_SLUG",
     "INVALID_ARGUMENT",
     "INVALID_PATH",
@@ -71,6 +71,7 @@ const REASONS: [&str; 19] = [
     "LOCKED_BY_OTHER_OWNER",
     "VALIDATION_FAILED",
     "RECEIPT_UNAVAILABLE",
+    "FILE_UNREADABLE",
     "RESOURCE_TOO_LARGE",
     "UNAUTHENTICATED",
     "RATE_LIMITED",

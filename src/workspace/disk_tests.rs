@@ -185,3 +185,55 @@ fn an_archive_is_reported_once_as_this_process_made_it() {
     }
     assert_eq!(archived, vec![false], "one ARCHIVED event, from this process");
 }
+
+#[test]
+fn a_change_file_that_is_not_text_is_the_changes_fault_not_the_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "bad-utf");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    fs::write(dir.path().join("changes/bad-utf/tasks.md"), b"- [ ] 1.1 \xff\xfe bad\n").unwrap();
+    for err in [ws.show_change(&slug).err(), ws.update_tasks(&slug, &owner, &[("1.1".into(), true)]).err()] {
+        let err = err.expect("refused");
+        assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "tasks.md"), "{err:?}");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+    let findings = ws.validate_change(&slug).unwrap();
+    assert!(findings.iter().any(|f| f.code == "FILE_UNREADABLE" && f.file == "tasks.md"), "{findings:?}");
+}
+
+#[test]
+fn files_under_specs_are_served_with_the_type_their_extension_names() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), "typed");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let specs = dir.path().join("changes/typed/specs");
+    fs::write(specs.join("notes.txt"), "plain").unwrap();
+    fs::write(specs.join("data.bin"), [0u8, 1, 2]).unwrap();
+    for (file, want) in
+        [("README.md", "text/markdown"), ("notes.txt", "text/plain"), ("data.bin", "application/octet-stream")]
+    {
+        let raw = format!("change://typed/delta/{file}");
+        let read = ws.read_resource(&ResourceUri::parse(&raw).unwrap(), &raw).map(|r| r.mime_type);
+        assert_eq!(read.ok(), Some(want), "{file}");
+    }
+}
+
+#[test]
+fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    fs::create_dir_all(dir.path().join("changes/by-hand")).unwrap();
+    fs::write(dir.path().join("changes/by-hand/proposal.md"), "# By hand\n").unwrap();
+    let opened = ws
+        .open_change(OpenRequest {
+            slug: Slug::parse("by-hand").unwrap(),
+            title: Title::parse("By hand").unwrap(),
+            rationale: Rationale::parse("because").unwrap(),
+            owner: Owner::parse("alice").unwrap(),
+            ttl: Ttl::DEFAULT,
+            template: TemplateKind::Feature,
+        })
+        .unwrap();
+    assert!(!opened.created);
+    assert_eq!(opened.files, vec!["changes/by-hand/proposal.md".to_string()]);
+}

@@ -461,8 +461,14 @@ impl Workspace {
         Ok(Some(Opened { summary, created: true, lock, takeover: None, files: self.listed_files(&req.slug) }))
     }
 
+    /// The scaffold's files that the change has: a folder made by hand may lack them.
     fn listed_files(&self, slug: &Slug) -> Vec<String> {
-        ["proposal.md", "tasks.md", "specs/README.md"].iter().map(|f| format!("changes/{slug}/{f}")).collect()
+        let dir = self.draft_dir(slug);
+        ["proposal.md", "tasks.md", "specs/README.md"]
+            .iter()
+            .filter(|f| dir.join(f).symlink_metadata().is_ok_and(|m| m.is_file()))
+            .map(|f| format!("changes/{slug}/{f}"))
+            .collect()
     }
 
     fn sweep_staging(&self) {
@@ -675,8 +681,8 @@ impl Workspace {
 
     pub fn show_change(&self, slug: &Slug) -> Result<Shown> {
         let (dir, summary) = self.locate(slug)?;
-        let proposal = read_doc_strict(&dir, "proposal.md")?.unwrap_or_default();
-        let tasks = read_doc_strict(&dir, "tasks.md")?.map(|t| checklist::parse(&t).items).unwrap_or_default();
+        let proposal = read_doc_strict(&dir, "proposal.md", slug)?.unwrap_or_default();
+        let tasks = read_doc_strict(&dir, "tasks.md", slug)?.map(|t| checklist::parse(&t).items).unwrap_or_default();
         let mut deltas = Vec::new();
         for (path, content) in read_spec_files(&dir.join("specs"))?.files {
             if is_readme(&path) {
@@ -757,7 +763,7 @@ impl Workspace {
             });
         }
         let path = dir.join("tasks.md");
-        let text = read_doc_strict(&dir, "tasks.md")?.ok_or_else(|| Error::TaskNotFound {
+        let text = read_doc_strict(&dir, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
             slug: slug.to_string(),
             id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
         })?;
@@ -935,7 +941,7 @@ impl Workspace {
             ResourceUri::Tasks(slug) => (self.locate(slug)?.0.join("tasks.md"), "text/markdown"),
             ResourceUri::Delta(slug, rel) => {
                 let specs = self.locate(slug)?.0.join("specs");
-                (paths::resolve_inside(&specs, rel)?, "text/markdown")
+                (paths::resolve_inside(&specs, rel)?, delta_mime(rel))
             }
             ResourceUri::Receipt(slug) => {
                 let (_, dir) = self.latest_archive(slug)?.ok_or_else(not_found)?;
@@ -1098,16 +1104,18 @@ fn read_doc(dir: &Path, name: &str) -> io::Result<Option<String>> {
 }
 
 /// Like `read_doc`, but an oversized or non-text file is an error the client sees.
-fn read_doc_strict(dir: &Path, name: &str) -> Result<Option<String>> {
+/// A file of the change `slug` as text; a file that cannot be read as such refuses the call
+/// with FAILED_PRECONDITION (the change on disk is at fault, not the request).
+fn read_doc_strict(dir: &Path, name: &str, slug: &Slug) -> Result<Option<String>> {
+    let unreadable = |why| Error::FileUnreadable { slug: slug.to_string(), file: name.to_string(), why };
     match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)
-        .map_err(|e| Error::internal("read change file", e))?
+        .map_err(|e| Error::io("read change file", &dir.join(name), e))?
     {
         TextRead::Text(t) => Ok(Some(t)),
         TextRead::Missing => Ok(None),
         TextRead::TooLarge(size) => Err(Error::ResourceTooLarge { uri: name.to_string(), size, limit: MAX_DOC_BYTES }),
-        TextRead::NotText | TextRead::NotRegular => {
-            Err(Error::InvalidPath { value: name.to_string(), why: "is not a regular UTF-8 text file" })
-        }
+        TextRead::NotText => Err(unreadable("is not UTF-8 text")),
+        TextRead::NotRegular => Err(unreadable("is not a regular file (symbolic links and folders are not followed)")),
     }
 }
 
@@ -1118,6 +1126,19 @@ fn unreadable_finding(name: &str, read: &TextRead) -> Finding {
         _ => "is not UTF-8 text".into(),
     };
     Finding { code: "FILE_UNREADABLE", severity: Severity::Error, file: name.to_string(), line: 0, message }
+}
+
+/// The media type of a file under `specs/`, by its extension: deltas are Markdown, but the
+/// folder may hold anything a human put there.
+fn delta_mime(path: &str) -> &'static str {
+    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("md" | "markdown") => "text/markdown",
+        Some("txt") => "text/plain",
+        Some("json") => "application/json",
+        Some("yaml" | "yml") => "application/yaml",
+        _ => "application/octet-stream",
+    }
 }
 
 fn is_readme(path: &str) -> bool {
