@@ -37,10 +37,10 @@ use crate::{
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/tools", get(list_tools))
-        .route("/v1/tools/{name}", post(call_tool))
-        .route("/v1/resources", get(list_resources))
-        .route("/v1/resources/read", get(read_resource))
+        .route("/v1/tools", get(list_tools).fallback(|| method_not_allowed("GET, HEAD")))
+        .route("/v1/tools/{name}", post(call_tool).fallback(|| method_not_allowed("POST")))
+        .route("/v1/resources", get(list_resources).fallback(|| method_not_allowed("GET, HEAD")))
+        .route("/v1/resources/read", get(read_resource).fallback(|| method_not_allowed("GET, HEAD")))
         // Unknown `/v1` paths get a REST error body rather than an empty 404.
         .route("/v1/{*rest}", any(unknown_path))
 }
@@ -657,6 +657,16 @@ async fn unknown_path() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "UNKNOWN_PATH", "no such endpoint").into_response()
 }
 
+/// A method a `/v1` route does not take: 405 with `Allow` and the REST error body, where
+/// axum's own answer has no body.
+async fn method_not_allowed(allow: &'static str) -> Response {
+    let message = format!("this endpoint takes {allow}");
+    let mut res =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED", &message).into_response();
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
 /// A fake gRPC service behind a real [`crate::upstream::Upstream`], for the
 /// handler tests here and in `health.rs`.
 #[cfg(test)]
@@ -957,6 +967,23 @@ mod tests {
         fn app() -> (Router, super::super::fake::Fake) {
             let fake = super::super::fake::fake(GatewayConfig::default(), Arc::new(OpenAccess));
             (crate::router(fake.state.clone()), fake)
+        }
+
+        #[tokio::test]
+        async fn a_method_a_route_does_not_take_has_allow_and_a_rest_body() {
+            let (app, _fake) = app();
+            let req = http::Request::builder()
+                .method("GET")
+                .uri("/v1/tools/change.show")
+                .header("host", "localhost")
+                .body(Body::empty())
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(res.headers()[header::ALLOW], "POST");
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!((v["code"].as_str(), v["reason"].as_str()), (Some("UNIMPLEMENTED"), Some("METHOD_NOT_ALLOWED")));
         }
 
         fn post(path: &str, headers: &[(&str, &str)], body: &'static str) -> http::Request<Body> {
