@@ -145,7 +145,7 @@ fn tools_list(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
 
 /// Whether answering a tools/call wants an SSE stream (notifications before the result).
 pub fn call_wants_stream(state: &AppState, params: &Value) -> bool {
-    let has_token = params.get("_meta").and_then(|m| m.get("progressToken")).is_some();
+    let has_token = super::transport::progress_token(params).is_some();
     let name = params.get("name").and_then(Value::as_str).unwrap_or("");
     has_token || (state.config.conformance_fixtures && fixtures::wants_stream(name))
 }

@@ -93,8 +93,10 @@ pub fn call_context(headers: &HeaderMap) -> CallContext {
     }
 }
 
-pub fn progress_token(params: &Value) -> Option<Value> {
-    params.get("_meta").and_then(|m| m.get("progressToken")).cloned()
+/// `params._meta.progressToken` when it is what the schema allows, a string or an integer;
+/// a token of another type asks for nothing (it could not be echoed faithfully).
+pub fn progress_token(params: &Value) -> Option<&Value> {
+    params.get("_meta").and_then(|m| m.get("progressToken")).filter(|t| t.is_string() || t.is_i64() || t.is_u64())
 }
 
 pub struct ContextParts<'a> {
@@ -117,7 +119,7 @@ pub fn context(parts: ContextParts<'_>) -> RequestContext {
         call: call_context(parts.headers),
         protocol_version: parts.version,
         request_id: parts.id,
-        progress_token: progress_token(parts.params),
+        progress_token: progress_token(parts.params).cloned(),
         cancel: parts.cancel,
         outbox: parts.outbox,
     }
@@ -223,6 +225,8 @@ pub fn too_many_sessions(state: &AppState) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -231,6 +235,17 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn progress_tokens_are_strings_or_integers() {
+        for token in [json!("p-1"), json!(7), json!(u64::MAX)] {
+            let params = json!({"_meta": {"progressToken": token}});
+            assert_eq!(progress_token(&params), Some(&token));
+        }
+        for token in [json!(null), json!({"a": 1}), json!(1.5), json!(true)] {
+            assert_eq!(progress_token(&json!({"_meta": {"progressToken": token}})), None, "{token}");
+        }
     }
 
     #[test]
