@@ -433,6 +433,36 @@ async fn a_deleted_session_ends_its_stream_and_its_id_is_good_on_its_own_endpoin
 }
 
 #[tokio::test]
+async fn malformed_params_are_protocol_errors_not_empty_answers() {
+    let server = Server::start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    // Params that are not an object fail the message's envelope: 400, with the JSON-RPC error.
+    let resp = mcp.post(json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":"abc"})).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32602);
+    let cases = [
+        ("resources/templates/list", json!({"cursor": "garbage"})),
+        ("prompts/list", json!({"cursor": "garbage"})),
+        ("completion/complete", json!({})),
+        (
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "a", "value": ""}}),
+        ),
+    ];
+    for (method, params) in cases {
+        let answer = mcp.request(method, params.clone()).await;
+        assert_eq!(answer["error"]["code"], -32602, "{method} {params}: {answer}");
+    }
+
+    let old = connect(&server, "2025-03-26").await;
+    let init = json!({"jsonrpc":"2.0","id":5,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let answers: Value = old.post(json!([init, {"jsonrpc":"2.0","id":6,"method":"ping"}])).await.json().await.unwrap();
+    assert_eq!(answers[0]["error"]["code"], -32600, "initialize in a batch: {answers}");
+    assert_eq!(answers[1]["result"], json!({}), "the rest of the batch runs: {answers}");
+    assert_eq!(old.post(json!([])).await.status(), 400, "an empty batch");
+}
+
+#[tokio::test]
 async fn slugs_complete_for_the_change_resource_templates() {
     let server = Server::start();
     let mut mcp = connect(&server, "2025-11-25").await;

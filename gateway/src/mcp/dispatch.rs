@@ -45,12 +45,16 @@ async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Res
         "ping" => Ok(json!({})),
         "tools/list" => tools_list(ctx, params),
         "resources/list" => resources_list(ctx, params).await,
-        "resources/templates/list" => Ok(json!({"resourceTemplates": resource_templates(ctx)})),
+        "resources/templates/list" => {
+            let (items, next) = page(&resource_templates(ctx), params)?;
+            Ok(with_cursor(json!({"resourceTemplates": items}), next))
+        }
         "resources/read" => resources_read(ctx, params).await,
         "resources/subscribe" => subscribe(ctx, params, true),
         "resources/unsubscribe" => subscribe(ctx, params, false),
         "prompts/list" => {
-            Ok(json!({"prompts": if ctx.state.config.conformance_fixtures { fixtures::prompts() } else { vec![] }}))
+            let (items, next) = page(&prompts(ctx), params)?;
+            Ok(with_cursor(json!({"prompts": items}), next))
         }
         "prompts/get" => prompts_get(ctx, params),
         "logging/setLevel" => set_level(ctx, params),
@@ -351,11 +355,30 @@ fn set_level(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
     }
 }
 
+/// The server's prompts: the conformance fixtures' only, when they are served.
+fn prompts(ctx: &RequestContext) -> Vec<Value> {
+    if ctx.state.config.conformance_fixtures { fixtures::prompts() } else { vec![] }
+}
+
 async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
     let reference = params.get("ref").cloned().unwrap_or_default();
     let argument = params.get("argument").cloned().unwrap_or_default();
-    let name = argument.get("name").and_then(Value::as_str).unwrap_or("");
+    let Some(name) = argument.get("name").and_then(Value::as_str) else {
+        return Err(RpcError::invalid_params("argument.name is required"));
+    };
     let value = argument.get("value").and_then(Value::as_str).unwrap_or("");
+    // What the completion spec asks: an unknown prompt, or a reference that names nothing,
+    // is invalid params rather than an empty answer.
+    match reference.get("type").and_then(Value::as_str) {
+        Some("ref/resource") if reference.get("uri").is_some_and(Value::is_string) => {}
+        Some("ref/prompt") => {
+            let prompt = reference.get("name").and_then(Value::as_str).unwrap_or("");
+            if !prompts(ctx).iter().any(|p| p["name"] == prompt) {
+                return Err(RpcError::invalid_params(format!("Unknown prompt: {prompt}")));
+            }
+        }
+        _ => return Err(RpcError::invalid_params("ref must be a ref/prompt with a name or a ref/resource with a uri")),
+    }
     let is_change_template = reference.get("type").and_then(Value::as_str) == Some("ref/resource")
         && reference.get("uri").and_then(Value::as_str).is_some_and(|u| u.starts_with("change://{slug}"));
     let values = if is_change_template && name == "slug" {

@@ -245,16 +245,23 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
         Ok(s) => s,
         Err(response) => return *response,
     };
-    if !protocol::allows_batch(&session.version()) || batch.is_empty() {
+    if !protocol::allows_batch(&session.version()) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             None,
             RpcError::new(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not supported in this protocol version"),
         );
     }
+    if batch.is_empty() {
+        return rpc_error(StatusCode::BAD_REQUEST, None, RpcError::new(jsonrpc::INVALID_REQUEST, "an empty batch"));
+    }
     let mut responses = Vec::new();
     for value in batch {
         match Incoming::parse(value) {
+            Ok(Incoming::Request { id, method, .. }) if method == "initialize" => {
+                let err = RpcError::new(jsonrpc::INVALID_REQUEST, "initialize must not be part of a batch");
+                responses.push(jsonrpc::error_text(Some(&id), &err));
+            }
             Ok(Incoming::Request { id, method, params }) => {
                 responses.push(run(&state, &session, principal.clone(), &headers, &id, &method, &params).await);
             }
