@@ -462,6 +462,11 @@ pub struct AuthCheck {
     pub metrics: Arc<GatewayMetrics>,
 }
 
+/// Whether an `Authorization` value uses the Bearer scheme (the scheme name is case-insensitive).
+fn is_bearer(value: &HeaderValue) -> bool {
+    value.as_bytes().get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+}
+
 /// Asks `access` about the request's `Authorization` header, and counts the
 /// attempt (only when tokens are configured: without them no route is
 /// authenticated, so there is nothing to attempt) and a rate-limit refusal.
@@ -480,8 +485,9 @@ fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &Hea
     }
     match admission {
         Admission::Allowed { principal } => Ok(Principal(principal)),
-        // RFC 6750 §3.1: no `error` attribute when no credentials were sent.
-        Admission::Unauthenticated if sent.is_none() => Err(Refusal::MissingToken),
+        // RFC 6750 §3.1: no `error` attribute when no bearer credentials were sent (none at
+        // all, or another scheme such as Basic).
+        Admission::Unauthenticated if !sent.is_some_and(is_bearer) => Err(Refusal::MissingToken),
         Admission::Unauthenticated => Err(Refusal::InvalidToken),
         Admission::RateLimited { retry_after } => {
             metrics.rate_limited(transport);
@@ -1080,6 +1086,12 @@ mod tests {
         assert_eq!(v["code"], "UNAUTHENTICATED");
         assert_eq!(v["reason"], "MISSING_TOKEN");
         assert_eq!(s.snapshot().rejections.unauthenticated, 1);
+
+        // Another scheme is no bearer credential either: no `error` attribute.
+        let basic = [("authorization", "Basic Zm9vOmJhcg==")];
+        let res = auth_only(stats()).oneshot(req(Method::GET, "/v1/x", &basic, Body::empty())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"task-mcp\"");
     }
 
     #[tokio::test]
