@@ -59,9 +59,9 @@ pub enum Error {
     #[error("server is shutting down")]
     ShuttingDown,
     /// The workspace on disk is in a state the server cannot work with: a folder it may not
-    /// write, a full or read-only disk, a symlink where a folder belongs, a receipt that does
-    /// not parse. An operator fixes it, not the client, so the code is INTERNAL; but unlike
-    /// `Internal` it is named, with the path inside the workspace (never the host's).
+    /// write, a full or read-only disk, a symlink where the archive folder belongs. An
+    /// operator fixes it, not the client, so the code is INTERNAL; but unlike `Internal` it is
+    /// named, with the path inside the workspace (never the host's).
     #[error("workspace unusable at {path}: {why}")]
     WorkspaceUnusable { path: String, why: String },
     /// Anything the client could not have caused. The message is logged, never sent.

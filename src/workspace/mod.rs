@@ -797,16 +797,9 @@ impl Workspace {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        let mut turn = None;
-        let draft = match self.existing_draft(slug)? {
-            Some(dir) => {
-                turn = Some(self.change_turn(&dir)?);
-                // Another process may have archived it while this one waited for its turn.
-                self.existing_draft(slug)?
-            }
-            None => None,
-        };
-        let _turn = turn;
+        let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir)).transpose()?;
+        // Another process may have archived it while this one waited for its turn.
+        let draft = if turn.is_some() { self.existing_draft(slug)? } else { None };
         let Some(dir) = draft else {
             return match self.latest_archive(slug)? {
                 Some((name, archived)) => {
