@@ -369,6 +369,9 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
     let text = resumed.text().await.unwrap();
     let messages = sse_messages(&text);
     assert!(!text.contains(&format!("id: {first_id}\nevent")), "the event we saw is not replayed: {text}");
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert!(!ids.is_empty() && !ids.contains(&first_id.as_str()), "no id is sent twice in a session: {text}");
+    assert!(text.starts_with("retry: "), "the client is told when to retry: {text}");
     let last = messages.last().expect("replayed events");
     assert_eq!(last["id"], 77, "the stream resumes through to the response: {text}");
     assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "resume-me");

@@ -460,7 +460,8 @@ fn is_single_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDe
 }
 
 /// JSON arguments to the request message. `null` (no arguments) is the empty
-/// message, as is `{}`.
+/// message, as is `{}`. A refusal names the argument at fault (`ttlSeconds: invalid
+/// value ...`): serde's own message names only the type it expected.
 #[allow(
     clippy::result_large_err,
     reason = "`CallError` is the module's fixed error type; it is built once per failed call"
@@ -469,8 +470,12 @@ pub(crate) fn json_to_message(desc: &MessageDescriptor, args: &Value) -> Result<
     if args.is_null() {
         return Ok(DynamicMessage::new(desc.clone()));
     }
-    DynamicMessage::deserialize_with_options(desc.clone(), args, &INPUT_OPTIONS)
-        .map_err(|e| CallError::InvalidArguments(e.to_string()))
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(args, &mut track);
+    DynamicMessage::deserialize_with_options(desc.clone(), tracked, &INPUT_OPTIONS).map_err(|e| {
+        let at = track.path();
+        CallError::InvalidArguments(if at.iter().next().is_some() { format!("{at}: {e}") } else { e.to_string() })
+    })
 }
 
 /// A response message to JSON (see [`wire_json::OUTPUT_OPTIONS`]).
@@ -955,8 +960,9 @@ mod tests {
         let cases = [
             (json!({"slug": "x", "bogus": 1}), "bogus"),
             (json!({"template": "TEMPLATE_NOPE"}), "TEMPLATE_NOPE"),
-            (json!({"ttlSeconds": "many"}), ""),
-            (json!({"ttlSeconds": -1}), ""),
+            (json!({"ttlSeconds": "many"}), "ttlSeconds: "),
+            (json!({"ttlSeconds": -1}), "ttlSeconds: "),
+            (json!({"ttl_seconds": 99_999_999_999_u64}), "ttl_seconds: "),
             (json!(["not", "an", "object"]), ""),
             (json!("text"), ""),
         ];

@@ -317,6 +317,11 @@ pub(crate) struct Fences {
 }
 
 impl Fences {
+    /// Whether the lines fed so far left a fence open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Feed every line in order; true when the line is code or a fence delimiter.
     pub fn is_code(&mut self, line: &str) -> bool {
         let trimmed = line.trim_start_matches([' ', '\t']);

@@ -2,6 +2,7 @@
 //! build one, so code that holds a `Slug` knows it is safe to join to a path.
 use std::fmt;
 
+use super::checklist::{Fences, heading, lines};
 use crate::error::{Error, Result};
 
 /// A change identifier: 3 to 64 chars of `[a-z0-9-]`, starting and ending with a
@@ -87,6 +88,7 @@ impl Rationale {
         if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
             return Err(Error::invalid("rationale", "must not contain control characters"));
         }
+        check_fits_in_a_section(value)?;
         Ok(Rationale(value.trim().replace("\r\n", "\n")))
     }
 
@@ -169,6 +171,31 @@ impl TemplateKind {
             TemplateKind::Chore => "chore",
         }
     }
+}
+
+/// The rationale becomes the body of the proposal's `## Why`, read by the same outline rules
+/// as validation: a heading of level 1 or 2 would end that section early, and an unclosed code
+/// fence would hide every heading after it, so the change would fail validation from birth.
+fn check_fits_in_a_section(value: &str) -> Result<()> {
+    let mut fences = Fences::default();
+    for line in lines(value) {
+        if fences.is_code(line.text) {
+            continue;
+        }
+        if let Some((level @ 1..=2, _)) = heading(line.text) {
+            return Err(Error::invalid(
+                "rationale",
+                format!(
+                    "line {}: a level-{level} heading would split the proposal's `## Why` section; use `###` or deeper",
+                    line.number
+                ),
+            ));
+        }
+    }
+    if fences.is_open() {
+        return Err(Error::invalid("rationale", "opens a code fence (``` or ~~~) that it does not close"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -131,6 +131,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rationale_in_markdown_keeps_the_proposal_whole_or_is_refused() {
+        let kept = [
+            "### Background\nLogins fail.\n\n#### Detail\nMore.",
+            "Like this:\n```md\n## What Changes\n# not a title\n```\nand no more.",
+            "~~~\n## inside\n~~~~",
+            "#hashtag, not a heading",
+        ];
+        for rationale in kept {
+            for kind in KINDS {
+                let findings = validate(&render_with(kind, "Markdown", rationale));
+                let serious: Vec<_> = findings.iter().filter(|f| f.severity != validation::Severity::Info).collect();
+                assert!(serious.is_empty(), "{rationale:?} {kind:?}: {serious:?}");
+            }
+        }
+        let refused = [
+            ("## Background\nx", "line 1: a level-2 heading"),
+            ("Why:\n\n   # Title again", "line 3: a level-1 heading"),
+            ("Like this:\n```\n## What Changes", "does not close"),
+        ];
+        for (rationale, says) in refused {
+            match Rationale::parse(rationale) {
+                Err(crate::error::Error::InvalidArgument { field: "rationale", why }) => {
+                    assert!(why.contains(says), "{rationale:?}: {why}")
+                }
+                other => panic!("{rationale:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn empty_rationale_gets_a_prompt_and_only_that_warning() {
         for kind in KINDS {
             let s = render_with(kind, "Tidy", "");

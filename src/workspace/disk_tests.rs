@@ -237,3 +237,24 @@ fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
     assert!(!opened.created);
     assert_eq!(opened.files, vec!["changes/by-hand/proposal.md".to_string()]);
 }
+
+#[test]
+fn a_delta_that_cannot_be_read_is_named_not_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, _) = open(dir.path(), "big-delta");
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let specs = dir.path().join("changes/big-delta/specs");
+    let _ = fs::remove_dir_all(&specs);
+    fs::create_dir_all(specs.join("big")).unwrap();
+    fs::write(specs.join("big/spec.md"), vec![b'a'; MAX_DOC_BYTES as usize + 1]).unwrap();
+    let err = ws.show_change(&slug).expect_err("a change shown without its delta would look delta-less");
+    assert!(matches!(&err, Error::ResourceTooLarge { uri, .. } if uri == "specs/big/spec.md"), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let findings = ws.validate_change(&slug).unwrap();
+    assert!(findings.iter().any(|f| f.code == "FILE_UNREADABLE" && f.file == "specs/big/spec.md"), "{findings:?}");
+    assert!(!findings.iter().any(|f| f.code == validation::SPECS_NO_DELTAS), "{findings:?}");
+
+    fs::write(specs.join("big/spec.md"), b"## ADDED Requirements\n\xff\n").unwrap();
+    let err = ws.show_change(&slug).expect_err("not text");
+    assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "specs/big/spec.md"), "{err:?}");
+}

@@ -683,8 +683,12 @@ impl Workspace {
         let (dir, summary) = self.locate(slug)?;
         let proposal = read_doc_strict(&dir, "proposal.md", slug)?.unwrap_or_default();
         let tasks = read_doc_strict(&dir, "tasks.md", slug)?.map(|t| checklist::parse(&t).items).unwrap_or_default();
+        let spec_read = read_spec_files(&dir.join("specs"))?;
+        if let Some(refusal) = spec_read.refusal(slug) {
+            return Err(refusal);
+        }
         let mut deltas = Vec::new();
-        for (path, content) in read_spec_files(&dir.join("specs"))?.files {
+        for (path, content) in spec_read.files {
             if is_readme(&path) {
                 continue;
             }
@@ -719,6 +723,7 @@ impl Workspace {
         let tasks = doc("tasks.md")?;
         let specs_dir = dir.join("specs");
         let spec_read = read_spec_files(&specs_dir)?;
+        let delta_unreadable = spec_read.unreadable_delta().is_some();
         let files = ChangeFiles {
             proposal,
             tasks,
@@ -727,8 +732,10 @@ impl Workspace {
         };
         let mut findings: Vec<Finding> = validation::validate(&files)
             .into_iter()
-            // A file we could not read is reported once, as unreadable, not also as missing.
+            // A file we could not read is reported once, as unreadable, not also as missing,
+            // and an unreadable delta is not "no deltas".
             .filter(|f| !(f.code.ends_with("_MISSING") && unreadable.iter().any(|u| u.file == f.file)))
+            .filter(|f| !(f.code == validation::SPECS_NO_DELTAS && delta_unreadable))
             .collect();
         findings.extend(unreadable);
         findings.extend(spec_read.problems);
@@ -1140,7 +1147,31 @@ fn is_readme(path: &str) -> bool {
 
 struct SpecRead {
     files: Vec<(String, String)>,
+    /// Files that could not be read as text, as `(path relative to specs/, why)`.
+    unreadable: Vec<(String, TextRead)>,
     problems: Vec<Finding>,
+}
+
+impl SpecRead {
+    fn unreadable_delta(&self) -> Option<&(String, TextRead)> {
+        self.unreadable.iter().find(|(rel, _)| !is_readme(rel))
+    }
+
+    /// The first unreadable delta as the error `change.show` answers: a change shown without
+    /// one of its deltas would pass for a change that has none.
+    fn refusal(&self, slug: &Slug) -> Option<Error> {
+        let (rel, read) = self.unreadable_delta()?;
+        let file = format!("specs/{rel}");
+        Some(match read {
+            TextRead::TooLarge(size) => Error::ResourceTooLarge { uri: file, size: *size, limit: MAX_DOC_BYTES },
+            TextRead::NotRegular => Error::FileUnreadable {
+                slug: slug.to_string(),
+                file,
+                why: "is not a regular file (symbolic links and folders are not followed)",
+            },
+            _ => Error::FileUnreadable { slug: slug.to_string(), file, why: "is not UTF-8 text" },
+        })
+    }
 }
 
 /// Every `*.md` under `specs/` (depth-limited, symlinks not followed), as
@@ -1148,7 +1179,7 @@ struct SpecRead {
 /// path), files are not read, and an error finding says so: what was not read was not
 /// validated, so such a change is not archived.
 fn read_spec_files(specs: &Path) -> Result<SpecRead> {
-    let mut out = SpecRead { files: Vec::new(), problems: Vec::new() };
+    let mut out = SpecRead { files: Vec::new(), unreadable: Vec::new(), problems: Vec::new() };
     if !specs.symlink_metadata().is_ok_and(|m| m.is_dir()) {
         return Ok(out);
     }
@@ -1191,7 +1222,10 @@ fn read_spec_files(specs: &Path) -> Result<SpecRead> {
     for (rel, path) in found {
         match fsutil::read_text_capped(&path, MAX_DOC_BYTES).map_err(|e| Error::internal("read spec", e))? {
             TextRead::Text(t) => out.files.push((rel, t)),
-            other => out.problems.push(unreadable_finding(&format!("specs/{rel}"), &other)),
+            other => {
+                out.problems.push(unreadable_finding(&format!("specs/{rel}"), &other));
+                out.unreadable.push((rel, other));
+            }
         }
     }
     Ok(out)

@@ -202,8 +202,15 @@ pub fn body(
             yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(preamble));
         }
         if options.prime {
-            let id = log.event_id(cursor);
-            let prime = format!("id: {id}\nretry: {}\ndata: \n\n", options.retry.as_millis());
+            // Event ids are unique within a session, so only a stream read from its start
+            // primes with an id (`<stream>-0`, which no event has). Read from a later cursor,
+            // the client already holds the id it would carry, and gets the `retry:` alone.
+            let retry = options.retry.as_millis();
+            let prime = if cursor == 0 {
+                format!("id: {}\nretry: {retry}\ndata: \n\n", log.event_id(0))
+            } else {
+                format!("retry: {retry}\n\n")
+            };
             recorder.sent(MessageType::Priming, 1, prime.len());
             yield Ok(Bytes::from(prime));
         }
@@ -343,6 +350,34 @@ mod tests {
         let text = String::from_utf8(new.collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert_eq!(text, "id: 5-2\nevent: message\ndata: {\"n\":2}\n\n");
         assert!(log.claim_if_free().is_some(), "the log is free once its reader ended");
+    }
+
+    #[tokio::test]
+    async fn priming_never_repeats_an_event_id() {
+        let log = EventLog::new(4, 16);
+        log.push(&json!({"a": 1}));
+        log.push(&json!({"b": 2}));
+        log.finish();
+        let read_from = |cursor| {
+            let opts = SseOptions { prime: true, ..quiet_options() };
+            let recorder = crate::metrics::GatewayMetrics::noop().open_stream(
+                crate::metrics::Transport::Mcp,
+                crate::metrics::StreamType::Sse,
+                std::time::Instant::now(),
+            );
+            let body = super::body(
+                Attachment::new(log.claim(), Box::new(|| {})),
+                cursor,
+                opts,
+                CancellationToken::new(),
+                recorder,
+            );
+            async move { String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap() }
+        };
+        let fresh = read_from(0).await;
+        assert!(fresh.starts_with("id: 4-0\nretry: 1000\ndata: \n\n"), "{fresh}");
+        let resumed = read_from(1).await;
+        assert_eq!(resumed, "retry: 1000\n\nid: 4-2\nevent: message\ndata: {\"b\":2}\n\n");
     }
 
     #[tokio::test]
