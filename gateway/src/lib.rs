@@ -2,6 +2,7 @@
 //! plain HTTP/JSON clients in front of the gRPC service. It never touches the
 //! workspace; it learns the tools from the protobuf descriptors and transcodes
 //! JSON to protobuf and back, so an RPC added to the service needs no edit here.
+pub mod accept;
 pub mod access;
 pub mod app;
 pub mod config;

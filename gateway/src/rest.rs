@@ -157,18 +157,7 @@ pub fn negotiate(accept: Option<&str>) -> Option<Wire> {
     };
     let mut best: Option<(Wire, u16)> = None;
     for (wire, media) in Wire::ALL {
-        // (specificity, quality in thousandths) of the most specific range.
-        let mut matched: Option<(u8, u16)> = None;
-        for range in accept.split(',') {
-            let mut parts = range.split(';');
-            let Some(range_type) = parts.next().map(str::trim) else { continue };
-            let Some(specificity) = range_matches(range_type, media) else { continue };
-            let quality = parts.find_map(parse_quality).unwrap_or(1000);
-            if matched.is_none_or(|(s, _)| specificity > s) {
-                matched = Some((specificity, quality));
-            }
-        }
-        if let Some((_, q)) = matched
+        if let Some(q) = crate::accept::quality(accept.split(','), media)
             && q > 0
             && best.is_none_or(|(_, bq)| q > bq)
         {
@@ -176,29 +165,6 @@ pub fn negotiate(accept: Option<&str>) -> Option<Wire> {
         }
     }
     best.map(|(wire, _)| wire)
-}
-
-/// 2 for an exact match, 1 for `type/*`, 0 for `*/*`, `None` for no match.
-fn range_matches(range: &str, media: &str) -> Option<u8> {
-    if range.eq_ignore_ascii_case(media) {
-        return Some(2);
-    }
-    if range == "*/*" {
-        return Some(0);
-    }
-    let (range_type, range_sub) = range.split_once('/')?;
-    let (media_type, _) = media.split_once('/')?;
-    (range_sub == "*" && range_type.eq_ignore_ascii_case(media_type)).then_some(1)
-}
-
-/// `q=0.5` → 500. Malformed values count as 1 (lenient, like browsers).
-fn parse_quality(param: &str) -> Option<u16> {
-    let (name, value) = param.split_once('=')?;
-    if !name.trim().eq_ignore_ascii_case("q") {
-        return None;
-    }
-    let q: f32 = value.trim().parse().ok()?;
-    Some((q.clamp(0.0, 1.0) * 1000.0).round() as u16)
 }
 
 /// gRPC's `grpc-timeout`: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

@@ -50,26 +50,9 @@ pub fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Optio
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Accept` lists every one of `wanted` (or a wildcard for it). Media types compare without
-/// regard to case (RFC 9110, 8.3.1); parameters such as `q` are ignored. The header is read
-/// once, as bytes, for all of `wanted` (at most 64).
+/// `Accept` finds every one of `wanted` acceptable (see [`crate::accept`]).
 pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
-    debug_assert!(wanted.len() <= 64, "one bit per wanted type");
-    let mut met = 0u64;
-    let ranges = headers.get_all(header::ACCEPT).into_iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
-    for range in ranges {
-        let range = range.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-        for (i, w) in wanted.iter().enumerate() {
-            let major = w.split('/').next().unwrap_or_default();
-            if range.eq_ignore_ascii_case(w.as_bytes())
-                || range == b"*/*"
-                || range.strip_suffix(b"/*").is_some_and(|m| m.eq_ignore_ascii_case(major.as_bytes()))
-            {
-                met |= 1 << i;
-            }
-        }
-    }
-    met.count_ones() as usize == wanted.len()
+    wanted.iter().all(|media| crate::accept::accepts(crate::accept::ranges(headers), media))
 }
 
 pub fn is_json_content(headers: &HeaderMap) -> bool {
@@ -262,6 +245,8 @@ mod tests {
         assert!(accepts_all(&cased, &["application/json", "text/event-stream"]));
         let other_wildcard = headers(&[("accept", "application/json, image/*")]);
         assert!(!accepts_all(&other_wildcard, &["application/json", "text/event-stream"]));
+        let refused = headers(&[("accept", "application/json;q=0, */*")]);
+        assert!(!accepts_all(&refused, &["application/json", "text/event-stream"]));
     }
 
     #[test]
