@@ -11,22 +11,32 @@ pub fn ranges(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// The quality `ranges` give `media`, in thousandths; `None` when no range names it.
 pub fn quality<'a>(ranges: impl IntoIterator<Item = &'a str>, media: &str) -> Option<u16> {
-    // (specificity, quality) of the most specific matching range so far.
-    let mut matched: Option<(u8, u16)> = None;
-    for range in ranges {
-        let mut parts = range.split(';');
-        let Some(specificity) = parts.next().and_then(|r| specificity(r.trim(), media)) else { continue };
-        let q = parts.find_map(parse_quality).unwrap_or(1000);
-        if matched.is_none_or(|(s, _)| specificity > s) {
-            matched = Some((specificity, q));
-        }
-    }
-    matched.map(|(_, q)| q)
+    qualities(ranges, [media])[0]
 }
 
-/// Whether `media` is acceptable: named by some range, with a quality above 0.
-pub fn accepts<'a>(ranges: impl IntoIterator<Item = &'a str>, media: &str) -> bool {
-    quality(ranges, media).is_some_and(|q| q > 0)
+/// [`quality`] for several media types in one pass over the ranges (the MCP transport asks
+/// for two on every request).
+pub fn qualities<'a, const N: usize>(ranges: impl IntoIterator<Item = &'a str>, media: [&str; N]) -> [Option<u16>; N] {
+    // Per media type, (specificity, quality) of the most specific matching range so far.
+    let mut matched: [Option<(u8, u16)>; N] = [None; N];
+    for range in ranges {
+        let (range_type, params) = range.split_once(';').unwrap_or((range, ""));
+        let range_type = range_type.trim();
+        let mut q = None;
+        for (slot, media) in matched.iter_mut().zip(media) {
+            let Some(specificity) = specificity(range_type, media) else { continue };
+            let q = *q.get_or_insert_with(|| params.split(';').find_map(parse_quality).unwrap_or(1000));
+            if slot.is_none_or(|(s, _)| specificity > s) {
+                *slot = Some((specificity, q));
+            }
+        }
+    }
+    matched.map(|m| m.map(|(_, q)| q))
+}
+
+/// Whether every one of `media` is acceptable: named by some range, with a quality above 0.
+pub fn accepts_all<'a, const N: usize>(ranges: impl IntoIterator<Item = &'a str>, media: [&str; N]) -> bool {
+    qualities(ranges, media).iter().all(|q| q.is_some_and(|q| q > 0))
 }
 
 /// 2 for an exact match, 1 for `type/*`, 0 for `*/*`, `None` for no match.
@@ -72,7 +82,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(header::ACCEPT, "application/json;q=0".parse().unwrap());
         headers.append(header::ACCEPT, "text/event-stream, */*".parse().unwrap());
-        assert!(!accepts(ranges(&headers), "application/json"));
-        assert!(accepts(ranges(&headers), "text/event-stream"));
+        assert!(!accepts_all(ranges(&headers), ["application/json"]));
+        assert!(accepts_all(ranges(&headers), ["text/event-stream"]));
+        assert!(!accepts_all(ranges(&headers), ["text/event-stream", "application/json"]));
     }
 }

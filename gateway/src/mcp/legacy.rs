@@ -32,7 +32,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
-    if !transport::accepts_all(&headers, &["text/event-stream"]) {
+    if !transport::accepts_all(&headers, ["text/event-stream"]) {
         return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
     }
     let Some(slot) = state.sessions.open_stream() else {

@@ -31,7 +31,7 @@ pub async fn post(
     body: Bytes,
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
-    if !transport::accepts_all(&headers, &BOTH) {
+    if !transport::accepts_all(&headers, BOTH) {
         return transport_error(
             StatusCode::NOT_ACCEPTABLE,
             "Not Acceptable: Accept must list application/json and text/event-stream",
@@ -291,7 +291,7 @@ pub async fn get(
     if header_str(&headers, headers::MCP_PROTOCOL_VERSION) == Some(protocol::STATELESS_VERSION) {
         return stateless_method_not_allowed();
     }
-    if !transport::accepts_all(&headers, &["text/event-stream"]) {
+    if !transport::accepts_all(&headers, ["text/event-stream"]) {
         return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
     }
     let session = match session_for(&state, &headers, &principal) {

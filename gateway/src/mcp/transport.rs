@@ -51,8 +51,8 @@ pub fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Optio
 }
 
 /// `Accept` finds every one of `wanted` acceptable (see [`crate::accept`]).
-pub fn accepts_all(headers: &HeaderMap, wanted: &[&str]) -> bool {
-    wanted.iter().all(|media| crate::accept::accepts(crate::accept::ranges(headers), media))
+pub fn accepts_all<const N: usize>(headers: &HeaderMap, wanted: [&str; N]) -> bool {
+    crate::accept::accepts_all(crate::accept::ranges(headers), wanted)
 }
 
 pub fn is_json_content(headers: &HeaderMap) -> bool {
@@ -234,19 +234,19 @@ mod tests {
     #[test]
     fn accept_negotiation() {
         let both = headers(&[("accept", "application/json, text/event-stream")]);
-        assert!(accepts_all(&both, &["application/json", "text/event-stream"]));
+        assert!(accepts_all(&both, ["application/json", "text/event-stream"]));
         let json_only = headers(&[("accept", "application/json")]);
-        assert!(!accepts_all(&json_only, &["application/json", "text/event-stream"]));
+        assert!(!accepts_all(&json_only, ["application/json", "text/event-stream"]));
         let wildcard = headers(&[("accept", "*/*")]);
-        assert!(accepts_all(&wildcard, &["text/event-stream"]));
+        assert!(accepts_all(&wildcard, ["text/event-stream"]));
         let split = headers(&[("accept", "application/json;q=0.9"), ("accept", "text/*")]);
-        assert!(accepts_all(&split, &["application/json", "text/event-stream"]));
+        assert!(accepts_all(&split, ["application/json", "text/event-stream"]));
         let cased = headers(&[("accept", "Application/JSON, TEXT/Event-Stream")]);
-        assert!(accepts_all(&cased, &["application/json", "text/event-stream"]));
+        assert!(accepts_all(&cased, ["application/json", "text/event-stream"]));
         let other_wildcard = headers(&[("accept", "application/json, image/*")]);
-        assert!(!accepts_all(&other_wildcard, &["application/json", "text/event-stream"]));
+        assert!(!accepts_all(&other_wildcard, ["application/json", "text/event-stream"]));
         let refused = headers(&[("accept", "application/json;q=0, */*")]);
-        assert!(!accepts_all(&refused, &["application/json", "text/event-stream"]));
+        assert!(!accepts_all(&refused, ["application/json", "text/event-stream"]));
     }
 
     #[test]
