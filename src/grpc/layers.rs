@@ -36,8 +36,10 @@ impl AuthLayer {
     }
 
     /// Counts `auth.attempts` (transport `grpc`) when tokens are configured.
-    /// A call carrying the gateway's `x-task-mcp-transport` is not counted:
-    /// the gateway counted that request's attempt when it admitted it.
+    /// An accepted call carrying the gateway's `x-task-mcp-transport` is not
+    /// counted (the gateway counted that request's attempt when it admitted it),
+    /// but a refused one is: any client can send the metadata, and it must not
+    /// hide a token being guessed.
     pub fn counting(mut self, metrics: Arc<GatewayMetrics>) -> Self {
         self.metrics = Some(metrics);
         self
@@ -84,7 +86,7 @@ where
         let principal = self.tokens.authenticate(sent.and_then(|v| v.to_str().ok()));
         if let Some(metrics) = &self.metrics
             && !self.tokens.is_empty()
-            && Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc
+            && (principal.is_none() || Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc)
         {
             let result = if principal.is_some() { AuthResult::Valid } else { AuthResult::of_refused(sent) };
             metrics.auth(Transport::Grpc, result);
@@ -229,6 +231,10 @@ mod tests {
         let mut forwarded = request(path, Some("Bearer tok"));
         forwarded.headers_mut().insert(TRANSPORT_HEADER, http::HeaderValue::from_static("mcp"));
         svc.clone().oneshot(forwarded).await.unwrap();
+        // A guess that claims to come from the gateway is counted all the same.
+        let mut claimed = request(path, Some("Bearer guess"));
+        claimed.headers_mut().insert(TRANSPORT_HEADER, http::HeaderValue::from_static("mcp"));
+        svc.clone().oneshot(claimed).await.unwrap();
         let count = |outcome: &str, reason: &str| {
             let (o, r) = (format!("outcome={outcome}"), format!("reason={reason}"));
             t.value("auth.attempts", &["transport=grpc", &o, &r])
@@ -236,7 +242,7 @@ mod tests {
         assert_eq!(count("success", "valid"), Some(1.0));
         assert_eq!(count("failure", "missing"), Some(1.0));
         assert_eq!(count("failure", "malformed"), Some(1.0));
-        assert_eq!(count("failure", "invalid"), Some(1.0));
+        assert_eq!(count("failure", "invalid"), Some(2.0));
         assert_eq!(t.points().iter().filter(|(n, _, _)| n == "auth.attempts").count(), 4);
 
         // Without tokens nothing is authenticated, so nothing is attempted.

@@ -13,8 +13,11 @@
 //!
 //! The transport comes from the `x-task-mcp-transport` metadata the gateway
 //! sends (`mcp`, `http`); anything else is `grpc`. Streams the gateway opens
-//! on the caller's behalf are not counted here: the gateway counts the
+//! on the caller's behalf are not recorded here: the gateway records the
 //! stream its client sees (SSE/NDJSON), so each client stream counts once.
+//! The metadata only labels: any client can send it, so over TCP every server
+//! stream takes a slot under the cap whatever it claims to be. (The in-process
+//! gateway has no gate here; it took its slot when it admitted its client.)
 //!
 //! The layer sits outside authentication and rate limiting, so refused calls
 //! count as tool executions with a `client_error` outcome, as the contract says.
@@ -255,9 +258,8 @@ where
         if let Some(active) = &call.active {
             active.fetch_add(1, Ordering::Relaxed);
         }
-        // A gRPC client's server stream takes a slot, or is refused.
+        // A server stream over TCP takes a slot, or is refused.
         if info.stream.is_some()
-            && transport == Transport::Grpc
             && let Some(gate) = &self.shared.gate
         {
             match admit_stream(gate) {
@@ -518,7 +520,7 @@ where
                             return Poll::Ready(Ok(res.map(MeteredBody::plain)));
                         }
                         let stream = match (call.info.stream, call.slot.is_some()) {
-                            (Some(kind), true) => Some(StreamState {
+                            (Some(kind), true) if call.transport == Transport::Grpc => Some(StreamState {
                                 recorder: call.shared.metrics.gateway.open_stream(
                                     Transport::Grpc,
                                     StreamType::Grpc,
@@ -841,9 +843,12 @@ mod tests {
         assert_eq!(t.value("streaming.first_message.duration", &base), Some(1.0));
         let done = ["transport=grpc", "stream.type=grpc", "close.reason=completed"];
         assert_eq!(t.value("streaming.connection.duration", &done), Some(1.0));
-        // The same stream on behalf of the gateway is the gateway's to count.
+        // The same stream on behalf of the gateway is the gateway's to record, but it holds a
+        // slot all the same: the metadata is the caller's word, not a pass.
         let res = svc.oneshot(request("/taskmcp.v1.Changes/ArchiveChangeStream", Some("http"))).await.unwrap();
+        assert_eq!(g.sessions.stream_count(), 1);
         res.into_body().collect().await.unwrap();
+        assert_eq!(g.sessions.stream_count(), 0);
         assert_eq!(t.value("streaming.connection.duration", &done), Some(1.0));
         let tool = ["tool.name=change.archive", "transport=http", "outcome=success", "error.type=none"];
         assert_eq!(t.value("tool.executions", &tool), Some(1.0));
@@ -858,6 +863,10 @@ mod tests {
         let refused = svc.clone().oneshot(request("/taskmcp.v1.Resources/WatchChanges", None)).await.unwrap();
         assert_eq!(status_code(refused.headers()), Some(Code::Unavailable as i32));
         assert_eq!(t.value("streaming.rejections", &["transport=grpc", "reason=capacity"]), Some(1.0));
+        // Claiming to be the gateway opens no way around the cap.
+        let claimed = svc.clone().oneshot(request("/taskmcp.v1.Resources/WatchChanges", Some("mcp"))).await.unwrap();
+        assert_eq!(status_code(claimed.headers()), Some(Code::Unavailable as i32));
+        assert_eq!(t.value("streaming.rejections", &["transport=grpc", "reason=capacity"]), Some(2.0));
         drop(held);
         g.shutdown.cancel();
         let refused = svc.oneshot(request("/taskmcp.v1.Resources/ReadResource", None)).await.unwrap();
@@ -870,7 +879,7 @@ mod tests {
             "rpc.method=taskmcp.v1.Resources/WatchChanges",
             "rpc.response.status_code=UNAVAILABLE",
         ];
-        assert_eq!(t.value("rpc.server.call.duration", &rpc), Some(1.0));
+        assert_eq!(t.value("rpc.server.call.duration", &rpc), Some(2.0));
     }
 
     #[test]
