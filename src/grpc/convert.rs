@@ -101,6 +101,7 @@ pub fn event(e: &workspace::Event) -> pb::ChangeEvent {
             K::Updated => pb::ChangeEventKind::Updated,
             K::TasksUpdated => pb::ChangeEventKind::TasksUpdated,
             K::Archived => pb::ChangeEventKind::Archived,
+            K::Removed => pb::ChangeEventKind::Removed,
         } as i32,
         slug: e.slug.clone(),
         at: Some(timestamp(e.at)),

@@ -2,7 +2,7 @@
 //! missing archive folder, a slug archived twice in a day, an archive made without a receipt,
 //! a second server process on the same workspace. Each must end in the right answer or a
 //! clear error, never in a read or a move outside the workspace, nor a lost write.
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use super::*;
 
@@ -179,11 +179,104 @@ fn an_archive_is_reported_once_as_this_process_made_it() {
     std::thread::sleep(std::time::Duration::from_millis(800));
     let mut archived = Vec::new();
     while let Ok(event) = events.try_recv() {
+        assert_ne!(event.kind, EventKind::Removed, "an archive is not a removal: {event:?}");
         if event.kind == EventKind::Archived {
             archived.push(event.external);
         }
     }
     assert_eq!(archived, vec![false], "one ARCHIVED event, from this process");
+}
+
+/// The events of `slug` that arrive within `window`, as `(kind, external)`.
+fn events_of(events: &mut broadcast::Receiver<Event>, slug: &str, window: Duration) -> Vec<(EventKind, bool)> {
+    std::thread::sleep(window);
+    let mut out = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.slug == slug {
+            out.push((event.kind, event.external));
+        }
+    }
+    out
+}
+
+/// Well past the watcher's quiet period (150 ms), so what it would report has been reported.
+const SETTLE: Duration = Duration::from_millis(800);
+
+#[test]
+fn a_file_written_without_pause_does_not_hold_back_other_changes_events() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), "busy");
+    open(dir.path(), "calm");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = dir.path().join("changes/busy/build.log");
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Bounded, so a failing run ends; far longer than the watcher may hold events.
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return true;
+                }
+                fs::write(&log, b"line\n").unwrap();
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            false
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let tasks = dir.path().join("changes/calm/tasks.md");
+    fs::write(&tasks, fs::read_to_string(&tasks).unwrap() + "\n").unwrap();
+    let seen = loop {
+        match events.blocking_recv() {
+            Ok(event) if event.slug == "calm" => break event.kind,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(seen, EventKind::TasksUpdated);
+    assert!(writer.join().unwrap(), "the edit was reported while the other file was still being written");
+}
+
+#[test]
+fn a_change_deleted_or_moved_out_by_hand_is_removed_and_then_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (deleted, _) = open(dir.path(), "deleted");
+    let (moved, _) = open(dir.path(), "moved-out");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+
+    fs::remove_dir_all(dir.path().join("changes").join(deleted.as_str())).unwrap();
+    assert_eq!(events_of(&mut events, "deleted", SETTLE), [(EventKind::Removed, true)]);
+
+    let outside = dir.path().join("elsewhere");
+    fs::rename(dir.path().join("changes").join(moved.as_str()), &outside).unwrap();
+    assert_eq!(events_of(&mut events, "moved-out", SETTLE), [(EventKind::Removed, true)]);
+    fs::write(outside.join("tasks.md"), "- [x] 1.1 Edited where the server no longer looks\n").unwrap();
+    assert_eq!(events_of(&mut events, "moved-out", SETTLE), [], "edits outside the workspace are not reported");
+}
+
+#[test]
+fn a_tick_right_after_open_is_ours_and_a_later_deletion_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+    let (slug, owner) = open(dir.path(), "quick");
+    let tasks = dir.path().join("changes/quick/tasks.md");
+    let id = checklist::parse(&fs::read_to_string(&tasks).unwrap()).items[0].id.clone();
+    ws.update_tasks(&slug, &owner, &[(id, true)]).unwrap();
+    let seen = events_of(&mut events, "quick", SETTLE);
+    assert!(!seen.iter().any(|(_, external)| *external), "nothing here was another process's: {seen:?}");
+
+    // Long after our write, the file going away is someone else's doing.
+    std::thread::sleep(watch::MOVED_AWAY_WINDOW + Duration::from_millis(100));
+    fs::remove_file(&tasks).unwrap();
+    assert_eq!(events_of(&mut events, "quick", SETTLE), [(EventKind::TasksUpdated, true)]);
 }
 
 #[test]

@@ -188,6 +188,8 @@ pub enum EventKind {
     Updated,
     TasksUpdated,
     Archived,
+    /// The change's folder went away other than by archiving (deleted or moved by hand).
+    Removed,
 }
 
 #[derive(Debug, Clone)]
@@ -891,6 +893,8 @@ impl Workspace {
             return Err(Error::io("move change to archive", &dir, e));
         }
         self.own_writes.note(&target);
+        // The draft's folder is gone by our hand: an archive, not a removal.
+        self.own_writes.note(&dir);
         let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
         progress(Step { name: "move", message: receipt.archive_path.clone(), current: 3, total: STEPS });
 

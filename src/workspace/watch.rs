@@ -28,11 +28,17 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::{Event, EventKind, Shown, Workspace, cache::ShowCache};
 use crate::{
-    domain::Slug,
+    domain::{Slug, uri::ResourceUri},
     error::{Error, Result},
 };
 
 const QUIET: Duration = Duration::from_millis(150);
+/// A file written without pause (a log, an autosaving editor) never lets the quiet period
+/// pass; events wait at most this long, so it cannot hold back every other change's.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long a path we wrote and that has since gone still counts as ours: our own write
+/// moved away (an archive), not someone deleting it later.
+pub(super) const MOVED_AWAY_WINDOW: Duration = Duration::from_secs(2);
 const MAX_NOTED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,24 +58,30 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 }
 
 #[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<PathBuf, Option<Fingerprint>>>);
+pub struct OwnWrites(Mutex<HashMap<PathBuf, (Option<Fingerprint>, Instant)>>);
 
 impl OwnWrites {
+    /// Notes `path` as we left it, and its folder too: our write changed the folder's mtime,
+    /// and an event on the folder itself must not then pass for another process's.
     pub fn note(&self, path: &Path) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_NOTED {
             map.clear();
         }
-        map.insert(path.to_path_buf(), fingerprint(path));
+        let now = Instant::now();
+        map.insert(path.to_path_buf(), (fingerprint(path), now));
+        if let Some(parent) = path.parent() {
+            map.insert(parent.to_path_buf(), (fingerprint(parent), now));
+        }
     }
 
-    /// True when the path is as we left it (or we wrote it and it has since moved away).
+    /// True when the path is as we left it, or we wrote it and it moved away just now.
     fn is_own(&self, path: &Path) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(path) {
-            Some(noted) => {
+            Some((noted, at)) => {
                 let current = fingerprint(path);
-                current.is_none() || current == *noted
+                current == *noted || (current.is_none() && at.elapsed() < MOVED_AWAY_WINDOW)
             }
             None => false,
         }
@@ -106,6 +118,8 @@ struct State {
     dirs: HashMap<WatchDescriptor, PathBuf>,
     buffer: Vec<u8>,
     pending: BTreeSet<PathBuf>,
+    /// When the oldest and the newest pending event came.
+    first_event: Option<Instant>,
     last_event: Option<Instant>,
     cache: ShowCache,
     /// Some folder is not watched: the cache cannot be trusted.
@@ -135,6 +149,7 @@ pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
             dirs: HashMap::new(),
             buffer: vec![0; 64 * 1024],
             pending: BTreeSet::new(),
+            first_event: None,
             last_event: None,
             cache: ShowCache::default(),
             blind: false,
@@ -229,6 +244,16 @@ impl State {
         );
     }
 
+    /// Drops the watches on `dir` and every folder below it.
+    fn unwatch(&mut self, dir: &Path) {
+        let gone: Vec<WatchDescriptor> =
+            self.dirs.iter().filter(|(_, path)| path.starts_with(dir)).map(|(wd, _)| wd.clone()).collect();
+        for wd in gone {
+            self.dirs.remove(&wd);
+            let _ = self.inotify.watches().remove(wd);
+        }
+    }
+
     /// `changes/` itself was moved away or deleted (a folder swapped in by hand, a restore):
     /// the watches follow the old folders, so they are all dropped, the cache with them, until
     /// `find_root` watches whatever is at the path again.
@@ -321,9 +346,16 @@ impl State {
             Some(slug) => self.cache.invalidate(&slug),
             None => self.cache.invalidate_all(),
         }
+        if mask.contains(EventMask::MOVE_SELF) && path != changes && !path.exists() {
+            // A folder moved out of the workspace by hand: what is written in it from now on
+            // is nothing of ours to report (a move within `changes/` re-points the watch first).
+            self.unwatch(&path);
+        }
         if !mask.contains(EventMask::ATTRIB) && self.pending.len() < MAX_PENDING {
             self.pending.insert(path);
-            self.last_event = Some(Instant::now());
+            let now = Instant::now();
+            self.first_event.get_or_insert(now);
+            self.last_event = Some(now);
         }
     }
 }
@@ -350,12 +382,14 @@ fn run(ws: Weak<Workspace>, watcher: Arc<Watcher>) {
         let due = {
             let mut state = watcher.lock();
             state.drain(&watcher.changes);
-            match state.last_event {
-                Some(at) if at.elapsed() >= QUIET => {
-                    state.last_event = None;
-                    std::mem::take(&mut state.pending)
-                }
-                _ => BTreeSet::new(),
+            let quiet = state.last_event.is_some_and(|at| at.elapsed() >= QUIET);
+            let overdue = state.first_event.is_some_and(|at| at.elapsed() >= MAX_DELAY);
+            if quiet || overdue {
+                state.first_event = None;
+                state.last_event = None;
+                std::mem::take(&mut state.pending)
+            } else {
+                BTreeSet::new()
             }
         };
         if due.is_empty() {
@@ -377,10 +411,15 @@ fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
             continue;
         };
         let exists = path.symlink_metadata().is_ok();
-        // A vanished change folder was archived or deleted; the archive side reports the former.
-        if matches!(kind, EventKind::Opened | EventKind::Archived) && !exists {
-            continue;
-        }
+        let (kind, uris) = match kind {
+            // A change folder that vanished was deleted or moved away by hand, or archived by
+            // another process (then the archive side reports it, below).
+            EventKind::Opened if !exists => {
+                (EventKind::Removed, vec![ResourceUri::proposal(&slug), ResourceUri::tasks(&slug)])
+            }
+            EventKind::Archived if !exists => continue,
+            _ => (kind, uris),
+        };
         let entry = merged.entry((slug, kind as u8)).or_insert((kind, Vec::new()));
         for uri in uris {
             if !entry.1.contains(&uri) {
@@ -388,6 +427,16 @@ fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
             }
         }
     }
+    // An archive by another process is reported as such, not also as a removal; a removal is
+    // reported alone, not with the deletions of each file that went with the folder.
+    let with = |wanted: EventKind| -> BTreeSet<String> {
+        merged.iter().filter(|(_, (kind, _))| *kind == wanted).map(|((slug, _), _)| slug.clone()).collect()
+    };
+    let (archived, removed) = (with(EventKind::Archived), with(EventKind::Removed));
+    merged.retain(|(slug, _), (kind, _)| match kind {
+        EventKind::Removed => !archived.contains(slug),
+        _ => !removed.contains(slug) || archived.contains(slug),
+    });
     for ((slug, _), (kind, uris)) in merged {
         let _ = ws.sender().send(Event { kind, slug, at: time::OffsetDateTime::now_utc(), uris, external: true });
     }

@@ -289,10 +289,10 @@ fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Value, Rp
     Ok(json!({}))
 }
 
-/// Whether a change event (`ChangeEvent.kind`) adds or removes a resource: a change opened (1)
-/// or archived (4).
+/// Whether a change event (`ChangeEvent.kind`) adds or removes a resource: a change opened (1),
+/// archived (4) or removed (5).
 pub fn lists_changed(kind: i32) -> bool {
-    matches!(kind, 1 | 4)
+    matches!(kind, 1 | 4 | 5)
 }
 
 /// The resources a change event updates: its own URIs, and `changes://active` (the list of
