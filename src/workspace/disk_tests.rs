@@ -351,3 +351,17 @@ fn a_delta_that_cannot_be_read_is_named_not_passed_over() {
     let err = ws.show_change(&slug).expect_err("not text");
     assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "specs/big/spec.md"), "{err:?}");
 }
+
+#[test]
+fn an_editor_saving_through_a_temporary_file_is_one_tasks_event() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), "edited");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+    let tasks = dir.path().join("changes/edited/tasks.md");
+    let temp = dir.path().join("changes/edited/tasks.md.tmp");
+    fs::write(&temp, fs::read_to_string(&tasks).unwrap().replacen("- [ ]", "- [x]", 1)).unwrap();
+    fs::rename(&temp, &tasks).unwrap();
+    assert_eq!(events_of(&mut events, "edited", SETTLE), [(EventKind::TasksUpdated, true)]);
+}

@@ -418,6 +418,8 @@ fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
                 (EventKind::Removed, vec![ResourceUri::proposal(&slug), ResourceUri::tasks(&slug)])
             }
             EventKind::Archived if !exists => continue,
+            // A file that is no resource and is gone again: an editor's or a tool's temporary.
+            EventKind::Updated if uris.is_empty() && !exists => continue,
             _ => (kind, uris),
         };
         let entry = merged.entry((slug, kind as u8)).or_insert((kind, Vec::new()));

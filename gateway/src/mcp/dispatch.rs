@@ -173,8 +173,14 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
     let outcome = tokio::select! {
         outcome = run_tool(ctx, tool, args) => outcome,
         () = ctx.cancel.cancelled() => {
-            // Dropping the call's future cancels the gRPC call.
-            return Err(RpcError::new(jsonrpc::SERVER_ERROR, "request cancelled"));
+            // Dropping the call's future cancels the gRPC call. The service's writes are
+            // atomic, so the change is as before the call or as after it, never in between,
+            // but a call past its commit point completes: the answer must not promise more.
+            // (An answer on a stream is not sent at all; a JSON answer is due all the same.)
+            return Err(RpcError::new(
+                jsonrpc::SERVER_ERROR,
+                "request cancelled; a call that had already reached its commit point took effect (read the change to see)",
+            ));
         }
     };
     match outcome {
