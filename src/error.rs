@@ -58,6 +58,11 @@ pub enum Error {
     RateLimited { retry_after: Duration },
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The caller went away (cancelled, timed out, disconnected) while the call waited for its
+    /// turn at a change; nothing was written. Nobody reads the answer; the name is for logs
+    /// and metrics.
+    #[error("the caller went away before anything was written")]
+    CallerGone,
     /// The workspace on disk is in a state the server cannot work with: a folder it may not
     /// write, a full or read-only disk, a symlink where the archive folder belongs. An
     /// operator fixes it, not the client, so the code is INTERNAL; but unlike `Internal` it is
@@ -113,6 +118,7 @@ impl Error {
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::CallerGone => "CANCELLED",
             Error::WorkspaceUnusable { .. } => "WORKSPACE_UNUSABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -138,6 +144,7 @@ impl Error {
             Error::Unauthenticated => Code::Unauthenticated,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
+            Error::CallerGone => Code::Cancelled,
             Error::WorkspaceUnusable { .. } | Error::Internal(_) => Code::Internal,
         }
     }
@@ -182,7 +189,7 @@ impl Error {
                 vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
             }
             Error::WorkspaceUnusable { path, .. } => vec![kv("path", path.clone())],
-            Error::Unauthenticated | Error::ShuttingDown | Error::Internal(_) => vec![],
+            Error::Unauthenticated | Error::ShuttingDown | Error::CallerGone | Error::Internal(_) => vec![],
         }
     }
 

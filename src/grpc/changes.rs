@@ -3,7 +3,7 @@ use std::pin::Pin;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, blocking, convert, owner_of};
+use super::{AppState, blocking, blocking_write, convert, owner_of};
 use crate::{
     domain::{Rationale, Slug, TemplateKind, Title, Ttl, uri::ResourceUri},
     error::Error,
@@ -187,7 +187,7 @@ impl Changes for ChangesService {
         }
         let updates: Vec<(String, bool)> = r.updates.into_iter().map(|u| (u.id, u.done)).collect();
         let ws = self.state.workspace.clone();
-        let (tasks, changed) = blocking(move || ws.update_tasks(&slug, &owner, &updates)).await?;
+        let (tasks, changed) = blocking_write(move |gone| ws.update_tasks(&slug, &owner, &updates, gone)).await?;
         Ok(Response::new(pb::UpdateTasksResponse {
             progress: Some(convert::progress(&tasks)),
             tasks: tasks.iter().map(convert::task).collect(),
@@ -204,7 +204,7 @@ impl Changes for ChangesService {
         let slug = Slug::parse(&r.slug)?;
         let tests = test_summary(r.tests)?;
         let ws = self.state.workspace.clone();
-        let archived = blocking(move || ws.archive_change(&slug, &owner, tests, &mut |_| {})).await?;
+        let archived = blocking_write(move |gone| ws.archive_change(&slug, &owner, tests, &mut |_| {}, gone)).await?;
         Ok(Response::new(convert::archived(&archived)))
     }
 
@@ -235,7 +235,9 @@ impl Changes for ChangesService {
                     })),
                 }));
             };
-            let last = match ws.archive_change(&slug, &owner, tests, &mut report) {
+            // The client is gone when the stream's receiver is.
+            let gone = || tx.is_closed();
+            let last = match ws.archive_change(&slug, &owner, tests, &mut report, &gone) {
                 Ok(archived) => Ok(pb::ArchiveChangeEvent { event: Some(Event::Result(convert::archived(&archived))) }),
                 Err(e) => Err(e.into_status()),
             };

@@ -35,6 +35,22 @@ where
     }
 }
 
+/// `blocking` for a call that writes: `f` is told whether the caller is still waiting. The
+/// blocking task runs on when the call is dropped (a client's cancel or deadline drops the
+/// handler's future), so it asks before it writes, and a caller that is gone gets nothing
+/// written on its behalf.
+async fn blocking_write<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce(&dyn Fn() -> bool) -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    let gone = tokio_util::sync::CancellationToken::new();
+    let waiting = gone.clone().drop_guard();
+    let result = blocking(move || f(&|| gone.is_cancelled())).await;
+    waiting.disarm();
+    result
+}
+
 /// The owner a request acts for: the one it names, else the caller's principal.
 fn owner_of<T>(req: &Request<T>, named: &str) -> Result<Owner, Error> {
     if !named.is_empty() {
@@ -42,4 +58,29 @@ fn owner_of<T>(req: &Request<T>, named: &str) -> Result<Owner, Error> {
     }
     let principal = req.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::anonymous);
     Owner::parse(principal.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_whose_call_was_dropped_is_told_its_caller_is_gone() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (report, seen) = tokio::sync::oneshot::channel();
+        let call = blocking_write(move |gone| {
+            let _ = wait.recv();
+            let _ = report.send(gone());
+            Ok(())
+        });
+        // The client's deadline passes while the write waits: tonic drops the handler's future.
+        assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err());
+        release.send(()).unwrap();
+        assert!(seen.await.unwrap(), "the write learns that nobody waits for it");
+
+        let answered = blocking_write(|gone| Ok(gone())).await.unwrap();
+        assert!(!answered, "a caller still waiting is not gone");
+    }
 }

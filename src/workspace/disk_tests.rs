@@ -23,7 +23,7 @@ fn open(root: &Path, slug: &str) -> (Slug, Owner) {
 }
 
 fn archive(ws: &Workspace, slug: &Slug, owner: &Owner) -> Result<Archived> {
-    ws.archive_change(slug, owner, None, &mut |_| {})
+    ws.archive_change(slug, owner, None, &mut |_| {}, &|| false)
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn two_processes_ticking_one_change_lose_no_tick() {
         .enumerate()
         .map(|(i, id)| {
             let (ws, slug, owner, id) = (handles[i % 2].clone(), slug.clone(), owner.clone(), id.clone());
-            std::thread::spawn(move || ws.update_tasks(&slug, &owner, &[(id, true)]).map(|_| ()))
+            std::thread::spawn(move || ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).map(|_| ()))
         })
         .collect();
     for thread in threads {
@@ -148,7 +148,7 @@ fn ticking_keeps_the_permissions_of_tasks_md() {
     let path = dir.path().join("changes/private/tasks.md");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     let id = checklist::parse(&fs::read_to_string(&path).unwrap()).items[0].id.clone();
-    ws.update_tasks(&slug, &owner, &[(id, true)]).unwrap();
+    ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
@@ -269,7 +269,7 @@ fn a_tick_right_after_open_is_ours_and_a_later_deletion_is_not() {
     let (slug, owner) = open(dir.path(), "quick");
     let tasks = dir.path().join("changes/quick/tasks.md");
     let id = checklist::parse(&fs::read_to_string(&tasks).unwrap()).items[0].id.clone();
-    ws.update_tasks(&slug, &owner, &[(id, true)]).unwrap();
+    ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).unwrap();
     let seen = events_of(&mut events, "quick", SETTLE);
     assert!(!seen.iter().any(|(_, external)| *external), "nothing here was another process's: {seen:?}");
 
@@ -285,7 +285,7 @@ fn a_change_file_that_is_not_text_is_the_changes_fault_not_the_requests() {
     let (slug, owner) = open(dir.path(), "bad-utf");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
     fs::write(dir.path().join("changes/bad-utf/tasks.md"), b"- [ ] 1.1 \xff\xfe bad\n").unwrap();
-    for err in [ws.show_change(&slug).err(), ws.update_tasks(&slug, &owner, &[("1.1".into(), true)]).err()] {
+    for err in [ws.show_change(&slug).err(), ws.update_tasks(&slug, &owner, &[("1.1".into(), true)], &|| false).err()] {
         let err = err.expect("refused");
         assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "tasks.md"), "{err:?}");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -364,4 +364,37 @@ fn an_editor_saving_through_a_temporary_file_is_one_tasks_event() {
     fs::write(&temp, fs::read_to_string(&tasks).unwrap().replacen("- [ ]", "- [x]", 1)).unwrap();
     fs::rename(&temp, &tasks).unwrap();
     assert_eq!(events_of(&mut events, "edited", SETTLE), [(EventKind::TasksUpdated, true)]);
+}
+
+#[test]
+fn a_caller_that_stopped_waiting_for_its_turn_gets_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "waited");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let change = dir.path().join("changes/waited");
+    let before = (fs::read(change.join("tasks.md")).unwrap(), fs::read(change.join(lock::LOCK_FILE)).unwrap());
+    let id = checklist::parse(&String::from_utf8_lossy(&before.0)).items[0].id.clone();
+    // Another process has its turn at the change; our caller gives up while waiting.
+    let other = fsutil::lock_dir(&change).unwrap();
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tick = {
+        let (ws, slug, owner, gone) = (ws.clone(), slug.clone(), owner.clone(), gone.clone());
+        std::thread::spawn(move || {
+            ws.update_tasks(&slug, &owner, &[(id, true)], &|| gone.load(std::sync::atomic::Ordering::Acquire))
+        })
+    };
+    let archive = {
+        let (ws, slug, owner, gone) = (ws.clone(), slug.clone(), owner.clone(), gone.clone());
+        std::thread::spawn(move || {
+            ws.archive_change(&slug, &owner, None, &mut |_| {}, &|| gone.load(std::sync::atomic::Ordering::Acquire))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    gone.store(true, std::sync::atomic::Ordering::Release);
+    drop(other);
+    assert!(matches!(tick.join().unwrap(), Err(Error::CallerGone)));
+    assert!(matches!(archive.join().unwrap(), Err(Error::CallerGone)));
+    let after = (fs::read(change.join("tasks.md")).unwrap(), fs::read(change.join(lock::LOCK_FILE)).unwrap());
+    assert_eq!(before, after, "neither the tick nor the lock refresh was written");
+    assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");
 }

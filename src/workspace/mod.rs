@@ -747,17 +747,23 @@ impl Workspace {
 
     // ----- task.update -----
 
+    /// `caller_gone` is asked once the call has its turn at the change: a caller that stopped
+    /// waiting (cancelled, timed out) gets nothing written on its behalf.
     pub fn update_tasks(
         &self,
         slug: &Slug,
         owner: &Owner,
         updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
         let not_found = || Error::ChangeNotFound { slug: slug.to_string() };
         let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
         let _turn = self.change_turn(&dir)?;
+        if caller_gone() {
+            return Err(Error::CallerGone);
+        }
         // Another process may have archived it while this one waited for its turn.
         let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
         let held = lock::read(&dir)?;
@@ -796,17 +802,22 @@ impl Workspace {
 
     // ----- change.archive -----
 
+    /// `caller_gone` as for `update_tasks`.
     pub fn archive_change(
         &self,
         slug: &Slug,
         actor: &Owner,
         tests: Option<TestSummary>,
         progress: &mut dyn FnMut(Step),
+        caller_gone: &dyn Fn() -> bool,
     ) -> Result<Archived> {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
         let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
         let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir)).transpose()?;
+        if caller_gone() {
+            return Err(Error::CallerGone);
+        }
         // Another process may have archived it while this one waited for its turn.
         let draft = if turn.is_some() { self.existing_draft(slug)? } else { None };
         let Some(dir) = draft else {

@@ -95,10 +95,10 @@ fn archive_failing_before_the_move_restores_the_change_and_can_be_retried() {
     let before = tree(dir.path());
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
-    let err = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap_err();
+    let err = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
     assert_eq!(tree(dir.path()), before, "no receipt, no archive folder, lock still in place");
-    let archived = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
+    let archived = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
     assert!(!archived.already_archived);
     assert!(!dir.path().join("changes/add-x").exists());
     no_temp_files(dir.path());
@@ -112,11 +112,11 @@ fn archive_failing_before_the_lock_release_is_archived_and_tidied_on_retry() {
     ws.open_change(request("add-x")).unwrap();
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
-    let first = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
+    let first = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
     let archive_dir = dir.path().join(&first.receipt.archive_path);
     assert!(archive_dir.join("receipt.json").is_file());
     assert!(archive_dir.join(".lock").exists(), "the fault kept the lock");
-    let again = ws.archive_change(&slug, &actor, None, &mut |_| {}).unwrap();
+    let again = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
     assert!(again.already_archived);
     assert_eq!(again.receipt, first.receipt);
     assert!(!archive_dir.join(".lock").exists(), "retry releases the stray lock");
@@ -146,7 +146,13 @@ fn progress_reports_every_step_in_order() {
     ws.open_change(request("add-x")).unwrap();
     let mut steps = Vec::new();
     let slug = Slug::parse("add-x").unwrap();
-    ws.archive_change(&slug, &Owner::parse("alice").unwrap(), None, &mut |s| steps.push((s.name, s.current, s.total)))
-        .unwrap();
+    ws.archive_change(
+        &slug,
+        &Owner::parse("alice").unwrap(),
+        None,
+        &mut |s| steps.push((s.name, s.current, s.total)),
+        &|| false,
+    )
+    .unwrap();
     assert_eq!(steps, vec![("validate", 1, 4), ("receipt", 2, 4), ("move", 3, 4), ("release", 4, 4)]);
 }
