@@ -480,3 +480,46 @@ async fn slugs_complete_for_the_change_resource_templates() {
         .await;
     assert_eq!(answer["result"]["completion"]["values"], json!(["complete-alpha", "complete-beta"]), "{answer}");
 }
+
+#[tokio::test]
+async fn the_legacy_transport_answers_on_its_stream_even_a_malformed_request() {
+    let server = Server::start();
+    // No Accept header at all accepts anything (RFC 9110 12.5.1). (reqwest adds `*/*`.)
+    let head = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = server.http_addr.expect("the listening line names http_addr");
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(format!("GET /sse HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = vec![0; 512];
+        let n = raw.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut stream = client().get(format!("{}/sse", base(&server))).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    let endpoint = loop {
+        seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("the endpoint event")).unwrap());
+        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+            break line.to_string();
+        }
+    };
+    let post = client()
+        .post(format!("{}{endpoint}", base(&server)))
+        .json(&json!({"jsonrpc":"2.0","id":"s","method":"tools/call","params":[]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 202, "the answer goes on the stream");
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(message) = sse_messages(&seen).into_iter().find(|m| m["id"] == "s") {
+                return message;
+            }
+            seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
+        }
+    })
+    .await
+    .expect("the error arrives on the stream");
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+}

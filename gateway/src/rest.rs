@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::{
     AppState,
     metrics::{CloseReason, MessageType, StreamRejection, StreamType, Transport},
+    security::BodyFault,
     upstream::{CallContext, CallError, EventStream, ResourceContent, ToolDef, ToolEvent},
 };
 
@@ -270,29 +271,18 @@ pub fn parse_args(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<Val
 /// Reads the body. The security layer caps it (413 with our body); the
 /// limit here is a second line for routers built without that layer.
 async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, max).await.map_err(|err| {
-        if is_length_limit(&err) {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RESOURCE_EXHAUSTED",
-                "BODY_TOO_LARGE",
-                format!("request body exceeds {max} bytes"),
-            )
-        } else {
-            ApiError::invalid("BODY_READ_FAILED", format!("could not read the request body: {err}"))
+    axum::body::to_bytes(body, max).await.map_err(|err| match BodyFault::of(&err) {
+        BodyFault::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RESOURCE_EXHAUSTED",
+            "BODY_TOO_LARGE",
+            format!("request body exceeds {max} bytes"),
+        ),
+        BodyFault::TimedOut => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "DEADLINE_EXCEEDED", "BODY_TIMED_OUT", err.to_string())
         }
+        BodyFault::Broken => ApiError::invalid("BODY_READ_FAILED", format!("could not read the request body: {err}")),
     })
-}
-
-fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
 
 // ---------------------------------------------------------------------------
@@ -754,6 +744,18 @@ mod tests {
     use crate::error::UpstreamError;
     use http_body_util::BodyExt;
     use tonic_types::StatusExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_too_slow_is_408_and_one_too_large_413() {
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, std::io::Error>,
+        >());
+        let paced = crate::security::PacedBody::new(stalled, Duration::from_secs(30));
+        let err = read_body(Body::new(paced), 1024).await.expect_err("timed out");
+        assert_eq!((err.status, &err.body["reason"]), (StatusCode::REQUEST_TIMEOUT, &json!("BODY_TIMED_OUT")));
+        let err = read_body(Body::from(vec![b'x'; 2048]), 1024).await.expect_err("too large");
+        assert_eq!((err.status, &err.body["reason"]), (StatusCode::PAYLOAD_TOO_LARGE, &json!("BODY_TOO_LARGE")));
+    }
 
     #[test]
     fn accept_negotiation() {

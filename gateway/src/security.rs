@@ -650,6 +650,31 @@ impl<B> PacedBody<B> {
 #[error("the request body did not arrive within {0:?}")]
 pub struct BodyTimedOut(Duration);
 
+/// Why a request body could not be read, found in the error's source chain: over the cap
+/// (413), too slow (408, RFC 9110 15.5.9), or cut short or otherwise broken (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    TooLarge,
+    TimedOut,
+    Broken,
+}
+
+impl BodyFault {
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return BodyFault::TooLarge;
+            }
+            if e.is::<BodyTimedOut>() {
+                return BodyFault::TimedOut;
+            }
+            cur = e.source();
+        }
+        BodyFault::Broken
+    }
+}
+
 impl<B> http_body::Body for PacedBody<B>
 where
     B: http_body::Body,

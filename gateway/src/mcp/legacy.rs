@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Extension,
     body::Bytes,
-    extract::{Query, State},
+    extract::{Query, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -32,7 +32,8 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
-    if !transport::accepts_all(&headers, ["text/event-stream"]) {
+    // No `Accept` accepts anything (RFC 9110 12.5.1); 2024-11-05 did not require the header.
+    if headers.contains_key(http::header::ACCEPT) && !transport::accepts_all(&headers, ["text/event-stream"]) {
         return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
     }
     let Some(slot) = state.sessions.open_stream() else {
@@ -62,8 +63,12 @@ pub async fn post(
     principal: Option<Extension<Principal>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return transport::unreadable_body(&rejection),
+    };
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
     let Some(id) = query.get("sessionId") else {
         return transport_error(StatusCode::BAD_REQUEST, "Bad Request: sessionId query parameter is required");
@@ -85,7 +90,12 @@ pub async fn post(
         }
     };
     match Incoming::parse(value) {
-        Err((id, err)) => rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), err),
+        // A request with an id is answered where all answers go in this transport: the stream.
+        Err((Some(id), err)) => {
+            session.notifications.push(&jsonrpc::error(Some(&id), &err));
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err((None, err)) => rpc_error(StatusCode::BAD_REQUEST, None, err),
         Ok(Incoming::Notification { method, params }) => {
             on_notification(&session, &method, &params);
             StatusCode::ACCEPTED.into_response()

@@ -6,6 +6,7 @@ use axum::{
     Extension,
     body::Bytes,
     extract::State,
+    extract::rejection::BytesRejection,
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -28,8 +29,12 @@ pub async fn post(
     State(state): State<Arc<AppState>>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return transport::unreadable_body(&rejection),
+    };
     let principal = transport::principal_name(principal.as_ref().map(|p| &p.0));
     if !transport::accepts_all(&headers, BOTH) {
         return transport_error(

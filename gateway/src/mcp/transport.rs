@@ -37,6 +37,23 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response {
     rpc_error(status, None, RpcError::new(jsonrpc::SERVER_ERROR, message))
 }
 
+/// A request body that could not be read, answered with a JSON-RPC error like every other
+/// refusal on the MCP endpoints (axum's own answer is plain text, and 400 for a timeout).
+pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection) -> Response {
+    use crate::security::BodyFault;
+    match BodyFault::of(rejection) {
+        BodyFault::TooLarge => transport_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+        BodyFault::TimedOut => {
+            transport_error(StatusCode::REQUEST_TIMEOUT, &format!("Request Timeout: {}", rejection.body_text()))
+        }
+        BodyFault::Broken => rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            RpcError::new(jsonrpc::PARSE_ERROR, format!("Parse error: {}", rejection.body_text())),
+        ),
+    }
+}
+
 pub fn json_response(body: &Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
@@ -211,6 +228,36 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// The refusal an MCP handler gives a request whose body is `body`.
+    async fn refusal_of(body: axum::body::Body) -> (StatusCode, Value) {
+        use axum::extract::FromRequest;
+        let request = http::Request::new(body);
+        let rejection = axum::body::Bytes::from_request(request, &()).await.expect_err("the body fails");
+        let response = unreadable_body(&rejection);
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).expect("a JSON-RPC body"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_too_slow_is_408_and_one_cut_short_is_400_both_in_json_rpc() {
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, std::io::Error>,
+        >());
+        let paced = crate::security::PacedBody::new(stalled, std::time::Duration::from_secs(30));
+        let (status, body) = refusal_of(axum::body::Body::new(paced)).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(body["error"]["message"].as_str().unwrap().contains("did not arrive within 30s"), "{body}");
+
+        let cut = futures_util::stream::iter([
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"{\"jsonrpc\""))),
+            Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+        ]);
+        let (status, body) = refusal_of(axum::body::Body::new(http_body_util::StreamBody::new(cut))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], jsonrpc::PARSE_ERROR, "{body}");
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
