@@ -66,6 +66,30 @@ async fn the_same_call_returns_the_same_data_over_mcp_rest_and_grpcurl() {
     let shown = mcp.call("change.show", json!({"slug": "same-data"})).await;
     let text: Value = serde_json::from_str(shown["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(text, shown["structuredContent"]);
+
+    // The resource list too: REST as grpcurl prints it (proto3 JSON, 64-bit sizes as strings),
+    // MCP with sizes as numbers, and no size where the service knows none.
+    let via_grpc = grpcurl(&server, "taskmcp.v1.Resources/ListResources", &json!({}));
+    let via_rest: Value =
+        client().get(format!("{}/v1/resources", base(&server))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(via_rest, via_grpc, "resources: REST and grpcurl differ");
+    let listed = mcp.request("resources/list", json!({})).await;
+    let via_mcp = listed["result"]["resources"].as_array().expect("resources").clone();
+    let from_grpc: Vec<Value> = via_grpc["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            match r["size"].as_str().map(|s| s.parse::<u64>().unwrap()) {
+                Some(size) if size > 0 => r["size"] = json!(size),
+                _ => drop(r.as_object_mut().unwrap().remove("size")),
+            }
+            r
+        })
+        .collect();
+    assert_eq!(via_mcp, from_grpc, "resources: MCP and grpcurl differ");
+    assert!(via_mcp.iter().any(|r| r["uri"] == "changes://active" && r.get("size").is_none()), "{via_mcp:?}");
 }
 
 #[tokio::test]
@@ -315,6 +339,21 @@ async fn health_routes_answer_without_credentials_and_the_rest_needs_them() {
         .await
         .unwrap();
     assert!(metrics["uptime_seconds"].is_number(), "{metrics}");
+
+    // Paths and methods nothing serves still answer with the REST error body.
+    for (method, path, status, allow) in [
+        (reqwest::Method::POST, "/health/live", 405, Some("GET, HEAD")),
+        (reqwest::Method::DELETE, "/health/ready", 405, Some("GET, HEAD")),
+        (reqwest::Method::GET, "/health/live/", 404, None),
+        (reqwest::Method::GET, "/v1", 404, None),
+        (reqwest::Method::GET, "/nowhere", 404, None),
+    ] {
+        let res = http.request(method.clone(), format!("{}{path}", base(&server))).send().await.unwrap();
+        assert_eq!(res.status(), status, "{method} {path}");
+        assert_eq!(res.headers().get("allow").map(|v| v.to_str().unwrap().to_string()).as_deref(), allow);
+        let body: Value = res.json().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(body["reason"].is_string(), "{method} {path}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -53,7 +53,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     spawn_session_sweeper(&state);
     let protected = Router::new().merge(mcp::routes()).merge(rest::routes());
     let protected = security::protect(protected, &state);
-    security::outer(Router::new().merge(protected).merge(health::routes()), &state).with_state(state)
+    // Any other path gets a REST error body, not axum's empty 404.
+    let all = Router::new().merge(protected).merge(health::routes()).fallback(rest::unknown_path);
+    security::outer(all, &state).with_state(state)
 }
 
 /// Closes idle sessions periodically; lookups already refuse them, this frees

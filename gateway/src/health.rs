@@ -175,9 +175,9 @@ impl StatsRef for Arc<Stats> {
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/health/metrics", get(metrics))
+        .route("/health/live", get(live).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
+        .route("/health/ready", get(ready).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
+        .route("/health/metrics", get(metrics).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
 }
 
 const LIVE_BODY: &str = r#"{"status":"ok"}"#;

@@ -97,7 +97,10 @@ impl From<CallError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = json_response(self.status, &self.body);
-        if let Some(after) = self.retry_after {
+        // A 503 says when to come back even when the service could not (it was not reached).
+        let retry_after =
+            self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(Duration::from_secs(1)));
+        if let Some(after) = retry_after {
             let secs = crate::security::retry_after_secs(after);
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -541,13 +544,14 @@ struct ResourceJson<'a> {
     uri: &'a str,
     name: &'a str,
     mime_type: &'a str,
-    /// Omitted when unknown (0), as the proto3 JSON mapping does.
-    #[serde(skip_serializing_if = "is_zero")]
+    /// A decimal string, as the proto3 JSON mapping writes a 64-bit integer, and `"0"` when
+    /// unknown: defaults are written, as in every tool answer (and grpcurl `-emit-defaults`).
+    #[serde(serialize_with = "as_decimal_string")]
     size: u64,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+fn as_decimal_string<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(n)
 }
 
 #[derive(Serialize)]
@@ -609,13 +613,13 @@ fn resource_json(content: &ResourceContent) -> Value {
     out
 }
 
-async fn unknown_path() -> Response {
+pub(crate) async fn unknown_path() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "UNKNOWN_PATH", "no such endpoint").into_response()
 }
 
-/// A method a `/v1` route does not take: 405 with `Allow` and the REST error body, where
-/// axum's own answer has no body.
-async fn method_not_allowed(allow: &'static str) -> Response {
+/// A method a route does not take: 405 with `Allow` and the REST error body, where axum's
+/// own answer has no body.
+pub(crate) async fn method_not_allowed(allow: &'static str) -> Response {
     let message = format!("this endpoint takes {allow}");
     let mut res =
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED", &message).into_response();
@@ -744,6 +748,14 @@ mod tests {
     use crate::error::UpstreamError;
     use http_body_util::BodyExt;
     use tonic_types::StatusExt;
+
+    #[test]
+    fn a_503_says_when_to_retry_even_when_the_service_was_not_reached() {
+        let unreachable = ApiError::from(CallError::from(tonic::Status::unavailable("tcp connect error")));
+        let res = unreachable.into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("1"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_too_slow_is_408_and_one_too_large_413() {
@@ -1122,7 +1134,7 @@ mod tests {
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(
                 json_of(res).await,
-                json!({"resources": [{"uri": "changes://active", "name": "active changes", "mimeType": "application/json"}]})
+                json!({"resources": [{"uri": "changes://active", "name": "active changes", "mimeType": "application/json", "size": "0"}]})
             );
             let res = app.oneshot(get("/v1/resources/read")).await.unwrap();
             assert_eq!(res.status(), StatusCode::BAD_REQUEST);

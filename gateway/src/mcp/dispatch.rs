@@ -232,7 +232,15 @@ async fn resources_list(ctx: &RequestContext, params: &Value) -> Result<Value, R
     let listed = ctx.state.upstream.list_resources(ctx.call.clone()).await.map_err(call_error)?;
     let mut resources: Vec<Value> = listed
         .into_iter()
-        .map(|r| json!({"uri": r.uri, "name": r.name, "mimeType": r.mime_type, "size": r.size}))
+        .map(|r| {
+            let mut resource = json!({"uri": r.uri, "name": r.name, "mimeType": r.mime_type});
+            // 0 is "unknown" in the service's answer (`changes://active` is built on read);
+            // sent as a size it would read as an empty resource.
+            if r.size > 0 {
+                resource["size"] = json!(r.size);
+            }
+            resource
+        })
         .collect();
     if ctx.state.config.conformance_fixtures {
         resources.extend(fixtures::resources());
