@@ -398,3 +398,34 @@ fn a_caller_that_stopped_waiting_for_its_turn_gets_nothing_written() {
     assert_eq!(before, after, "neither the tick nor the lock refresh was written");
     assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");
 }
+
+#[test]
+fn edits_on_disk_are_reported_in_the_order_they_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), "alpha");
+    open(dir.path(), "beta");
+    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let _guard = ws.watch().unwrap();
+    let mut events = ws.subscribe();
+    let append = |file: &str| {
+        let path = dir.path().join("changes").join(file);
+        fs::write(&path, fs::read_to_string(&path).unwrap() + "\n").unwrap();
+    };
+    // Within one quiet period, so one batch: its order is the edits' order, not the slugs'.
+    append("beta/tasks.md");
+    append("alpha/tasks.md");
+    append("alpha/proposal.md");
+    std::thread::sleep(SETTLE);
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push((event.slug, event.kind));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("beta".to_string(), EventKind::TasksUpdated),
+            ("alpha".to_string(), EventKind::TasksUpdated),
+            ("alpha".to_string(), EventKind::Updated)
+        ]
+    );
+}

@@ -13,7 +13,7 @@
 //! The watch mask leaves out opens, reads and closes without writing: the server reads these
 //! files on every uncached call and must not wake itself up doing so.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     io,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -24,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use indexmap::{IndexMap, IndexSet};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::{Event, EventKind, Shown, Workspace, cache::ShowCache};
@@ -117,7 +118,8 @@ struct State {
     inotify: Inotify,
     dirs: HashMap<WatchDescriptor, PathBuf>,
     buffer: Vec<u8>,
-    pending: BTreeSet<PathBuf>,
+    /// In the order the edits came, each path once.
+    pending: IndexSet<PathBuf>,
     /// When the oldest and the newest pending event came.
     first_event: Option<Instant>,
     last_event: Option<Instant>,
@@ -148,7 +150,7 @@ pub fn start(ws: &Arc<Workspace>) -> Result<WatchGuard> {
             inotify,
             dirs: HashMap::new(),
             buffer: vec![0; 64 * 1024],
-            pending: BTreeSet::new(),
+            pending: IndexSet::new(),
             first_event: None,
             last_event: None,
             cache: ShowCache::default(),
@@ -389,7 +391,7 @@ fn run(ws: Weak<Workspace>, watcher: Arc<Watcher>) {
                 state.last_event = None;
                 std::mem::take(&mut state.pending)
             } else {
-                BTreeSet::new()
+                IndexSet::new()
             }
         };
         if due.is_empty() {
@@ -400,9 +402,10 @@ fn run(ws: Weak<Workspace>, watcher: Arc<Watcher>) {
     }
 }
 
-fn flush(ws: &Workspace, paths: BTreeSet<PathBuf>) {
-    // One event per (slug, kind), with the union of affected URIs.
-    let mut merged: BTreeMap<(String, u8), (EventKind, Vec<String>)> = BTreeMap::new();
+fn flush(ws: &Workspace, paths: IndexSet<PathBuf>) {
+    // One event per (slug, kind), with the union of affected URIs, in the order of each one's
+    // first edit.
+    let mut merged: IndexMap<(String, u8), (EventKind, Vec<String>)> = IndexMap::new();
     for path in paths {
         if ws.own_writes().is_own(&path) {
             continue;
