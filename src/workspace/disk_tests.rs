@@ -22,6 +22,14 @@ fn open(root: &Path, slug: &str) -> (Slug, Owner) {
     (slug, owner)
 }
 
+/// A workspace on `root` with its watcher running, and a subscription to its events.
+fn watched(root: &Path) -> (Arc<Workspace>, watch::WatchGuard, broadcast::Receiver<Event>) {
+    let ws = Arc::new(Workspace::open(root, 1 << 20).unwrap());
+    let guard = ws.watch().unwrap();
+    let events = ws.subscribe();
+    (ws, guard, events)
+}
+
 fn archive(ws: &Workspace, slug: &Slug, owner: &Owner) -> Result<Archived> {
     ws.archive_change(slug, owner, None, &mut |_| {}, &|| false)
 }
@@ -171,9 +179,7 @@ fn spec_files_beyond_the_cap_fail_validation_rather_than_go_unread() {
 fn an_archive_is_reported_once_as_this_process_made_it() {
     let dir = tempfile::tempdir().unwrap();
     let (slug, owner) = open(dir.path(), "watched");
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (ws, _guard, mut events) = watched(dir.path());
     archive(&ws, &slug, &owner).unwrap();
     // Past the watcher's quiet period, so anything it would report has been reported.
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -207,9 +213,7 @@ fn a_file_written_without_pause_does_not_hold_back_other_changes_events() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path(), "busy");
     open(dir.path(), "calm");
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (_ws, _guard, mut events) = watched(dir.path());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log = dir.path().join("changes/busy/build.log");
     let writer = {
@@ -246,9 +250,7 @@ fn a_change_deleted_or_moved_out_by_hand_is_removed_and_then_silent() {
     let dir = tempfile::tempdir().unwrap();
     let (deleted, _) = open(dir.path(), "deleted");
     let (moved, _) = open(dir.path(), "moved-out");
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (_ws, _guard, mut events) = watched(dir.path());
 
     fs::remove_dir_all(dir.path().join("changes").join(deleted.as_str())).unwrap();
     assert_eq!(events_of(&mut events, "deleted", SETTLE), [(EventKind::Removed, true)]);
@@ -263,9 +265,7 @@ fn a_change_deleted_or_moved_out_by_hand_is_removed_and_then_silent() {
 #[test]
 fn a_tick_right_after_open_is_ours_and_a_later_deletion_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (ws, _guard, mut events) = watched(dir.path());
     let (slug, owner) = open(dir.path(), "quick");
     let tasks = dir.path().join("changes/quick/tasks.md");
     let id = checklist::parse(&fs::read_to_string(&tasks).unwrap()).items[0].id.clone();
@@ -356,9 +356,7 @@ fn a_delta_that_cannot_be_read_is_named_not_passed_over() {
 fn an_editor_saving_through_a_temporary_file_is_one_tasks_event() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path(), "edited");
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (_ws, _guard, mut events) = watched(dir.path());
     let tasks = dir.path().join("changes/edited/tasks.md");
     let temp = dir.path().join("changes/edited/tasks.md.tmp");
     fs::write(&temp, fs::read_to_string(&tasks).unwrap().replacen("- [ ]", "- [x]", 1)).unwrap();
@@ -404,9 +402,7 @@ fn edits_on_disk_are_reported_in_the_order_they_happened() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path(), "alpha");
     open(dir.path(), "beta");
-    let ws = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
-    let _guard = ws.watch().unwrap();
-    let mut events = ws.subscribe();
+    let (_ws, _guard, mut events) = watched(dir.path());
     let append = |file: &str| {
         let path = dir.path().join("changes").join(file);
         fs::write(&path, fs::read_to_string(&path).unwrap() + "\n").unwrap();

@@ -293,21 +293,22 @@ mod tests {
         log.push(&json!({"b": 2}));
         log.finish();
         let reader = log.claim_if_free().expect("nobody reads a new log");
-        let opts = quiet_options();
-        let recorder = crate::metrics::GatewayMetrics::noop().open_stream(
-            crate::metrics::Transport::Mcp,
-            crate::metrics::StreamType::Sse,
-            std::time::Instant::now(),
-        );
-        let body = super::body(Attachment::new(reader, Box::new(|| {})), 1, opts, CancellationToken::new(), recorder);
-        let bytes = body.collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let text = read_to_end(reader, 1, quiet_options()).await;
         assert_eq!(text, "id: 3-2\nevent: message\ndata: {\"b\":2}\n\n");
         assert!(log.claim_if_free().is_some(), "the reader released the log when it ended");
     }
 
     fn quiet_options() -> SseOptions {
         SseOptions { prime: false, preamble: None, retry: Duration::from_secs(1), keepalive: Duration::from_secs(60) }
+    }
+
+    /// Everything the stream body writes for `reader` from `cursor`, counted nowhere.
+    async fn read_to_end(reader: Reader, cursor: u64, options: SseOptions) -> String {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport};
+        let recorder = GatewayMetrics::noop().open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let body =
+            super::body(Attachment::new(reader, Box::new(|| {})), cursor, options, CancellationToken::new(), recorder);
+        String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
     #[tokio::test]
@@ -358,22 +359,7 @@ mod tests {
         log.push(&json!({"a": 1}));
         log.push(&json!({"b": 2}));
         log.finish();
-        let read_from = |cursor| {
-            let opts = SseOptions { prime: true, ..quiet_options() };
-            let recorder = crate::metrics::GatewayMetrics::noop().open_stream(
-                crate::metrics::Transport::Mcp,
-                crate::metrics::StreamType::Sse,
-                std::time::Instant::now(),
-            );
-            let body = super::body(
-                Attachment::new(log.claim(), Box::new(|| {})),
-                cursor,
-                opts,
-                CancellationToken::new(),
-                recorder,
-            );
-            async move { String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap() }
-        };
+        let read_from = |cursor| read_to_end(log.claim(), cursor, SseOptions { prime: true, ..quiet_options() });
         let fresh = read_from(0).await;
         assert!(fresh.starts_with("id: 4-0\nretry: 1000\ndata: \n\n"), "{fresh}");
         let resumed = read_from(1).await;
