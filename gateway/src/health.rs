@@ -174,10 +174,11 @@ impl StatsRef for Arc<Stats> {
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
+    let other_methods = || crate::rest::method_not_allowed("GET, HEAD");
     Router::new()
-        .route("/health/live", get(live).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
-        .route("/health/ready", get(ready).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
-        .route("/health/metrics", get(metrics).fallback(|| crate::rest::method_not_allowed("GET, HEAD")))
+        .route("/health/live", get(live).fallback(other_methods))
+        .route("/health/ready", get(ready).fallback(other_methods))
+        .route("/health/metrics", get(metrics).fallback(other_methods))
 }
 
 const LIVE_BODY: &str = r#"{"status":"ok"}"#;

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use axum::{
     Extension,
     body::Bytes,
-    extract::State,
-    extract::rejection::BytesRejection,
+    extract::{State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
