@@ -518,6 +518,72 @@ async fn slugs_complete_for_the_change_resource_templates() {
         )
         .await;
     assert_eq!(answer["result"]["completion"]["values"], json!(["complete-alpha", "complete-beta"]), "{answer}");
+    assert_eq!(
+        (&answer["result"]["completion"]["total"], &answer["result"]["completion"]["hasMore"]),
+        (&json!(2), &json!(false))
+    );
+
+    // Past the 100 a completion may carry, the count says how many matched in all.
+    for n in 0..101 {
+        mcp.call("change.open", json!({"title": "C", "slug": format!("bulk-{n:03}"), "owner": "alice"})).await;
+    }
+    let answer = mcp
+        .request(
+            "completion/complete",
+            json!({"ref": {"type": "ref/resource", "uri": "change://{slug}/tasks"}, "argument": {"name": "slug", "value": "bulk-"}}),
+        )
+        .await;
+    let completion = &answer["result"]["completion"];
+    assert_eq!(completion["values"].as_array().map(Vec::len), Some(100), "{answer}");
+    assert_eq!((&completion["total"], &completion["hasMore"]), (&json!(101), &json!(true)), "{answer}");
+
+    // The delta template expands a nested path as RFC 6570 reserved expansion does.
+    let templates = mcp.request("resources/templates/list", json!({})).await;
+    let delta =
+        templates["result"]["resourceTemplates"].as_array().unwrap().iter().find(|t| t["name"] == "delta").cloned();
+    assert_eq!(delta.map(|t| t["uriTemplate"].clone()), Some(json!("change://{slug}/delta/{+path}")));
+}
+
+#[tokio::test]
+async fn a_subscription_to_the_active_list_hears_of_every_change_and_initialize_needs_a_version() {
+    let server = Server::start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    mcp.call("change.open", json!({"title": "Watched", "slug": "watched-list", "owner": "alice"})).await;
+    let subscribed = mcp.request("resources/subscribe", json!({"uri": "changes://active"})).await;
+    assert!(subscribed.get("result").is_some(), "{subscribed}");
+    let mut stream = mcp.open_stream().await;
+    // A tick changes the entry's progress in `changes://active`: an update of that resource.
+    mcp.call(
+        "task.update",
+        json!({"slug": "watched-list", "owner": "alice", "updates": [{"id": "1.1", "done": true}]}),
+    )
+    .await;
+    let mut seen = String::new();
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if sse_messages(&seen)
+                .iter()
+                .any(|m| m["method"] == "notifications/resources/updated" && m["params"]["uri"] == "changes://active")
+            {
+                return;
+            }
+            seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "no update of changes://active after a tick: {seen}");
+
+    let bare = client()
+        .post(format!("{}/mcp", base(&server)))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 400);
+    assert!(bare.headers().get("mcp-session-id").is_none(), "no session made on a guess");
+    let body: Value = bare.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32602, "{body}");
 }
 
 #[tokio::test]

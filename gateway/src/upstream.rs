@@ -141,6 +141,14 @@ impl Registry {
     }
 }
 
+/// The slugs a completion offers: the first [`SLUG_MAX`] by name, and how many matched in
+/// all (`None` when the scan stopped at its page limit and the count is unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlugMatches {
+    pub values: Vec<String>,
+    pub total: Option<usize>,
+}
+
 /// Per-call facts forwarded as gRPC metadata.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
@@ -346,13 +354,14 @@ impl Upstream {
 
     /// Distinct slugs of drafts and archived changes starting with `prefix`,
     /// sorted, at most 100 (for completion: a bounded scan, not a full listing).
-    pub async fn slugs_with_prefix(&self, prefix: &str, ctx: CallContext) -> Result<Vec<String>, CallError> {
+    pub async fn slugs_with_prefix(&self, prefix: &str, ctx: CallContext) -> Result<SlugMatches, CallError> {
         let client = pb::changes_client::ChangesClient::new(self.service.clone());
         let deadline = deadline(&ctx);
         let scan = async move {
             let mut client = client;
             let mut slugs = BTreeSet::new();
             let mut page_token = String::new();
+            let mut scanned_all = false;
             for _ in 0..SLUG_MAX_PAGES {
                 let page = pb::ListChangesRequest {
                     page_size: SLUG_PAGE_SIZE,
@@ -362,11 +371,13 @@ impl Upstream {
                 let page = client.list_changes(request(page, &ctx)).await?.into_inner();
                 slugs.extend(page.changes.into_iter().map(|c| c.slug).filter(|s| s.starts_with(prefix)));
                 if page.next_page_token.is_empty() {
+                    scanned_all = true;
                     break;
                 }
                 page_token = page.next_page_token;
             }
-            Ok::<_, Status>(slugs.into_iter().take(SLUG_MAX).collect())
+            let total = scanned_all.then_some(slugs.len());
+            Ok::<_, Status>(SlugMatches { values: slugs.into_iter().take(SLUG_MAX).collect(), total })
         };
         Ok(within(deadline, scan).await?)
     }
@@ -1424,9 +1435,10 @@ mod tests {
     async fn slug_completion_pages_dedups_filters_and_sorts() {
         let fake = fake();
         let slugs = fake.upstream.slugs_with_prefix("add-", CallContext::default()).await.unwrap();
-        assert_eq!(slugs, ["add-a", "add-b", "add-d"]);
+        assert_eq!(slugs.values, ["add-a", "add-b", "add-d"]);
+        assert_eq!(slugs.total, Some(3));
         let all = fake.upstream.slugs_with_prefix("", CallContext::default()).await.unwrap();
-        assert_eq!(all, ["add-a", "add-b", "add-d", "fix-c"]);
+        assert_eq!(all.values, ["add-a", "add-b", "add-d", "fix-c"]);
     }
 
     #[tokio::test]

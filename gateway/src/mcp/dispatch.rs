@@ -17,7 +17,7 @@ use super::{
 use crate::{
     AppState,
     error::{McpFailure, UpstreamError},
-    upstream::{CallContext, CallError, ToolDef, ToolEvent},
+    upstream::{CallContext, CallError, SlugMatches, ToolDef, ToolEvent},
     wire_json::JsonText,
 };
 
@@ -253,7 +253,7 @@ fn resource_templates(ctx: &RequestContext) -> Vec<Value> {
     let mut t = vec![
         json!({"uriTemplate": "change://{slug}/proposal", "name": "proposal", "title": "A change's proposal.md", "mimeType": "text/markdown"}),
         json!({"uriTemplate": "change://{slug}/tasks", "name": "tasks", "title": "A change's tasks.md", "mimeType": "text/markdown"}),
-        json!({"uriTemplate": "change://{slug}/delta/{path}", "name": "delta", "title": "A spec delta under specs/", "mimeType": "text/markdown"}),
+        json!({"uriTemplate": "change://{slug}/delta/{+path}", "name": "delta", "title": "A spec delta under specs/", "mimeType": "text/markdown"}),
         json!({"uriTemplate": "change://{slug}/receipt", "name": "receipt", "title": "An archived change's receipt.json", "mimeType": "application/json"}),
     ];
     if ctx.state.config.conformance_fixtures {
@@ -309,10 +309,11 @@ pub fn lists_changed(kind: i32) -> bool {
     matches!(kind, 1 | 4 | 5)
 }
 
-/// The resources a change event updates: its own URIs, and `changes://active` (the list of
-/// drafts) when a change is opened or archived. Sessions and `subscriptions/listen` alike.
-pub fn updated_uris(kind: i32, uris: &[String]) -> impl Iterator<Item = &str> {
-    uris.iter().map(String::as_str).chain(lists_changed(kind).then_some("changes://active"))
+/// The resources a change event updates: its own URIs, and `changes://active`, whose every
+/// entry shows its change's progress, lock and last update, so every event changes it.
+/// Sessions and `subscriptions/listen` alike.
+pub fn updated_uris(_kind: i32, uris: &[String]) -> impl Iterator<Item = &str> {
+    uris.iter().map(String::as_str).chain(std::iter::once("changes://active"))
 }
 
 /// Starts (once per session) the upstream change feed that turns workspace
@@ -395,15 +396,19 @@ async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcErro
     }
     let is_change_template = reference.get("type").and_then(Value::as_str) == Some("ref/resource")
         && reference.get("uri").and_then(Value::as_str).is_some_and(|u| u.starts_with("change://{slug}"));
-    let values = if is_change_template && name == "slug" {
+    let found = if is_change_template && name == "slug" {
         ctx.state.upstream.slugs_with_prefix(value, ctx.call.clone()).await.map_err(call_error)?
-    } else if ctx.state.config.conformance_fixtures {
-        fixtures::complete(&reference, name, value)
     } else {
-        vec![]
+        let values =
+            if ctx.state.config.conformance_fixtures { fixtures::complete(&reference, name, value) } else { vec![] };
+        SlugMatches { total: Some(values.len()), values }
     };
-    let total = values.len();
-    Ok(json!({"completion": {"values": values, "total": total, "hasMore": false}}))
+    let mut completion = json!({"values": found.values});
+    completion["hasMore"] = json!(found.total.is_none_or(|total| total > found.values.len()));
+    if let Some(total) = found.total {
+        completion["total"] = json!(total);
+    }
+    Ok(json!({"completion": completion}))
 }
 
 /// Errors of non-tool methods: protocol errors carrying the service's reason.

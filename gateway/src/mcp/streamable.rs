@@ -78,7 +78,15 @@ pub async fn post(
 }
 
 fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value) -> Response {
-    let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+    // Required by every revision's schema: without it there is nothing to negotiate, and a
+    // session made on a guess is not what the client asked for.
+    let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(id),
+            RpcError::invalid_params("initialize needs params.protocolVersion, a string"),
+        );
+    };
     let version = protocol::negotiate(requested);
     let Some(session) = state.sessions.create(principal, Endpoint::Streamable, version) else {
         return transport::too_many_sessions(state);
