@@ -312,7 +312,7 @@ pub fn lists_changed(kind: i32) -> bool {
 /// The resources a change event updates: its own URIs, and `changes://active`, whose every
 /// entry shows its change's progress, lock and last update, so every event changes it.
 /// Sessions and `subscriptions/listen` alike.
-pub fn updated_uris(_kind: i32, uris: &[String]) -> impl Iterator<Item = &str> {
+pub fn updated_uris(uris: &[String]) -> impl Iterator<Item = &str> {
     uris.iter().map(String::as_str).chain(std::iter::once("changes://active"))
 }
 
@@ -336,7 +336,7 @@ pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallConte
                 session.watching.store(false, Ordering::Release);
                 break;
             };
-            for uri in updated_uris(event.kind, &event.uris) {
+            for uri in updated_uris(&event.uris) {
                 if session.is_subscribed(uri) {
                     session
                         .notifications

@@ -265,7 +265,7 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
                 event = events.next() => event,
             };
             let Some(Ok(event)) = event else { break };
-            for uri in dispatch::updated_uris(event.kind, &event.uris) {
+            for uri in dispatch::updated_uris(&event.uris) {
                 if wanted.iter().any(|w| w == uri) {
                     task_log.push(&jsonrpc::notification(
                         "notifications/resources/updated",
