@@ -7,10 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::{
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
@@ -243,7 +240,7 @@ impl Application {
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let grpc_drain = wait_for(drain_rx.clone());
         let http_drain = wait_for(drain_rx.clone());
-        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let incoming = crate::grpc::incoming::connections(self.grpc_listener, crate::grpc::incoming::PREFACE_TIMEOUT);
         let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
         let http = serve_http(self.http_listener, router, http_drain);
         // The Prometheus endpoint stays up while draining (a scrape during the
@@ -404,7 +401,7 @@ async fn serve_http(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(err) => {
-                    accept_failed(&err).await;
+                    accept_failed("HTTP", &err).await;
                     continue;
                 }
             },
@@ -430,12 +427,12 @@ async fn serve_http(
 /// A failed `accept`: a connection that died in the backlog is nobody's
 /// business; running out of descriptors or memory is, and is waited out
 /// rather than spun on.
-async fn accept_failed(err: &std::io::Error) {
+pub(crate) async fn accept_failed(listener: &str, err: &std::io::Error) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(err.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
         return;
     }
-    tracing::error!(error = %err, "accepting an HTTP connection failed; retrying in 1 s");
+    tracing::error!(listener, error = %err, "accepting a connection failed; retrying in 1 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 

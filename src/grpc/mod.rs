@@ -4,6 +4,7 @@
 pub mod changes;
 pub mod convert;
 pub mod deadline;
+pub mod incoming;
 pub mod layers;
 pub mod metrics;
 pub mod rejections;
