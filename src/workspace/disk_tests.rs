@@ -389,9 +389,11 @@ fn a_caller_that_stopped_waiting_for_its_turn_gets_nothing_written() {
     };
     std::thread::sleep(Duration::from_millis(100));
     gone.store(true, std::sync::atomic::Ordering::Release);
-    drop(other);
+    // They leave the queue while the other process still has its turn: a thread per caller
+    // that gave up must not stay blocked behind it.
     assert!(matches!(tick.join().unwrap(), Err(Error::CallerGone)));
     assert!(matches!(archive.join().unwrap(), Err(Error::CallerGone)));
+    drop(other);
     let after = (fs::read(change.join("tasks.md")).unwrap(), fs::read(change.join(lock::LOCK_FILE)).unwrap());
     assert_eq!(before, after, "neither the tick nor the lock refresh was written");
     assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");

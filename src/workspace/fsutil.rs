@@ -37,7 +37,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Holds an exclusive advisory lock (`flock`) on the folder `dir` until the returned file is
-/// dropped: how two processes serving one workspace take turns at a change's read-modify-write.
+/// dropped: in tests, another process's turn at a change (the server waits for its own in
+/// `Workspace::change_turn`, which gives up when its caller does).
+#[cfg(test)]
 pub fn lock_dir(dir: &Path) -> io::Result<File> {
     let file = File::open(dir)?;
     file.lock()?;

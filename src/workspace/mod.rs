@@ -20,7 +20,7 @@ use std::{
     collections::HashMap,
     fs, io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError},
     time::{Duration, SystemTime},
 };
 
@@ -51,6 +51,9 @@ const META_FILE: &str = ".taskmcp.json";
 const RECEIPT_FILE: &str = "receipt.json";
 /// Build-aside folders older than this are leftovers of a crashed process.
 const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
+/// How often a call waiting for its turn at a change looks again (and asks whether its caller
+/// still waits).
+const TURN_POLL: Duration = Duration::from_millis(10);
 
 /// Called at named points of multi-step operations; an error returned here is
 /// treated like an I/O failure at that point. Tests use it to prove that a
@@ -315,8 +318,31 @@ impl Workspace {
     /// workspace (`flock` on the folder; the mutex of `slug_lock` orders this process's own
     /// threads). Without it, two servers ticking tasks at once each rewrite `tasks.md` from
     /// what they read, and one tick is lost.
-    fn change_turn(&self, dir: &Path) -> Result<fs::File> {
-        fsutil::lock_dir(dir).map_err(|e| Error::io("lock change folder", dir, e))
+    /// This call's turn at the change in `dir` among processes (`flock` on the folder). A
+    /// caller that gives up while it waits leaves the queue: a change held for long (by a
+    /// stuck process) would otherwise pile blocked threads up until the pool is spent.
+    fn change_turn(&self, dir: &Path, caller_gone: &dyn Fn() -> bool) -> Result<fs::File> {
+        let folder = fs::File::open(dir).map_err(|e| Error::io("lock change folder", dir, e))?;
+        loop {
+            match folder.try_lock() {
+                Ok(()) => return Ok(folder),
+                Err(fs::TryLockError::WouldBlock) if caller_gone() => return Err(Error::CallerGone),
+                Err(fs::TryLockError::WouldBlock) => std::thread::sleep(TURN_POLL),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock change folder", dir, e)),
+            }
+        }
+    }
+
+    /// This call's turn at `slug` among this process's calls, left like `change_turn`'s.
+    fn slug_turn<'a>(lock: &'a Mutex<()>, caller_gone: &dyn Fn() -> bool) -> Result<MutexGuard<'a, ()>> {
+        loop {
+            match lock.try_lock() {
+                Ok(held) => return Ok(held),
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) if caller_gone() => return Err(Error::CallerGone),
+                Err(TryLockError::WouldBlock) => std::thread::sleep(TURN_POLL),
+            }
+        }
     }
 
     fn slug_lock(&self, slug: &Slug) -> Arc<Mutex<()>> {
@@ -757,10 +783,10 @@ impl Workspace {
         caller_gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
-        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
+        let _held = Self::slug_turn(&guard, caller_gone)?;
         let not_found = || Error::ChangeNotFound { slug: slug.to_string() };
         let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
-        let _turn = self.change_turn(&dir)?;
+        let _turn = self.change_turn(&dir, caller_gone)?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
@@ -813,8 +839,8 @@ impl Workspace {
     ) -> Result<Archived> {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
-        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir)).transpose()?;
+        let _held = Self::slug_turn(&guard, caller_gone)?;
+        let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir, caller_gone)).transpose()?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
