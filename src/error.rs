@@ -58,9 +58,9 @@ pub enum Error {
     RateLimited { retry_after: Duration },
     #[error("server is shutting down")]
     ShuttingDown,
-    /// The caller went away (cancelled, timed out, disconnected) while the call waited for its
-    /// turn at a change; nothing was written. Nobody reads the answer; the name is for logs
-    /// and metrics.
+    /// The caller went away (cancelled, timed out, disconnected) before its request was read
+    /// whole or while it waited for its turn at a change; nothing was written. Nobody reads
+    /// the answer; the name is for logs and metrics.
     #[error("the caller went away before anything was written")]
     CallerGone,
     /// The workspace on disk is in a state the server cannot work with: a folder it may not

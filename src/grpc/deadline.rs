@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tonic::body::Body as TonicBody;
@@ -75,15 +75,25 @@ where
             let Some(deadline) = deadline else { return inner.call(req).await };
             // Before the answer, too: tonic's own timer would answer CANCELLED, which a client
             // (and the metrics) would read as its own doing. Work already on the blocking pool
-            // runs to its end; like any gRPC deadline, this one stops the wait, not the write.
+            // runs on, except a write still waiting for its turn at a change, which gives up
+            // (`Workspace::change_turn`).
             match tokio::time::timeout_at(deadline, inner.call(req)).await {
                 Ok(response) => Ok(response?.map(|body| TonicBody::new(DeadlineBody::new(body, deadline)))),
-                Err(_) => {
-                    Ok(tonic::Status::deadline_exceeded("the deadline passed before the service answered").into_http())
-                }
+                Err(_) => Ok(expired("the deadline passed before the service answered").into_http()),
             }
         })
     }
+}
+
+/// DEADLINE_EXCEEDED with `ErrorInfo` DEADLINE_EXCEEDED, as every failure carries a reason.
+fn expired(message: &str) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_error_info(
+        "DEADLINE_EXCEEDED",
+        crate::error::ERROR_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
+    tonic::Status::with_error_details(tonic::Code::DeadlineExceeded, message, details)
 }
 
 pin_project! {
@@ -130,9 +140,11 @@ impl Body for DeadlineBody {
         }
         if this.sleep.poll(cx).is_ready() {
             *this.state = State::Expired;
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("4"));
-            trailers.insert("grpc-message", HeaderValue::from_static("deadline exceeded"));
+            // tonic writes a status only as a trailers-only response: its headers are the
+            // trailers here, less the content type.
+            let mut trailers =
+                expired("the deadline passed while the answer was being sent").into_http::<()>().into_parts().0.headers;
+            trailers.remove(http::header::CONTENT_TYPE);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Poll::Pending
@@ -172,6 +184,9 @@ mod tests {
         let collected = body.collect().await.expect("ends cleanly");
         let trailers = collected.trailers().expect("trailers");
         assert_eq!(trailers.get("grpc-status").unwrap(), "4");
+        let status = tonic::Status::from_header_map(trailers).expect("a status");
+        use tonic_types::StatusExt;
+        assert_eq!(status.get_error_details().error_info().map(|i| i.reason.as_str()), Some("DEADLINE_EXCEEDED"));
     }
 
     #[tokio::test]
@@ -185,6 +200,8 @@ mod tests {
         let response = DeadlineLayer.layer(slow).oneshot(req).await.unwrap();
         let status = tonic::Status::from_header_map(response.headers()).expect("a trailers-only status");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        use tonic_types::StatusExt;
+        assert_eq!(status.get_error_details().error_info().map(|i| i.reason.as_str()), Some("DEADLINE_EXCEEDED"));
     }
 
     #[tokio::test]

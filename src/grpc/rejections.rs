@@ -4,8 +4,10 @@
 //! availability SLO would count the client's mistake. This layer gives those answers the
 //! service's typed form: INVALID_ARGUMENT with `ErrorInfo` INVALID_ARGUMENT (field `request`),
 //! and, as the gRPC status-code guide says for a message over the limit, RESOURCE_EXHAUSTED
-//! with `ErrorInfo` TOO_LARGE. The service's own errors always carry details, so an answer
-//! without them is tonic's.
+//! with `ErrorInfo` TOO_LARGE. A request whose body broke off (the client closed its stream
+//! or connection mid-message) tonic answers UNKNOWN: that is the caller leaving, CANCELLED
+//! with `ErrorInfo` CANCELLED, not a fault of the server's to count against its error budget.
+//! The service's own errors always carry details, so an answer without them is tonic's.
 use http::{HeaderName, Response};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -29,6 +31,7 @@ fn retype<B: Default>(response: Response<B>) -> Response<B> {
     let code = match response.headers().get(&GRPC_STATUS).map(|v| v.as_bytes()) {
         Some(b"13") => Code::Internal,
         Some(b"11") => Code::OutOfRange,
+        Some(b"2") => Code::Unknown,
         _ => return response,
     };
     if response.headers().contains_key(&GRPC_STATUS_DETAILS) {
@@ -37,6 +40,7 @@ fn retype<B: Default>(response: Response<B>) -> Response<B> {
     let message = Status::from_header_map(response.headers()).map(|s| s.message().to_string()).unwrap_or_default();
     let typed = match code {
         Code::Internal => Error::invalid("request", message).into_status(),
+        Code::Unknown => Error::CallerGone.into_status(),
         _ => {
             let details = ErrorDetails::with_error_info(
                 "TOO_LARGE",
@@ -75,6 +79,10 @@ mod tests {
         let oversize = through(Status::out_of_range("decoded message length too large")).await;
         assert_eq!(oversize.code(), Code::ResourceExhausted);
         assert_eq!(oversize.get_error_details().error_info().map(|i| i.reason.as_str()), Some("TOO_LARGE"));
+
+        let broken_off = through(Status::unknown("error reading a body from connection")).await;
+        assert_eq!(broken_off.code(), Code::Cancelled);
+        assert_eq!(broken_off.get_error_details().error_info().map(|i| i.reason.as_str()), Some("CANCELLED"));
     }
 
     #[tokio::test]
