@@ -208,6 +208,8 @@ impl Application {
         // stream slots (one process-wide cap).
         let gate = StreamGate { sessions: gateway.sessions.clone(), shutdown: self.state.shutdown.clone() };
         let grpc_layers = ServiceBuilder::new()
+            // Not gRPC at all: 415 before anything counts it as a call.
+            .layer(crate::grpc::content_type::GrpcOnlyLayer)
             .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods, Some(gate)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(trace_layer())

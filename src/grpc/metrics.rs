@@ -627,6 +627,13 @@ impl<B> MeteredBody<B> {
     }
 }
 
+/// The empty body, for a request refused before this layer saw it.
+impl<B> Default for MeteredBody<B> {
+    fn default() -> Self {
+        MeteredBody::empty()
+    }
+}
+
 impl<B: HttpBody<Data = Bytes>> HttpBody for MeteredBody<B> {
     type Data = Bytes;
     type Error = B::Error;

@@ -2,6 +2,7 @@
 //! workspace operation on the blocking pool and convert the answer; everything
 //! cross-cutting (auth, rate limits, request ids, logging) is a layer.
 pub mod changes;
+pub mod content_type;
 pub mod convert;
 pub mod deadline;
 pub mod incoming;
