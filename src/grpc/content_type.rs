@@ -1,11 +1,12 @@
 //! Requests that are not gRPC. tonic serves any request on its port as gRPC whatever its
-//! `Content-Type`, and answers a refusal with HTTP 200; a plain HTTP/2 client would read that
-//! as success. The gRPC protocol (PROTOCOL-HTTP2, "Requests") asks for 415 Unsupported Media
-//! Type when the type does not begin with `application/grpc`.
+//! method and `Content-Type`, and answers a refusal with HTTP 200; a plain HTTP/2 client would
+//! read that as success. The gRPC protocol (PROTOCOL-HTTP2, "Requests") has every call a
+//! POST, and asks for 415 Unsupported Media Type when the type does not begin with
+//! `application/grpc`; another method gets 405 with `Allow: POST` (RFC 9110 15.5.6).
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 #[derive(Clone, Copy, Default)]
@@ -39,11 +40,16 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let grpc =
             req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            return Either::Left(self.inner.call(req));
-        }
+        let status = match (req.method() == Method::POST, grpc) {
+            (true, true) => return Either::Left(self.inner.call(req)),
+            (false, _) => StatusCode::METHOD_NOT_ALLOWED,
+            (true, false) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
         let mut refused = Response::new(ResB::default());
-        *refused.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        *refused.status_mut() = status;
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         Either::Right(ready(Ok(refused)))
     }
 }
@@ -55,23 +61,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn only_grpc_content_types_reach_the_service() {
+    async fn only_grpc_posts_reach_the_service() {
         let svc = GrpcOnlyLayer.layer(tower::service_fn(|_: Request<()>| async {
             Ok::<_, std::convert::Infallible>(Response::new(String::from("served")))
         }));
-        for (content_type, want) in [
-            (Some("application/grpc"), StatusCode::OK),
-            (Some("application/grpc+proto"), StatusCode::OK),
-            (Some("application/json"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            (Some("text/plain"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            (None, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        for (method, content_type, want) in [
+            (Method::POST, Some("application/grpc"), StatusCode::OK),
+            (Method::POST, Some("application/grpc+proto"), StatusCode::OK),
+            (Method::POST, Some("application/json"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (Method::POST, Some("text/plain"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (Method::POST, None, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (Method::GET, Some("application/grpc"), StatusCode::METHOD_NOT_ALLOWED),
         ] {
-            let mut req = Request::builder();
+            let mut req = Request::builder().method(method.clone());
             if let Some(ct) = content_type {
                 req = req.header(header::CONTENT_TYPE, ct);
             }
             let res = svc.clone().oneshot(req.body(()).unwrap()).await.unwrap();
-            assert_eq!(res.status(), want, "{content_type:?}");
+            assert_eq!(res.status(), want, "{method} {content_type:?}");
+            if want == StatusCode::METHOD_NOT_ALLOWED {
+                assert_eq!(res.headers()[header::ALLOW], "POST");
+            }
         }
     }
 }
