@@ -141,10 +141,11 @@ impl Registry {
     }
 }
 
-/// The slugs a completion offers: the first [`SLUG_MAX`] by name, and how many matched in
-/// all (`None` when the scan stopped at its page limit and the count is unknown).
+/// What a completion offers: the first values (for slugs, the first [`SLUG_MAX`] by name), and
+/// how many matched in all (`None` when a scan stopped at its page limit and the count is
+/// unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlugMatches {
+pub struct Matches {
     pub values: Vec<String>,
     pub total: Option<usize>,
 }
@@ -354,7 +355,7 @@ impl Upstream {
 
     /// Distinct slugs of drafts and archived changes starting with `prefix`,
     /// sorted, at most 100 (for completion: a bounded scan, not a full listing).
-    pub async fn slugs_with_prefix(&self, prefix: &str, ctx: CallContext) -> Result<SlugMatches, CallError> {
+    pub async fn slugs_with_prefix(&self, prefix: &str, ctx: CallContext) -> Result<Matches, CallError> {
         let client = pb::changes_client::ChangesClient::new(self.service.clone());
         let deadline = deadline(&ctx);
         let scan = async move {
@@ -377,7 +378,7 @@ impl Upstream {
                 page_token = page.next_page_token;
             }
             let total = scanned_all.then_some(slugs.len());
-            Ok::<_, Status>(SlugMatches { values: slugs.into_iter().take(SLUG_MAX).collect(), total })
+            Ok::<_, Status>(Matches { values: slugs.into_iter().take(SLUG_MAX).collect(), total })
         };
         Ok(within(deadline, scan).await?)
     }

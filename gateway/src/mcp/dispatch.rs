@@ -17,7 +17,7 @@ use super::{
 use crate::{
     AppState,
     error::{McpFailure, UpstreamError},
-    upstream::{CallContext, CallError, SlugMatches, ToolDef, ToolEvent},
+    upstream::{CallContext, CallError, Matches, ToolDef, ToolEvent},
     wire_json::JsonText,
 };
 
@@ -401,7 +401,7 @@ async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcErro
     } else {
         let values =
             if ctx.state.config.conformance_fixtures { fixtures::complete(&reference, name, value) } else { vec![] };
-        SlugMatches { total: Some(values.len()), values }
+        Matches { total: Some(values.len()), values }
     };
     let mut completion = json!({"values": found.values});
     completion["hasMore"] = json!(found.total.is_none_or(|total| total > found.values.len()));
