@@ -628,3 +628,44 @@ async fn the_legacy_transport_answers_on_its_stream_even_a_malformed_request() {
     .expect("the error arrives on the stream");
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
 }
+
+/// Reads `stream` until it carries `notifications/resources/list_changed`, opening a change
+/// through `opener` to cause one. The feed starts with the stream, a moment after its first
+/// byte, so a change opened in that moment goes unheard; another is opened every two seconds.
+async fn hears_list_changed(stream: &mut reqwest::Response, opener: &mut Mcp, seen: &mut String) -> bool {
+    static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..5 {
+        let slug = format!("listed-{}", OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let opened = opener.call("change.open", json!({"title": "Listed", "slug": slug, "owner": "alice"})).await;
+        assert_eq!(opened["isError"], false, "{opened}");
+        let heard = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
+                    return;
+                }
+                seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
+            }
+        })
+        .await;
+        if heard.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_client_that_subscribed_to_nothing_hears_list_changed_on_its_stream_in_either_transport() {
+    let server = Server::start();
+    let mut opener = connect(&server, "2025-11-25").await;
+
+    let listener = connect(&server, "2025-11-25").await;
+    let mut stream = listener.open_stream().await;
+    let mut seen = String::new();
+    assert!(hears_list_changed(&mut stream, &mut opener, &mut seen).await, "no list_changed on GET /mcp: {seen}");
+
+    let mut legacy = client().get(format!("{}/sse", base(&server))).send().await.unwrap();
+    assert_eq!(legacy.status(), 200);
+    let mut seen = String::new();
+    assert!(hears_list_changed(&mut legacy, &mut opener, &mut seen).await, "no list_changed on GET /sse: {seen}");
+}

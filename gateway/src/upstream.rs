@@ -388,10 +388,14 @@ impl Upstream {
     /// as long as the request that started it was willing to wait.
     pub fn watch(&self, ctx: CallContext) -> EventStream<pb::ChangeEvent> {
         let ctx = CallContext { timeout: None, ..ctx };
-        let mut client = pb::resources_client::ResourcesClient::new(self.service.clone());
+        let mut grpc = tonic::client::Grpc::new(self.service.clone());
         Box::pin(async_stream::stream! {
             let request = request(pb::WatchChangesRequest::default(), &ctx);
-            let mut events = match client.watch_changes(request).await {
+            let opened = async {
+                grpc.ready().await.map_err(not_ready)?;
+                grpc.server_streaming(request, http::uri::PathAndQuery::from_static(WATCH_CHANGES), FeedCodec).await
+            };
+            let mut events = match opened.await {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
                     yield Err(CallError::from(status));
@@ -769,6 +773,32 @@ fn too_large(uri: &str, size: usize) -> Status {
         format!("resource {uri} is larger than the gateway's limit of {MAX_RESOURCE_BYTES} bytes"),
         details,
     )
+}
+
+const WATCH_CHANGES: &str = "/taskmcp.v1.Resources/WatchChanges";
+
+/// The change feed's codec: prost's, with a read buffer of 512 bytes instead of tonic's 8 KiB.
+/// A session's feed lasts as long as its stream, and an event is a few hundred bytes, so the
+/// default buffer would be most of what a held stream costs; the buffer grows for a larger event.
+#[derive(Debug, Clone, Copy, Default)]
+struct FeedCodec;
+
+const FEED_BUFFER_BYTES: usize = 512;
+
+impl Codec for FeedCodec {
+    type Encode = pb::WatchChangesRequest;
+    type Decode = pb::ChangeEvent;
+    type Encoder = tonic_prost::ProstEncoder<pb::WatchChangesRequest>;
+    type Decoder = tonic_prost::ProstDecoder<pb::ChangeEvent>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        // The yield threshold only matters to an encoder; tonic's default is passed on.
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(FEED_BUFFER_BYTES, 32 * 1024))
+    }
 }
 
 /// `application/grpc+proto` for requests known only by descriptor (any

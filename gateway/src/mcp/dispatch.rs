@@ -318,7 +318,9 @@ pub fn updated_uris(uris: &[String]) -> impl Iterator<Item = &str> {
 
 /// Starts (once per session) the upstream change feed that turns workspace
 /// events into `notifications/resources/updated` and `list_changed` on the
-/// session's standalone stream.
+/// session's standalone stream: at the first subscription, or when that stream
+/// is first opened, whichever comes first. It runs under the credential of the
+/// request that started it (a session is bound to one principal) until the session ends.
 pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallContext) {
     if session.watching.swap(true, Ordering::AcqRel) {
         return;

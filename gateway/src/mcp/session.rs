@@ -54,7 +54,7 @@ pub struct Session {
     /// Cancelled when the session ends (DELETE, idle expiry, shutdown).
     pub closed: CancellationToken,
     event_capacity: usize,
-    /// Whether the upstream change feed for subscriptions is running.
+    /// Whether the upstream change feed ([`super::dispatch::ensure_watch`]) is running.
     pub watching: std::sync::atomic::AtomicBool,
 }
 

@@ -343,6 +343,8 @@ pub async fn get(
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
     };
+    // The standalone stream is where `list_changed` reaches a client that subscribed to nothing.
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
     transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 
