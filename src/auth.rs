@@ -14,6 +14,11 @@ impl Principal {
         Principal("anonymous".into())
     }
 
+    #[cfg(test)]
+    pub fn named(name: &str) -> Self {
+        Principal(name.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -39,8 +39,10 @@ pub enum Error {
     TaskNotFound { slug: String, id: String },
     #[error("resource {:?} not found", truncate(uri))]
     ResourceNotFound { uri: String },
-    #[error("change {slug:?} is locked by {holder:?} until {}", fmt_time(*expires_at))]
-    LockedByOtherOwner { slug: String, holder: String, expires_at: OffsetDateTime },
+    /// `principal`: the holder's, when it differs from the caller's (the lock is another
+    /// credential's, whatever owner the caller named).
+    #[error("change {slug:?} is locked by {holder:?}{} until {}", of_principal(principal.as_deref()), fmt_time(*expires_at))]
+    LockedByOtherOwner { slug: String, holder: String, principal: Option<String>, expires_at: OffsetDateTime },
     #[error("change {slug:?} failed validation with {} error(s)", findings.len())]
     ValidationFailed { slug: String, findings: Vec<FindingRef> },
     /// A file of the change that the server cannot read as text (not UTF-8, not a regular
@@ -172,8 +174,14 @@ impl Error {
                 vec![kv("slug", slug.clone()), kv("task_id", truncate(id))]
             }
             Error::ResourceNotFound { uri } => vec![kv("uri", truncate(uri))],
-            Error::LockedByOtherOwner { slug, holder, expires_at } => {
-                vec![kv("slug", slug.clone()), kv("holder", holder.clone()), kv("expires_at", fmt_time(*expires_at))]
+            Error::LockedByOtherOwner { slug, holder, principal, expires_at } => {
+                let mut details = vec![
+                    kv("slug", slug.clone()),
+                    kv("holder", holder.clone()),
+                    kv("expires_at", fmt_time(*expires_at)),
+                ];
+                details.extend(principal.clone().map(|p| kv("holder_principal", p)));
+                details
             }
             Error::ValidationFailed { slug, findings } => {
                 vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
@@ -252,6 +260,10 @@ pub fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+fn of_principal(principal: Option<&str>) -> String {
+    principal.map(|p| format!(" of principal {p:?}")).unwrap_or_default()
+}
+
 /// Metadata values echo client input; keep them short so an error stays small.
 fn truncate(value: &str) -> String {
     const MAX: usize = 128;
@@ -274,6 +286,7 @@ mod tests {
         let err = Error::LockedByOtherOwner {
             slug: "add-x".into(),
             holder: "alice".into(),
+            principal: None,
             expires_at: OffsetDateTime::UNIX_EPOCH,
         };
         let status = err.into_status();

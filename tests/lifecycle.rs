@@ -4,8 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Auth, Server, assert_error, bounded, describe, err, ok};
-use task_mcp::pb::{ListChangesRequest, OpenChangeRequest, WatchChangesRequest};
+use common::{Auth, Server, assert_error, assert_same_tree, bounded, describe, err, ok, snapshot};
+use task_mcp::pb::{
+    ArchiveChangeRequest, ListChangesRequest, OpenChangeRequest, TaskUpdate, UpdateTasksRequest, WatchChangesRequest,
+};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tonic_types::StatusExt;
@@ -144,6 +146,38 @@ async fn named_tokens_make_the_principal_the_default_owner() {
     let status = err("bob opens", bounded("OpenChange", bob.open_change(req)).await);
     let info = assert_error(&status, Code::Aborted, "LOCKED_BY_OTHER_OWNER");
     assert_eq!(info.metadata.get("holder").map(String::as_str), Some("alice"));
+}
+
+#[tokio::test]
+async fn naming_another_principals_owner_does_not_take_its_lock() {
+    let server = Server::builder().args(["--auth-token", "alice=token-a", "--auth-token", "bob=token-b"]).start();
+    let mut alice = server.changes_with(Auth::bearer("token-a")).await;
+    let mut bob = server.changes_with(Auth::bearer("token-b")).await;
+    let open =
+        OpenChangeRequest { title: "T".into(), slug: "shared".into(), owner: "agent".into(), ..Default::default() };
+    ok("alice opens as agent", bounded("OpenChange", alice.open_change(open.clone())).await);
+    let tick = UpdateTasksRequest {
+        slug: "shared".into(),
+        owner: "agent".into(),
+        updates: vec![TaskUpdate { id: "1.1".into(), done: true }],
+    };
+    let archive = ArchiveChangeRequest { slug: "shared".into(), owner: "agent".into(), tests: None };
+    let before = snapshot(&server.workspace);
+
+    let refusals = [
+        ("open", bounded("OpenChange", bob.open_change(open.clone())).await.map(|_| ())),
+        ("tick", bounded("UpdateTasks", bob.update_tasks(tick.clone())).await.map(|_| ())),
+        ("archive", bounded("ArchiveChange", bob.archive_change(archive)).await.map(|_| ())),
+    ];
+    for (what, result) in refusals {
+        let status = result.expect_err(&format!("bob's {what} as agent went through under alice's lock"));
+        let info = assert_error(&status, Code::Aborted, "LOCKED_BY_OTHER_OWNER");
+        assert_eq!(info.metadata.get("holder").map(String::as_str), Some("agent"), "{what}: {info:?}");
+        assert_eq!(info.metadata.get("holder_principal").map(String::as_str), Some("alice"), "{what}: {info:?}");
+        assert!(status.message().contains("of principal \"alice\""), "{what}: {}", status.message());
+    }
+    assert_same_tree(&before, &snapshot(&server.workspace), "bob's refused calls");
+    ok("alice ticks as agent", bounded("UpdateTasks", alice.update_tasks(tick)).await);
 }
 
 #[tokio::test]

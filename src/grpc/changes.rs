@@ -3,12 +3,12 @@ use std::pin::Pin;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, blocking, blocking_write, convert, owner_of};
+use super::{AppState, actor_of, blocking, blocking_write, convert};
 use crate::{
     domain::{Rationale, Slug, TemplateKind, Title, Ttl, uri::ResourceUri},
     error::Error,
     pb::{self, changes_server::Changes},
-    workspace::{OpenRequest, StatusFilter, TestSummary},
+    workspace::{Holder, OpenRequest, StatusFilter, TestSummary},
 };
 
 const MAX_PAGE_SIZE: u32 = 200;
@@ -65,13 +65,14 @@ impl Changes for ChangesService {
         &self,
         req: Request<pb::OpenChangeRequest>,
     ) -> Result<Response<pb::OpenChangeResponse>, Status> {
-        let owner = owner_of(&req, &req.get_ref().owner)?;
+        let (owner, principal) = actor_of(&req, &req.get_ref().owner)?;
         let r = req.into_inner();
         let open = OpenRequest {
             slug: Slug::parse(&r.slug)?,
             title: Title::parse(&r.title)?,
             rationale: Rationale::parse(&r.rationale)?,
             owner,
+            principal,
             ttl: Ttl::parse(r.ttl_seconds)?,
             template: template(r.template)?,
         };
@@ -169,7 +170,7 @@ impl Changes for ChangesService {
         &self,
         req: Request<pb::UpdateTasksRequest>,
     ) -> Result<Response<pb::UpdateTasksResponse>, Status> {
-        let owner = owner_of(&req, &req.get_ref().owner)?;
+        let (owner, principal) = actor_of(&req, &req.get_ref().owner)?;
         let r = req.into_inner();
         let slug = Slug::parse(&r.slug)?;
         if r.updates.is_empty() {
@@ -187,7 +188,10 @@ impl Changes for ChangesService {
         }
         let updates: Vec<(String, bool)> = r.updates.into_iter().map(|u| (u.id, u.done)).collect();
         let ws = self.state.workspace.clone();
-        let (tasks, changed) = blocking_write(move |gone| ws.update_tasks(&slug, &owner, &updates, gone)).await?;
+        let (tasks, changed) = blocking_write(move |gone| {
+            ws.update_tasks(&slug, Holder { owner: &owner, principal: &principal }, &updates, gone)
+        })
+        .await?;
         Ok(Response::new(pb::UpdateTasksResponse {
             progress: Some(convert::progress(&tasks)),
             tasks: tasks.iter().map(convert::task).collect(),
@@ -199,12 +203,15 @@ impl Changes for ChangesService {
         &self,
         req: Request<pb::ArchiveChangeRequest>,
     ) -> Result<Response<pb::ArchiveChangeResponse>, Status> {
-        let owner = owner_of(&req, &req.get_ref().owner)?;
+        let (owner, principal) = actor_of(&req, &req.get_ref().owner)?;
         let r = req.into_inner();
         let slug = Slug::parse(&r.slug)?;
         let tests = test_summary(r.tests)?;
         let ws = self.state.workspace.clone();
-        let archived = blocking_write(move |gone| ws.archive_change(&slug, &owner, tests, &mut |_| {}, gone)).await?;
+        let archived = blocking_write(move |gone| {
+            ws.archive_change(&slug, Holder { owner: &owner, principal: &principal }, tests, &mut |_| {}, gone)
+        })
+        .await?;
         Ok(Response::new(convert::archived(&archived)))
     }
 
@@ -214,7 +221,7 @@ impl Changes for ChangesService {
         &self,
         req: Request<pb::ArchiveChangeRequest>,
     ) -> Result<Response<Self::ArchiveChangeStreamStream>, Status> {
-        let owner = owner_of(&req, &req.get_ref().owner)?;
+        let (owner, principal) = actor_of(&req, &req.get_ref().owner)?;
         let r = req.into_inner();
         let slug = Slug::parse(&r.slug)?;
         let tests = test_summary(r.tests)?;
@@ -237,7 +244,13 @@ impl Changes for ChangesService {
             };
             // The client is gone when the stream's receiver is.
             let gone = || tx.is_closed();
-            let last = match ws.archive_change(&slug, &owner, tests, &mut report, &gone) {
+            let last = match ws.archive_change(
+                &slug,
+                Holder { owner: &owner, principal: &principal },
+                tests,
+                &mut report,
+                &gone,
+            ) {
                 Ok(archived) => Ok(pb::ArchiveChangeEvent { event: Some(Event::Result(convert::archived(&archived))) }),
                 Err(e) => Err(e.into_status()),
             };

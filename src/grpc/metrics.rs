@@ -783,6 +783,7 @@ mod tests {
                 Error::LockedByOtherOwner {
                     slug: "a".into(),
                     holder: "b".into(),
+                    principal: None,
                     expires_at: time::OffsetDateTime::UNIX_EPOCH,
                 }
                 .into_status()

@@ -53,13 +53,11 @@ where
     result
 }
 
-/// The owner a request acts for: the one it names, else the caller's principal.
-fn owner_of<T>(req: &Request<T>, named: &str) -> Result<Owner, Error> {
-    if !named.is_empty() {
-        return Owner::parse(named);
-    }
+/// Who a request acts as: the owner it names (else its principal's name) and its principal.
+fn actor_of<T>(req: &Request<T>, named: &str) -> Result<(Owner, Principal), Error> {
     let principal = req.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::anonymous);
-    Owner::parse(principal.as_str())
+    let owner = if named.is_empty() { Owner::parse(principal.as_str())? } else { Owner::parse(named)? };
+    Ok((owner, principal))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ fn open(root: &Path, slug: &str) -> (Slug, Owner) {
         title: Title::parse("On disk").unwrap(),
         rationale: Rationale::parse("because").unwrap(),
         owner: owner.clone(),
+        principal: Principal::anonymous(),
         ttl: Ttl::DEFAULT,
         template: TemplateKind::Feature,
     })
@@ -31,7 +32,7 @@ fn watched(root: &Path) -> (Arc<Workspace>, watch::WatchGuard, broadcast::Receiv
 }
 
 fn archive(ws: &Workspace, slug: &Slug, owner: &Owner) -> Result<Archived> {
-    ws.archive_change(slug, owner, None, &mut |_| {}, &|| false)
+    ws.archive_change(slug, Holder::anonymous(owner), None, &mut |_| {}, &|| false)
 }
 
 #[test]
@@ -138,7 +139,9 @@ fn two_processes_ticking_one_change_lose_no_tick() {
         .enumerate()
         .map(|(i, id)| {
             let (ws, slug, owner, id) = (handles[i % 2].clone(), slug.clone(), owner.clone(), id.clone());
-            std::thread::spawn(move || ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).map(|_| ()))
+            std::thread::spawn(move || {
+                ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| false).map(|_| ())
+            })
         })
         .collect();
     for thread in threads {
@@ -156,7 +159,7 @@ fn ticking_keeps_the_permissions_of_tasks_md() {
     let path = dir.path().join("changes/private/tasks.md");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     let id = checklist::parse(&fs::read_to_string(&path).unwrap()).items[0].id.clone();
-    ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).unwrap();
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| false).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
@@ -269,7 +272,7 @@ fn a_tick_right_after_open_is_ours_and_a_later_deletion_is_not() {
     let (slug, owner) = open(dir.path(), "quick");
     let tasks = dir.path().join("changes/quick/tasks.md");
     let id = checklist::parse(&fs::read_to_string(&tasks).unwrap()).items[0].id.clone();
-    ws.update_tasks(&slug, &owner, &[(id, true)], &|| false).unwrap();
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| false).unwrap();
     let seen = events_of(&mut events, "quick", SETTLE);
     assert!(!seen.iter().any(|(_, external)| *external), "nothing here was another process's: {seen:?}");
 
@@ -285,7 +288,10 @@ fn a_change_file_that_is_not_text_is_the_changes_fault_not_the_requests() {
     let (slug, owner) = open(dir.path(), "bad-utf");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
     fs::write(dir.path().join("changes/bad-utf/tasks.md"), b"- [ ] 1.1 \xff\xfe bad\n").unwrap();
-    for err in [ws.show_change(&slug).err(), ws.update_tasks(&slug, &owner, &[("1.1".into(), true)], &|| false).err()] {
+    for err in [
+        ws.show_change(&slug).err(),
+        ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).err(),
+    ] {
         let err = err.expect("refused");
         assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "tasks.md"), "{err:?}");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -323,6 +329,7 @@ fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
             title: Title::parse("By hand").unwrap(),
             rationale: Rationale::parse("because").unwrap(),
             owner: Owner::parse("alice").unwrap(),
+            principal: Principal::anonymous(),
             ttl: Ttl::DEFAULT,
             template: TemplateKind::Feature,
         })
@@ -378,13 +385,17 @@ fn a_caller_that_stopped_waiting_for_its_turn_gets_nothing_written() {
     let tick = {
         let (ws, slug, owner, gone) = (ws.clone(), slug.clone(), owner.clone(), gone.clone());
         std::thread::spawn(move || {
-            ws.update_tasks(&slug, &owner, &[(id, true)], &|| gone.load(std::sync::atomic::Ordering::Acquire))
+            ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| {
+                gone.load(std::sync::atomic::Ordering::Acquire)
+            })
         })
     };
     let archive = {
         let (ws, slug, owner, gone) = (ws.clone(), slug.clone(), owner.clone(), gone.clone());
         std::thread::spawn(move || {
-            ws.archive_change(&slug, &owner, None, &mut |_| {}, &|| gone.load(std::sync::atomic::Ordering::Acquire))
+            ws.archive_change(&slug, Holder::anonymous(&owner), None, &mut |_| {}, &|| {
+                gone.load(std::sync::atomic::Ordering::Acquire)
+            })
         })
     };
     std::thread::sleep(Duration::from_millis(100));

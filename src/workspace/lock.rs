@@ -13,15 +13,38 @@ use time::OffsetDateTime;
 
 use super::fsutil::{sync_parent, temp_sibling, write_new};
 use crate::{
+    auth::Principal,
     domain::{Owner, Ttl},
     error::{Error, Result},
 };
 
 pub const LOCK_FILE: &str = ".lock";
 
+/// Who takes or holds a lock: the owner a request names and the principal whose credential
+/// made the request. Owners are whatever clients send, so with tokens configured the principal
+/// is what keeps one client from acting under another's lock by naming its owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    pub owner: &'a Owner,
+    pub principal: &'a Principal,
+}
+
+#[cfg(test)]
+impl<'a> Holder<'a> {
+    /// `owner` named by a caller without a credential, as every caller is when no tokens are set.
+    pub fn anonymous(owner: &'a Owner) -> Self {
+        static ANONYMOUS: std::sync::LazyLock<Principal> = std::sync::LazyLock::new(Principal::anonymous);
+        Holder { owner, principal: &ANONYMOUS }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
     pub owner: String,
+    /// The principal that took the lock. Absent from locks written before it was recorded:
+    /// whoever names their owner holds those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub acquired_at: OffsetDateTime,
     pub ttl_seconds: u32,
@@ -31,9 +54,10 @@ pub struct LockRecord {
 }
 
 impl LockRecord {
-    pub fn new(owner: &Owner, ttl: Ttl, now: OffsetDateTime) -> Self {
+    pub fn new(holder: Holder<'_>, ttl: Ttl, now: OffsetDateTime) -> Self {
         LockRecord {
-            owner: owner.as_str().to_string(),
+            owner: holder.owner.as_str().to_string(),
+            principal: Some(holder.principal.as_str().to_string()),
             acquired_at: now,
             ttl_seconds: ttl.seconds(),
             nonce: uuid::Uuid::new_v4().simple().to_string(),
@@ -46,6 +70,22 @@ impl LockRecord {
 
     pub fn is_live(&self, now: OffsetDateTime) -> bool {
         now < self.expires_at()
+    }
+
+    /// Whether `holder` is the one holding this lock: the same owner, taken by the same principal.
+    pub fn is_held_by(&self, holder: Holder<'_>) -> bool {
+        self.owner == holder.owner.as_str() && self.principal.as_deref().is_none_or(|p| p == holder.principal.as_str())
+    }
+
+    /// The refusal of `holder`, who does not hold this live lock. It names the principal
+    /// when that is where the two differ, or the message would read "locked by you".
+    pub fn refuse(&self, slug: &str, holder: Holder<'_>) -> Error {
+        Error::LockedByOtherOwner {
+            slug: slug.to_string(),
+            holder: self.owner.clone(),
+            principal: self.principal.clone().filter(|p| p != holder.principal.as_str()),
+            expires_at: self.expires_at(),
+        }
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -88,16 +128,16 @@ pub fn write_initial(dir: &Path, record: &LockRecord) -> io::Result<()> {
     write_new(&dir.join(LOCK_FILE), &record.to_bytes())
 }
 
-pub fn acquire(dir: &Path, slug: &str, owner: &Owner, ttl: Ttl, now: OffsetDateTime) -> Result<Acquired> {
+pub fn acquire(dir: &Path, slug: &str, holder: Holder<'_>, ttl: Ttl, now: OffsetDateTime) -> Result<Acquired> {
     let lock_path = dir.join(LOCK_FILE);
     let io_err = |e: io::Error| Error::io("acquire lock", &lock_path, e);
     // Each turn either succeeds, fails with a conflict, or observed another
     // process change the lock under it; a few turns settle any real race.
     for _ in 0..5 {
-        let record = LockRecord::new(owner, ttl, now);
+        let record = LockRecord::new(holder, ttl, now);
         let temp = temp_sibling(&lock_path);
         write_new(&temp, &record.to_bytes()).map_err(io_err)?;
-        let outcome = try_place(&lock_path, &temp, slug, &record, now);
+        let outcome = try_place(&lock_path, &temp, slug, holder, &record, now);
         let _ = fs::remove_file(&temp);
         match outcome {
             Ok(Some(acquired)) => {
@@ -116,6 +156,7 @@ fn try_place(
     lock_path: &Path,
     temp: &Path,
     slug: &str,
+    holder: Holder<'_>,
     record: &LockRecord,
     now: OffsetDateTime,
 ) -> Result<Option<Acquired>> {
@@ -130,16 +171,12 @@ fn try_place(
         let _ = fs::remove_file(lock_path);
         return Ok(None);
     };
-    if existing.owner == record.owner {
+    if existing.is_held_by(holder) {
         fs::rename(temp, lock_path).map_err(io_err)?;
         return Ok(Some(Acquired::Refreshed(record.clone())));
     }
     if existing.is_live(now) {
-        return Err(Error::LockedByOtherOwner {
-            slug: slug.to_string(),
-            expires_at: existing.expires_at(),
-            holder: existing.owner,
-        });
+        return Err(existing.refuse(slug, holder));
     }
     // Expired: take it over, making sure we move away exactly the stale record.
     let stale_path = temp_sibling(lock_path).with_extension("stale");
@@ -186,11 +223,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = OffsetDateTime::now_utc();
         let ttl = Ttl::DEFAULT;
-        assert!(matches!(acquire(dir.path(), "s", &owner("a"), ttl, now).unwrap(), Acquired::New(_)));
+        assert!(matches!(
+            acquire(dir.path(), "s", Holder::anonymous(&owner("a")), ttl, now).unwrap(),
+            Acquired::New(_)
+        ));
         let later = now + time::Duration::seconds(10);
-        let refreshed = acquire(dir.path(), "s", &owner("a"), ttl, later).unwrap();
+        let refreshed = acquire(dir.path(), "s", Holder::anonymous(&owner("a")), ttl, later).unwrap();
         assert!(matches!(refreshed, Acquired::Refreshed(ref r) if r.acquired_at == later));
-        let err = acquire(dir.path(), "s", &owner("b"), ttl, later).unwrap_err();
+        let err = acquire(dir.path(), "s", Holder::anonymous(&owner("b")), ttl, later).unwrap_err();
         assert!(matches!(err, Error::LockedByOtherOwner { holder, .. } if holder == "a"));
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)], "no temp files left");
@@ -200,9 +240,9 @@ mod tests {
     fn expired_lock_is_taken_over_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let then = OffsetDateTime::now_utc() - time::Duration::hours(3);
-        acquire(dir.path(), "s", &owner("a"), Ttl::parse(60).unwrap(), then).unwrap();
+        acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::parse(60).unwrap(), then).unwrap();
         let now = OffsetDateTime::now_utc();
-        match acquire(dir.path(), "s", &owner("b"), Ttl::DEFAULT, now).unwrap() {
+        match acquire(dir.path(), "s", Holder::anonymous(&owner("b")), Ttl::DEFAULT, now).unwrap() {
             Acquired::TakenOver { lock, previous } => {
                 assert_eq!(lock.owner, "b");
                 assert_eq!(previous.owner, "a");
@@ -216,7 +256,38 @@ mod tests {
     fn garbage_lock_counts_as_free() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(LOCK_FILE), b"{not json").unwrap();
-        let got = acquire(dir.path(), "s", &owner("a"), Ttl::DEFAULT, OffsetDateTime::now_utc()).unwrap();
+        let got =
+            acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::DEFAULT, OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(got, Acquired::New(_)));
+    }
+
+    #[test]
+    fn another_principal_naming_the_same_owner_does_not_hold_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (agent, alice, bob) = (owner("agent"), Principal::named("alice"), Principal::named("bob"));
+        acquire(dir.path(), "s", Holder { owner: &agent, principal: &alice }, Ttl::DEFAULT, now).unwrap();
+        let err = acquire(dir.path(), "s", Holder { owner: &agent, principal: &bob }, Ttl::DEFAULT, now).unwrap_err();
+        assert!(
+            matches!(&err, Error::LockedByOtherOwner { holder, principal: Some(p), .. } if holder == "agent" && p == "alice"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("locked by \"agent\" of principal \"alice\""), "{err}");
+        let again = acquire(dir.path(), "s", Holder { owner: &agent, principal: &alice }, Ttl::DEFAULT, now).unwrap();
+        assert!(matches!(again, Acquired::Refreshed(_)));
+    }
+
+    #[test]
+    fn a_lock_that_names_no_principal_is_held_by_whoever_names_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let written_before = format!(
+            r#"{{"owner":"agent","acquired_at":"{}","ttl_seconds":3600,"nonce":"n"}}"#,
+            crate::error::fmt_time(now)
+        );
+        fs::write(dir.path().join(LOCK_FILE), written_before).unwrap();
+        let (agent, bob) = (owner("agent"), Principal::named("bob"));
+        let got = acquire(dir.path(), "s", Holder { owner: &agent, principal: &bob }, Ttl::DEFAULT, now).unwrap();
+        assert!(matches!(got, Acquired::Refreshed(ref r) if r.principal.as_deref() == Some("bob")), "{got:?}");
     }
 }

@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use crate::{
+    auth::Principal,
     domain::{
         Owner, Rationale, Slug, TemplateKind, Title, Ttl,
         checklist::{self, TaskItem},
@@ -41,6 +42,7 @@ use crate::{
     error::{Error, FindingRef, Result},
 };
 use fsutil::TextRead;
+pub use lock::Holder;
 use lock::{Acquired, LockRecord};
 
 /// Largest proposal, task list or spec file the server parses.
@@ -100,8 +102,16 @@ pub struct OpenRequest {
     pub title: Title,
     pub rationale: Rationale,
     pub owner: Owner,
+    /// Whose credential the request carries; the lock is theirs too (see [`Holder`]).
+    pub principal: Principal,
     pub ttl: Ttl,
     pub template: TemplateKind,
+}
+
+impl OpenRequest {
+    fn holder(&self) -> Holder<'_> {
+        Holder { owner: &self.owner, principal: &self.principal }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -390,7 +400,7 @@ impl Workspace {
     }
 
     fn reopen(&self, req: &OpenRequest, dir: &Path) -> Result<Opened> {
-        let acquired = lock::acquire(dir, req.slug.as_str(), &req.owner, req.ttl, now())?;
+        let acquired = lock::acquire(dir, req.slug.as_str(), req.holder(), req.ttl, now())?;
         let takeover = match &acquired {
             Acquired::TakenOver { lock, previous } => {
                 tracing::warn!(
@@ -442,7 +452,7 @@ impl Workspace {
             rationale: &req.rationale,
             date: now.date(),
         });
-        let lock = LockRecord::new(&req.owner, req.ttl, now);
+        let lock = LockRecord::new(req.holder(), req.ttl, now);
         let meta = Meta {
             opened_at: Some(now),
             opened_by: req.owner.to_string(),
@@ -778,7 +788,7 @@ impl Workspace {
     pub fn update_tasks(
         &self,
         slug: &Slug,
-        owner: &Owner,
+        holder: Holder<'_>,
         updates: &[(String, bool)],
         caller_gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
@@ -795,13 +805,9 @@ impl Workspace {
         let held = lock::read(&dir)?;
         if let Some(held) = &held
             && held.is_live(now())
-            && held.owner != owner.as_str()
+            && !held.is_held_by(holder)
         {
-            return Err(Error::LockedByOtherOwner {
-                slug: slug.to_string(),
-                holder: held.owner.clone(),
-                expires_at: held.expires_at(),
-            });
+            return Err(held.refuse(slug.as_str(), holder));
         }
         let path = dir.join("tasks.md");
         let text = read_doc_strict(&dir, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
@@ -815,7 +821,7 @@ impl Workspace {
         }
         // Holding the lock is required; a free or expired lock is taken by the caller.
         let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
-        match lock::acquire(&dir, slug.as_str(), owner, ttl, now())? {
+        match lock::acquire(&dir, slug.as_str(), holder, ttl, now())? {
             Acquired::TakenOver { lock, previous } => self.record_takeover(&dir, &previous, &lock)?,
             Acquired::New(_) | Acquired::Refreshed(_) => {}
         }
@@ -832,7 +838,7 @@ impl Workspace {
     pub fn archive_change(
         &self,
         slug: &Slug,
-        actor: &Owner,
+        actor: Holder<'_>,
         tests: Option<TestSummary>,
         progress: &mut dyn FnMut(Step),
         caller_gone: &dyn Fn() -> bool,
@@ -862,13 +868,9 @@ impl Workspace {
         };
         if let Some(held) = lock::read(&dir)?
             && held.is_live(now())
-            && held.owner != actor.as_str()
+            && !held.is_held_by(actor)
         {
-            return Err(Error::LockedByOtherOwner {
-                slug: slug.to_string(),
-                holder: held.owner.clone(),
-                expires_at: held.expires_at(),
-            });
+            return Err(held.refuse(slug.as_str(), actor));
         }
         let findings = self.validate_dir(&dir)?;
         if !validation::is_valid(&findings) {
@@ -902,7 +904,7 @@ impl Workspace {
         let receipt = Receipt {
             slug: slug.to_string(),
             archived_at,
-            actor: actor.to_string(),
+            actor: actor.owner.to_string(),
             opened_at: meta.opened_at,
             git: activity.repository,
             commits: activity.commits.into_iter().map(|(sha, subject)| CommitRef { sha, subject }).collect(),

@@ -30,6 +30,7 @@ fn request(slug: &str) -> OpenRequest {
         title: Title::parse("Fault tolerant").unwrap(),
         rationale: Rationale::parse("because").unwrap(),
         owner: Owner::parse("alice").unwrap(),
+        principal: Principal::anonymous(),
         ttl: Ttl::DEFAULT,
         template: TemplateKind::Feature,
     }
@@ -95,10 +96,10 @@ fn archive_failing_before_the_move_restores_the_change_and_can_be_retried() {
     let before = tree(dir.path());
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
-    let err = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap_err();
+    let err = ws.archive_change(&slug, Holder::anonymous(&actor), None, &mut |_| {}, &|| false).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
     assert_eq!(tree(dir.path()), before, "no receipt, no archive folder, lock still in place");
-    let archived = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
+    let archived = ws.archive_change(&slug, Holder::anonymous(&actor), None, &mut |_| {}, &|| false).unwrap();
     assert!(!archived.already_archived);
     assert!(!dir.path().join("changes/add-x").exists());
     no_temp_files(dir.path());
@@ -112,11 +113,11 @@ fn archive_failing_before_the_lock_release_is_archived_and_tidied_on_retry() {
     ws.open_change(request("add-x")).unwrap();
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
-    let first = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
+    let first = ws.archive_change(&slug, Holder::anonymous(&actor), None, &mut |_| {}, &|| false).unwrap();
     let archive_dir = dir.path().join(&first.receipt.archive_path);
     assert!(archive_dir.join("receipt.json").is_file());
     assert!(archive_dir.join(".lock").exists(), "the fault kept the lock");
-    let again = ws.archive_change(&slug, &actor, None, &mut |_| {}, &|| false).unwrap();
+    let again = ws.archive_change(&slug, Holder::anonymous(&actor), None, &mut |_| {}, &|| false).unwrap();
     assert!(again.already_archived);
     assert_eq!(again.receipt, first.receipt);
     assert!(!archive_dir.join(".lock").exists(), "retry releases the stray lock");
@@ -148,7 +149,7 @@ fn progress_reports_every_step_in_order() {
     let slug = Slug::parse("add-x").unwrap();
     ws.archive_change(
         &slug,
-        &Owner::parse("alice").unwrap(),
+        Holder::anonymous(&Owner::parse("alice").unwrap()),
         None,
         &mut |s| steps.push((s.name, s.current, s.total)),
         &|| false,
