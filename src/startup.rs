@@ -273,7 +273,7 @@ impl Application {
         set_health(&health, ServingStatus::NotServing).await;
         self.state.shutdown.cancel();
         gateway.shutdown.cancel();
-        gateway.sessions.close_all();
+        gateway.sessions.drain();
         let _ = drain_tx.send(true);
         let result = match tokio::time::timeout(self.settings.shutdown_grace(), all).await {
             Ok(result) => result.map(|_| ()),
@@ -531,7 +531,7 @@ impl GatewayApplication {
         }
         tracing::info!("draining");
         self.state.shutdown.cancel();
-        self.state.sessions.close_all();
+        self.state.sessions.drain();
         let _ = drain_tx.send(true);
         let result = match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
             Ok(result) => result,

@@ -4,7 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Auth, Server, assert_error, assert_same_tree, bounded, describe, err, ok, snapshot};
+use common::{
+    Auth, Server, assert_error, assert_same_tree, bounded, describe, err,
+    mcp::{ACCEPT_BOTH, Mcp, sse_messages},
+    ok, snapshot,
+};
+use serde_json::{Value, json};
 use task_mcp::pb::{
     ArchiveChangeRequest, ListChangesRequest, OpenChangeRequest, TaskUpdate, UpdateTasksRequest, WatchChangesRequest,
 };
@@ -61,6 +66,104 @@ async fn sigterm_with_an_open_watch_stream_drains_and_exits_zero() {
     drop(r);
     let status = server.wait_exit(SHUTDOWN_BOUND);
     let status = status.unwrap_or_else(|| panic!("still running {SHUTDOWN_BOUND:?} after SIGTERM"));
+    assert!(status.success(), "graceful shutdown must exit 0, got {status:?}\n{}", server.logs());
+}
+
+/// Reads `stream` (SSE) into `seen` until one of its messages satisfies `found`.
+async fn read_until(stream: &mut reqwest::Response, seen: &mut String, found: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        if let Some(message) = sse_messages(seen).into_iter().find(&found) {
+            return message;
+        }
+        let chunk = bounded("an SSE chunk", stream.chunk()).await.expect("the stream reads");
+        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended first: {seen}"));
+        seen.push_str(std::str::from_utf8(&chunk).expect("UTF-8 SSE"));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_answers_the_mcp_calls_in_flight_and_ends_subscriptions_with_their_result() {
+    let mut server = Server::start();
+    let mut grpc = server.changes().await;
+    let open =
+        OpenChangeRequest { title: "T".into(), slug: "draining".into(), owner: "alice".into(), ..Default::default() };
+    ok("open", bounded("OpenChange", grpc.open_change(open)).await);
+    // Holding the change folder's lock (as another server process would) keeps every tick
+    // below waiting for its turn until the drain has begun.
+    let folder = std::fs::File::open(server.workspace.join("changes/draining")).unwrap();
+    folder.lock().unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let (base, url) = (server.http_base(), server.mcp_url());
+    let tick = |token: Option<&str>| {
+        let mut params = json!({"name": "task.update",
+            "arguments": {"slug": "draining", "owner": "alice", "updates": [{"id": "1.1", "done": true}]}});
+        if let Some(token) = token {
+            params["_meta"] = json!({"progressToken": token});
+        }
+        params
+    };
+
+    // 2025-11-25 in a session: one call answered on an SSE stream, one as plain JSON.
+    let mcp = Mcp::connect(http.clone(), url.clone(), None, "2025-11-25", "drain-test").await;
+    let mut streamed =
+        mcp.post(json!({"jsonrpc": "2.0", "id": "sse", "method": "tools/call", "params": tick(Some("p"))})).await;
+    assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    let plain = tokio::spawn({
+        let mcp = Mcp::connect(http.clone(), url.clone(), None, "2025-11-25", "drain-test").await;
+        async move { mcp.post(json!({"jsonrpc": "2.0", "id": "json", "method": "tools/call", "params": tick(None)})).await }
+    });
+    // 2024-11-05: the answer travels on the session's one stream.
+    let mut legacy = http.get(format!("{base}/sse")).send().await.unwrap();
+    let mut legacy_seen = String::new();
+    let endpoint = loop {
+        if let Some(line) = legacy_seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+            break line.to_string();
+        }
+        let chunk = bounded("the endpoint event", legacy.chunk()).await.unwrap().expect("the endpoint event");
+        legacy_seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    };
+    let posted = http
+        .post(format!("{base}{endpoint}"))
+        .json(&json!({"jsonrpc": "2.0", "id": "legacy", "method": "tools/call", "params": tick(None)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    // 2026-07-28: a subscription, which the drain ends with its result.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let mut listen = http
+        .post(&url)
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(&json!({"jsonrpc": "2.0", "id": "listen", "method": "subscriptions/listen",
+            "params": {"_meta": meta, "notifications": {"resourcesListChanged": true}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listen.status(), 200);
+    let mut listen_seen = String::new();
+    read_until(&mut listen, &mut listen_seen, |m| m["method"] == "notifications/subscriptions/acknowledged").await;
+
+    server.sigterm();
+    let ended = read_until(&mut listen, &mut listen_seen, |m| m["id"] == "listen").await;
+    assert_eq!(ended["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen", "{ended}");
+    // The drain has begun (it ended the subscription); now the ticks may have their turn.
+    folder.unlock().unwrap();
+
+    let mut seen = String::new();
+    let answer = read_until(&mut streamed, &mut seen, |m| m["id"] == "sse").await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let plain = bounded("the JSON answer", plain).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let answer: Value = plain.json().await.unwrap();
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let answer = read_until(&mut legacy, &mut legacy_seen, |m| m["id"] == "legacy").await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    assert!(bounded("the legacy stream's end", legacy.chunk()).await.unwrap().is_none(), "it ends once answered");
+
+    drop((streamed, legacy, listen, mcp));
+    let status = server.wait_exit(SHUTDOWN_BOUND).unwrap_or_else(|| panic!("still running after SIGTERM"));
     assert!(status.success(), "graceful shutdown must exit 0, got {status:?}\n{}", server.logs());
 }
 

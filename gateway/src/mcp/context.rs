@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{jsonrpc, jsonrpc::RpcError, session::Session};
+use super::{jsonrpc, jsonrpc::RpcError, session::Session, sse::EventLog};
 use crate::{AppState, upstream::CallContext};
 
 pub struct RequestContext {
@@ -20,10 +20,35 @@ pub struct RequestContext {
     pub request_id: Value,
     /// `params._meta.progressToken`, when the client asked for progress.
     pub progress_token: Option<Value>,
-    /// Cancelled by `notifications/cancelled`, a closed stream (2026-07-28) or shutdown.
+    /// Cancelled by `notifications/cancelled`, a closed stream (2026-07-28) or the session's end;
+    /// not by a drain, which gives calls in flight the grace period to finish.
     pub cancel: CancellationToken,
     /// Messages on this request's own stream; None when answering with plain JSON.
-    pub outbox: Option<mpsc::Sender<Value>>,
+    pub outbox: Option<Outbox>,
+}
+
+/// Where a request's stream messages go.
+#[derive(Clone)]
+pub enum Outbox {
+    /// A stream of this request alone: its log is finished once every sender is gone
+    /// ([`super::transport::pump_into`]).
+    Channel(mpsc::Sender<Value>),
+    /// A stream the request shares (the legacy transport's one stream), written at once, so
+    /// that a message is on the stream before the request counts as done.
+    Log(Arc<EventLog>),
+}
+
+impl Outbox {
+    /// Queues `message`; an error when nobody will read it any more.
+    pub async fn send(&self, message: Value) -> Result<(), ()> {
+        match self {
+            Outbox::Channel(tx) => tx.send(message).await.map_err(|_| ()),
+            Outbox::Log(log) => {
+                log.push(&message);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl RequestContext {

@@ -14,6 +14,7 @@ use axum::{
 use serde_json::Value;
 
 use super::{
+    context::Outbox,
     dispatch,
     jsonrpc::{self, Incoming, RpcError},
     protocol,
@@ -130,6 +131,5 @@ async fn answer(
         log.push(&jsonrpc::result(&id, dispatch::initialize_result(&state, version)));
         return;
     }
-    let outbox = transport::pump_shared(log);
-    answer_in_session(state, session, principal, headers, outbox, id, method, params).await;
+    answer_in_session(state, session, principal, headers, Outbox::Log(log), id, method, params).await;
 }

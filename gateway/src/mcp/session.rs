@@ -51,11 +51,13 @@ pub struct Session {
     next_stream: AtomicU64,
     /// The standalone (GET) stream: server notifications unrelated to a request.
     pub notifications: Arc<EventLog>,
-    /// Cancelled when the session ends (DELETE, idle expiry, shutdown).
+    /// Cancelled when the session ends (DELETE, idle expiry, its legacy stream closed).
     pub closed: CancellationToken,
     event_capacity: usize,
     /// Whether the upstream change feed ([`super::dispatch::ensure_watch`]) is running.
     pub watching: std::sync::atomic::AtomicBool,
+    /// Set by [`Session::drain`]; read and written under the `in_flight` lock.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -77,6 +79,7 @@ impl Session {
             closed: CancellationToken::new(),
             event_capacity,
             watching: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -104,6 +107,17 @@ impl Session {
     fn end(&self) {
         self.closed.cancel();
         self.notifications.finish();
+    }
+
+    /// The server drains: the standalone stream ends once no request of the session is in
+    /// flight (a legacy session's answers travel on it), and the requests in flight are not
+    /// cancelled: they have the grace period to finish and be answered.
+    fn drain(&self) {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        self.draining.store(true, Ordering::Release);
+        if in_flight.is_empty() {
+            self.notifications.finish_for_drain();
+        }
     }
 
     /// Idle: nothing heard within `timeout`, and no client reading the standalone stream (a
@@ -208,7 +222,7 @@ pub struct SessionStore {
     event_capacity: usize,
     streams: AtomicUsize,
     max_streams: usize,
-    /// Set by `close_all` (drain): no new stream opens afterwards.
+    /// Set by `drain`: no new stream opens afterwards.
     closing: std::sync::atomic::AtomicBool,
 }
 
@@ -284,17 +298,17 @@ impl SessionStore {
         before - sessions.len()
     }
 
-    /// Closes every session (shutdown); streams are refused from now on.
-    pub fn close_all(&self) {
+    /// The server drains: no stream opens from now on, and every session's standalone
+    /// stream ends once its requests in flight are answered ([`Session::drain`]).
+    pub fn drain(&self) {
         self.closing.store(true, Ordering::Release);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for s in sessions.values() {
-            s.end();
+            s.drain();
         }
-        sessions.clear();
     }
 
-    /// Whether `close_all` ran (the server is draining).
+    /// Whether `drain` ran.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
@@ -350,7 +364,13 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.session.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        let mut in_flight = self.session.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(&self.key);
+        // The answer was written before the guard dropped (see `Outbox::Log`), so a draining
+        // legacy stream ends after it, not before.
+        if in_flight.is_empty() && self.session.draining.load(Ordering::Acquire) {
+            self.session.notifications.finish_for_drain();
+        }
     }
 }
 
@@ -439,5 +459,20 @@ mod tests {
         assert!(!a.logs_at("info"));
         assert!(a.logs_at("error"));
         assert!(!a.set_log_level("loud"));
+    }
+
+    #[test]
+    fn a_drain_ends_the_standalone_stream_after_the_requests_in_flight_and_cancels_none() {
+        let s = store(2);
+        let busy = s.create("alice", Endpoint::Legacy, "2024-11-05").unwrap();
+        let idle = s.create("alice", Endpoint::Streamable, "2025-11-25").unwrap();
+        let call = busy.start_request(&serde_json::json!(7));
+        s.drain();
+        assert!(idle.notifications.is_finished(), "nothing in flight: its stream ends now");
+        assert!(!busy.notifications.is_finished(), "its answer is still to come on this stream");
+        assert!(!call.cancel.is_cancelled(), "the call has the grace period to finish");
+        assert!(s.open_stream().is_none(), "no stream opens while draining");
+        drop(call);
+        assert!(busy.notifications.is_finished(), "answered: the stream ends");
     }
 }

@@ -20,7 +20,6 @@ use std::{
 use axum::body::Body;
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CloseReason, MessageType, StreamRecorder};
 
@@ -30,6 +29,8 @@ pub struct EventLog {
     inner: Mutex<LogInner>,
     changed: Notify,
     finished: AtomicBool,
+    /// Finished because the server drains, not because its producer was done.
+    drained: AtomicBool,
     /// The claim of the HTTP response reading this log now; 0 when none.
     reader: AtomicU64,
     next_reader: AtomicU64,
@@ -52,6 +53,7 @@ impl EventLog {
             inner: Mutex::new(LogInner { next_seq: 1, events: VecDeque::new() }),
             changed: Notify::new(),
             finished: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             reader: AtomicU64::new(0),
             next_reader: AtomicU64::new(1),
             delivered: AtomicU64::new(0),
@@ -78,6 +80,13 @@ impl EventLog {
     pub fn finish(&self) {
         self.finished.store(true, Ordering::Release);
         self.changed.notify_waiters();
+    }
+
+    /// Finishes a log that would otherwise go on (a session's standalone stream, a
+    /// subscription) because the server drains; its readers close as `shutdown`.
+    pub fn finish_for_drain(&self) {
+        self.drained.store(true, Ordering::Release);
+        self.finish();
     }
 
     pub fn is_finished(&self) -> bool {
@@ -182,16 +191,13 @@ impl Drop for Attachment {
 ///
 /// `recorder` counts what is written (the legacy `endpoint` event and the
 /// priming event as `priming`, keep-alives as `ping`, log events by kind) and
-/// why the stream ended: `completed` when the log is finished, `shutdown` on
-/// drain, `client_closed` when the body is dropped first or the client
-/// resumed the stream on another connection.
-pub fn body(
-    attachment: Attachment,
-    cursor: u64,
-    options: SseOptions,
-    shutdown: CancellationToken,
-    recorder: StreamRecorder,
-) -> Body {
+/// why the stream ended: `completed` when the log is finished, `shutdown` when
+/// it was finished for the drain, `client_closed` when the body is dropped first
+/// or the client resumed the stream on another connection.
+///
+/// A stream ends only when its log does, drain or not: a request's stream then
+/// carries the answer of a call that finishes within the grace period.
+pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, recorder: StreamRecorder) -> Body {
     let stream = async_stream::stream! {
         let attachment = attachment;
         let mut recorder = recorder;
@@ -227,7 +233,8 @@ pub fn body(
             let batch = log.after(cursor);
             if batch.is_empty() {
                 if log.is_finished() {
-                    recorder.close(CloseReason::Completed);
+                    let drained = log.drained.load(Ordering::Acquire);
+                    recorder.close(if drained { CloseReason::Shutdown } else { CloseReason::Completed });
                     break;
                 }
                 tokio::select! {
@@ -237,10 +244,6 @@ pub fn body(
                         recorder.sent(MessageType::Ping, 1, KEEPALIVE.len());
                         yield Ok(Bytes::from_static(KEEPALIVE));
                         continue;
-                    }
-                    () = shutdown.cancelled() => {
-                        recorder.close(CloseReason::Shutdown);
-                        break;
                     }
                 }
             }
@@ -306,8 +309,7 @@ mod tests {
     async fn read_to_end(reader: Reader, cursor: u64, options: SseOptions) -> String {
         use crate::metrics::{GatewayMetrics, StreamType, Transport};
         let recorder = GatewayMetrics::noop().open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-        let body =
-            super::body(Attachment::new(reader, Box::new(|| {})), cursor, options, CancellationToken::new(), recorder);
+        let body = super::body(Attachment::new(reader, Box::new(|| {})), cursor, options, recorder);
         String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
@@ -320,13 +322,7 @@ mod tests {
         let first = log.claim_if_free().expect("nobody reads a new log");
         assert!(log.claim_if_free().is_none(), "a second plain reader is refused while one reads");
         let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-        let mut old = super::body(
-            Attachment::new(first, Box::new(|| {})),
-            0,
-            quiet_options(),
-            CancellationToken::new(),
-            recorder,
-        );
+        let mut old = super::body(Attachment::new(first, Box::new(|| {})), 0, quiet_options(), recorder);
         log.push(&json!({"n": 1}));
         let frame = old.frame().await.expect("the first event").unwrap().into_data().unwrap();
         assert!(std::str::from_utf8(&frame).unwrap().starts_with("id: 5-1\n"));
@@ -341,13 +337,7 @@ mod tests {
 
         log.finish();
         let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-        let new = super::body(
-            Attachment::new(resumed, Box::new(|| {})),
-            1,
-            quiet_options(),
-            CancellationToken::new(),
-            recorder,
-        );
+        let new = super::body(Attachment::new(resumed, Box::new(|| {})), 1, quiet_options(), recorder);
         let text = String::from_utf8(new.collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert_eq!(text, "id: 5-2\nevent: message\ndata: {\"n\":2}\n\n");
         assert!(log.claim_if_free().is_some(), "the log is free once its reader ended");
@@ -377,8 +367,7 @@ mod tests {
         log.finish();
         let opts = SseOptions { prime: true, ..quiet_options() };
         let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-        let body =
-            super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, opts, CancellationToken::new(), recorder);
+        let body = super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, opts, recorder);
         let bytes = body.collect().await.unwrap().to_bytes();
         let kind = |k: &str| {
             let labels = ["transport=mcp".to_string(), "stream.type=sse".into(), format!("message.type={k}")];
@@ -390,5 +379,21 @@ mod tests {
         assert_eq!(t.value("streaming.active_connections", &base), Some(0.0));
         let done = ["transport=mcp", "stream.type=sse", "close.reason=completed"];
         assert_eq!(t.value("streaming.connection.duration", &done), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn a_log_finished_for_the_drain_closes_its_stream_as_shutdown() {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport, testing::TestMeter};
+        let t = TestMeter::new();
+        let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 4));
+        let log = EventLog::new(0, 16);
+        log.push(&json!({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}));
+        log.finish_for_drain();
+        let recorder = metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let body = super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, quiet_options(), recorder);
+        let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(text.contains("list_changed"), "what was queued is sent first: {text}");
+        let drained = ["transport=mcp", "stream.type=sse", "close.reason=shutdown"];
+        assert_eq!(t.value("streaming.connection.duration", &drained), Some(1.0));
     }
 }

@@ -197,7 +197,8 @@ fn stream(
     let log = EventLog::new(1, state.config.event_store_capacity);
     let reader = log.claim();
     let outbox = transport::pump_into(log.clone());
-    let cancel = state.shutdown.child_token();
+    // Cancelled when the client closes the stream; a drain lets the call finish.
+    let cancel = CancellationToken::new();
     let task_cancel = cancel.clone();
     let task_state = state.clone();
     tokio::spawn(async move {
@@ -261,7 +262,7 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
         let mut events = task_state.upstream.watch(call);
         loop {
             let event = tokio::select! {
-                () = task_cancel.cancelled() => break,
+                () = task_cancel.cancelled() => None,
                 event = events.next() => event,
             };
             let Some(Ok(event)) = event else { break };
@@ -277,7 +278,16 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
                 task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({"_meta": tag})));
             }
         }
-        task_log.finish();
+        // The subscription's result ends it gracefully: the client closed it, or the server
+        // drains (the service's feed ends then too) and the client should listen elsewhere.
+        // A feed that failed while both go on is an error.
+        let draining = task_state.shutdown.is_cancelled();
+        if draining || task_cancel.is_cancelled() {
+            task_log.push(&jsonrpc::result(&id, json!({"_meta": tag})));
+        } else {
+            task_log.push(&jsonrpc::error(Some(&id), &RpcError::new(jsonrpc::INTERNAL_ERROR, "the change feed ended")));
+        }
+        if draining { task_log.finish_for_drain() } else { task_log.finish() }
     });
     let options = SseOptions {
         prime: false,

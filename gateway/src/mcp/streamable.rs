@@ -12,6 +12,7 @@ use axum::{
 use serde_json::Value;
 
 use super::{
+    context::Outbox,
     dispatch,
     jsonrpc::{self, Incoming, RpcError},
     protocol,
@@ -231,7 +232,7 @@ pub(super) async fn answer_in_session(
     session: Arc<Session>,
     principal: String,
     headers: HeaderMap,
-    outbox: tokio::sync::mpsc::Sender<Value>,
+    outbox: Outbox,
     id: Value,
     method: String,
     params: Value,

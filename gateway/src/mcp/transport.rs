@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    context::RequestContext,
+    context::{Outbox, RequestContext},
     jsonrpc::{self, RpcError},
     session::{Session, StreamSlot},
     sse::{self, Attachment, EventLog, Reader, SseOptions},
@@ -108,7 +108,7 @@ pub struct ContextParts<'a> {
     pub id: Value,
     pub params: &'a Value,
     pub cancel: CancellationToken,
-    pub outbox: Option<mpsc::Sender<Value>>,
+    pub outbox: Option<Outbox>,
 }
 
 pub fn context(parts: ContextParts<'_>) -> RequestContext {
@@ -149,27 +149,15 @@ pub async fn respond_on_stream(
 
 /// Copies a handler's stream messages into an event log; when every sender is
 /// gone (the handler is done) the log is finished, so readers end after draining.
-pub fn pump_into(log: Arc<EventLog>) -> mpsc::Sender<Value> {
-    pump(log, true)
-}
-
-/// Like `pump_into`, for a log that outlives the request (the legacy transport's
-/// one stream): it is not finished when the handler is done.
-pub fn pump_shared(log: Arc<EventLog>) -> mpsc::Sender<Value> {
-    pump(log, false)
-}
-
-fn pump(log: Arc<EventLog>, finish: bool) -> mpsc::Sender<Value> {
+pub fn pump_into(log: Arc<EventLog>) -> Outbox {
     let (tx, mut rx) = mpsc::channel::<Value>(64);
     tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
             log.push(&message);
         }
-        if finish {
-            log.finish();
-        }
+        log.finish();
     });
-    tx
+    Outbox::Channel(tx)
 }
 
 /// An SSE response that reads the log `reader` holds, after `cursor`.
@@ -194,7 +182,7 @@ pub fn sse_response(
     // Every SSE response of the MCP transports is an `mcp` stream; the
     // request arrived moments ago (handlers answer SSE without awaiting).
     let recorder = state.metrics.open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
-    let body = sse::body(attachment, cursor, options, state.shutdown.clone(), recorder);
+    let body = sse::body(attachment, cursor, options, recorder);
     let mut response = Response::new(Body::new(body));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
