@@ -669,3 +669,62 @@ async fn a_client_that_subscribed_to_nothing_hears_list_changed_on_its_stream_in
     let mut seen = String::new();
     assert!(hears_list_changed(&mut legacy, &mut opener, &mut seen).await, "no list_changed on GET /sse: {seen}");
 }
+
+/// A 2026-07-28 (stateless) request to `/mcp`: version and capabilities in `_meta` and the
+/// version header; the caller adds the `Mcp-*` headers under test.
+fn stateless(server: &Server, method: &str, mut params: Value) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    client()
+        .post(format!("{}/mcp", base(server)))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-protocol-version", "2026-07-28")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+}
+
+/// The HTTP status and JSON body of a request.
+async fn answer(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("the request is answered");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+#[tokio::test]
+async fn a_routing_header_sent_twice_or_a_base64_method_is_a_header_mismatch() {
+    let server = Server::builder().arg("--conformance-fixtures").start();
+    let call = || {
+        stateless(&server, "tools/call", json!({"name": "test_custom_headers", "arguments": {"region": "us-west"}}))
+            .header("mcp-method", "tools/call")
+    };
+    let (status, body) =
+        answer(call().header("mcp-name", "test_custom_headers").header("mcp-param-region", "us-west")).await;
+    assert_eq!((status, &body["result"]["content"][0]["text"]), (200, &json!("Region: us-west")), "the call: {body}");
+    // The Base64 form is allowed for Mcp-Name and Mcp-Param-*.
+    let encoded = call()
+        .header("mcp-name", "=?base64?dGVzdF9jdXN0b21faGVhZGVycw==?=")
+        .header("mcp-param-region", "=?base64?dXMtd2VzdA==?=");
+    let (status, body) = answer(encoded).await;
+    assert_eq!(status, 200, "Base64 Mcp-Name and Mcp-Param-Region: {body}");
+
+    let well_formed = || call().header("mcp-name", "test_custom_headers").header("mcp-param-region", "us-west");
+    let cases = [
+        ("Mcp-Method twice", well_formed().header("mcp-method", "tools/list")),
+        ("Mcp-Name twice", well_formed().header("mcp-name", "test_missing_capability")),
+        ("Mcp-Param-Region twice", well_formed().header("mcp-param-region", "eu-central")),
+        (
+            "Mcp-Method in Base64",
+            stateless(&server, "tools/list", json!({})).header("mcp-method", "=?base64?dG9vbHMvbGlzdA==?="),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, req) in cases {
+        let (status, body) = answer(req).await;
+        if status != 400 || body["error"]["code"] != -32020 {
+            failures.push(format!("{name}: {status} {:.300}", body.to_string()));
+        }
+    }
+    assert!(failures.is_empty(), "want 400 with HeaderMismatch (-32020):\n{}", failures.join("\n"));
+}
