@@ -684,6 +684,20 @@ fn stateless(server: &Server, method: &str, mut params: Value) -> reqwest::Reque
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
 }
 
+/// A legacy (2024-11-05) session: its stream, which the session lives as long as, and the
+/// POST endpoint its `endpoint` event names.
+async fn legacy_session(server: &Server) -> (reqwest::Response, String) {
+    let mut sse = client().get(format!("{}/sse", base(server))).send().await.expect("GET /sse");
+    let mut seen = String::new();
+    loop {
+        seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
+        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+            let endpoint = line.to_string();
+            return (sse, endpoint);
+        }
+    }
+}
+
 /// The HTTP status and JSON body of a request.
 async fn answer(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.expect("the request is answered");
@@ -727,4 +741,29 @@ async fn a_routing_header_sent_twice_or_a_base64_method_is_a_header_mismatch() {
         }
     }
     assert!(failures.is_empty(), "want 400 with HeaderMismatch (-32020):\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_cap_is_413_with_a_json_rpc_error_on_mcp_and_messages() {
+    let server = Server::start();
+    let (_sse, endpoint) = legacy_session(&server).await;
+    // One byte over the default --max-body-bytes, sent without a Content-Length.
+    let over_cap = || {
+        let chunks = (0..16).map(|_| vec![b' '; 64 * 1024]).chain([vec![b' ']]);
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+    };
+    for path in ["/mcp".to_string(), endpoint] {
+        let req = client()
+            .post(format!("{}{path}", base(&server)))
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .body(over_cap());
+        let (status, body) = answer(req).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        // The refusal an over-cap Content-Length gets.
+        assert_eq!(body["jsonrpc"], "2.0", "{path}: {body}");
+        assert_eq!(body["error"]["code"], -32000, "{path}: {body}");
+        assert_eq!(body["error"]["data"]["reason"], "BODY_TOO_LARGE", "{path}: {body}");
+        assert_eq!(body["error"]["message"], "request body exceeds 1048576 bytes", "{path}: {body}");
+    }
 }

@@ -42,7 +42,9 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response {
 pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection) -> Response {
     use crate::security::BodyFault;
     match BodyFault::of(rejection) {
-        BodyFault::TooLarge => transport_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+        // Bare: the body cap layer, which knows the cap, gives it the refusal an over-cap
+        // Content-Length gets, so both ways of sending too much are answered alike.
+        BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
         BodyFault::TimedOut => {
             transport_error(StatusCode::REQUEST_TIMEOUT, &format!("Request Timeout: {}", rejection.body_text()))
         }
