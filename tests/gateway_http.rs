@@ -767,3 +767,16 @@ async fn a_chunked_body_over_the_cap_is_413_with_a_json_rpc_error_on_mcp_and_mes
         assert_eq!(body["error"]["message"], "request body exceeds 1048576 bytes", "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn server_discover_carries_the_cache_hints_of_the_other_cacheable_results() {
+    let server = Server::start();
+    let (status, discover) =
+        answer(stateless(&server, "server/discover", json!({})).header("mcp-method", "server/discover")).await;
+    assert_eq!(status, 200, "{discover}");
+    let (_, tools) = answer(stateless(&server, "tools/list", json!({})).header("mcp-method", "tools/list")).await;
+    for field in ["ttlMs", "cacheScope", "resultType"] {
+        assert!(!discover["result"][field].is_null(), "server/discover lacks {field}: {discover}");
+        assert_eq!(discover["result"][field], tools["result"][field], "{field} as tools/list has it");
+    }
+}

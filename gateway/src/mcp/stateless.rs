@@ -139,7 +139,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
         return mismatch(Some(&id), message);
     }
     match method.as_str() {
-        "server/discover" => transport::json_response(&jsonrpc::result(&id, discover(&state))),
+        "server/discover" => transport::json_response(&jsonrpc::result(&id, decorate(&method, discover(&state)))),
         "subscriptions/listen" => listen(state, headers, id, params),
         "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => rpc_error(
             StatusCode::NOT_FOUND,
@@ -175,12 +175,13 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
     }
 }
 
-/// Modern results say they are complete; list and read results carry cache hints.
+/// Modern results say they are complete; the results the spec names cacheable (lists, reads
+/// and discovery) carry cache hints.
 fn decorate(method: &str, mut result: Value) -> Value {
     if result.get("resultType").is_none() {
         result["resultType"] = json!("complete");
     }
-    if method.ends_with("/list") || method == "resources/read" {
+    if method.ends_with("/list") || method == "resources/read" || method == "server/discover" {
         result["ttlMs"] = json!(CACHE_TTL_MS);
         result["cacheScope"] = json!("private");
     }
@@ -193,7 +194,6 @@ fn discover(state: &AppState) -> Value {
         "capabilities": dispatch::capabilities(),
         "serverInfo": dispatch::server_info(state),
         "instructions": dispatch::INSTRUCTIONS,
-        "resultType": "complete",
         "_meta": {"io.modelcontextprotocol/serverInfo": dispatch::server_info(state)},
     })
 }
