@@ -780,3 +780,39 @@ async fn server_discover_carries_the_cache_hints_of_the_other_cacheable_results(
         assert_eq!(discover["result"][field], tools["result"][field], "{field} as tools/list has it");
     }
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_whatever_its_case_over_http_and_grpc() {
+    let server = Server::builder().auth_token("s3cret").start();
+    for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+        let credential = format!("{scheme} s3cret");
+        // REST goes through the gateway's check, then the service's with the forwarded header.
+        let (status, body) = answer(
+            client()
+                .post(format!("{}/v1/tools/change.list", base(&server)))
+                .header("authorization", &credential)
+                .json(&json!({})),
+        )
+        .await;
+        assert_eq!(status, 200, "REST with {credential:?}: {body}");
+        let mcp = stateless(&server, "tools/call", json!({"name": "change.list", "arguments": {}}))
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "change.list")
+            .header("authorization", &credential);
+        let (status, body) = answer(mcp).await;
+        assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "MCP with {credential:?}: {body}");
+        let mut req = tonic::Request::new(task_mcp::pb::ListChangesRequest::default());
+        req.metadata_mut().insert("authorization", credential.parse().expect("ASCII metadata"));
+        let mut grpc = server.changes_with(common::Auth::none()).await;
+        let listed = common::bounded("ListChanges", grpc.list_changes(req)).await;
+        assert!(listed.is_ok(), "gRPC with {credential:?}: {listed:?}");
+    }
+    let (status, _) = answer(
+        client()
+            .post(format!("{}/v1/tools/change.list", base(&server)))
+            .header("authorization", "Basic s3cret")
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 401, "another scheme is refused");
+}
