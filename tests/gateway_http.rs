@@ -816,3 +816,45 @@ async fn the_bearer_scheme_is_matched_whatever_its_case_over_http_and_grpc() {
     .await;
     assert_eq!(status, 401, "another scheme is refused");
 }
+
+#[tokio::test]
+async fn grpc_timeout_bounds_an_mcp_call_and_a_malformed_one_is_refused() {
+    let server = Server::start();
+    let open = |slug: &str, timeout: &str| {
+        stateless(&server, "tools/call", json!({"name": "change.open", "arguments": {"title": "T", "slug": slug}}))
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "change.open")
+            .header("grpc-timeout", timeout)
+    };
+    let (status, body) = answer(open("within-time", "30S")).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "a generous deadline: {body}");
+    let (status, body) = answer(open("past-deadline", "1n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["isError"], true, "a deadline that passes is a tool error: {body}");
+    let text = body["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("DEADLINE_EXCEEDED"), "{body}");
+
+    // The same in a session.
+    let mcp = connect(&server, "2025-11-25").await;
+    let req = mcp
+        .http
+        .post(&mcp.url)
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &mcp.session)
+        .header("grpc-timeout", "1n")
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "change.open", "arguments": {"title": "T", "slug": "past-deadline-too"}}}));
+    let (status, body) = answer(req).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(true)), "in a session: {body}");
+
+    // A value that is no deadline is refused, not ignored, on both MCP transports.
+    let (status, body) = answer(open("malformed", "soon")).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "{body}");
+    let (_sse, endpoint) = legacy_session(&server).await;
+    let req = client()
+        .post(format!("{}{endpoint}", base(&server)))
+        .header("grpc-timeout", "5X")
+        .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}));
+    let (status, body) = answer(req).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "/messages: {body}");
+}
