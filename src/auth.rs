@@ -90,7 +90,12 @@ impl Tokens {
         if self.0.is_empty() {
             return Some(Principal::anonymous());
         }
-        let token = header?.strip_prefix("Bearer ").or_else(|| header?.strip_prefix("bearer "))?.trim();
+        // RFC 9110 §11.1: the scheme name is case-insensitive (`BEARER`, `bearer`, `Bearer`).
+        let (scheme, token) = header?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let token = token.trim();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every entry without an early exit, so timing does not
         // reveal which (or whether an earlier) entry matched.
@@ -120,7 +125,17 @@ mod tests {
         assert!(p.as_str().starts_with("token-") && !p.as_str().contains("plain"));
         assert!(t.authenticate(Some("Bearer nope")).is_none());
         assert!(t.authenticate(Some("s3cret-alice")).is_none(), "scheme is required");
+        assert!(t.authenticate(Some("Basic s3cret-alice")).is_none(), "another scheme is no bearer token");
+        assert!(t.authenticate(Some("Bearers3cret-alice")).is_none());
         assert!(t.authenticate(None).is_none());
+    }
+
+    #[test]
+    fn the_scheme_name_is_case_insensitive() {
+        let t = Tokens::from_config(&["alice=s3cret-alice".into()], None).unwrap();
+        for header in ["Bearer s3cret-alice", "bearer s3cret-alice", "BEARER s3cret-alice", "BeArEr s3cret-alice"] {
+            assert_eq!(t.authenticate(Some(header)).map(|p| p.0), Some("alice".to_string()), "{header}");
+        }
     }
 
     #[test]

@@ -669,3 +669,192 @@ async fn a_client_that_subscribed_to_nothing_hears_list_changed_on_its_stream_in
     let mut seen = String::new();
     assert!(hears_list_changed(&mut legacy, &mut opener, &mut seen).await, "no list_changed on GET /sse: {seen}");
 }
+
+/// A 2026-07-28 (stateless) request to `/mcp`: version and capabilities in `_meta` and the
+/// version header; the caller adds the `Mcp-*` headers under test.
+fn stateless(server: &Server, method: &str, mut params: Value) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    client()
+        .post(format!("{}/mcp", base(server)))
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-protocol-version", "2026-07-28")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+}
+
+/// A legacy (2024-11-05) session: its stream, which the session lives as long as, and the
+/// POST endpoint its `endpoint` event names.
+async fn legacy_session(server: &Server) -> (reqwest::Response, String) {
+    let mut sse = client().get(format!("{}/sse", base(server))).send().await.expect("GET /sse");
+    let mut seen = String::new();
+    loop {
+        seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
+        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+            let endpoint = line.to_string();
+            return (sse, endpoint);
+        }
+    }
+}
+
+/// The HTTP status and JSON body of a request.
+async fn answer(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("the request is answered");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+#[tokio::test]
+async fn a_routing_header_sent_twice_or_a_base64_method_is_a_header_mismatch() {
+    let server = Server::builder().arg("--conformance-fixtures").start();
+    let call = || {
+        stateless(&server, "tools/call", json!({"name": "test_custom_headers", "arguments": {"region": "us-west"}}))
+            .header("mcp-method", "tools/call")
+    };
+    let (status, body) =
+        answer(call().header("mcp-name", "test_custom_headers").header("mcp-param-region", "us-west")).await;
+    assert_eq!((status, &body["result"]["content"][0]["text"]), (200, &json!("Region: us-west")), "the call: {body}");
+    // The Base64 form is allowed for Mcp-Name and Mcp-Param-*.
+    let encoded = call()
+        .header("mcp-name", "=?base64?dGVzdF9jdXN0b21faGVhZGVycw==?=")
+        .header("mcp-param-region", "=?base64?dXMtd2VzdA==?=");
+    let (status, body) = answer(encoded).await;
+    assert_eq!(status, 200, "Base64 Mcp-Name and Mcp-Param-Region: {body}");
+
+    let well_formed = || call().header("mcp-name", "test_custom_headers").header("mcp-param-region", "us-west");
+    let cases = [
+        ("Mcp-Method twice", well_formed().header("mcp-method", "tools/list")),
+        ("Mcp-Name twice", well_formed().header("mcp-name", "test_missing_capability")),
+        ("Mcp-Param-Region twice", well_formed().header("mcp-param-region", "eu-central")),
+        (
+            "Mcp-Method in Base64",
+            stateless(&server, "tools/list", json!({})).header("mcp-method", "=?base64?dG9vbHMvbGlzdA==?="),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, req) in cases {
+        let (status, body) = answer(req).await;
+        if status != 400 || body["error"]["code"] != -32020 {
+            failures.push(format!("{name}: {status} {:.300}", body.to_string()));
+        }
+    }
+    assert!(failures.is_empty(), "want 400 with HeaderMismatch (-32020):\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_cap_is_413_with_a_json_rpc_error_on_mcp_and_messages() {
+    let server = Server::start();
+    let (_sse, endpoint) = legacy_session(&server).await;
+    // One byte over the default --max-body-bytes, sent without a Content-Length.
+    let over_cap = || {
+        let chunks = (0..16).map(|_| vec![b' '; 64 * 1024]).chain([vec![b' ']]);
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+    };
+    for path in ["/mcp".to_string(), endpoint] {
+        let req = client()
+            .post(format!("{}{path}", base(&server)))
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .body(over_cap());
+        let (status, body) = answer(req).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        // The refusal an over-cap Content-Length gets.
+        assert_eq!(body["jsonrpc"], "2.0", "{path}: {body}");
+        assert_eq!(body["error"]["code"], -32000, "{path}: {body}");
+        assert_eq!(body["error"]["data"]["reason"], "BODY_TOO_LARGE", "{path}: {body}");
+        assert_eq!(body["error"]["message"], "request body exceeds 1048576 bytes", "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn server_discover_carries_the_cache_hints_of_the_other_cacheable_results() {
+    let server = Server::start();
+    let (status, discover) =
+        answer(stateless(&server, "server/discover", json!({})).header("mcp-method", "server/discover")).await;
+    assert_eq!(status, 200, "{discover}");
+    let (_, tools) = answer(stateless(&server, "tools/list", json!({})).header("mcp-method", "tools/list")).await;
+    for field in ["ttlMs", "cacheScope", "resultType"] {
+        assert!(!discover["result"][field].is_null(), "server/discover lacks {field}: {discover}");
+        assert_eq!(discover["result"][field], tools["result"][field], "{field} as tools/list has it");
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_whatever_its_case_over_http_and_grpc() {
+    let server = Server::builder().auth_token("s3cret").start();
+    for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+        let credential = format!("{scheme} s3cret");
+        // REST goes through the gateway's check, then the service's with the forwarded header.
+        let (status, body) = answer(
+            client()
+                .post(format!("{}/v1/tools/change.list", base(&server)))
+                .header("authorization", &credential)
+                .json(&json!({})),
+        )
+        .await;
+        assert_eq!(status, 200, "REST with {credential:?}: {body}");
+        let mcp = stateless(&server, "tools/call", json!({"name": "change.list", "arguments": {}}))
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "change.list")
+            .header("authorization", &credential);
+        let (status, body) = answer(mcp).await;
+        assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "MCP with {credential:?}: {body}");
+        let mut req = tonic::Request::new(task_mcp::pb::ListChangesRequest::default());
+        req.metadata_mut().insert("authorization", credential.parse().expect("ASCII metadata"));
+        let mut grpc = server.changes_with(common::Auth::none()).await;
+        let listed = common::bounded("ListChanges", grpc.list_changes(req)).await;
+        assert!(listed.is_ok(), "gRPC with {credential:?}: {listed:?}");
+    }
+    let (status, _) = answer(
+        client()
+            .post(format!("{}/v1/tools/change.list", base(&server)))
+            .header("authorization", "Basic s3cret")
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 401, "another scheme is refused");
+}
+
+#[tokio::test]
+async fn grpc_timeout_bounds_an_mcp_call_and_a_malformed_one_is_refused() {
+    let server = Server::start();
+    let open = |slug: &str, timeout: &str| {
+        stateless(&server, "tools/call", json!({"name": "change.open", "arguments": {"title": "T", "slug": slug}}))
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "change.open")
+            .header("grpc-timeout", timeout)
+    };
+    let (status, body) = answer(open("within-time", "30S")).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "a generous deadline: {body}");
+    let (status, body) = answer(open("past-deadline", "1n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["isError"], true, "a deadline that passes is a tool error: {body}");
+    let text = body["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("DEADLINE_EXCEEDED"), "{body}");
+
+    // The same in a session.
+    let mcp = connect(&server, "2025-11-25").await;
+    let req = mcp
+        .http
+        .post(&mcp.url)
+        .header("accept", ACCEPT_BOTH)
+        .header("mcp-session-id", &mcp.session)
+        .header("grpc-timeout", "1n")
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "change.open", "arguments": {"title": "T", "slug": "past-deadline-too"}}}));
+    let (status, body) = answer(req).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(true)), "in a session: {body}");
+
+    // A value that is no deadline is refused, not ignored, on both MCP transports.
+    let (status, body) = answer(open("malformed", "soon")).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "{body}");
+    let (_sse, endpoint) = legacy_session(&server).await;
+    let req = client()
+        .post(format!("{}{endpoint}", base(&server)))
+        .header("grpc-timeout", "5X")
+        .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}));
+    let (status, body) = answer(req).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "/messages: {body}");
+}

@@ -16,3 +16,5 @@ pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C trace context.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// gRPC's deadline, which MCP requests set as REST ones do.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");

@@ -663,7 +663,10 @@ impl BodyFault {
     pub fn of(err: &(dyn std::error::Error + 'static)) -> Self {
         let mut cur = Some(err);
         while let Some(e) = cur {
-            if e.is::<http_body_util::LengthLimitError>() {
+            // axum's body extractors (`Bytes`, `String`, `Json`) keep the error boxed twice:
+            // the `Box<LengthLimitError>` they downcast to is itself the error in the chain, and
+            // a `Box`'s `source()` skips what it holds.
+            if e.is::<http_body_util::LengthLimitError>() || e.is::<Box<http_body_util::LengthLimitError>>() {
                 return BodyFault::TooLarge;
             }
             if e.is::<BodyTimedOut>() {
@@ -1231,6 +1234,17 @@ mod tests {
             }
         }
         assert_eq!(s.snapshot().rejections.payload_too_large, 2);
+    }
+
+    #[tokio::test]
+    async fn an_extractor_refusing_a_body_over_the_cap_is_a_body_too_large() {
+        use axum::extract::FromRequest;
+        let chunks =
+            futures_util::stream::iter(["12", "34", "56"].map(|c| Ok::<_, std::convert::Infallible>(Bytes::from(c))));
+        let capped = http_body_util::Limited::new(Body::from_stream(chunks), 4);
+        let body = Body::new(PacedBody::new(capped, BODY_READ_TIMEOUT));
+        let rejection = Bytes::from_request(Request::new(body), &()).await.expect_err("the body is over the cap");
+        assert_eq!(BodyFault::of(&rejection), BodyFault::TooLarge, "{rejection}");
     }
 
     #[tokio::test]

@@ -82,6 +82,10 @@ pub async fn post(
     if !transport::is_json_content(&headers) {
         return transport_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type: use application/json");
     }
+    // Answered here, not on the stream: the fault is in this POST, and no request runs.
+    if let Err(err) = transport::grpc_timeout(&headers) {
+        return rpc_error(StatusCode::BAD_REQUEST, None, err);
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

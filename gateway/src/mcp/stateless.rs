@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderName, StatusCode},
     response::{IntoResponse, Response},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -40,6 +40,17 @@ fn decode_header(value: &str) -> Option<String> {
         Some(b64) => STANDARD.decode(b64).ok().and_then(|b| String::from_utf8(b).ok()),
         None => Some(value.to_string()),
     }
+}
+
+/// A routing header (`Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`) sent more than once: the checks
+/// here read the first line, a load balancer in front may route on another, so the body
+/// could not be shown to match what was routed on (as `security` refuses a second `Host`).
+fn repeated_routing_header(headers: &HeaderMap) -> Option<&HeaderName> {
+    headers.keys().find(|name| {
+        let routing =
+            **name == headers::MCP_METHOD || **name == headers::MCP_NAME || name.as_str().starts_with("mcp-param-");
+        routing && headers.get_all(*name).iter().nth(1).is_some()
+    })
 }
 
 fn mismatch(id: Option<&Value>, message: String) -> Response {
@@ -102,7 +113,12 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
                 .with_data(json!({"supported": supported, "requested": version})),
         );
     }
-    match header_str(&headers, headers::MCP_METHOD).and_then(decode_header) {
+    if let Some(name) = repeated_routing_header(&headers) {
+        return mismatch(Some(&id), format!("{name} header must appear once"));
+    }
+    // Not decoded: the spec allows the Base64 form only for Mcp-Name and Mcp-Param-*, and a
+    // load balancer routing on Mcp-Method reads it as sent.
+    match header_str(&headers, headers::MCP_METHOD) {
         Some(m) if m == method => {}
         other => return mismatch(Some(&id), format!("Mcp-Method header {other:?} must equal the method {method:?}")),
     }
@@ -123,7 +139,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
         return mismatch(Some(&id), message);
     }
     match method.as_str() {
-        "server/discover" => transport::json_response(&jsonrpc::result(&id, discover(&state))),
+        "server/discover" => transport::json_response(&jsonrpc::result(&id, decorate(&method, discover(&state)))),
         "subscriptions/listen" => listen(state, headers, id, params),
         "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => rpc_error(
             StatusCode::NOT_FOUND,
@@ -159,12 +175,13 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
     }
 }
 
-/// Modern results say they are complete; list and read results carry cache hints.
+/// Modern results say they are complete; the results the spec names cacheable (lists, reads
+/// and discovery) carry cache hints.
 fn decorate(method: &str, mut result: Value) -> Value {
     if result.get("resultType").is_none() {
         result["resultType"] = json!("complete");
     }
-    if method.ends_with("/list") || method == "resources/read" {
+    if method.ends_with("/list") || method == "resources/read" || method == "server/discover" {
         result["ttlMs"] = json!(CACHE_TTL_MS);
         result["cacheScope"] = json!("private");
     }
@@ -177,7 +194,6 @@ fn discover(state: &AppState) -> Value {
         "capabilities": dispatch::capabilities(),
         "serverInfo": dispatch::server_info(state),
         "instructions": dispatch::INSTRUCTIONS,
-        "resultType": "complete",
         "_meta": {"io.modelcontextprotocol/serverInfo": dispatch::server_info(state)},
     })
 }

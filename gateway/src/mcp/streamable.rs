@@ -45,6 +45,9 @@ pub async fn post(
     if !transport::is_json_content(&headers) {
         return transport_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type: use application/json");
     }
+    if let Err(err) = transport::grpc_timeout(&headers) {
+        return rpc_error(StatusCode::BAD_REQUEST, None, err);
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

@@ -42,7 +42,9 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response {
 pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection) -> Response {
     use crate::security::BodyFault;
     match BodyFault::of(rejection) {
-        BodyFault::TooLarge => transport_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+        // Bare: the body cap layer, which knows the cap, gives it the refusal an over-cap
+        // Content-Length gets, so both ways of sending too much are answered alike.
+        BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
         BodyFault::TimedOut => {
             transport_error(StatusCode::REQUEST_TIMEOUT, &format!("Request Timeout: {}", rejection.body_text()))
         }
@@ -88,8 +90,26 @@ pub fn call_context(headers: &HeaderMap) -> CallContext {
         authorization: header_str(headers, header::AUTHORIZATION).map(str::to_string),
         request_id: header_str(headers, headers::X_REQUEST_ID).map(str::to_string),
         traceparent: header_str(headers, headers::TRACEPARENT).map(str::to_string),
-        timeout: None,
+        // A malformed value does not get this far on a request: the POST handlers refuse it
+        // first (`grpc_timeout`). The change feed takes no deadline at all (`Upstream::watch`).
+        timeout: grpc_timeout(headers).ok().flatten(),
         transport: Some(crate::metrics::Transport::Mcp),
+    }
+}
+
+/// The deadline `grpc-timeout` sets for the request's gRPC calls, read as REST reads it.
+/// A malformed value is refused rather than ignored, so that a caller who asked for a deadline
+/// never runs without one. It is -32600 (Invalid Request), as for the other faults of the
+/// request rather than of its method (a batch where none is allowed): -32602 would send the
+/// client looking in `params`, which are fine.
+pub fn grpc_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, RpcError> {
+    let Some(value) = headers.get(headers::GRPC_TIMEOUT) else { return Ok(None) };
+    match value.to_str().ok().and_then(crate::rest::parse_grpc_timeout) {
+        Some(timeout) => Ok(Some(timeout)),
+        None => Err(RpcError::new(
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: grpc-timeout must be 1-8 digits and a unit (H M S m u n)",
+        )),
     }
 }
 
