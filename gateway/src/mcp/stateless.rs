@@ -23,7 +23,7 @@ use crate::{AppState, headers};
 const META_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
 
-/// Seconds a client may cache list and read results.
+/// Milliseconds a client may cache list and read results.
 const CACHE_TTL_MS: u64 = 0;
 
 fn meta_version(value: &Value) -> Option<&str> {
