@@ -177,25 +177,72 @@ impl TemplateKind {
 /// as validation: a heading of level 1 or 2 would end that section early, and an unclosed code
 /// fence would hide every heading after it, so the change would fail validation from birth.
 fn check_fits_in_a_section(value: &str) -> Result<()> {
+    // Markdown ends a line at a lone CR too, which `lines` (and a reader of the file) would not
+    // split on here: `text\r# Title` hides a heading from this check.
+    if let Some(at) =
+        value.bytes().enumerate().position(|(i, b)| b == b'\r' && value.as_bytes().get(i + 1) != Some(&b'\n'))
+    {
+        let line = value[..at].matches('\n').count() + 1;
+        return Err(Error::invalid(
+            "rationale",
+            format!("line {line}: a carriage return without a line feed; end lines with \\n or \\r\\n"),
+        ));
+    }
+    let split = |number: u32, level: u8| {
+        Error::invalid(
+            "rationale",
+            format!(
+                "line {number}: a level-{level} heading would split the proposal's `## Why` section; use `###` or deeper"
+            ),
+        )
+    };
     let mut fences = Fences::default();
+    let mut after_text = false;
     for line in lines(value) {
         if fences.is_code(line.text) {
+            after_text = false;
             continue;
         }
         if let Some((level @ 1..=2, _)) = heading(line.text) {
-            return Err(Error::invalid(
-                "rationale",
-                format!(
-                    "line {}: a level-{level} heading would split the proposal's `## Why` section; use `###` or deeper",
-                    line.number
-                ),
-            ));
+            return Err(split(line.number, level));
         }
+        // A setext heading: `===` or `---` right under a line of paragraph text.
+        if after_text && let Some(level) = setext_underline(line.text) {
+            return Err(split(line.number, level));
+        }
+        after_text = is_paragraph_text(line.text);
     }
     if fences.is_open() {
         return Err(Error::invalid("rationale", "opens a code fence (``` or ~~~) that it does not close"));
     }
     Ok(())
+}
+
+/// The level a setext underline gives the line above it: `=` 1, `-` 2 (up to three spaces
+/// before, spaces after).
+fn setext_underline(line: &str) -> Option<u8> {
+    let indent = line.bytes().take_while(|&b| b == b' ').count();
+    let marks = line[indent..].trim_end();
+    if indent > 3 || marks.is_empty() {
+        return None;
+    }
+    if marks.bytes().all(|b| b == b'=') {
+        Some(1)
+    } else if marks.bytes().all(|b| b == b'-') {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// A line that can be a paragraph's (so a setext heading's) text: not blank, not a heading,
+/// a list item or a quote, whose own `---` beneath is a rule or a list, not a heading.
+fn is_paragraph_text(line: &str) -> bool {
+    let text = line.trim_start();
+    !text.is_empty()
+        && heading(line).is_none()
+        && !text.starts_with(['-', '*', '+', '>'])
+        && !text.split_once(['.', ')']).is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

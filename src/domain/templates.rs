@@ -137,6 +137,10 @@ mod tests {
             "Like this:\n```md\n## What Changes\n# not a title\n```\nand no more.",
             "~~~\n## inside\n~~~~",
             "#hashtag, not a heading",
+            "Lines end in CRLF\r\nlike this.\r\n",
+            "A list:\n- one\n---\nand a rule after it.",
+            "Text.\n\n---\n\nA rule between paragraphs.",
+            "1. first\n---",
         ];
         for rationale in kept {
             for kind in KINDS {
@@ -149,6 +153,9 @@ mod tests {
             ("## Background\nx", "line 1: a level-2 heading"),
             ("Why:\n\n   # Title again", "line 3: a level-1 heading"),
             ("Like this:\n```\n## What Changes", "does not close"),
+            ("because\r# Injected H1\r## What Changes\rnothing", "line 1: a carriage return without a line feed"),
+            ("Real reason\nImpact\n======", "line 3: a level-1 heading"),
+            ("Real reason\n\nWhat Changes\n  ---", "line 4: a level-2 heading"),
         ];
         for (rationale, says) in refused {
             match Rationale::parse(rationale) {
