@@ -1,18 +1,21 @@
 //! `tasks.md` checklists.
 //!
 //! Item ids are what clients tick by, so they must be stable and unique:
-//! * an item whose text starts with a number token (`- [ ] 1.2 Write tests`) has
-//!   that number as its id (`1.2`) and the rest as its text;
+//! * an item whose text starts with a number token (`- [ ] 1.2 Write tests`, at
+//!   most [`MAX_NUMBER_LEN`] bytes) has that number as its id (`1.2`) and the rest
+//!   as its text;
 //! * any other item gets `<section>.<position>`, where `<section>` counts `## `
 //!   headings from 1 (0 before the first one) and `<position>` counts the items
-//!   of that section from 1, numbered or not;
-//! * when an id is already taken, the later item gets `<id>#2`, `<id>#3`, ...
-//!   (see [`DUPLICATE_MARK`]). Base ids never contain `#`, so the suffixed ids
+//!   of that section from 1, numbered or not; a position whose id an item's own
+//!   number claims anywhere in the file is skipped, so adding an unnumbered item
+//!   never takes a numbered item's id from it;
+//! * when two items carry the same number, the later one gets `<id>#2`, `<id>#3`,
+//!   ... (see [`DUPLICATE_MARK`]). Base ids never contain `#`, so the suffixed ids
 //!   cannot collide with anything.
 //!
 //! Also home of the small line, fence and heading helpers that the spec and
 //! validation parsers share, so all three agree on what is code and what is a heading.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 
@@ -117,7 +120,9 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
     let mut section = String::new();
     let mut section_index: u32 = 0;
     let mut position: u32 = 0;
-    let mut taken: HashMap<String, u32> = HashMap::new();
+    // Each item's own number, else its section and position: ids are given once every
+    // number in the file is known (see the module docs).
+    let mut bases: Vec<Result<String, (u32, u32)>> = Vec::new();
 
     for line in lines(text) {
         if fences.is_code(line.text) {
@@ -135,14 +140,12 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
             LineKind::Item { box_at, done, text } => {
                 position = position.saturating_add(1);
                 let (base, text) = match split_number(text) {
-                    Some((number, rest)) => (number.to_string(), rest),
-                    None => (format!("{section_index}.{position}"), text),
+                    Some((number, rest)) => (Ok(number.to_string()), rest),
+                    None => (Err((section_index, position)), text),
                 };
-                let seen = taken.entry(base.clone()).or_insert(0);
-                *seen = seen.saturating_add(1);
-                let id = if *seen == 1 { base } else { format!("{base}{DUPLICATE_MARK}{seen}") };
+                bases.push(base);
                 checklist.items.push(TaskItem {
-                    id,
+                    id: String::new(),
                     text: text.to_string(),
                     done,
                     line: line.number,
@@ -151,6 +154,23 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
                 offsets.push(line.start + box_at);
             }
         }
+    }
+    let numbered: HashSet<String> = bases.iter().filter_map(|b| b.as_ref().ok().cloned()).collect();
+    let mut taken: HashMap<String, u32> = HashMap::new();
+    for (item, base) in checklist.items.iter_mut().zip(bases) {
+        let base = base.unwrap_or_else(|(section, mut position)| {
+            loop {
+                let id = format!("{section}.{position}");
+                if !numbered.contains(&id) && !taken.contains_key(&id) {
+                    break id;
+                }
+                // Fewer items than positions: some position is free, so this ends.
+                position = position.wrapping_add(1);
+            }
+        });
+        let seen = taken.entry(base.clone()).or_insert(0);
+        *seen = seen.saturating_add(1);
+        item.id = if *seen == 1 { base } else { format!("{base}{DUPLICATE_MARK}{seen}") };
     }
     (checklist, offsets)
 }
@@ -261,6 +281,10 @@ fn count_blank(bytes: &[u8]) -> usize {
 }
 
 /// Splits a leading number token (`1`, `1.2`, `3.1.4`) followed by whitespace off the text.
+/// The longest number token that is an item's id: with a `#n` suffix it stays well within
+/// the 64 bytes `task.update` takes, so every id `change.show` returns can be ticked.
+pub const MAX_NUMBER_LEN: usize = 32;
+
 fn split_number(text: &str) -> Option<(&str, &str)> {
     let bytes = text.as_bytes();
     let mut end = 0;
@@ -270,6 +294,9 @@ fn split_number(text: &str) -> Option<(&str, &str)> {
             return None;
         }
         end += digits;
+        if end > MAX_NUMBER_LEN {
+            return None;
+        }
         match (bytes.get(end), bytes.get(end + 1)) {
             (Some(b'.'), Some(next)) if next.is_ascii_digit() => end += 1,
             (Some(b' ' | b'\t'), _) => return Some((&text[..end], text[end..].trim_start())),
@@ -448,9 +475,26 @@ mod tests {
     }
 
     #[test]
-    fn positional_and_explicit_ids_can_collide() {
+    fn an_unnumbered_item_never_takes_a_numbered_items_id() {
         let c = parse("## A\n- [ ] first\n- [ ] 1.1 explicit\n");
-        assert_eq!(ids(&c), ["1.1", "1.1#2"]);
+        assert_eq!(ids(&c), ["1.2", "1.1"]);
+        // Two items added by hand above numbered ones leave the numbered ids where they were.
+        let text = "## 1. Build\n- [ ] Back up\n- [ ] Tell on-call\n- [ ] 1.1 Migrate\n- [ ] 1.2 Drop\n";
+        let c = parse(text);
+        assert_eq!(ids(&c), ["1.3", "1.4", "1.1", "1.2"]);
+        assert!(c.items.iter().all(|i| !is_duplicate_id(&i.id)), "no id is reported as a duplicate");
+        let (ticked, changed) = apply(text, "s", &[("1.2".into(), true)]).unwrap();
+        assert_eq!(changed, ["1.2"]);
+        assert!(ticked.contains("- [x] 1.2 Drop"), "{ticked}");
+    }
+
+    #[test]
+    fn a_number_too_long_to_tick_is_text_not_an_id() {
+        let long = (1..=20).map(|n| n.to_string()).collect::<Vec<_>>().join(".");
+        assert!(long.len() > MAX_NUMBER_LEN);
+        let c = parse(&format!("- [ ] {long} deep\n- [ ] 1.2 fine\n"));
+        assert_eq!(ids(&c), ["0.1", "1.2"]);
+        assert_eq!(c.items[0].text, format!("{long} deep"));
     }
 
     #[test]
