@@ -318,6 +318,30 @@ fn files_under_specs_are_served_with_the_type_their_extension_names() {
 }
 
 #[test]
+fn a_spec_file_whose_name_reading_refuses_is_listed_as_no_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, _) = open(dir.path(), "named");
+    let (ws, _guard, mut events) = watched(dir.path());
+    let specs = dir.path().join("changes/named/specs");
+    for name in ["my spec.md", "ünïcode.md", "plain.md"] {
+        fs::write(specs.join(name), "## ADDED Requirements\n").unwrap();
+    }
+    let listed: Vec<String> = ws.list_resources(Some(&slug)).unwrap().into_iter().map(|r| r.uri).collect();
+    let deltas: Vec<&String> = listed.iter().filter(|u| u.contains("/delta/")).collect();
+    assert_eq!(deltas, ["change://named/delta/README.md", "change://named/delta/plain.md"]);
+    for uri in &listed {
+        assert!(ws.read_resource(&ResourceUri::parse(uri).unwrap(), uri).is_ok(), "listed but unreadable: {uri}");
+    }
+    std::thread::sleep(SETTLE);
+    let mut uris = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        uris.extend(event.uris);
+    }
+    assert!(uris.iter().any(|u| u.ends_with("/delta/plain.md")), "{uris:?}");
+    assert!(uris.iter().all(|u| !u.contains(' ') && u.is_ascii()), "an event names no unreadable resource: {uris:?}");
+}
+
+#[test]
 fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap();

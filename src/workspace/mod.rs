@@ -33,7 +33,7 @@ use crate::{
     domain::{
         Owner, Rationale, Slug, TemplateKind, Title, Ttl,
         checklist::{self, TaskItem},
-        page_token, proposal,
+        page_token, proposal, relpath,
         specs::{self, RequirementOp},
         templates::{self, TemplateVars},
         uri::ResourceUri,
@@ -1041,7 +1041,10 @@ impl Workspace {
                 mime_type: "text/markdown",
                 size: size(&dir.join("tasks.md")),
             });
-            for (path, content) in read_spec_files(&dir.join("specs"))?.files {
+            // Only what `resources/read` serves: a delta whose path it refuses (a space, a
+            // non-ASCII name) is still in `change.show`, but is not a resource.
+            let readable = |(path, _): &(String, String)| relpath::check_relative(path).is_ok();
+            for (path, content) in read_spec_files(&dir.join("specs"))?.files.into_iter().filter(readable) {
                 out.push(ResourceEntry {
                     uri: ResourceUri::delta(slug.as_str(), &path),
                     name: format!("{slug} spec {path}"),
@@ -1083,7 +1086,12 @@ impl Workspace {
             ["proposal.md"] => (EventKind::Updated, slug.to_string(), vec![ResourceUri::proposal(slug.as_str())]),
             // A folder under `specs/` is no resource; the files in it are reported themselves.
             ["specs", tail @ ..] if !tail.is_empty() && !path.is_dir() => {
-                (EventKind::Updated, slug.to_string(), vec![ResourceUri::delta(slug.as_str(), &tail.join("/"))])
+                let rel = tail.join("/");
+                let uris = match relpath::check_relative(&rel) {
+                    Ok(_) => vec![ResourceUri::delta(slug.as_str(), &rel)],
+                    Err(_) => vec![], // no resource to update (see `list_resources`)
+                };
+                (EventKind::Updated, slug.to_string(), uris)
             }
             _ => (EventKind::Updated, slug.to_string(), vec![]),
         })
