@@ -120,9 +120,8 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
     let mut section = String::new();
     let mut section_index: u32 = 0;
     let mut position: u32 = 0;
-    // Each item's own number, else its section and position: ids are given once every
-    // number in the file is known (see the module docs).
-    let mut bases: Vec<Result<String, (u32, u32)>> = Vec::new();
+    // Ids are given once every number in the file is known (see the module docs).
+    let mut bases: Vec<Base> = Vec::new();
 
     for line in lines(text) {
         if fences.is_code(line.text) {
@@ -140,8 +139,8 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
             LineKind::Item { box_at, done, text } => {
                 position = position.saturating_add(1);
                 let (base, text) = match split_number(text) {
-                    Some((number, rest)) => (Ok(number.to_string()), rest),
-                    None => (Err((section_index, position)), text),
+                    Some((number, rest)) => (Base::Number(number.to_string()), rest),
+                    None => (Base::Position { section: section_index, position }, text),
                 };
                 bases.push(base);
                 checklist.items.push(TaskItem {
@@ -155,24 +154,37 @@ fn scan(text: &str) -> (Checklist, Vec<usize>) {
             }
         }
     }
-    let numbered: HashSet<String> = bases.iter().filter_map(|b| b.as_ref().ok().cloned()).collect();
+    let numbered: HashSet<String> = bases
+        .iter()
+        .filter_map(|b| match b {
+            Base::Number(n) => Some(n.clone()),
+            Base::Position { .. } => None,
+        })
+        .collect();
     let mut taken: HashMap<String, u32> = HashMap::new();
     for (item, base) in checklist.items.iter_mut().zip(bases) {
-        let base = base.unwrap_or_else(|(section, mut position)| {
-            loop {
+        let base = match base {
+            Base::Number(number) => number,
+            Base::Position { section, mut position } => loop {
                 let id = format!("{section}.{position}");
                 if !numbered.contains(&id) && !taken.contains_key(&id) {
                     break id;
                 }
                 // Fewer items than positions: some position is free, so this ends.
                 position = position.wrapping_add(1);
-            }
-        });
+            },
+        };
         let seen = taken.entry(base.clone()).or_insert(0);
         *seen = seen.saturating_add(1);
         item.id = if *seen == 1 { base } else { format!("{base}{DUPLICATE_MARK}{seen}") };
     }
     (checklist, offsets)
+}
+
+/// What an item's id is made from: its own number, or where it stands.
+enum Base {
+    Number(String),
+    Position { section: u32, position: u32 },
 }
 
 enum LineKind<'a> {
