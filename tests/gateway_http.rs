@@ -858,3 +858,43 @@ async fn grpc_timeout_bounds_an_mcp_call_and_a_malformed_one_is_refused() {
     let (status, body) = answer(req).await;
     assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "/messages: {body}");
 }
+
+#[tokio::test]
+async fn a_streamed_tool_call_that_succeeded_is_counted_a_success_whatever_the_entry() {
+    let server = Server::start();
+    let metrics = format!("http://{}/metrics", server.metrics_addr.expect("the listening line names metrics_addr"));
+    for slug in ["streamed-rest", "streamed-mcp"] {
+        let (status, body) = rest(&server, "change.open", json!({"title": "Streamed", "slug": slug})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let ndjson = client()
+        .post(format!("{}/v1/tools/change.archive", base(&server)))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"slug": "streamed-rest"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ndjson.status(), 200);
+    let text = ndjson.text().await.unwrap();
+    assert!(text.lines().last().is_some_and(|l| l.starts_with("{\"result\":")), "{text}");
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let answer = mcp
+        .request(
+            "tools/call",
+            json!({"name": "change.archive", "arguments": {"slug": "streamed-mcp"}, "_meta": {"progressToken": 1}}),
+        )
+        .await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+
+    let scraped = client().get(&metrics).send().await.unwrap().text().await.unwrap();
+    let archives: Vec<&str> = scraped
+        .lines()
+        .filter(|l| l.starts_with("tool_executions_total{") && l.contains("tool_name=\"change.archive\""))
+        .collect();
+    for transport in ["http", "mcp"] {
+        let line = archives.iter().find(|l| l.contains(&format!("transport=\"{transport}\"")));
+        let line = line.unwrap_or_else(|| panic!("no change.archive over {transport}: {archives:?}"));
+        assert!(line.contains("outcome=\"success\"") && line.ends_with(" 1"), "{line}");
+    }
+    assert!(!scraped.contains("rpc_response_status_code=\"CANCELLED\""), "a call read to its end is no cancel");
+}

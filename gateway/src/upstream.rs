@@ -300,11 +300,13 @@ impl Upstream {
                 match within(deadline, messages.message()).await {
                     Ok(Some(message)) => match stream_event(&message) {
                         Some(Ok(ToolEvent::Result(result))) => {
-                            yield Ok(ToolEvent::Result(result));
-                            // Let the call end normally (trailers) if the
-                            // consumer keeps polling; what follows a result
-                            // is not part of the tool's answer.
+                            // The call is read to its end (its trailers) before the result
+                            // goes out: consumers stop at the result, and a call dropped
+                            // before its trailers ends CANCELLED at the service, so a
+                            // streamed tool that succeeded would be counted a client error.
+                            // What follows a result is not part of the tool's answer.
                             while let Ok(Some(_)) = within(deadline, messages.message()).await {}
+                            yield Ok(ToolEvent::Result(result));
                             return;
                         }
                         Some(event) => {
