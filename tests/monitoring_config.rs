@@ -607,7 +607,7 @@ fn alertmanager_config_passes_amtool_check_config() {
     let out = run(Command::new(tool("amtool")).arg("check-config").arg(am_config()));
     assert_ok("amtool check-config", &out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("SUCCESS") && stdout.contains("4 inhibit rules"), "{}", text(&out));
+    assert!(stdout.contains("SUCCESS") && stdout.contains("5 inhibit rules"), "{}", text(&out));
     let config = read(&am_config());
     for forbidden in
         ["api_url:", "routing_key:", "service_key:", "auth_password:", "slack_api_url:", "smtp_auth_password:"]
@@ -816,6 +816,8 @@ fn inhibitions_silence_what_they_should_in_a_running_alertmanager() {
         ("TaskMcpTelemetryAbsent", vec![("job", "task-mcp")], true),
         ("TaskMcpServiceDown", vec![("job", "task-mcp"), ("instance", "d")], false),
         ("TaskMcpNotReady", vec![("job", "task-mcp"), ("instance", "d"), ("check", "workspace")], true),
+        // Another replica's readiness is its own: one instance down does not silence it.
+        ("TaskMcpNotReady", vec![("job", "task-mcp"), ("instance", "e"), ("check", "workspace")], false),
     ];
     let mut alerts = Vec::new();
     for (name, extra, _) in &cases {
