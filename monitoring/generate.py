@@ -494,13 +494,14 @@ class Slos:
         bad_av = r_av * n
         h500, g_unavail = 0.6 * bad_av, 0.4 * bad_av
         h400 = max(0.0, r_err * h - h500)
-        h404, h429 = 0.05 * h, 0.05 * h
+        h404, h429, h499 = 0.05 * h, 0.05 * h, 0.05 * h
         http = 'http_server_requests_total{%s, http_request_method="%s", http_route="%s", http_response_status_code="%s"}'
-        add(http % (job, "POST", "/mcp", "200"), h - h500 - h400 - h404 - h429)
+        add(http % (job, "POST", "/mcp", "200"), h - h500 - h400 - h404 - h429 - h499)
         add(http % (job, "POST", "/mcp", "500"), h500)
         add(http % (job, "POST", "/v1/tools/{name}", "400"), h400)
         add(http % (job, "DELETE", "/mcp", "404"), h404)
         add(http % (job, "POST", "/mcp", "429"), h429)
+        add(http % (job, "POST", "/mcp", "499"), h499)
         rpc = 'rpc_server_call_duration_seconds_count{%s, rpc_system_name="grpc", rpc_method="%s", rpc_response_status_code="%s"}'
         g404 = 0.05 * g
         add(rpc % (job, "taskmcp.v1.Changes/ShowChange", "OK"), g - g_unavail - g404)
