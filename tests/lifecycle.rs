@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Auth, Server, assert_error, assert_same_tree, bounded, describe, err,
+    Auth, Gateway, Server, assert_error, assert_same_tree, bounded, describe, err,
     mcp::{ACCEPT_BOTH, Mcp, sse_messages},
     ok, snapshot,
 };
@@ -331,4 +331,53 @@ async fn the_server_ends_a_call_at_the_client_deadline() {
     let status = ended.expect_err("a watch stream has no natural end; only the deadline ends it");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     server.assert_serving().await;
+}
+
+/// A split deployment's service restarts under a live gateway (a deploy of that tier). The
+/// session's change feed comes back by itself: the gateway tells the session to re-read what the
+/// gap may have hidden (`updated` for each subscription), and changes made after the restart are
+/// notified again. Before, the feed died with the first service and the session heard nothing more.
+#[tokio::test]
+async fn a_gateway_session_keeps_its_change_feed_across_a_service_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("openspec");
+    let mut service = Server::builder().workspace(&workspace).start();
+    let grpc_listen = service.grpc_addr.to_string();
+    let gateway = Gateway::start(&service.endpoint(), &["--rate-limit-per-second", "0"], &[]);
+    let http = reqwest::Client::new();
+    let mut mcp = Mcp::connect(http, gateway.mcp_url(), None, "2025-11-25", "restart").await;
+    // No event ever names this URI: only the gateway's re-read hint after the gap can.
+    let ghost = "change://ghost/proposal";
+    mcp.request("resources/subscribe", json!({"uri": ghost})).await;
+    let mut stream = mcp.open_stream().await;
+    let mut seen = String::new();
+    let open = |slug: &str| json!({"slug": slug, "title": "T", "owner": "alice"});
+    assert_eq!(mcp.call("change.open", open("before-restart")).await["isError"], false);
+    notified(&mut stream, &mut seen, "list_changed for the first change", None).await;
+
+    service.sigterm();
+    let status = service.wait_exit(SHUTDOWN_BOUND).unwrap_or_else(|| panic!("the service outlived SIGTERM"));
+    assert!(status.success(), "{status:?}\n{}", service.logs());
+    let _service = Server::builder().workspace(&workspace).grpc_listen(&grpc_listen).start();
+
+    seen.clear();
+    notified(&mut stream, &mut seen, "the re-read hint after the gap", Some(ghost)).await;
+    let after = "change://after-restart/proposal";
+    mcp.request("resources/subscribe", json!({"uri": after})).await;
+    assert_eq!(mcp.call("change.open", open("after-restart")).await["isError"], false);
+    notified(&mut stream, &mut seen, "an update of a change opened after the restart", Some(after)).await;
+    assert!(gateway.logs().contains("change feed reopened"), "{}", gateway.logs());
+}
+
+/// Reads the session stream until `notifications/resources/updated` for `uri` (or, without one,
+/// `notifications/resources/list_changed`) arrives. The bound turns a hang into a failure (the
+/// stream's keep-alive comments would keep the read going); the gateway reopens a lost feed
+/// within a few seconds of the service coming back.
+async fn notified(stream: &mut reqwest::Response, seen: &mut String, what: &str, uri: Option<&str>) -> Value {
+    let method = if uri.is_some() { "notifications/resources/updated" } else { "notifications/resources/list_changed" };
+    let found = |m: &Value| m["method"] == method && uri.is_none_or(|u| m["params"]["uri"] == u);
+    match tokio::time::timeout(Duration::from_secs(30), read_until(stream, seen, found)).await {
+        Ok(message) => message,
+        Err(_) => panic!("no {what} within 30 s: {seen}"),
+    }
 }

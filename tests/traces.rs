@@ -16,14 +16,12 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::Server;
+use common::{Gateway, Server};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -380,56 +378,20 @@ async fn a_trace_of_one_mcp_tools_call_shows_the_gateway_span_and_the_grpc_span_
 }
 
 /// Reads lines of a child's stdout until one has `"message":"listening"`; returns its `http_addr`.
-fn wait_listening(child: &mut Child, logs: Arc<Mutex<String>>) -> SocketAddr {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            logs.lock().unwrap().push_str(&format!("{line}\n"));
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + common::STARTUP_TIMEOUT;
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("gateway listening");
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["message"] == "listening"
-        {
-            return v["http_addr"].as_str().unwrap().parse().unwrap();
-        }
-    }
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn trace_context_crosses_from_a_separate_gateway_process_to_the_service() {
     let (receiver, addr) = Receiver::start().await;
     let env = otlp_env(&format!("http://{addr}"));
     let service = start_server(&env);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_task-mcp"));
-    cmd.args(["gateway", "--upstream", &service.endpoint(), "--http-listen", "127.0.0.1:0"]);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TASK_MCP_")) {
-        cmd.env_remove(key);
-    }
-    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let gateway_logs = Arc::new(Mutex::new(String::new()));
-    let http_addr = wait_listening(&mut child, gateway_logs.clone());
-    let _gateway = Killed(child);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gateway = Gateway::start(&service.endpoint(), &[], &env);
 
     let http = client();
-    let url = format!("http://{http_addr}/mcp");
+    let url = gateway.mcp_url();
     let session = mcp_session(&http, &url).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     open_change(&http, &url, &session, "two-processes", Some(&traceparent)).await;
-    let logs = || format!("--- service ---\n{}\n--- gateway ---\n{}", service.logs(), gateway_logs.lock().unwrap());
+    let logs = || format!("--- service ---\n{}\n--- gateway ---\n{}", service.logs(), gateway.logs());
     let spans = receiver
         .wait_for("the three spans from two processes", logs, |s| {
             s.iter().filter(|s| s.trace_id == CLIENT_TRACE).count() >= 3

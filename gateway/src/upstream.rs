@@ -385,25 +385,21 @@ impl Upstream {
         Ok(within(deadline, scan).await?)
     }
 
-    /// The service's live feed of change events; dropping the stream cancels it.
+    /// Opens the service's live feed of change events; dropping the stream
+    /// cancels it. Resolves once the service has accepted the call, so a caller
+    /// that reopens a broken feed knows when it is following events again.
     /// `ctx.timeout` is ignored: a subscription lasts until it is dropped, not
     /// as long as the request that started it was willing to wait.
-    pub fn watch(&self, ctx: CallContext) -> EventStream<pb::ChangeEvent> {
+    pub async fn watch(&self, ctx: CallContext) -> Result<EventStream<pb::ChangeEvent>, CallError> {
         let ctx = CallContext { timeout: None, ..ctx };
         let mut grpc = tonic::client::Grpc::new(self.service.clone());
-        Box::pin(async_stream::stream! {
-            let request = request(pb::WatchChangesRequest::default(), &ctx);
-            let opened = async {
-                grpc.ready().await.map_err(not_ready)?;
-                grpc.server_streaming(request, http::uri::PathAndQuery::from_static(WATCH_CHANGES), FeedCodec).await
-            };
-            let mut events = match opened.await {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    yield Err(CallError::from(status));
-                    return;
-                }
-            };
+        let request = request(pb::WatchChangesRequest::default(), &ctx);
+        grpc.ready().await.map_err(not_ready)?;
+        let mut events = grpc
+            .server_streaming(request, http::uri::PathAndQuery::from_static(WATCH_CHANGES), FeedCodec)
+            .await?
+            .into_inner();
+        Ok(Box::pin(async_stream::stream! {
             loop {
                 match events.message().await {
                     Ok(Some(event)) => yield Ok(event),
@@ -414,7 +410,7 @@ impl Upstream {
                     }
                 }
             }
-        })
+        }))
     }
 
     /// `grpc.health.v1` Check of the whole server (service `""`): true iff SERVING.
@@ -1477,7 +1473,7 @@ mod tests {
     #[tokio::test]
     async fn watch_maps_events() {
         let fake = fake();
-        let events: Vec<_> = fake.upstream.watch(CallContext::default()).collect().await;
+        let events: Vec<_> = fake.upstream.watch(CallContext::default()).await.unwrap().collect().await;
         let slugs: Vec<String> = events.into_iter().map(|e| e.unwrap().slug).collect();
         assert_eq!(slugs, ["add-a", "add-b"]);
     }

@@ -495,6 +495,72 @@ impl Drop for Server {
     }
 }
 
+/// A running `task-mcp gateway --upstream URL` (the split deployment's front
+/// tier) on a random loopback port. Killed on drop; its logs are printed if
+/// the test panicked.
+pub struct Gateway {
+    child: Child,
+    logs: Logs,
+    pub http_addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts a gateway in front of `upstream` with `args` added and `env` set.
+    pub fn start(upstream: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_task-mcp"));
+        cmd.args(["gateway", "--upstream", upstream, "--http-listen", "127.0.0.1:0"]).args(args);
+        for (key, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+            if key.starts_with("TASK_MCP_") || key.starts_with("OTEL_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let command_line = format!("{cmd:?}");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command_line}: {e}"));
+        let logs = Logs::default();
+        let (tx, rx) = mpsc::channel::<String>();
+        drain(child.stdout.take().expect("piped stdout"), "", logs.clone(), tx.clone());
+        drain(child.stderr.take().expect("piped stderr"), "[stderr] ", logs.clone(), tx);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let http_addr = loop {
+            let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(e) => {
+                    stop_child(&mut child, Duration::from_secs(5));
+                    panic!("the gateway did not listen ({e}; command: {command_line})\n{}", logs.text());
+                }
+            };
+            let listening = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .filter(|v| v["message"] == "listening")
+                .and_then(|v| v["http_addr"].as_str()?.parse::<SocketAddr>().ok());
+            if let Some(addr) = listening {
+                break addr;
+            }
+        };
+        Gateway { child, logs, http_addr }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.text()
+    }
+
+    /// The MCP Streamable HTTP endpoint.
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.http_addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(10));
+        if std::thread::panicking() {
+            eprintln!("\n--- task-mcp gateway logs ---\n{}\n--- end of gateway logs ---", self.logs);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ awaiting
 
 /// Awaits `fut` with the [`RPC_BOUND`] failure bound; panics naming `what` on a hang.

@@ -326,30 +326,88 @@ pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallConte
         return;
     }
     tokio::spawn(async move {
-        let mut events = state.upstream.watch(call);
-        loop {
-            let event = tokio::select! {
-                () = session.closed.cancelled() => break,
-                () = state.shutdown.cancelled() => break,
-                event = events.next() => event,
-            };
-            let Some(Ok(event)) = event else {
-                tracing::warn!(session = %session.id, "change feed ended");
-                session.watching.store(false, Ordering::Release);
-                break;
-            };
-            for uri in updated_uris(&event.uris) {
-                if session.is_subscribed(uri) {
+        tokio::select! {
+            () = session.closed.cancelled() => {}
+            () = state.shutdown.cancelled() => {}
+            () = follow_feed(&state, &session, call) => {}
+        }
+        session.watching.store(false, Ordering::Release);
+    });
+}
+
+/// The first wait before a dropped feed is reopened; it doubles per failed
+/// attempt up to [`FEED_RETRY_MAX`].
+const FEED_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const FEED_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Follows the service's change feed for one session. A split deployment's
+/// service restarts under a live gateway (each deploy of that tier), which
+/// ends every feed: the feed is reopened with backoff for as long as the
+/// session lives, and, since the events of the gap are lost, the session is
+/// told to re-read (`list_changed`, and `updated` for every subscription).
+/// Returns only when the service refuses the session's credential, which no
+/// retry mends; a later subscription or GET starts the feed again.
+async fn follow_feed(state: &AppState, session: &Session, call: CallContext) {
+    let mut delay = FEED_RETRY_FIRST;
+    let mut gap = false;
+    loop {
+        let why = match state.upstream.watch(call.clone()).await {
+            Ok(mut events) => {
+                delay = FEED_RETRY_FIRST;
+                if std::mem::take(&mut gap) {
+                    tracing::info!(session = %session.id, "change feed reopened");
                     session
                         .notifications
-                        .push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
+                        .push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+                    for uri in session.subscriptions() {
+                        notify_updated(session, &uri);
+                    }
+                }
+                loop {
+                    match events.next().await {
+                        Some(Ok(event)) => deliver(session, &event),
+                        Some(Err(err)) => break err.to_string(),
+                        None => break "the service ended it".to_string(),
+                    }
                 }
             }
-            if lists_changed(event.kind) {
-                session.notifications.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+            Err(CallError::Upstream(err))
+                if matches!(err.code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) =>
+            {
+                tracing::warn!(session = %session.id, reason = %err.reason, "change feed refused; not retried");
+                return;
             }
+            Err(err) => err.to_string(),
+        };
+        if state.shutdown.is_cancelled() || session.closed.is_cancelled() {
+            return;
         }
-    });
+        // Once per outage, not once per attempt: a service that stays down
+        // would otherwise log a line per session every few seconds.
+        if !gap {
+            tracing::warn!(session = %session.id, %why, "change feed lost; reopening");
+        }
+        gap = true;
+        // Jitter spreads the sessions' reconnections after a restart.
+        tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+        delay = (delay * 2).min(FEED_RETRY_MAX);
+    }
+}
+
+/// One change event as the session's notifications.
+fn deliver(session: &Session, event: &crate::pb::ChangeEvent) {
+    for uri in updated_uris(&event.uris) {
+        if session.is_subscribed(uri) {
+            notify_updated(session, uri);
+        }
+    }
+    if lists_changed(event.kind) {
+        session.notifications.push(&jsonrpc::notification("notifications/resources/list_changed", json!({})));
+    }
+}
+
+fn notify_updated(session: &Session, uri: &str) {
+    session.notifications.push(&jsonrpc::notification("notifications/resources/updated", json!({"uri": uri})));
 }
 
 fn prompts_get(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {

@@ -148,6 +148,11 @@ impl Session {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
     }
 
+    /// The URIs subscribed to, in no order.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
     pub fn is_subscribed(&self, uri: &str) -> bool {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).contains(uri)
     }

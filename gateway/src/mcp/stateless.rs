@@ -18,7 +18,7 @@ use super::{
     sse::{EventLog, SseOptions},
     transport::{self, ContextParts, header_str, rpc_error},
 };
-use crate::{AppState, headers};
+use crate::{AppState, headers, upstream::CallError};
 
 const META_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
@@ -275,25 +275,29 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
     let (task_state, task_log, task_cancel) = (state.clone(), log.clone(), cancel.clone());
     let call = transport::call_context(&headers);
     tokio::spawn(async move {
-        let mut events = task_state.upstream.watch(call);
-        loop {
-            let event = tokio::select! {
-                () = task_cancel.cancelled() => None,
-                event = events.next() => event,
-            };
-            let Some(Ok(event)) = event else { break };
-            for uri in dispatch::updated_uris(&event.uris) {
-                if wanted.iter().any(|w| w == uri) {
-                    task_log.push(&jsonrpc::notification(
-                        "notifications/resources/updated",
-                        json!({"uri": uri, "_meta": tag}),
-                    ));
+        let feed = async {
+            let mut events = task_state.upstream.watch(call).await?;
+            while let Some(event) = events.next().await {
+                let event = event?;
+                for uri in dispatch::updated_uris(&event.uris) {
+                    if wanted.iter().any(|w| w == uri) {
+                        task_log.push(&jsonrpc::notification(
+                            "notifications/resources/updated",
+                            json!({"uri": uri, "_meta": tag}),
+                        ));
+                    }
+                }
+                if list_changed && dispatch::lists_changed(event.kind) {
+                    task_log
+                        .push(&jsonrpc::notification("notifications/resources/list_changed", json!({"_meta": tag})));
                 }
             }
-            if list_changed && dispatch::lists_changed(event.kind) {
-                task_log.push(&jsonrpc::notification("notifications/resources/list_changed", json!({"_meta": tag})));
-            }
-        }
+            Ok::<(), CallError>(())
+        };
+        let ended = tokio::select! {
+            () = task_cancel.cancelled() => None,
+            outcome = feed => Some(outcome),
+        };
         // The subscription's result ends it gracefully: the client closed it, or the server
         // drains (the service's feed ends then too) and the client should listen elsewhere.
         // A feed that failed while both go on is an error.
@@ -301,7 +305,11 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
         if draining || task_cancel.is_cancelled() {
             task_log.push(&jsonrpc::result(&id, json!({"_meta": tag})));
         } else {
-            task_log.push(&jsonrpc::error(Some(&id), &RpcError::new(jsonrpc::INTERNAL_ERROR, "the change feed ended")));
+            let message = match ended {
+                Some(Err(err)) => format!("the change feed failed: {err}"),
+                _ => "the change feed ended".to_string(),
+            };
+            task_log.push(&jsonrpc::error(Some(&id), &RpcError::new(jsonrpc::INTERNAL_ERROR, message)));
         }
         if draining { task_log.finish_for_drain() } else { task_log.finish() }
     });
