@@ -136,9 +136,10 @@ pub struct GatewayFlags {
 
 #[derive(Debug, Clone, Args)]
 pub struct GatewaySettings {
-    /// The gRPC service to front, e.g. `http://10.0.0.5:50051`.
+    /// The gRPC service to front, e.g. `http://10.0.0.5:50051` (plaintext HTTP/2: TLS to the service is
+    /// not built in)
     #[arg(long, env = "TASK_MCP_UPSTREAM", value_name = "URL")]
-    pub upstream: String,
+    pub upstream: UpstreamUrl,
 
     /// HTTP listen address; port 0 picks a free port.
     #[arg(long, env = "TASK_MCP_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
@@ -171,6 +172,43 @@ impl Settings {
             .flatten()
             .filter(|a| !a.ip().is_loopback())
             .collect()
+    }
+}
+
+/// `--upstream`: `http://host[:port]` and nothing else. The gRPC client would
+/// accept more and get it wrong: it speaks plaintext to an `https://` URL
+/// (this build has no TLS), drops a path, and reads `host:port` without a
+/// scheme as a URL that never connects. Refused at start-up instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl(pub String);
+
+impl std::str::FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e}); expected e.g. http://10.0.0.5:50051"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err("TLS to the service is not built into task-mcp: use http:// on a private network, or \
+                            a TLS sidecar or service mesh between the tiers"
+                    .into());
+            }
+            _ => return Err("expected an http:// URL, e.g. http://10.0.0.5:50051".into()),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err("gRPC calls go to /<service>/<method>: give the URL without a path or query".into());
+        }
+        Ok(UpstreamUrl(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -256,6 +294,22 @@ mod tests {
     fn gateway_needs_an_upstream() {
         assert!(Cli::try_parse_from(["task-mcp", "gateway"]).is_err());
         let cli = Cli::try_parse_from(["task-mcp", "gateway", "--upstream", "http://127.0.0.1:50051"]).unwrap();
-        assert!(matches!(cli.command, Command::Gateway(g) if g.upstream.ends_with(":50051")));
+        assert!(matches!(cli.command, Command::Gateway(g) if g.upstream.0.ends_with(":50051")));
+    }
+
+    #[test]
+    fn an_upstream_the_client_would_get_wrong_is_refused_at_start() {
+        for ok in ["http://10.0.0.5:50051", "http://task-mcp/", "http://[::1]:50051"] {
+            assert_eq!(ok.parse::<UpstreamUrl>().map(|u| u.0), Ok(ok.to_string()), "{ok}");
+        }
+        let refused = |url: &str| url.parse::<UpstreamUrl>().expect_err(url);
+        assert!(refused("https://10.0.0.5:50051").contains("TLS"));
+        assert!(refused("10.0.0.5:50051").contains("http://"));
+        assert!(refused("unix:///run/task-mcp.sock").contains("http://"));
+        assert!(refused("http://10.0.0.5:50051/prefix").contains("path"));
+        assert!(refused("http://10.0.0.5:50051/?a=b").contains("path or query"));
+        assert!(refused("not a url").contains("not a URL"));
+        let err = Cli::try_parse_from(["task-mcp", "gateway", "--upstream", "https://h:1"]).unwrap_err();
+        assert!(err.to_string().contains("--upstream"), "{err}");
     }
 }

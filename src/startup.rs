@@ -495,8 +495,8 @@ impl GatewayApplication {
         let tokens = Arc::new(load_tokens(&settings.access, &public)?);
         let limiter =
             Arc::new(RateLimiter::new(settings.access.rate_limit_per_second, settings.access.rate_limit_burst));
-        let upstream_err = |reason: String| StartupError::Upstream { url: settings.upstream.clone(), reason };
-        let channel = tonic::transport::Endpoint::from_shared(settings.upstream.clone())
+        let upstream_err = |reason: String| StartupError::Upstream { url: settings.upstream.0.clone(), reason };
+        let channel = tonic::transport::Endpoint::from_shared(settings.upstream.0.clone())
             .map_err(|e| upstream_err(e.to_string()))?
             .tcp_nodelay(true)
             .connect_lazy();
