@@ -48,6 +48,8 @@ const MAX_REQUEST_BYTES: usize = 256 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness re-checks that the workspace can be written.
 const WRITABLE_PROBE: Duration = Duration::from_secs(5);
+/// How long `gateway` waits for a TCP connection to its upstream.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The health service name that reports workspace writability.
 pub const WORKSPACE_HEALTH: &str = "taskmcp.v1.Workspace";
 
@@ -499,6 +501,15 @@ impl GatewayApplication {
         let channel = tonic::transport::Endpoint::from_shared(settings.upstream.0.clone())
             .map_err(|e| upstream_err(e.to_string()))?
             .tcp_nodelay(true)
+            // A service host that vanishes without a reset (power loss, a
+            // partition) would otherwise hold calls until their deadline and
+            // change feeds forever: connects give up, and idle connections are
+            // pinged, so both fail over to a reconnect.
+            .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .connect_lazy();
         let service: UpstreamService = BoxCloneSyncService::new(
             ServiceBuilder::new()
