@@ -898,3 +898,111 @@ async fn a_streamed_tool_call_that_succeeded_is_counted_a_success_whatever_the_e
     }
     assert!(!scraped.contains("rpc_response_status_code=\"CANCELLED\""), "a call read to its end is no cancel");
 }
+
+/// A client that lost its GET stream's connection reconnects before the server has noticed (a
+/// dead peer shows only at the next write). Eras before 2025-11-25 have no event id to resume
+/// from, so the reconnecting GET is plain: it takes the stream over, where a 409 made the
+/// TypeScript SDK give the stream up for good after two tries.
+#[tokio::test]
+async fn a_plain_get_takes_the_standalone_stream_over_from_a_lost_connection() {
+    let server = Server::start();
+    let mut opener = connect(&server, "2025-11-25").await;
+    let listener = connect(&server, "2025-06-18").await;
+    let get = || {
+        client()
+            .get(format!("{}/mcp", base(&server)))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &listener.session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    let first = get().await.expect("first GET");
+    assert_eq!(first.status(), 200);
+    let mut second = get().await.expect("second GET");
+    assert_eq!(second.status(), 200, "the second GET takes the stream over");
+    let mut old = first.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async { while old.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the superseded stream ends rather than hold a slot");
+    let mut seen = String::new();
+    assert!(hears_list_changed(&mut second, &mut opener, &mut seen).await, "the new stream carries events: {seen}");
+}
+
+/// The TypeScript SDK's SSE client reconnects a broken legacy stream and goes on without a new
+/// `initialize`; the session it lands in must answer as the version it negotiated before (the
+/// SDK refuses a tool result without `structuredContent` when the tool has an output schema).
+#[tokio::test]
+async fn a_legacy_session_used_without_initialize_answers_in_the_latest_version() {
+    let server = Server::start();
+    let (mut sse, endpoint) = legacy_session(&server).await;
+    let post = |body: Value| client().post(format!("{}{endpoint}", base(&server))).json(&body).send();
+    let open = json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{
+        "name":"change.open","arguments":{"title":"Reconnected","slug":"reconnected","owner":"alice"}}});
+    assert_eq!(post(open).await.unwrap().status(), 202);
+    assert_eq!(post(json!({"jsonrpc":"2.0","id":6,"method":"tools/list"})).await.unwrap().status(), 202);
+    let mut seen = String::new();
+    let answer = |id: i64| move |m: &Value| m["id"] == id;
+    let opened = read_messages_until(&mut sse, &mut seen, answer(5)).await;
+    assert_eq!(opened["result"]["structuredContent"]["change"]["slug"], "reconnected", "{opened}");
+    let tools = read_messages_until(&mut sse, &mut seen, answer(6)).await;
+    let open_tool = tools["result"]["tools"].as_array().unwrap().iter().find(|t| t["name"] == "change.open").unwrap();
+    assert!(open_tool["outputSchema"].is_object(), "{open_tool}");
+}
+
+/// A request cancelled while its POST awaits a JSON answer gets no JSON-RPC response
+/// (2025-11-25 cancellation: receivers SHOULD NOT send one; the SDKs report a response to an
+/// unknown id): the POST is answered with an empty event stream, and nothing is written.
+#[tokio::test]
+async fn a_cancelled_call_awaiting_json_gets_no_response_and_writes_nothing() {
+    let server = Server::start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let opened = mcp.call("change.open", json!({"title": "Cancel", "slug": "cancel-me", "owner": "alice"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+    let tasks = server.workspace.join("changes/cancel-me/tasks.md");
+    let before = std::fs::read_to_string(&tasks).unwrap();
+    // Holding the change folder's lock, as another server process would, keeps the tick waiting.
+    let folder = std::fs::File::open(server.workspace.join("changes/cancel-me")).unwrap();
+    folder.lock().unwrap();
+    let tick = mcp.post(json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"task.update",
+        "arguments":{"slug":"cancel-me","owner":"alice","updates":[{"id":"1.1","done":true}]}}}));
+    tokio::pin!(tick);
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}});
+    // The cancellation can overtake the call it names; it is sent until the call has ended.
+    let mut answered = None;
+    for _ in 0..100 {
+        assert_eq!(mcp.post(cancel.clone()).await.status(), 202);
+        if let Ok(resp) = tokio::time::timeout(Duration::from_millis(100), &mut tick).await {
+            answered = Some(resp);
+            break;
+        }
+    }
+    let resp = answered.expect("the cancelled call's POST is answered");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let body = resp.text().await.unwrap();
+    assert!(content_type.starts_with("text/event-stream") && sse_messages(&body).is_empty(), "{content_type}: {body}");
+    folder.unlock().unwrap();
+    let (_, shown) = rest(&server, "change.show", json!({"slug": "cancel-me"})).await;
+    assert_eq!(shown["tasks"][0]["done"], false, "{shown}");
+    assert_eq!(std::fs::read_to_string(&tasks).unwrap(), before, "the cancelled tick wrote nothing");
+}
+
+/// Reads an SSE response into `seen` until one of its messages satisfies `found`.
+async fn read_messages_until(
+    stream: &mut reqwest::Response,
+    seen: &mut String,
+    found: impl Fn(&Value) -> bool,
+) -> Value {
+    let read = async {
+        loop {
+            if let Some(message) = sse_messages(seen).into_iter().find(&found) {
+                return message;
+            }
+            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
+            seen.push_str(std::str::from_utf8(&chunk).expect("UTF-8 SSE"));
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(message) => message,
+        Err(_) => panic!("no such message within 10 s: {seen}"),
+    }
+}

@@ -174,13 +174,10 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
         outcome = run_tool(ctx, tool, args) => outcome,
         () = ctx.cancel.cancelled() => {
             // Dropping the call's future cancels the gRPC call. The service's writes are
-            // atomic, so the change is as before the call or as after it, never in between,
-            // but a call past its commit point completes: the answer must not promise more.
-            // (An answer on a stream is not sent at all; a JSON answer is due all the same.)
-            return Err(RpcError::new(
-                jsonrpc::SERVER_ERROR,
-                "request cancelled; a call that had already reached its commit point took effect (read the change to see)",
-            ));
+            // atomic: the change is as before the call, or as after it when the call had
+            // passed its commit point. No response goes out after a cancellation
+            // (`transport::respond_on_stream`, `streamable::run`): this error only ends the call.
+            return Err(RpcError::new(jsonrpc::SERVER_ERROR, "request cancelled"));
         }
     };
     match outcome {

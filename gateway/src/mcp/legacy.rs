@@ -40,7 +40,11 @@ pub async fn get(
     let Some(slot) = state.sessions.open_stream() else {
         return transport::too_many_streams(&state);
     };
-    let Some(session) = state.sessions.create(&principal, Endpoint::Legacy, LEGACY_VERSION) else {
+    // Until `initialize` says otherwise, the latest version: an SDK client whose stream
+    // broke reconnects here and goes on without initializing again, expecting what it
+    // negotiated before (the TypeScript SDK then refuses tool results without
+    // `structuredContent`). A client of 2024-11-05 initializes and gets its version.
+    let Some(session) = state.sessions.create(&principal, Endpoint::Legacy, protocol::LATEST_SESSION_VERSION) else {
         return transport::too_many_sessions(&state);
     };
     let reader = session.notifications.claim();

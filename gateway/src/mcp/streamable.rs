@@ -153,8 +153,10 @@ async fn handle_message(
             if method == "tools/call" && dispatch::call_wants_stream(&state, &params) {
                 return answer_with_stream(state, session, principal, headers, id, method, params);
             }
-            let response = run(&state, &session, principal, &headers, &id, &method, &params).await;
-            transport::json_text_response(response)
+            match run(&state, &session, principal, &headers, &id, &method, &params).await {
+                Some(response) => transport::json_text_response(response),
+                None => transport::empty_event_stream(),
+            }
         }
     }
 }
@@ -168,7 +170,8 @@ pub fn on_notification(session: &Session, method: &str, params: &Value) {
     // notifications/initialized, roots/list_changed and the like need no action.
 }
 
-/// Runs one request to its JSON-RPC response, as JSON text.
+/// Runs one request to its JSON-RPC response, as JSON text; `None` when the
+/// client cancelled it, which leaves no response due.
 async fn run(
     state: &Arc<AppState>,
     session: &Arc<Session>,
@@ -177,7 +180,7 @@ async fn run(
     id: &Value,
     method: &str,
     params: &Value,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let in_flight = session.start_request(id);
     let ctx = transport::context(ContextParts {
         state,
@@ -192,10 +195,13 @@ async fn run(
     });
     let outcome = dispatch::handle(&ctx, method, params).await;
     drop(in_flight);
-    match outcome {
+    if ctx.cancel.is_cancelled() {
+        return None;
+    }
+    Some(match outcome {
         Ok(result) => jsonrpc::result_text(id, &result),
         Err(err) => jsonrpc::error_text(Some(id), &err),
-    }
+    })
 }
 
 /// Answers on an SSE stream: notifications for this request, then its response.
@@ -271,7 +277,7 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
     if batch.is_empty() {
         return rpc_error(StatusCode::BAD_REQUEST, None, RpcError::new(jsonrpc::INVALID_REQUEST, "an empty batch"));
     }
-    let mut responses = Vec::new();
+    let (mut responses, mut requests) = (Vec::new(), 0);
     for value in batch {
         match Incoming::parse(value) {
             Ok(Incoming::Request { id, method, .. }) if method == "initialize" => {
@@ -279,7 +285,8 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
                 responses.push(jsonrpc::error_text(Some(&id), &err));
             }
             Ok(Incoming::Request { id, method, params }) => {
-                responses.push(run(&state, &session, principal.clone(), &headers, &id, &method, &params).await);
+                requests += 1;
+                responses.extend(run(&state, &session, principal.clone(), &headers, &id, &method, &params).await);
             }
             Ok(Incoming::Notification { method, params }) => on_notification(&session, &method, &params),
             Ok(Incoming::Response { id, outcome }) => {
@@ -289,7 +296,7 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
         }
     }
     if responses.is_empty() {
-        return StatusCode::ACCEPTED.into_response();
+        return if requests == 0 { StatusCode::ACCEPTED.into_response() } else { transport::empty_event_stream() };
     }
     let mut body = vec![b'['];
     body.extend(responses.join(&b","[..]));
@@ -314,9 +321,12 @@ pub async fn get(
         Ok(s) => s,
         Err(response) => return *response,
     };
-    // Resuming takes the stream over from the connection the client lost;
-    // a second plain GET while the standalone stream is read is a conflict.
-    let (log, cursor, resuming) = match header_str(&headers, headers::LAST_EVENT_ID) {
+    // A GET takes the stream over from the connection the client lost, with or
+    // without `Last-Event-ID`: a connection the client dropped is noticed only
+    // at the next write, and answering 409 until then made SDK clients give up
+    // the stream for good (eras before 2025-11-25 have no event id to resume
+    // from). The session is bound to its principal, so only its owner can.
+    let (log, cursor) = match header_str(&headers, headers::LAST_EVENT_ID) {
         Some(last) => {
             let Some((stream, seq)) = sse::parse_event_id(last) else {
                 return transport_error(StatusCode::BAD_REQUEST, "Bad Request: malformed Last-Event-ID");
@@ -326,21 +336,14 @@ pub async fn get(
             let Some(log) = session.find_log(stream) else {
                 return transport_error(StatusCode::BAD_REQUEST, "Bad Request: the stream to resume is gone");
             };
-            (log, seq, true)
+            (log, seq)
         }
-        None => (session.notifications.clone(), session.notifications.start_cursor(), false),
+        None => (session.notifications.clone(), session.notifications.start_cursor()),
     };
     let Some(slot) = state.sessions.open_stream() else {
         return transport::too_many_streams(&state);
     };
-    let reader = if resuming {
-        log.claim()
-    } else {
-        match log.claim_if_free() {
-            Some(reader) => reader,
-            None => return transport_error(StatusCode::CONFLICT, "Conflict: only one connection per stream"),
-        }
-    };
+    let reader = log.claim();
     let options = SseOptions {
         prime: protocol::primes_sse(&session.version()),
         preamble: None,

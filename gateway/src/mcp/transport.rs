@@ -65,6 +65,18 @@ pub fn json_text_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
+/// A 200 event stream with no event: the answer to a POST whose requests were
+/// all cancelled. A request needs a JSON or SSE reply, and the cancellation
+/// spec asks that no JSON-RPC response follow (the SDKs report one as a
+/// response to an unknown id).
+pub fn empty_event_stream() -> Response {
+    let mut response = Response::new(Body::empty());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    response
+}
+
 pub fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
