@@ -56,6 +56,7 @@ pub async fn get(
         preamble: Some(format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id)),
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
+        response_apart: true,
     };
     // The session lives as long as its stream.
     let (store, id, who) = (state.clone(), session.id.clone(), principal.clone());

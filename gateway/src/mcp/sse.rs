@@ -146,6 +146,21 @@ pub struct SseOptions {
     pub preamble: Option<String>,
     pub retry: Duration,
     pub keepalive: Duration,
+    /// Send a response in a write of its own, at least [`RESPONSE_APART`]
+    /// after the last progress notification (the legacy stream). The
+    /// TypeScript SDK's SSE client handles a response at once but a
+    /// notification a microtask later, so a response read in the same chunk
+    /// as its progress drops that progress and reports it as for an unknown
+    /// token (typescript-sdk#2580), which some clients treat as fatal.
+    pub response_apart: bool,
+}
+
+/// How long after a frame with progress a response may follow: long enough
+/// for a client to read the progress as a chunk of its own.
+const RESPONSE_APART: Duration = Duration::from_millis(10);
+
+fn is_response(kind: MessageType) -> bool {
+    matches!(kind, MessageType::Result | MessageType::Error)
 }
 
 /// The right to read an `EventLog`, released on drop unless a newer reader
@@ -205,6 +220,7 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, recorder: 
         let mut recorder = recorder;
         let log = attachment.reader.log.clone();
         let mut cursor = cursor;
+        let mut progress_sent: Option<std::time::Instant> = None;
         if let Some(preamble) = options.preamble {
             recorder.sent(MessageType::Priming, 1, preamble.len());
             yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(preamble));
@@ -249,8 +265,19 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, recorder: 
                     }
                 }
             }
+            if options.response_apart
+                && let Some(at) = progress_sent
+                && batch.first().is_some_and(|(_, _, kind)| is_response(*kind))
+            {
+                tokio::time::sleep(RESPONSE_APART.saturating_sub(at.elapsed())).await;
+            }
             let mut frame = String::new();
+            let mut progress = false;
             for (seq, data, kind) in batch {
+                if options.response_apart && progress && is_response(kind) {
+                    break;
+                }
+                progress |= matches!(kind, MessageType::Progress);
                 recorder.sent(kind, 1, 0);
                 cursor = seq;
                 frame.push_str("id: ");
@@ -262,6 +289,9 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, recorder: 
             log.delivered.fetch_max(cursor, Ordering::AcqRel);
             recorder.add_bytes(frame.len());
             yield Ok(Bytes::from(frame));
+            if progress {
+                progress_sent = Some(std::time::Instant::now());
+            }
         }
         drop(attachment);
     };
@@ -304,7 +334,13 @@ mod tests {
     }
 
     fn quiet_options() -> SseOptions {
-        SseOptions { prime: false, preamble: None, retry: Duration::from_secs(1), keepalive: Duration::from_secs(60) }
+        SseOptions {
+            prime: false,
+            preamble: None,
+            retry: Duration::from_secs(1),
+            keepalive: Duration::from_secs(60),
+            response_apart: false,
+        }
     }
 
     /// Everything the stream body writes for `reader` from `cursor`, counted nowhere.
@@ -343,6 +379,37 @@ mod tests {
         let text = String::from_utf8(new.collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert_eq!(text, "id: 5-2\nevent: message\ndata: {\"n\":2}\n\n");
         assert!(log.claim_if_free().is_some(), "the log is free once its reader ended");
+    }
+
+    /// The legacy stream writes a response apart from the progress before it; other
+    /// streams write what is queued in one frame.
+    #[tokio::test]
+    async fn a_response_held_apart_leaves_in_a_frame_of_its_own() {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport};
+        let frames = |apart: bool| async move {
+            let log = EventLog::new(2, 16);
+            log.push(&json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}));
+            log.push(&json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 2}}));
+            log.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+            log.finish();
+            let recorder =
+                GatewayMetrics::noop().open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+            let options = SseOptions { response_apart: apart, ..quiet_options() };
+            let mut body = super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, options, recorder);
+            let mut frames = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                frames.push(sse_count(std::str::from_utf8(&data).unwrap()));
+            }
+            frames
+        };
+        assert_eq!(frames(true).await, [(2, 0), (0, 1)], "progress, then the response alone");
+        assert_eq!(frames(false).await, [(2, 1)]);
+    }
+
+    /// (progress notifications, responses) in one SSE frame.
+    fn sse_count(frame: &str) -> (usize, usize) {
+        (frame.matches("notifications/progress").count(), frame.matches("\"result\"").count())
     }
 
     #[tokio::test]

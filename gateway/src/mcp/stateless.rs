@@ -236,6 +236,7 @@ fn stream(
         preamble: None,
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
+        response_apart: false,
     };
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
     transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))
@@ -318,6 +319,7 @@ fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) ->
         preamble: None,
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
+        response_apart: false,
     };
     let on_close: Box<dyn FnOnce() + Send> = Box::new(move || cancel.cancel());
     transport::sse_response(&state, slot, reader, 0, options, None, Some(on_close))

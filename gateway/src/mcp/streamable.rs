@@ -229,6 +229,7 @@ fn answer_with_stream(
         preamble: None,
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
+        response_apart: false,
     };
     transport::sse_response(&state, slot, reader, 0, options, Some(&session.id), None)
 }
@@ -349,6 +350,7 @@ pub async fn get(
         preamble: None,
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
+        response_apart: false,
     };
     // The standalone stream is where `list_changed` reaches a client that subscribed to nothing.
     dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
