@@ -947,7 +947,11 @@ async fn list_resources_names_every_readable_resource() {
 
     let only_a = ok(
         "ListResources slug",
-        bounded("ListResources", r.list_resources(ListResourcesRequest { slug: "list-a".into() })).await,
+        bounded(
+            "ListResources",
+            r.list_resources(ListResourcesRequest { slug: "list-a".into(), ..Default::default() }),
+        )
+        .await,
     );
     assert!(!only_a.resources.is_empty());
     assert!(

@@ -1006,3 +1006,58 @@ async fn read_messages_until(
         Err(_) => panic!("no such message within 10 s: {seen}"),
     }
 }
+
+/// `resources/list` pages through the service (its cursor is the service's page token), and
+/// REST pages the same way with `pageSize`/`pageToken`: each walk adds up to the whole list.
+#[tokio::test]
+async fn resource_pages_over_mcp_and_rest_add_up_to_the_whole_list() {
+    let server = Server::start();
+    for i in 0..20 {
+        let (status, body) = rest(&server, "change.open", json!({"slug": format!("page-{i:02}"), "title": "P"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let rest_page = |query: String| {
+        let url = format!("{}/v1/resources{query}", base(&server));
+        async move {
+            let resp = client().get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let uris = |v: &Value| v["resources"].as_array().unwrap().iter().map(|r| r["uri"].to_string()).collect::<Vec<_>>();
+    let (status, everything) = rest_page(String::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(everything["nextPageToken"], "", "no pageSize: every resource at once");
+    let all = uris(&everything);
+    assert_eq!(all.len(), 20 * 3 + 1, "proposal, tasks and specs/README.md per change, and the active list");
+
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let (mut walked, mut cursor, mut pages) = (Vec::new(), Value::Null, 0);
+    loop {
+        let page = mcp.request("resources/list", json!({"cursor": cursor})).await;
+        walked.extend(uris(&page["result"]));
+        pages += 1;
+        match &page["result"]["nextCursor"] {
+            Value::Null => break,
+            next => cursor = next.clone(),
+        }
+    }
+    assert_eq!((walked.clone(), pages), (all.clone(), 2), "MCP pages of 50");
+    let bad = mcp.request("resources/list", json!({"cursor": "bm90IGEgdG9rZW4"})).await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+
+    let (mut walked, mut token) = (Vec::new(), String::new());
+    loop {
+        let (status, page) = rest_page(format!("?pageSize=25&pageToken={token}")).await;
+        assert_eq!(status, 200, "{page}");
+        walked.extend(uris(&page));
+        match page["nextPageToken"].as_str() {
+            Some("") | None => break,
+            Some(next) => token = next.to_string(),
+        }
+    }
+    assert_eq!(walked, all, "REST pages of 25");
+    let (status, body) = rest_page("?pageSize=25&pageToken=garbage".into()).await;
+    assert_eq!((status, body["reason"].as_str()), (400, Some("INVALID_PAGE_TOKEN")), "{body}");
+    let (status, body) = rest_page("?pageSize=5000".into()).await;
+    assert_eq!(status, 400, "{body}");
+}

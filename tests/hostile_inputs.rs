@@ -244,7 +244,7 @@ async fn hostile_slugs_are_refused_by_every_rpc_and_leave_the_workspace_unchange
         expect_invalid(
             &mut f,
             &format!("ListResources slug {what}"),
-            bounded(what, r.list_resources(ListResourcesRequest { slug: slug.clone() })).await,
+            bounded(what, r.list_resources(ListResourcesRequest { slug: slug.clone(), ..Default::default() })).await,
         );
         expect_invalid_stream(
             &mut f,
@@ -369,7 +369,8 @@ async fn symlinks_in_specs_pointing_outside_the_workspace_are_invalid_paths_and_
     }
     let listed = ok(
         "ListResources",
-        bounded("ListResources", r.list_resources(ListResourcesRequest { slug: VICTIM.into() })).await,
+        bounded("ListResources", r.list_resources(ListResourcesRequest { slug: VICTIM.into(), ..Default::default() }))
+            .await,
     );
     for info in &listed.resources {
         let result =

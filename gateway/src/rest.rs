@@ -555,22 +555,42 @@ fn as_decimal_string<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ResourceList<'a> {
     resources: Vec<ResourceJson<'a>>,
+    // Empty on the last page, and written all the same, as every default field over REST.
+    next_page_token: &'a str,
 }
 
-async fn list_resources(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let listed = match call_context(&headers) {
-        Ok(ctx) => state.upstream.list_resources(ctx).await.map_err(ApiError::from),
-        Err(e) => Err(e),
+/// `GET /v1/resources?pageSize=&pageToken=` (query names as grpc-gateway maps the request's
+/// fields); without `pageSize`, every resource.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    #[serde(default)]
+    page_size: u32,
+    #[serde(default)]
+    page_token: String,
+}
+
+async fn list_resources(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let listed = async {
+        let Query(params) = params.map_err(|e| ApiError::invalid("INVALID_QUERY", e.body_text()))?;
+        let ctx = call_context(&headers)?;
+        Ok::<_, ApiError>(state.upstream.list_resources(params.page_size, params.page_token, ctx).await?)
     };
-    match listed {
+    match listed.await {
         Ok(list) => {
             let resources = list
+                .resources
                 .iter()
                 .map(|r| ResourceJson { uri: &r.uri, name: &r.name, mime_type: &r.mime_type, size: r.size })
                 .collect();
-            json_response(StatusCode::OK, &ResourceList { resources })
+            json_response(StatusCode::OK, &ResourceList { resources, next_page_token: &list.next_page_token })
         }
         Err(e) => e.into_response(),
     }
@@ -696,7 +716,10 @@ pub(crate) mod fake {
                                 mime_type: "application/json".into(),
                                 size: 0,
                             };
-                            Ok::<_, Status>(Response::new(pb::ListResourcesResponse { resources: vec![info] }))
+                            Ok::<_, Status>(Response::new(pb::ListResourcesResponse {
+                                resources: vec![info],
+                                ..Default::default()
+                            }))
                         });
                         tonic::server::Grpc::new(codec).unary(list, req).await
                     }
@@ -1134,7 +1157,7 @@ mod tests {
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(
                 json_of(res).await,
-                json!({"resources": [{"uri": "changes://active", "name": "active changes", "mimeType": "application/json", "size": "0"}]})
+                json!({"resources": [{"uri": "changes://active", "name": "active changes", "mimeType": "application/json", "size": "0"}], "nextPageToken": ""})
             );
             let res = app.oneshot(get("/v1/resources/read")).await.unwrap();
             assert_eq!(res.status(), StatusCode::BAD_REQUEST);

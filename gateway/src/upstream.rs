@@ -347,12 +347,18 @@ impl Upstream {
         Ok(within(deadline(&ctx), read).await?)
     }
 
-    pub async fn list_resources(&self, ctx: CallContext) -> Result<Vec<pb::ResourceInfo>, CallError> {
+    /// A page of the service's resources (`page_size` 0: all of them).
+    pub async fn list_resources(
+        &self,
+        page_size: u32,
+        page_token: String,
+        ctx: CallContext,
+    ) -> Result<pb::ListResourcesResponse, CallError> {
         let mut client = pb::resources_client::ResourcesClient::new(self.service.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let request = request(pb::ListResourcesRequest::default(), &ctx);
+        let request = request(pb::ListResourcesRequest { slug: String::new(), page_size, page_token }, &ctx);
         let response = within(deadline(&ctx), async move { client.list_resources(request).await }).await?;
-        Ok(response.into_inner().resources)
+        Ok(response.into_inner())
     }
 
     /// Distinct slugs of drafts and archived changes starting with `prefix`,
@@ -1164,7 +1170,10 @@ mod tests {
                         let codec = ProstCodec::<pb::ListResourcesResponse, pb::ListResourcesRequest>::default();
                         let list = tower::service_fn(|_: Request<pb::ListResourcesRequest>| async {
                             let info = pb::ResourceInfo { uri: "changes://active".into(), ..Default::default() };
-                            Ok::<_, Status>(Response::new(pb::ListResourcesResponse { resources: vec![info] }))
+                            Ok::<_, Status>(Response::new(pb::ListResourcesResponse {
+                                resources: vec![info],
+                                ..Default::default()
+                            }))
                         });
                         tonic::server::Grpc::new(codec).unary(list, req).await
                     }
@@ -1456,8 +1465,8 @@ mod tests {
         };
         assert_eq!(err.code, Code::NotFound);
 
-        let listed = fake.upstream.list_resources(CallContext::default()).await.unwrap();
-        assert_eq!(listed[0].uri, "changes://active");
+        let listed = fake.upstream.list_resources(0, String::new(), CallContext::default()).await.unwrap();
+        assert_eq!(listed.resources[0].uri, "changes://active");
     }
 
     #[tokio::test]
@@ -1509,7 +1518,7 @@ mod tests {
         let args = Value::Null;
         assert_send(&fake.upstream.call_tool(&tool, &args, CallContext::default()));
         assert_send(&fake.upstream.read_resource("x", CallContext::default()));
-        assert_send(&fake.upstream.list_resources(CallContext::default()));
+        assert_send(&fake.upstream.list_resources(0, String::new(), CallContext::default()));
         assert_send(&fake.upstream.slugs_with_prefix("x", CallContext::default()));
         assert_send(&fake.upstream.serving());
         fn assert_sync<T: Send + Sync>() {}

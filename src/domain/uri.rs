@@ -43,6 +43,11 @@ impl ResourceUri {
         }
     }
 
+    /// What every URI of the change starts with.
+    pub fn change_prefix(slug: &str) -> String {
+        format!("change://{slug}/")
+    }
+
     pub fn proposal(slug: &str) -> String {
         format!("change://{slug}/proposal")
     }

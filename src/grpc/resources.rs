@@ -6,12 +6,16 @@ use tonic::{Request, Response, Status};
 use super::{AppState, blocking, convert};
 use crate::{
     domain::{Slug, uri::ResourceUri},
+    error::Error,
     pb::{self, resources_server::Resources},
 };
 
 /// Chunk size of ReadResource: small enough to interleave with other streams on
 /// one HTTP/2 connection, large enough that a typical proposal is one chunk.
 pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The largest `ListResources` page.
+const MAX_RESOURCE_PAGE: u32 = 1000;
 
 pub struct ResourcesService {
     state: AppState,
@@ -47,11 +51,17 @@ impl Resources for ResourcesService {
         &self,
         req: Request<pb::ListResourcesRequest>,
     ) -> Result<Response<pb::ListResourcesResponse>, Status> {
-        let slug = req.into_inner().slug;
-        let only = if slug.is_empty() { None } else { Some(Slug::parse(&slug)?) };
+        let req = req.into_inner();
+        let only = if req.slug.is_empty() { None } else { Some(Slug::parse(&req.slug)?) };
+        if req.page_size > MAX_RESOURCE_PAGE {
+            let why = format!("{} is outside 0..={MAX_RESOURCE_PAGE}", req.page_size);
+            return Err(Error::invalid("page_size", why).into());
+        }
         let ws = self.state.workspace.clone();
-        let entries = blocking(move || ws.list_resources(only.as_ref())).await?;
+        let (entries, next_page_token) =
+            blocking(move || ws.list_resources(only.as_ref(), req.page_size as usize, &req.page_token)).await?;
         Ok(Response::new(pb::ListResourcesResponse {
+            next_page_token,
             resources: entries
                 .into_iter()
                 .map(|e| pb::ResourceInfo {

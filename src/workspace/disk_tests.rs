@@ -326,7 +326,7 @@ fn a_spec_file_whose_name_reading_refuses_is_listed_as_no_resource() {
     for name in ["my spec.md", "ünïcode.md", "plain.md"] {
         fs::write(specs.join(name), "## ADDED Requirements\n").unwrap();
     }
-    let listed: Vec<String> = ws.list_resources(Some(&slug)).unwrap().into_iter().map(|r| r.uri).collect();
+    let listed: Vec<String> = ws.list_resources(Some(&slug), 0, "").unwrap().0.into_iter().map(|r| r.uri).collect();
     let deltas: Vec<&String> = listed.iter().filter(|u| u.contains("/delta/")).collect();
     assert_eq!(deltas, ["change://named/delta/README.md", "change://named/delta/plain.md"]);
     for uri in &listed {
@@ -339,6 +339,51 @@ fn a_spec_file_whose_name_reading_refuses_is_listed_as_no_resource() {
     }
     assert!(uris.iter().any(|u| u.ends_with("/delta/plain.md")), "{uris:?}");
     assert!(uris.iter().all(|u| !u.contains(' ') && u.is_ascii()), "an event names no unreadable resource: {uris:?}");
+}
+
+/// Pages of `list_resources` add up to the whole list, in URI order, with no resource twice,
+/// even when changes are opened between pages; a token is good for its own filter only.
+#[test]
+fn resource_pages_add_up_to_the_whole_list_and_survive_changes_opened_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // `aaa-b` sorts before `aaa` in URI order (`-` before `/`), which the page walk must respect.
+    for slug in ["bbb", "aaa", "aaa-b", "ccc"] {
+        open(dir.path(), slug);
+    }
+    fs::write(dir.path().join("changes/aaa/specs/auth.md"), "## ADDED Requirements\n").unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let uris = |page: Vec<ResourceEntry>| page.into_iter().map(|r| r.uri).collect::<Vec<_>>();
+    let (all, token) = ws.list_resources(None, 0, "").unwrap();
+    assert!(token.is_empty(), "one answer holds every resource");
+    let all = uris(all);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "URI order");
+    assert_eq!(all.len(), 4 * 3 + 2, "three per change, one more delta, and the active list");
+
+    let (mut walked, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let (page, next) = ws.list_resources(None, 3, &token).unwrap();
+        assert!(page.len() <= 3);
+        walked.extend(uris(page));
+        pages += 1;
+        if pages == 2 {
+            // Opened between pages, before the anchor: not served now, nothing repeated.
+            open(dir.path(), "aa-early");
+        }
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(walked, all, "the pages add up to the list as it was");
+    assert_eq!(pages, 5, "14 resources in pages of 3");
+
+    let aaa = Slug::parse("aaa").unwrap();
+    let (one, filtered_token) = ws.list_resources(Some(&aaa), 1, "").unwrap();
+    assert_eq!(uris(one), ["change://aaa/delta/README.md"]);
+    assert!(matches!(ws.list_resources(None, 1, &filtered_token), Err(Error::InvalidPageToken)));
+    assert!(matches!(ws.list_resources(None, 1, "garbage"), Err(Error::InvalidPageToken)));
 }
 
 #[test]

@@ -1010,9 +1010,50 @@ impl Workspace {
         Ok(Resource { mime_type: mime, bytes })
     }
 
-    pub fn list_resources(&self, only: Option<&Slug>) -> Result<Vec<ResourceEntry>> {
+    /// The readable resources, in URI order: all of them (`page_size` 0), or a
+    /// page of at most `page_size` after the one `page_token` names, with the
+    /// token of the next page (empty on the last). Keyset paging on the URI,
+    /// so a change opened or archived between pages neither repeats nor skips
+    /// another's resources, and only the changes on the page are read.
+    pub fn list_resources(
+        &self,
+        only: Option<&Slug>,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<ResourceEntry>, String)> {
+        let filter = match only {
+            Some(slug) => format!("resources:{slug}"),
+            None => "resources".to_string(),
+        };
+        let after = if page_token.is_empty() { None } else { Some(page_token::decode(page_token, &filter)?) };
+        let wanted = if page_size == 0 { usize::MAX } else { page_size + 1 };
+        let mut slugs = match only {
+            Some(s) => vec![s.clone()],
+            None => self.draft_slugs()?,
+        };
+        // Every URI of a change starts with `change://<slug>/`, and no slug holds a `/`, so
+        // sorting by that prefix puts whole changes in URI order.
+        slugs.sort_by_cached_key(|slug| format!("{slug}/"));
         let mut out = Vec::new();
-        if only.is_none() {
+        for slug in slugs {
+            if out.len() >= wanted {
+                break;
+            }
+            let prefix = ResourceUri::change_prefix(slug.as_str());
+            if let Some(a) = &after
+                && prefix.as_str() < a.as_str()
+                && !a.starts_with(&prefix)
+            {
+                continue; // served on an earlier page: every URI of it sorts before the anchor
+            }
+            let Some(dir) = self.existing_draft(&slug)? else {
+                continue;
+            };
+            let mut entries = change_resources(&slug, &dir)?;
+            entries.sort_by(|a, b| a.uri.cmp(&b.uri));
+            out.extend(entries.into_iter().filter(|e| after.as_ref().is_none_or(|a| e.uri.as_str() > a.as_str())));
+        }
+        if only.is_none() && after.as_ref().is_none_or(|a| a.as_str() < crate::domain::uri::ACTIVE) {
             out.push(ResourceEntry {
                 uri: crate::domain::uri::ACTIVE.into(),
                 name: "Active changes".into(),
@@ -1020,41 +1061,14 @@ impl Workspace {
                 size: 0,
             });
         }
-        let slugs = match only {
-            Some(s) => vec![s.clone()],
-            None => self.draft_slugs()?,
-        };
-        for slug in slugs {
-            let Some(dir) = self.existing_draft(&slug)? else {
-                continue;
-            };
-            let size = |p: &Path| p.metadata().map(|m| m.len()).unwrap_or(0);
-            out.push(ResourceEntry {
-                uri: ResourceUri::proposal(slug.as_str()),
-                name: format!("{slug} proposal"),
-                mime_type: "text/markdown",
-                size: size(&dir.join("proposal.md")),
-            });
-            out.push(ResourceEntry {
-                uri: ResourceUri::tasks(slug.as_str()),
-                name: format!("{slug} tasks"),
-                mime_type: "text/markdown",
-                size: size(&dir.join("tasks.md")),
-            });
-            // Only what `resources/read` serves: a delta whose path it refuses (a space, a
-            // non-ASCII name) is still in `change.show`, but is not a resource.
-            let readable = |(path, _): &(String, String)| relpath::check_relative(path).is_ok();
-            for (path, content) in read_spec_files(&dir.join("specs"))?.files.into_iter().filter(readable) {
-                out.push(ResourceEntry {
-                    uri: ResourceUri::delta(slug.as_str(), &path),
-                    name: format!("{slug} spec {path}"),
-                    mime_type: "text/markdown",
-                    size: content.len() as u64,
-                });
+        let mut next = String::new();
+        if out.len() > page_size && page_size > 0 {
+            out.truncate(page_size);
+            if let Some(last) = out.last() {
+                next = page_token::encode(&filter, &last.uri);
             }
         }
-        out.sort_by(|a, b| a.uri.cmp(&b.uri));
-        Ok(out)
+        Ok((out, next))
     }
 
     /// Classifies a path seen by the watcher, relative to `changes/`.
@@ -1229,6 +1243,37 @@ impl SpecRead {
 /// `(path relative to specs/, text)` sorted by path. Beyond `MAX_SPEC_FILES` (the first by
 /// path), files are not read, and an error finding says so: what was not read was not
 /// validated, so such a change is not archived.
+/// One draft's resources: proposal, tasks and each readable spec delta.
+fn change_resources(slug: &Slug, dir: &Path) -> Result<Vec<ResourceEntry>> {
+    let size = |p: &Path| p.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = vec![
+        ResourceEntry {
+            uri: ResourceUri::proposal(slug.as_str()),
+            name: format!("{slug} proposal"),
+            mime_type: "text/markdown",
+            size: size(&dir.join("proposal.md")),
+        },
+        ResourceEntry {
+            uri: ResourceUri::tasks(slug.as_str()),
+            name: format!("{slug} tasks"),
+            mime_type: "text/markdown",
+            size: size(&dir.join("tasks.md")),
+        },
+    ];
+    // Only what `resources/read` serves: a delta whose path it refuses (a space, a
+    // non-ASCII name) is still in `change.show`, but is not a resource.
+    let readable = |(path, _): &(String, String)| relpath::check_relative(path).is_ok();
+    for (path, content) in read_spec_files(&dir.join("specs"))?.files.into_iter().filter(readable) {
+        out.push(ResourceEntry {
+            uri: ResourceUri::delta(slug.as_str(), &path),
+            name: format!("{slug} spec {path}"),
+            mime_type: "text/markdown",
+            size: content.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
 fn read_spec_files(specs: &Path) -> Result<SpecRead> {
     let mut out = SpecRead { files: Vec::new(), unreadable: Vec::new(), problems: Vec::new() };
     if !specs.symlink_metadata().is_ok_and(|m| m.is_dir()) {

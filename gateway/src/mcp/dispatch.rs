@@ -225,9 +225,22 @@ fn upstream_to_tool_result(err: UpstreamError) -> Result<Value, RpcError> {
     }
 }
 
+/// Pages through the service: the cursor is the service's page token, so a page
+/// costs one page of work there, whatever the size of the workspace.
 async fn resources_list(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
-    let listed = ctx.state.upstream.list_resources(ctx.call.clone()).await.map_err(call_error)?;
+    let cursor = match params.get("cursor") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(c)) => c.clone(),
+        Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+    };
+    let listed = ctx.state.upstream.list_resources(PAGE_SIZE as u32, cursor, ctx.call.clone()).await.map_err(
+        |err| match err {
+            CallError::Upstream(u) if u.reason == "INVALID_PAGE_TOKEN" => RpcError::invalid_params("invalid cursor"),
+            other => call_error(other),
+        },
+    )?;
     let mut resources: Vec<Value> = listed
+        .resources
         .into_iter()
         .map(|r| {
             let mut resource = json!({"uri": r.uri, "name": r.name, "mimeType": r.mime_type});
@@ -239,11 +252,11 @@ async fn resources_list(ctx: &RequestContext, params: &Value) -> Result<Value, R
             resource
         })
         .collect();
-    if ctx.state.config.conformance_fixtures {
+    let next = (!listed.next_page_token.is_empty()).then_some(listed.next_page_token);
+    if next.is_none() && ctx.state.config.conformance_fixtures {
         resources.extend(fixtures::resources());
     }
-    let (items, next) = page(&resources, params)?;
-    Ok(with_cursor(json!({"resources": items}), next))
+    Ok(with_cursor(json!({"resources": resources}), next))
 }
 
 fn resource_templates(ctx: &RequestContext) -> Vec<Value> {
