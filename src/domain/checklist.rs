@@ -461,6 +461,15 @@ mod tests {
         assert_eq!(c.items[1].text, "one");
     }
 
+    /// Only `## ` headings count as sections: a `###` sub-heading or a `#` title added by
+    /// hand must not shift the ids of the items below it (clients tick by id).
+    #[test]
+    fn other_heading_levels_neither_start_a_section_nor_shift_ids() {
+        let c = parse("# Tasks\n## A\n- [ ] one\n### Sub\n- [ ] two\n#### Deeper\n- [ ] three\n## B\n- [ ] four\n");
+        assert_eq!(ids(&c), ["1.1", "1.2", "1.3", "2.1"]);
+        assert_eq!(c.items[1].section, "A", "a sub-heading leaves the item in its section");
+    }
+
     #[test]
     fn positions_count_numbered_items_too() {
         let c = parse("## 1. X\n- [ ] 1.1 numbered\n- [ ] plain\n");
