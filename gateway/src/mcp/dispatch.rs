@@ -50,8 +50,8 @@ async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Res
             Ok(with_cursor(json!({"resourceTemplates": items}), next))
         }
         "resources/read" => resources_read(ctx, params).await,
-        "resources/subscribe" => subscribe(ctx, params, true),
-        "resources/unsubscribe" => subscribe(ctx, params, false),
+        "resources/subscribe" => subscribe(ctx, params, true).await,
+        "resources/unsubscribe" => subscribe(ctx, params, false).await,
         "prompts/list" => {
             let (items, next) = page(&prompts(ctx), params)?;
             Ok(with_cursor(json!({"prompts": items}), next))
@@ -299,14 +299,14 @@ async fn resources_read(ctx: &RequestContext, params: &Value) -> Result<Value, R
     Ok(json!({"contents": [item]}))
 }
 
-fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Value, RpcError> {
+async fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Value, RpcError> {
     let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("uri is required"))?;
     let Some(session) = &ctx.session else {
         return Err(RpcError::method_not_found("resources/subscribe (needs a session)"));
     };
     if on {
         session.subscribe(uri);
-        ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone());
+        ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone()).await;
     } else {
         session.unsubscribe(uri);
     }
@@ -331,19 +331,31 @@ pub fn updated_uris(uris: &[String]) -> impl Iterator<Item = &str> {
 /// session's standalone stream: at the first subscription, or when that stream
 /// is first opened, whichever comes first. It runs under the credential of the
 /// request that started it (a session is bound to one principal) until the session ends.
-pub fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallContext) {
+///
+/// Resolves once the feed follows events (or could not be opened within
+/// [`FEED_OPEN_BOUND`]), so that the subscription or stream that started it is
+/// answered only then: a client that edits a change right after subscribing
+/// hears of the edit.
+pub async fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallContext) {
     if session.watching.swap(true, Ordering::AcqRel) {
         return;
     }
+    let (opened, is_open) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         tokio::select! {
             () = session.closed.cancelled() => {}
             () = state.shutdown.cancelled() => {}
-            () = follow_feed(&state, &session, call) => {}
+            () = follow_feed(&state, &session, call, opened) => {}
         }
         session.watching.store(false, Ordering::Release);
     });
+    // An error means the feed gave up or the session ended first; either way there is no
+    // more to wait for. A service that does not answer costs the caller this bound at most.
+    let _ = tokio::time::timeout(FEED_OPEN_BOUND, is_open).await;
 }
+
+/// How long a subscription or stream waits for its change feed to open.
+const FEED_OPEN_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The first wait before a dropped feed is reopened; it doubles per failed
 /// attempt up to [`FEED_RETRY_MAX`].
@@ -357,12 +369,16 @@ const FEED_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 /// told to re-read (`list_changed`, and `updated` for every subscription).
 /// Returns only when the service refuses the session's credential, which no
 /// retry mends; a later subscription or GET starts the feed again.
-async fn follow_feed(state: &AppState, session: &Session, call: CallContext) {
+async fn follow_feed(state: &AppState, session: &Session, call: CallContext, opened: tokio::sync::oneshot::Sender<()>) {
+    let mut opened = Some(opened);
     let mut delay = FEED_RETRY_FIRST;
     let mut gap = false;
     loop {
         let why = match state.upstream.watch(call.clone()).await {
             Ok(mut events) => {
+                if let Some(opened) = opened.take() {
+                    let _ = opened.send(());
+                }
                 delay = FEED_RETRY_FIRST;
                 if std::mem::take(&mut gap) {
                     tracing::info!(session = %session.id, "change feed reopened");
@@ -389,6 +405,8 @@ async fn follow_feed(state: &AppState, session: &Session, call: CallContext) {
             }
             Err(err) => err.to_string(),
         };
+        // A first open that failed frees its waiter now; the feed goes on trying.
+        drop(opened.take());
         if state.shutdown.is_cancelled() || session.closed.is_cancelled() {
             return;
         }

@@ -353,7 +353,7 @@ pub async fn get(
         response_apart: false,
     };
     // The standalone stream is where `list_changed` reaches a client that subscribed to nothing.
-    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers)).await;
     transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 
