@@ -257,6 +257,40 @@ async fn open_change_takes_over_an_expired_lock_and_reports_it() {
     assert_eq!(shown.change.unwrap().lock.unwrap().owner, "bob");
 }
 
+/// Ages the change's lock on disk: taken `ago` by `owner` with a `ttl_seconds` lock.
+fn age_lock(server: &Server, slug: &str, owner: &str, ago: time::Duration, ttl_seconds: u32) {
+    let acquired = time::OffsetDateTime::now_utc() - ago;
+    let record = serde_json::json!({
+        "owner": owner,
+        "acquired_at": acquired.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "ttl_seconds": ttl_seconds,
+        "nonce": "0123456789abcdef",
+    });
+    fs::write(change_dir(server, slug).join(".lock"), serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+}
+
+/// A lock lasts its own TTL, not longer: two minutes after a one-minute lock was taken, a tick
+/// and an archive by another owner take it over (recorded), while a live lock still refuses.
+#[tokio::test]
+async fn a_lock_past_its_ttl_is_taken_over_by_a_tick_and_by_an_archive() {
+    let server = Server::start();
+    let mut c = server.changes().await;
+    open(&mut c, "short-lock", "alice").await;
+    age_lock(&server, "short-lock", "alice", time::Duration::seconds(120), 60);
+    ok("UpdateTasks", bounded("UpdateTasks", c.update_tasks(tick("short-lock", "bob", "1.1", true))).await);
+    assert_eq!(show(&mut c, "short-lock").await.change.unwrap().lock.unwrap().owner, "bob");
+    let meta = fs::read_to_string(change_dir(&server, "short-lock").join(".taskmcp.json")).unwrap();
+    assert!(meta.contains("alice"), "the takeover from alice is recorded: {meta}");
+    let refused =
+        err("UpdateTasks", bounded("UpdateTasks", c.update_tasks(tick("short-lock", "alice", "1.2", true))).await);
+    assert_error(&refused, Code::Aborted, "LOCKED_BY_OTHER_OWNER");
+
+    age_lock(&server, "short-lock", "bob", time::Duration::seconds(120), 60);
+    let archived =
+        ok("ArchiveChange", bounded("ArchiveChange", c.archive_change(archive_req("short-lock", "alice"))).await);
+    assert_eq!(archived.receipt.unwrap().actor, "alice");
+}
+
 #[tokio::test]
 async fn open_change_defaults_the_owner_to_the_anonymous_principal() {
     let server = Server::start();
@@ -762,6 +796,30 @@ async fn archive_change_of_an_invalid_change_fails_with_findings_and_moves_nothi
     before.retain(|p, e| !(p.as_os_str() == ".staging" && *e == common::Entry::Dir));
     assert_same_tree(&before, &after, "a refused archive");
     assert!(archive_folders(&server).is_empty());
+}
+
+/// The archive gate reads `tasks.md` as validation does: a malformed checklist item refuses
+/// the archive and names the file.
+#[tokio::test]
+async fn archive_change_refuses_a_malformed_checklist_and_moves_nothing() {
+    let server = Server::start();
+    let mut c = server.changes().await;
+    open(&mut c, "bad-tasks", "alice").await;
+    let tasks = change_dir(&server, "bad-tasks").join("tasks.md");
+    let text = fs::read_to_string(&tasks).unwrap();
+    fs::write(&tasks, format!("{text}- [?] neither done nor open\n")).unwrap();
+    let validated = ok(
+        "ValidateChange",
+        bounded("ValidateChange", c.validate_change(ValidateChangeRequest { slug: "bad-tasks".into() })).await,
+    );
+    assert!(!validated.valid, "validation sees the item: {validated:?}");
+    let status =
+        err("ArchiveChange", bounded("ArchiveChange", c.archive_change(archive_req("bad-tasks", "alice"))).await);
+    assert_error(&status, Code::FailedPrecondition, "VALIDATION_FAILED");
+    let failure = status.get_details_precondition_failure().expect("PreconditionFailure detail");
+    assert!(failure.violations.iter().any(|v| v.subject.starts_with("tasks.md")), "{failure:?}");
+    assert!(archive_folders(&server).is_empty());
+    assert!(tasks.exists(), "the draft stays");
 }
 
 #[tokio::test]
