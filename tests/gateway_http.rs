@@ -542,6 +542,22 @@ async fn slugs_complete_for_the_change_resource_templates() {
     let delta =
         templates["result"]["resourceTemplates"].as_array().unwrap().iter().find(|t| t["name"] == "delta").cloned();
     assert_eq!(delta.map(|t| t["uriTemplate"].clone()), Some(json!("change://{slug}/delta/{+path}")));
+
+    // Its `path` completes from the change named in the arguments already resolved.
+    let specs = server.workspace.join("changes/complete-alpha/specs");
+    std::fs::create_dir_all(specs.join("auth")).unwrap();
+    std::fs::write(specs.join("auth/spec.md"), "## ADDED Requirements\n").unwrap();
+    std::fs::write(specs.join("audit.md"), "## ADDED Requirements\n").unwrap();
+    let paths = |slug: Value, value: &str| {
+        json!({"ref": {"type": "ref/resource", "uri": "change://{slug}/delta/{+path}"},
+            "argument": {"name": "path", "value": value}, "context": {"arguments": {"slug": slug}}})
+    };
+    let answer = mcp.request("completion/complete", paths(json!("complete-alpha"), "au")).await;
+    assert_eq!(answer["result"]["completion"]["values"], json!(["audit.md", "auth/spec.md"]), "{answer}");
+    for (slug, why) in [(json!("no-such-change"), "an unknown change"), (json!("Not A Slug"), "no slug")] {
+        let answer = mcp.request("completion/complete", paths(slug, "")).await;
+        assert_eq!(answer["result"]["completion"]["values"], json!([]), "{why}: {answer}");
+    }
 }
 
 #[tokio::test]

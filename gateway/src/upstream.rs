@@ -391,6 +391,30 @@ impl Upstream {
         Ok(within(deadline, scan).await?)
     }
 
+    /// The spec delta paths of draft `slug` starting with `prefix`, sorted, at
+    /// most 100 (completion of the delta template's `path`).
+    pub async fn delta_paths_with_prefix(
+        &self,
+        slug: &str,
+        prefix: &str,
+        ctx: CallContext,
+    ) -> Result<Matches, CallError> {
+        let mut client = pb::resources_client::ResourcesClient::new(self.service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = request(pb::ListResourcesRequest { slug: slug.to_string(), ..Default::default() }, &ctx);
+        let listed = within(deadline(&ctx), async move { client.list_resources(request).await }).await?;
+        let deltas = format!("change://{slug}/delta/");
+        let paths: BTreeSet<String> = listed
+            .into_inner()
+            .resources
+            .into_iter()
+            .filter_map(|r| r.uri.strip_prefix(&deltas).map(str::to_string))
+            .filter(|path| path.starts_with(prefix))
+            .collect();
+        let total = Some(paths.len());
+        Ok(Matches { values: paths.into_iter().take(SLUG_MAX).collect(), total })
+    }
+
     /// Opens the service's live feed of change events; dropping the stream
     /// cancels it. Resolves once the service has accepted the call, so a caller
     /// that reopens a broken feed knows when it is following events again.

@@ -259,11 +259,13 @@ async fn resources_list(ctx: &RequestContext, params: &Value) -> Result<Value, R
     Ok(with_cursor(json!({"resources": resources}), next))
 }
 
+const DELTA_TEMPLATE: &str = "change://{slug}/delta/{+path}";
+
 fn resource_templates(ctx: &RequestContext) -> Vec<Value> {
     let mut t = vec![
         json!({"uriTemplate": "change://{slug}/proposal", "name": "proposal", "title": "A change's proposal.md", "mimeType": "text/markdown"}),
         json!({"uriTemplate": "change://{slug}/tasks", "name": "tasks", "title": "A change's tasks.md", "mimeType": "text/markdown"}),
-        json!({"uriTemplate": "change://{slug}/delta/{+path}", "name": "delta", "title": "A spec delta under specs/", "mimeType": "text/markdown"}),
+        json!({"uriTemplate": DELTA_TEMPLATE, "name": "delta", "title": "A spec delta under specs/", "mimeType": "text/markdown"}),
         json!({"uriTemplate": "change://{slug}/receipt", "name": "receipt", "title": "An archived change's receipt.json", "mimeType": "application/json"}),
     ];
     if ctx.state.config.conformance_fixtures {
@@ -482,10 +484,23 @@ async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcErro
         }
         _ => return Err(RpcError::invalid_params("ref must be a ref/prompt with a name or a ref/resource with a uri")),
     }
-    let is_change_template = reference.get("type").and_then(Value::as_str) == Some("ref/resource")
-        && reference.get("uri").and_then(Value::as_str).is_some_and(|u| u.starts_with("change://{slug}"));
-    let found = if is_change_template && name == "slug" {
+    let template = match reference.get("type").and_then(Value::as_str) {
+        Some("ref/resource") => reference.get("uri").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
+    };
+    let found = if template.starts_with("change://{slug}") && name == "slug" {
         ctx.state.upstream.slugs_with_prefix(value, ctx.call.clone()).await.map_err(call_error)?
+    } else if template == DELTA_TEMPLATE && name == "path" {
+        // The slug comes from the arguments the client has already resolved (`context`).
+        let slug = params.pointer("/context/arguments/slug").and_then(Value::as_str).unwrap_or("");
+        match ctx.state.upstream.delta_paths_with_prefix(slug, value, ctx.call.clone()).await {
+            Ok(found) => found,
+            // No slug yet, or one that names no change: nothing to offer, not a fault.
+            Err(CallError::Upstream(u)) if u.code == tonic::Code::InvalidArgument => {
+                Matches { values: vec![], total: Some(0) }
+            }
+            Err(err) => return Err(call_error(err)),
+        }
     } else {
         let values =
             if ctx.state.config.conformance_fixtures { fixtures::complete(&reference, name, value) } else { vec![] };
