@@ -273,8 +273,12 @@ pub fn body(attachment: Attachment, cursor: u64, options: SseOptions, recorder: 
             }
             let mut frame = String::new();
             let mut progress = false;
+            // Progress sent in an earlier frame holds a response back too, with other
+            // messages queued between them (the change feed's `list_changed` after an
+            // archive): the response then starts the next frame, which waits above.
+            let held = options.response_apart && progress_sent.is_some_and(|at| at.elapsed() < RESPONSE_APART);
             for (seq, data, kind) in batch {
-                if options.response_apart && progress && is_response(kind) {
+                if options.response_apart && (progress || held) && is_response(kind) {
                     break;
                 }
                 progress |= matches!(kind, MessageType::Progress);
@@ -405,6 +409,32 @@ mod tests {
         };
         assert_eq!(frames(true).await, [(2, 0), (0, 1)], "progress, then the response alone");
         assert_eq!(frames(false).await, [(2, 1)]);
+    }
+
+    /// A notification queued between the progress and the response (an archive's
+    /// `list_changed`) does not carry the response out with it: it still leaves in a
+    /// frame of its own, `RESPONSE_APART` after the progress.
+    #[tokio::test]
+    async fn a_notification_between_progress_and_response_does_not_take_it_along() {
+        use crate::metrics::{GatewayMetrics, StreamType, Transport};
+        let log = EventLog::new(2, 16);
+        let recorder = GatewayMetrics::noop().open_stream(Transport::Mcp, StreamType::Sse, std::time::Instant::now());
+        let options = SseOptions { response_apart: true, ..quiet_options() };
+        let mut body = super::body(Attachment::new(log.claim(), Box::new(|| {})), 0, options, recorder);
+        let mut next = async || {
+            let data = body.frame().await.expect("a frame").unwrap().into_data().unwrap();
+            std::str::from_utf8(&data).unwrap().to_string()
+        };
+        log.push(&json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}));
+        assert_eq!(sse_count(&next().await), (1, 0));
+        let progress_at = std::time::Instant::now();
+        log.push(&json!({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}));
+        log.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+        log.finish();
+        let between = next().await;
+        assert!(between.contains("list_changed") && sse_count(&between) == (0, 0), "{between}");
+        assert_eq!(sse_count(&next().await), (0, 1), "the response alone");
+        assert!(progress_at.elapsed() >= RESPONSE_APART, "the response waited for its turn");
     }
 
     /// (progress notifications, responses) in one SSE frame.

@@ -1,0 +1,147 @@
+//! The official MCP TypeScript SDK (npm `@modelcontextprotocol/sdk`, the client
+//! Claude Desktop, Cursor and the MCP Inspector build on; pinned and installed
+//! into .tools/ts-sdk by scripts/install-test-tools, run under .tools/bin/node22)
+//! as a real client of the server, over Streamable HTTP (/mcp) and over the
+//! legacy HTTP+SSE transport (/sse): tools/list with the SDK's output-schema
+//! validation of every result after it, the change tools end to end, progress
+//! while archiving (ten archives in a row over legacy SSE, none losing
+//! progress), resources, a resources/updated notification after an edit on
+//! disk, a cancelled call that leaves nothing written and no stray response,
+//! and, over legacy SSE, a tool call after the SDK reconnects a severed stream.
+//! The steps live in tests/typescript/client_check.mjs; each test starts the
+//! server, runs the script and fails with its report.
+mod common;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::Server;
+
+/// Failure bound for one transport's script run; it takes a few seconds.
+const SCRIPT_BOUND: Duration = Duration::from_secs(180);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// .tools/bin/node22 and the SDK in .tools/ts-sdk; a missing one fails with the fix.
+fn tools() -> (PathBuf, PathBuf) {
+    let node = repo().join(".tools/bin/node22");
+    let node_runs = Command::new(&node)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        node_runs,
+        "{} is missing or does not run: run scripts/install-test-tools (scripts/test does it for you); \
+         it installs Node 22 from npm into .tools/node",
+        node.display()
+    );
+    let sdk = repo().join(".tools/ts-sdk");
+    let package = sdk.join("node_modules/@modelcontextprotocol/sdk/package.json");
+    assert!(
+        package.is_file(),
+        "the MCP TypeScript SDK is missing ({} not found): run scripts/install-test-tools (scripts/test does it \
+         for you); it installs the pinned npm `@modelcontextprotocol/sdk` into .tools/ts-sdk",
+        package.display()
+    );
+    (node, sdk)
+}
+
+/// Runs tests/typescript/client_check.mjs with `--transport <transport>`
+/// against a fresh server and checks that its JSON summary reports that
+/// transport through exactly `steps`.
+fn client_check(transport: &str, steps: &[&str]) {
+    let (node, sdk) = tools();
+    let script = repo().join("tests/typescript/client_check.mjs");
+    let server = Server::start();
+    let out = tempfile::Builder::new().prefix("mcp-typescript-").tempdir().expect("create tempdir");
+    let (stdout_path, stderr_path) = (out.path().join("stdout.json"), out.path().join("stderr.txt"));
+    let mut cmd = Command::new(&node);
+    cmd.arg(&script)
+        .args(["--url", &server.http_base(), "--transport", transport])
+        .arg("--workspace")
+        .arg(&server.workspace)
+        .arg("--sdk")
+        .arg(&sdk)
+        // The SDK's own lookups must not pick up a developer's Node setup.
+        .env_remove("NODE_OPTIONS")
+        .env_remove("NODE_PATH")
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).expect("create stdout file"))
+        .stderr(File::create(&stderr_path).expect("create stderr file"));
+    let command = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    let status = loop {
+        match child.try_wait().expect("wait for the TypeScript client") {
+            Some(status) => break Some(status),
+            None if started.elapsed() > SCRIPT_BOUND => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    eprintln!("$ {command}\n[{status:?} after {:?}]", started.elapsed());
+    let Some(status) = status else {
+        panic!(
+            "the TypeScript client did not finish within {SCRIPT_BOUND:?} (failure bound, not a speed check); killed it\
+             \n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        );
+    };
+    assert!(
+        status.success(),
+        "the TypeScript SDK client check failed ({status})\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
+    );
+
+    // Exit 0 must come with a summary that says every step passed.
+    let summary: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the script exited 0 but its summary is not JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(summary["ok"], true, "{stdout}");
+    let results = summary["results"].as_array().expect("results array");
+    let transports: Vec<&str> = results.iter().filter_map(|r| r["transport"].as_str()).collect();
+    assert_eq!(transports, [transport], "{stdout}");
+    let done: Vec<&str> =
+        results[0]["steps"].as_array().into_iter().flatten().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(done, steps, "{transport} did not pass through every step:\n{stdout}");
+    eprintln!("{stdout}");
+}
+
+/// The steps of both transports, in order.
+const STEPS: &[&str] = &[
+    "connect",
+    "tools/list",
+    "change.open",
+    "change.show",
+    "task.update",
+    "change.validate",
+    "resources/read proposal",
+    "change.archive",
+    "resources/read receipt",
+    "resources/subscribe",
+    "notifications/resources/updated",
+    "cancel",
+];
+
+#[test]
+fn typescript_sdk_client_over_streamable_http() {
+    client_check("streamable-http", STEPS);
+}
+
+/// Legacy HTTP+SSE: the same, with ten archives in a row (none may lose
+/// progress) and, last, a call after the SDK reconnects a severed stream.
+#[test]
+fn typescript_sdk_client_over_legacy_sse() {
+    let steps: Vec<&str> = STEPS.iter().copied().chain(["reconnect"]).collect();
+    client_check("sse", &steps);
+}
