@@ -53,7 +53,13 @@ pub async fn get(
     tracing::info!(session = %session.id, "legacy SSE session opened");
     let options = SseOptions {
         prime: false,
-        preamble: Some(format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id)),
+        // `retry:` tells EventSource clients when to reconnect (3 s by default in the
+        // TypeScript SDK's), as the Streamable HTTP streams do.
+        preamble: Some(format!(
+            "retry: {}\nevent: endpoint\ndata: /messages?sessionId={}\n\n",
+            state.config.sse_retry.as_millis(),
+            session.id
+        )),
         retry: state.config.sse_retry,
         keepalive: state.config.sse_keepalive,
         response_apart: true,
