@@ -438,7 +438,7 @@ async fn the_sampler_from_the_environment_is_honoured() {
         let http = client();
         let url = server.mcp_url();
         let session = mcp_session(&http, &url).await;
-        open_change(&http, &url, &session, &format!("sampled-{sampler}"), None).await;
+        open_change(&http, &url, &session, &format!("sampled-{}", sampler.replace('_', "-")), None).await;
         server.sigterm();
         let (status, server) =
             tokio::task::spawn_blocking(move || (server.wait_exit(Duration::from_secs(20)), server)).await.unwrap();
