@@ -1115,8 +1115,11 @@ async fn a_session_answers_only_the_principal_that_opened_it_on_either_transport
         }
     };
     let post = |token: &'static str| client().post(format!("{}{endpoint}", base(&server))).bearer_auth(token);
-    let (status, body) = answer(post("b").json(&ping)).await;
-    assert_eq!(status, 404, "bob's POST to alice's legacy session: {body}");
+    let theirs = post("b").json(&ping).send().await.expect("bob's POST");
+    let status = theirs.status();
+    let body = theirs.text().await.expect("a body");
+    assert_eq!(status, 404, "bob's POST to alice's legacy session: {body:?}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(body["error"]["code"], -32001, "{body}");
     let mine = post("a").json(&json!({"jsonrpc":"2.0","id":"alice","method":"ping"})).send().await.unwrap();
     assert_eq!(mine.status(), 202, "alice's own POST is taken");
