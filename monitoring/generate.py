@@ -670,6 +670,27 @@ class Slos:
                             w("        exp_samples:")
                             w(f"          - labels: {q('{slo=' + json.dumps(s['id']) + '}')}")
                             w(f"            value: {num(round(v * 1e6))}")
+        # Windows: errors only in the first ERR_MIN minutes, clean traffic since. At the evaluation
+        # time the 5m window has seen no error and every longer one has, so a recording rule that
+        # reads the wrong range (every window computing [5m], say) shows up as a 0 or a ratio > 0.
+        err_min, eval_min = 50, 60
+        bad = dict(self.fixture({s["id"]: 0.2 for s in self.slos}, flat=False))
+        clean = dict(self.fixture({}, flat=False))
+        w(f"  - name: {q(f'windows: errors only in the first {err_min}m, clean since; at {eval_min}m only the 5m ratio is 0')}")
+        w("    interval: 1m")
+        w("    input_series:")
+        for sel, a in bad.items():
+            b = clean[sel]
+            w(f"      - series: {q(sel)}")
+            w(f"        values: {q(f'0+{num(a)}x{err_min} {num(round(err_min * a + b, 6))}+{num(b)}x{eval_min + 5 - err_min - 1}')}")
+        w("    promql_expr_test:")
+        for s in self.slos:
+            for win in self.windows:
+                w(f"      - expr: sli:{s['sli']}:error_ratio_rate{win} > bool 0")
+                w(f"        eval_time: {eval_min}m")
+                w("        exp_samples:")
+                w(f"          - labels: {q('{slo=' + json.dumps(s['id']) + '}')}")
+                w(f"            value: {0 if win == '5m' else 1}")
         # Idle: series present, no increase; and nothing at all.
         for case, flat in (("idle: every series present but flat (no traffic)", True), ("idle: no series at all", None)):
             w(f"  - name: {q(case)}")

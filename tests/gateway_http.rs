@@ -406,14 +406,34 @@ async fn a_dropped_sse_answer_resumes_with_last_event_id_on_get() {
         .unwrap();
     assert_eq!(resumed.status(), 200, "resuming takes the stream over from the lost connection");
     let text = resumed.text().await.unwrap();
-    let messages = sse_messages(&text);
-    assert!(!text.contains(&format!("id: {first_id}\nevent")), "the event we saw is not replayed: {text}");
-    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
-    assert!(!ids.is_empty() && !ids.contains(&first_id.as_str()), "no id is sent twice in a session: {text}");
     assert!(text.starts_with("retry: "), "the client is told when to retry: {text}");
-    let last = messages.last().expect("replayed events");
+    // The replay is every event after the one we saw, in order, with no gap and no repeat:
+    // ids `<stream>-(seq+1)`, `<stream>-(seq+2)`, ... through to the response.
+    let (stream_id, first_seq) = first_id.split_once('-').expect("ids are <stream>-<seq>");
+    let first_seq: u64 = first_seq.parse().expect("a numeric sequence");
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let want: Vec<String> = (1..=ids.len() as u64).map(|n| format!("{stream_id}-{}", first_seq + n)).collect();
+    assert!(!ids.is_empty(), "nothing replayed: {text}");
+    assert_eq!(ids, want, "replayed ids resume right after {first_id}: {text}");
+    let replayed = sse_messages(&text);
+    assert_eq!(replayed.len(), ids.len(), "one message per replayed id: {text}");
+    let last = replayed.last().expect("replayed events");
     assert_eq!(last["id"], 77, "the stream resumes through to the response: {text}");
     assert_eq!(last["result"]["structuredContent"]["receipt"]["slug"], "resume-me");
+    // What the client saw (through the event it acknowledged) and the replay add up to every
+    // progress notification, 1..=total, and the response, each exactly once.
+    let acknowledged =
+        seen.split_inclusive("\n\n").take_while(|e| !e.contains(&format!("id: {first_id}\n"))).count() + 1;
+    let before: String = seen.split_inclusive("\n\n").take(acknowledged).collect();
+    let all: Vec<Value> = sse_messages(&before).into_iter().chain(replayed).collect();
+    let progress: Vec<&Value> = all.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    let responses = all.iter().filter(|m| m["id"] == 77).count();
+    assert_eq!(progress.len() + responses, all.len(), "only progress and the response: {all:?}");
+    assert_eq!(responses, 1, "the response exactly once: {all:?}");
+    let total = progress.last().expect("progress notifications")["params"]["total"].as_f64().expect("a total");
+    let steps: Vec<f64> = progress.iter().map(|m| m["params"]["progress"].as_f64().expect("progress")).collect();
+    let every: Vec<f64> = (1..=total as u64).map(|n| n as f64).collect();
+    assert_eq!(steps, every, "each progress step exactly once, in order: {all:?}");
     // The old response ends rather than holding a stream slot (a bound, not a speed check).
     let old_end = tokio::time::timeout(Duration::from_secs(10), async { while stream.next().await.is_some() {} }).await;
     assert!(old_end.is_ok(), "the superseded response ends");
@@ -1076,4 +1096,111 @@ async fn resource_pages_over_mcp_and_rest_add_up_to_the_whole_list() {
     assert_eq!((status, body["reason"].as_str()), (400, Some("INVALID_PAGE_TOKEN")), "{body}");
     let (status, body) = rest_page("?pageSize=5000".into()).await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_session_answers_only_the_principal_that_opened_it_on_either_transport() {
+    let server = Server::builder().args(["--auth-token", "alice=a", "--auth-token", "bob=b"]).start();
+    let url = format!("{}/mcp", base(&server));
+    let mut alice = Mcp::connect(client(), url.clone(), Some("a"), "2025-11-25", "alice").await;
+    let as_bob = |req: reqwest::RequestBuilder| {
+        req.bearer_auth("b").header("mcp-session-id", &alice.session).header("mcp-protocol-version", "2025-11-25")
+    };
+    let ping = json!({"jsonrpc":"2.0","id":5,"method":"ping"});
+    let cases = [
+        ("POST ping", as_bob(client().post(&url).header("accept", ACCEPT_BOTH)).json(&ping)),
+        ("GET stream", as_bob(client().get(&url).header("accept", "text/event-stream"))),
+        ("DELETE", as_bob(client().delete(&url))),
+    ];
+    for (what, req) in cases {
+        let (status, body) = answer(req).await;
+        assert_eq!(status, 404, "bob's {what} with alice's session: {body}");
+        assert_eq!(body["error"]["code"], -32001, "bob's {what}: {body}");
+    }
+    // Alice's session is untouched by bob's DELETE, and still answers her.
+    assert_eq!(alice.request("ping", json!({})).await["result"], json!({}), "alice's session outlived bob's DELETE");
+
+    // The legacy transport: alice's `/sse` session refuses bob's POST, and takes hers.
+    let mut sse = client().get(format!("{}/sse", base(&server))).bearer_auth("a").send().await.expect("GET /sse");
+    assert_eq!(sse.status(), 200);
+    let mut seen = String::new();
+    let endpoint = loop {
+        seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
+        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+            break line.to_string();
+        }
+    };
+    let post = |token: &'static str| client().post(format!("{}{endpoint}", base(&server))).bearer_auth(token);
+    let theirs = post("b").json(&ping).send().await.expect("bob's POST");
+    let status = theirs.status();
+    let body = theirs.text().await.expect("a body");
+    assert_eq!(status, 404, "bob's POST to alice's legacy session: {body:?}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(body["error"]["code"], -32001, "{body}");
+    let mine = post("a").json(&json!({"jsonrpc":"2.0","id":"alice","method":"ping"})).send().await.unwrap();
+    assert_eq!(mine.status(), 202, "alice's own POST is taken");
+    let answered = read_messages_until(&mut sse, &mut seen, |m| m["id"] == "alice").await;
+    assert_eq!(answered["result"], json!({}), "{answered}");
+}
+
+#[tokio::test]
+async fn configured_host_origin_and_body_cap_are_enforced_over_http() {
+    let tools = |server: &Server| client().get(format!("{}/v1/tools", base(server)));
+
+    let server = Server::builder().args(["--allowed-host", "mcp.example.com"]).start();
+    for (host, want) in
+        [("mcp.example.com", 200), ("localhost", 403), ("mcp.example.com.evil.net", 403), ("127.0.0.1", 403)]
+    {
+        let status = tools(&server).header("host", host).send().await.unwrap().status();
+        assert_eq!(status, want, "Host {host} with --allowed-host mcp.example.com");
+    }
+    drop(server);
+
+    let server = Server::builder().args(["--allowed-origin", "https://app.example.com"]).start();
+    for (origin, want) in
+        [("https://app.example.com", 200), ("https://app.example.com.evil.net", 403), ("http://localhost:6274", 403)]
+    {
+        let status = tools(&server).header("origin", origin).send().await.unwrap().status();
+        assert_eq!(status, want, "Origin {origin} with --allowed-origin https://app.example.com");
+    }
+    drop(server);
+
+    let server = Server::builder().args(["--max-body-bytes", "1000"]).start();
+    // A ping padded to an exact size; without a session it is a 400, which shows it was read.
+    let sized = |len: usize| {
+        let bare = json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":""}}).to_string();
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"x".repeat(len - bare.len())}});
+        let body = body.to_string();
+        assert_eq!(body.len(), len);
+        client()
+            .post(format!("{}/mcp", base(&server)))
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (status, body) = answer(sized(1000)).await;
+    assert_eq!(status, 400, "a body of exactly --max-body-bytes is read (and refused for its missing session): {body}");
+    let (status, body) = answer(sized(1001)).await;
+    assert_eq!(status, 413, "a body one byte over --max-body-bytes 1000: {body}");
+}
+
+#[tokio::test]
+async fn a_malformed_legacy_post_is_a_parse_error_and_an_unknown_method_is_method_not_found() {
+    let server = Server::start();
+    let (mut sse, endpoint) = legacy_session(&server).await;
+    let post = || client().post(format!("{}{endpoint}", base(&server))).header("content-type", "application/json");
+    // Unparseable JSON has no id to answer on the stream: the POST itself carries the error.
+    let (status, body) = answer(post().body("{")).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32700)), "malformed JSON on /messages: {body}");
+    assert_eq!(body["id"], Value::Null, "{body}");
+    // The session is unharmed: a well-formed request is still answered on its stream.
+    let ok = post().body(json!({"jsonrpc":"2.0","id":"after","method":"no/such"}).to_string()).send().await.unwrap();
+    assert_eq!(ok.status(), 202);
+    let mut seen = String::new();
+    let answered = read_messages_until(&mut sse, &mut seen, |m| m["id"] == "after").await;
+    assert_eq!(answered["error"]["code"], -32601, "unknown method on the legacy stream: {answered}");
+
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let unknown = mcp.request("no/such", json!({})).await;
+    assert_eq!(unknown["error"]["code"], -32601, "unknown method in a session: {unknown}");
 }

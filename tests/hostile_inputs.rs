@@ -372,21 +372,42 @@ async fn symlinks_in_specs_pointing_outside_the_workspace_are_invalid_paths_and_
         bounded("ListResources", r.list_resources(ListResourcesRequest { slug: VICTIM.into(), ..Default::default() }))
             .await,
     );
+    // The listing still names the change's own files, and every listed resource either reads
+    // to its end without a leak or is refused as an invalid path: no read is skipped unchecked.
+    let proposal = format!("change://{VICTIM}/proposal");
+    assert!(listed.resources.iter().any(|i| i.uri == proposal), "{proposal} not listed: {:?}", listed.resources);
+    let mut read_through = Vec::new();
     for info in &listed.resources {
-        let result =
-            bounded("ReadResource listed", r.read_resource(ReadResourceRequest { uri: info.uri.clone() })).await;
-        if let Ok(resp) = result {
-            let mut stream = resp.into_inner();
-            while let Ok(Some(chunk)) = bounded("chunk", stream.message()).await {
-                let text = match &chunk.content {
-                    Some(Content::Text(t)) => t.clone(),
-                    Some(Content::Blob(b)) => String::from_utf8_lossy(b).into_owned(),
-                    None => String::new(),
-                };
-                assert!(!text.contains("TOP SECRET") && !text.contains("root:x:0"), "{} leaked: {text}", info.uri);
+        let what = format!("ReadResource {} (listed)", info.uri);
+        let mut stream = match bounded(&what, r.read_resource(ReadResourceRequest { uri: info.uri.clone() })).await {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                assert_invalid(&mut f, &what, &status);
+                continue;
+            }
+        };
+        loop {
+            match bounded(&what, stream.message()).await {
+                Ok(Some(chunk)) => {
+                    let text = match &chunk.content {
+                        Some(Content::Text(t)) => t.clone(),
+                        Some(Content::Blob(b)) => String::from_utf8_lossy(b).into_owned(),
+                        None => String::new(),
+                    };
+                    assert!(!text.contains("TOP SECRET") && !text.contains("root:x:0"), "{} leaked: {text}", info.uri);
+                }
+                Ok(None) => {
+                    read_through.push(info.uri.clone());
+                    break;
+                }
+                Err(status) => {
+                    assert_invalid(&mut f, &what, &status);
+                    break;
+                }
             }
         }
     }
+    assert!(read_through.contains(&proposal), "the proposal was not read to its end: read {read_through:?}");
     f.assert_none("symlinks_in_specs_pointing_outside_the_workspace_are_invalid_paths_and_never_read");
     assert_same_tree(&before, &snapshot(&server.workspace), "after symlink probes");
     server.assert_serving().await;

@@ -316,6 +316,35 @@ async fn the_rate_limit_answers_resource_exhausted_with_retry_info() {
     server.assert_serving().await;
 }
 
+#[tokio::test]
+async fn each_principal_has_its_own_rate_limit_bucket() {
+    let server = Server::builder()
+        .rate_limit(1, 2)
+        .args(["--auth-token", "alice=token-a", "--auth-token", "bob=token-b"])
+        .start();
+    let mut alice = server.changes_with(Auth::bearer("token-a")).await;
+    let mut bob = server.changes_with(Auth::bearer("token-b")).await;
+    // Alice spends her burst of two; the loop only allows for a slow machine refilling a
+    // token between calls.
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(status) = bounded("alice's ListChanges", alice.list_changes(ListChangesRequest::default())).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("alice was never rate limited after her burst of 2 at 1/s");
+    assert_error(&status, Code::ResourceExhausted, "RATE_LIMITED");
+    // Bob's bucket is his own and full: both calls of his burst pass right after alice's
+    // refusal (a shared bucket would need two seconds of refill for that).
+    for i in 0..2 {
+        ok(
+            &format!("bob's call {i}, right after alice was refused"),
+            bounded("bob's ListChanges", bob.list_changes(ListChangesRequest::default())).await,
+        );
+    }
+}
+
 /// The client sends `grpc-timeout` and enforces nothing itself (tonic's
 /// `set_timeout` only sets the header), so a stream that would otherwise run
 /// forever ending with DEADLINE_EXCEEDED proves the server honours deadlines.

@@ -211,8 +211,8 @@ fn every_alert_fires_at_its_threshold_and_stays_silent_below_it_and_when_idle() 
         }
         for g in &tf.groups {
             assert!(
-                g.starts_with("fire") || g.starts_with("below") || g.starts_with("idle"),
-                "{}: test group {g:?} must be named fire..., below... or idle...",
+                ["fire", "below", "idle", "windows"].iter().any(|case| g.starts_with(case)),
+                "{}: test group {g:?} must be named fire..., below..., idle... or windows...",
                 path.display()
             );
         }
@@ -250,24 +250,28 @@ fn every_alert_fires_at_its_threshold_and_stays_silent_below_it_and_when_idle() 
 #[test]
 fn mutated_rules_fail_the_promtool_tests() {
     // The tests must be able to fail: a threshold or a `for` changed in a copy of the rules
-    // makes `promtool test rules` fail.
+    // makes `promtool test rules` fail, and so does a window's recording rule reading another
+    // range (every 30m rule reading [5m]: constant fixture traffic alone cannot tell them apart).
     let promtool = tool("promtool");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("rules")).unwrap();
     std::fs::create_dir_all(dir.path().join("tests")).unwrap();
-    let mutations: [(&str, &str, &str, &str); 2] = [
+    // (rules, tests, from, to, how many occurrences to replace)
+    let mutations: [(&str, &str, &str, &str, usize); 3] = [
         (
             "slo-alerts.yml",
             "slo-alerts.test.yml",
             "sli:api_availability:error_ratio_rate1h > 0.0144",
             "sli:api_availability:error_ratio_rate1h > 0.0160",
+            1,
         ),
-        ("service-alerts.yml", "service-alerts.test.yml", "> 0.85\n", "> 0.87\n"),
+        ("slo-alerts.yml", "slo-alerts.test.yml", "[30m]", "[5m]", usize::MAX),
+        ("service-alerts.yml", "service-alerts.test.yml", "> 0.85\n", "> 0.87\n", 1),
     ];
-    for (rules, tests, from, to) in mutations {
+    for (rules, tests, from, to, count) in mutations {
         let original = read(&mon(&format!("prometheus/rules/{rules}")));
         assert!(original.contains(from), "{rules} no longer contains {from:?}; update this test");
-        std::fs::write(dir.path().join("rules").join(rules), original.replacen(from, to, 1)).unwrap();
+        std::fs::write(dir.path().join("rules").join(rules), original.replacen(from, to, count)).unwrap();
         std::fs::copy(mon(&format!("prometheus/tests/{tests}")), dir.path().join("tests").join(tests)).unwrap();
         let out = run(Command::new(&promtool).arg("test").arg("rules").arg(dir.path().join("tests").join(tests)));
         assert!(!out.status.success(), "promtool test rules passed on mutated {rules} ({from:?} -> {to:?})");

@@ -446,8 +446,20 @@ async fn the_last_figures_are_flushed_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_one_warning_and_no_request() {
-    // A port with nothing behind it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    // A "Collector" that takes each connection and closes it at once: every export fails, and
+    // the connections it counts show the exporter went on trying.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = listener.local_addr().expect("addr");
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let attempts = attempts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+    }
     let mut server = metrics_support::start(|b| {
         b.env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{closed}"))
             .env("OTEL_METRIC_EXPORT_INTERVAL", "100")
@@ -459,14 +471,25 @@ async fn a_collector_that_is_down_costs_one_warning_and_no_request() {
             task_mcp::pb::OpenChangeRequest { slug: format!("down-{i}"), title: "T".into(), ..Default::default() };
         common::bounded("OpenChange", changes.open_change(req)).await.expect("requests do not fail");
     }
-    // Several intervals pass: every export fails, one warning is logged.
+    // Every export fails; after the first warning, the exporter tries again and again (each
+    // attempt a new connection) and no further warning is logged.
     let warning = "metrics export over OTLP failed";
     let deadline = Instant::now() + ARRIVAL_BOUND;
     while !server.logs().contains(warning) {
         assert!(Instant::now() < deadline, "no export warning:\n{}", server.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_warning = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + ARRIVAL_BOUND;
+    while attempts.load(std::sync::atomic::Ordering::SeqCst) < at_warning + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the exporter stopped trying: {} connection(s), {at_warning} at the warning (a bound, not a speed check)\n{}",
+            attempts.load(std::sync::atomic::Ordering::SeqCst),
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(server.logs().matches(warning).count(), 1, "{}", server.logs());
     server.sigterm();
     let status = server.wait_exit(Duration::from_secs(20)).expect("shutdown stays bounded");

@@ -1058,6 +1058,15 @@ mod tests {
             (&[("host", "localhost")][..], StatusCode::FORBIDDEN),
             (&[("host", "mcp.example.com"), ("origin", "https://app.example.com")][..], StatusCode::OK),
             (&[("host", "mcp.example.com"), ("origin", "http://localhost:6274")][..], StatusCode::FORBIDDEN),
+            // A configured name is matched whole, never as a prefix (or suffix) of another.
+            (&[("host", "mcp.example.com.evil.net")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com.evil.net:1234")][..], StatusCode::FORBIDDEN),
+            (&[("host", "evilmcp.example.com")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.co")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com"), ("origin", "https://app.example.com.evil.net")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com"), ("origin", "https://app.example.com:8443")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com"), ("origin", "https://app.example.co")][..], StatusCode::FORBIDDEN),
+            (&[("host", "mcp.example.com"), ("origin", "http://app.example.com")][..], StatusCode::FORBIDDEN),
         ];
         for (headers, want) in cases {
             let app = host_only(&config, stats());

@@ -1384,11 +1384,9 @@ mod tests {
     async fn the_deadline_is_enforced_by_the_gateway_too() {
         let fake = fake();
         let ctx = CallContext { timeout: Some(Duration::from_millis(50)), ..Default::default() };
-        let started = std::time::Instant::now();
         let err = fake.upstream.call_tool(tool(&fake, "change.show"), &json!({"slug": "s"}), ctx).await.unwrap_err();
         let CallError::Upstream(err) = err else { panic!("{err:?}") };
         assert_eq!(err.code, Code::DeadlineExceeded);
-        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -839,7 +839,12 @@ mod tests {
         );
         assert_eq!(instance_id_from("service.instance.id="), None);
         assert_eq!(instance_id_from(""), None);
-        assert!(uuid::Uuid::parse_str(service_instance_id()).is_ok() || !service_instance_id().is_empty());
+        // The process's id: the one OTEL_RESOURCE_ATTRIBUTES names, else a fresh UUID.
+        let id = service_instance_id();
+        match instance_id_from(&std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default()) {
+            Some(named) => assert_eq!(id, named),
+            None => assert!(uuid::Uuid::parse_str(id).is_ok(), "service.instance.id {id:?} is not a UUID"),
+        }
     }
 
     #[test]
