@@ -10,15 +10,18 @@ fn open(root: &Path, slug: &str) -> (Slug, Owner) {
     let ws = Workspace::open(root, 1 << 20).unwrap();
     let slug = Slug::parse(slug).unwrap();
     let owner = Owner::parse("alice").unwrap();
-    ws.open_change(OpenRequest {
-        slug: slug.clone(),
-        title: Title::parse("On disk").unwrap(),
-        rationale: Rationale::parse("because").unwrap(),
-        owner: owner.clone(),
-        principal: Principal::anonymous(),
-        ttl: Ttl::DEFAULT,
-        template: TemplateKind::Feature,
-    })
+    ws.open_change(
+        OpenRequest {
+            slug: slug.clone(),
+            title: Title::parse("On disk").unwrap(),
+            rationale: Rationale::parse("because").unwrap(),
+            owner: owner.clone(),
+            principal: Principal::anonymous(),
+            ttl: Ttl::DEFAULT,
+            template: TemplateKind::Feature,
+        },
+        &|| false,
+    )
     .unwrap();
     (slug, owner)
 }
@@ -348,15 +351,18 @@ fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
     fs::create_dir_all(dir.path().join("changes/by-hand")).unwrap();
     fs::write(dir.path().join("changes/by-hand/proposal.md"), "# By hand\n").unwrap();
     let opened = ws
-        .open_change(OpenRequest {
-            slug: Slug::parse("by-hand").unwrap(),
-            title: Title::parse("By hand").unwrap(),
-            rationale: Rationale::parse("because").unwrap(),
-            owner: Owner::parse("alice").unwrap(),
-            principal: Principal::anonymous(),
-            ttl: Ttl::DEFAULT,
-            template: TemplateKind::Feature,
-        })
+        .open_change(
+            OpenRequest {
+                slug: Slug::parse("by-hand").unwrap(),
+                title: Title::parse("By hand").unwrap(),
+                rationale: Rationale::parse("because").unwrap(),
+                owner: Owner::parse("alice").unwrap(),
+                principal: Principal::anonymous(),
+                ttl: Ttl::DEFAULT,
+                template: TemplateKind::Feature,
+            },
+            &|| false,
+        )
         .unwrap();
     assert!(!opened.created);
     assert_eq!(opened.files, vec!["changes/by-hand/proposal.md".to_string()]);
@@ -461,4 +467,106 @@ fn edits_on_disk_are_reported_in_the_order_they_happened() {
             ("alpha".to_string(), EventKind::Updated)
         ]
     );
+}
+
+/// Rewrites the lock of `slug` as `owner`'s, taken three hours ago for a minute: expired.
+fn expire_lock(root: &Path, slug: &str, owner: &Owner) {
+    let then = OffsetDateTime::now_utc() - time::Duration::hours(3);
+    let record = LockRecord::new(Holder::anonymous(owner), Ttl::parse(60).unwrap(), then);
+    fs::write(root.join("changes").join(slug).join(lock::LOCK_FILE), serde_json::to_vec(&record).unwrap()).unwrap();
+}
+
+fn open_request(slug: &str, owner: &str) -> OpenRequest {
+    OpenRequest {
+        slug: Slug::parse(slug).unwrap(),
+        title: Title::parse("On disk").unwrap(),
+        rationale: Rationale::parse("because").unwrap(),
+        owner: Owner::parse(owner).unwrap(),
+        principal: Principal::anonymous(),
+        ttl: Ttl::DEFAULT,
+        template: TemplateKind::Feature,
+    }
+}
+
+/// Starts `owner`'s open of `slug` on `ws` in a thread and returns once that open waits for
+/// its turn at the change, or has finished: then the interleaving under test is settled.
+fn open_until_it_waits(ws: &Arc<Workspace>, slug: &str, owner: &str) -> std::thread::JoinHandle<Result<Opened>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ws, req) = (ws.clone(), open_request(slug, owner));
+    let thread = std::thread::spawn(move || {
+        let waiting = tx.clone();
+        // Asked while it waits for its turn; the caller never goes away.
+        let opened = ws.open_change(req, &move || {
+            let _ = waiting.send("waiting");
+            false
+        });
+        let _ = tx.send("done");
+        opened
+    });
+    // Bounded only so that a hang fails the test instead of stalling it.
+    rx.recv_timeout(Duration::from_secs(10)).expect("the open neither waited nor finished");
+    thread
+}
+
+type PendingOpen = Arc<std::sync::Mutex<Option<std::thread::JoinHandle<Result<Opened>>>>>;
+
+#[test]
+fn an_open_by_another_process_waits_for_an_archive_under_way_and_then_opens_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "race");
+    expire_lock(dir.path(), "race", &alice);
+    // Bob opens on the other server while alice's archive is about to move the change.
+    let other = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let bob: PendingOpen = Default::default();
+    let hook: FaultHook = {
+        let (other, bob) = (other.clone(), bob.clone());
+        Arc::new(move |point| {
+            if point == "archive.before_move" {
+                *bob.lock().unwrap() = Some(open_until_it_waits(&other, "race", "bob"));
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let archived = archive(&ws, &slug, &alice).unwrap();
+    let bob = bob.lock().unwrap().take().expect("the hook ran").join().unwrap().unwrap();
+
+    assert!(!archived.already_archived);
+    assert!(
+        bob.created && bob.takeover.is_none(),
+        "bob was told he took over a change that went to the archive: {bob:?}"
+    );
+    assert_eq!(lock::read(&dir.path().join("changes/race")).unwrap().map(|l| l.owner).as_deref(), Some("bob"));
+    let archive_dir = dir.path().join(&archived.receipt.archive_path);
+    let archived_files: Vec<_> = fs::read_dir(&archive_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        archived_files.iter().all(|f| !f.to_string_lossy().ends_with(".tmp") && f != lock::LOCK_FILE),
+        "{archived_files:?}"
+    );
+    assert!(read_meta(&archive_dir).takeovers.is_empty(), "no takeover happened in the archived change");
+}
+
+#[test]
+fn an_archive_reads_the_lock_again_right_before_the_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "retaken");
+    expire_lock(dir.path(), "retaken", &alice);
+    let change = dir.path().join("changes/retaken");
+    // A writer that takes no turn (an older server, a person) gives the lock to bob meanwhile.
+    let hook: FaultHook = {
+        let change = change.clone();
+        Arc::new(move |point| {
+            if point == "archive.before_move" {
+                let bob = LockRecord::new(Holder::anonymous(&Owner::parse("bob").unwrap()), Ttl::DEFAULT, now());
+                fs::write(change.join(lock::LOCK_FILE), serde_json::to_vec(&bob).unwrap())?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let err = archive(&ws, &slug, &alice).unwrap_err();
+    assert!(matches!(&err, Error::LockedByOtherOwner { holder, .. } if holder == "bob"), "{err:?}");
+    assert!(change.join("tasks.md").is_file(), "still a draft");
+    assert!(!change.join(RECEIPT_FILE).exists(), "no receipt left in the draft");
+    assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");
 }

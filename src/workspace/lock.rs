@@ -4,8 +4,10 @@
 //! place, which fails if a lock exists: exclusive-create with no window in which a
 //! reader could see a half-written lock. Taking over an expired lock renames the
 //! stale file away first and checks it was the one we judged stale, so two
-//! processes reclaiming at once cannot both win. Within one server, callers also
-//! hold the per-slug mutex, so these races only matter across processes.
+//! processes reclaiming at once cannot both win; an unparsable lock is removed the same
+//! way, so a lock another process placed meanwhile is never removed in its stead. Callers
+//! also hold the change's turn (see `Workspace::draft_turn`), so these races only matter
+//! with writers that take no turn: older servers, tools, people.
 use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
@@ -117,7 +119,7 @@ impl Acquired {
 /// cannot name a holder, and keeping it would wedge the change forever.
 pub fn read(dir: &Path) -> Result<Option<LockRecord>> {
     match fs::read(dir.join(LOCK_FILE)) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Ok(bytes) => Ok(parse(&bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::internal("read lock", e)),
     }
@@ -166,9 +168,16 @@ fn try_place(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(e)),
     }
-    let Some(existing) = read(lock_path.parent().unwrap_or(lock_path))? else {
-        // Unparsable or vanished: move it out of the way and retry.
-        let _ = fs::remove_file(lock_path);
+    let bytes = match fs::read(lock_path) {
+        Ok(bytes) => bytes,
+        // Released between our link and our read: link again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let Some(existing) = parse(&bytes) else {
+        // Unparsable: it names no holder. Move it away, but only if it is still the record we
+        // judged: another process may have replaced it with a good lock since our read.
+        set_aside_if(lock_path, |moved| moved == bytes.as_slice())?;
         return Ok(None);
     };
     if existing.is_held_by(holder) {
@@ -179,26 +188,37 @@ fn try_place(
         return Err(existing.refuse(slug, holder));
     }
     // Expired: take it over, making sure we move away exactly the stale record.
-    let stale_path = temp_sibling(lock_path).with_extension("stale");
-    match fs::rename(lock_path, &stale_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(e)),
-    }
-    let moved: Option<LockRecord> = fs::read(&stale_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    if moved.as_ref().map(|m| &m.nonce) != Some(&existing.nonce) {
-        // Someone replaced the stale lock between our read and our rename: put
-        // theirs back (exclusively; if that fails a third party holds it now).
-        let _ = fs::hard_link(&stale_path, lock_path);
-        let _ = fs::remove_file(&stale_path);
+    if !set_aside_if(lock_path, |moved| parse(moved).is_some_and(|m| m.nonce == existing.nonce))? {
         return Ok(None);
     }
-    let _ = fs::remove_file(&stale_path);
     match fs::hard_link(temp, lock_path) {
         Ok(()) => Ok(Some(Acquired::TakenOver { lock: record.clone(), previous: existing })),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(io_err(e)),
     }
+}
+
+fn parse(bytes: &[u8]) -> Option<LockRecord> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Moves the lock at `lock_path` away for good if its content is still what `judged` accepts;
+/// anything else found there (a lock another process placed since we looked) is put back,
+/// exclusively (if that fails a third party holds the lock now). `false`: nothing was removed,
+/// the caller looks again.
+fn set_aside_if(lock_path: &Path, judged: impl Fn(&[u8]) -> bool) -> Result<bool> {
+    let aside = temp_sibling(lock_path).with_extension("stale");
+    match fs::rename(lock_path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("acquire lock", lock_path, e)),
+    }
+    let ours = fs::read(&aside).is_ok_and(|moved| judged(&moved));
+    if !ours {
+        let _ = fs::hard_link(&aside, lock_path);
+    }
+    let _ = fs::remove_file(&aside);
+    Ok(ours)
 }
 
 /// Removes the lock file if present.
@@ -259,6 +279,24 @@ mod tests {
         let got =
             acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::DEFAULT, OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(got, Acquired::New(_)));
+    }
+
+    #[test]
+    fn a_lock_is_set_aside_only_while_it_is_the_one_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join(LOCK_FILE);
+        // Judged unparsable, but another process has put its good lock there since.
+        let theirs = LockRecord::new(Holder::anonymous(&owner("b")), Ttl::DEFAULT, OffsetDateTime::now_utc());
+        fs::write(&lock_path, theirs.to_bytes()).unwrap();
+        assert!(!set_aside_if(&lock_path, |moved| moved == b"{not json").unwrap());
+        assert_eq!(read(dir.path()).unwrap(), Some(theirs), "their lock is back in place");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)], "nothing set aside is left");
+
+        fs::write(&lock_path, b"{not json").unwrap();
+        assert!(set_aside_if(&lock_path, |moved| moved == b"{not json").unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the judged record is gone");
+        assert!(!set_aside_if(&lock_path, |_| true).unwrap(), "nothing to set aside");
     }
 
     #[test]

@@ -56,6 +56,9 @@ const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
 /// How often a call waiting for its turn at a change looks again (and asks whether its caller
 /// still waits).
 const TURN_POLL: Duration = Duration::from_millis(10);
+/// How many times a call looks for a change's folder again after it moved under it (archived,
+/// or archived and opened again, by another process while this one waited for its turn).
+const TURN_ATTEMPTS: usize = 5;
 
 /// Called at named points of multi-step operations; an error returned here is
 /// treated like an I/O failure at that point. Tests use it to prove that a
@@ -324,23 +327,50 @@ impl Workspace {
         }
     }
 
-    /// This process's turn at the change in `dir` against other processes serving the same
-    /// workspace (`flock` on the folder; the mutex of `slug_lock` orders this process's own
-    /// threads). Without it, two servers ticking tasks at once each rewrite `tasks.md` from
-    /// what they read, and one tick is lost.
-    /// This call's turn at the change in `dir` among processes (`flock` on the folder). A
-    /// caller that gives up while it waits leaves the queue: a change held for long (by a
-    /// stuck process) would otherwise pile blocked threads up until the pool is spent.
-    fn change_turn(&self, dir: &Path, caller_gone: &dyn Fn() -> bool) -> Result<fs::File> {
-        let folder = fs::File::open(dir).map_err(|e| Error::io("lock change folder", dir, e))?;
+    /// The draft of `slug` with this call's turn at it among the processes serving the
+    /// workspace (`flock` on its folder, held until the returned file is dropped; the mutex of
+    /// `slug_lock` orders this process's own threads), or `None` if there is no draft. Every
+    /// write to a draft (open, tick, archive) happens in its turn: without it, two servers
+    /// ticking at once each rewrite `tasks.md` from what they read and one tick is lost, and
+    /// an open on one server takes over a lock that an archive on the other moves away.
+    /// The folder is looked up again once the turn is ours: the process we waited for may
+    /// have archived it (the `flock` goes with the folder) or archived and reopened it.
+    fn draft_turn(&self, slug: &Slug, caller_gone: &dyn Fn() -> bool) -> Result<Option<(PathBuf, fs::File)>> {
+        for _ in 0..TURN_ATTEMPTS {
+            let Some(dir) = self.existing_draft(slug)? else { return Ok(None) };
+            let folder = match fs::File::open(&dir) {
+                Ok(folder) => folder,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("lock change folder", &dir, e)),
+            };
+            Self::change_turn(&folder, &dir, caller_gone)?;
+            if self.is_draft_folder(slug, &folder)? {
+                return Ok(Some((dir, folder)));
+            }
+        }
+        Err(Error::Internal(format!("change {slug} kept moving while this call waited for its turn")))
+    }
+
+    /// Waits for the `flock` on the change folder `folder`. A caller that gives up while it
+    /// waits leaves the queue: a change held for long (by a stuck process) would otherwise pile
+    /// blocked threads up until the pool is spent.
+    fn change_turn(folder: &fs::File, dir: &Path, caller_gone: &dyn Fn() -> bool) -> Result<()> {
         loop {
             match folder.try_lock() {
-                Ok(()) => return Ok(folder),
+                Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) if caller_gone() => return Err(Error::CallerGone),
                 Err(fs::TryLockError::WouldBlock) => std::thread::sleep(TURN_POLL),
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock change folder", dir, e)),
             }
         }
+    }
+
+    /// Whether `folder` is the draft folder of `slug` now (the same inode).
+    fn is_draft_folder(&self, slug: &Slug, folder: &fs::File) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = self.existing_draft(slug)? else { return Ok(false) };
+        let same = |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        Ok(matches!((folder.metadata(), dir.symlink_metadata()), (Ok(held), Ok(now)) if same(&held, &now)))
     }
 
     /// This call's turn at `slug` among this process's calls, left like `change_turn`'s.
@@ -383,20 +413,24 @@ impl Workspace {
 
     // ----- change.open -----
 
-    pub fn open_change(&self, req: OpenRequest) -> Result<Opened> {
+    /// `caller_gone` as for `update_tasks`: an existing draft is reopened in its turn.
+    pub fn open_change(&self, req: OpenRequest, caller_gone: &dyn Fn() -> bool) -> Result<Opened> {
         let guard = self.slug_lock(&req.slug);
-        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = self.existing_draft(&req.slug)? {
-            return self.reopen(&req, &dir);
-        }
-        match self.scaffold(&req)? {
-            Some(opened) => Ok(opened),
-            None => {
-                // Another process created it between our check and our rename.
-                let dir = self.draft_dir(&req.slug);
-                self.reopen(&req, &dir)
+        let _held = Self::slug_turn(&guard, caller_gone)?;
+        // A pass reopens the draft in its turn or creates it; it finds neither only when
+        // another process created the change between our look and our rename.
+        for _ in 0..TURN_ATTEMPTS {
+            if let Some((dir, _turn)) = self.draft_turn(&req.slug, caller_gone)? {
+                if caller_gone() {
+                    return Err(Error::CallerGone);
+                }
+                return self.reopen(&req, &dir);
+            }
+            if let Some(opened) = self.scaffold(&req)? {
+                return Ok(opened);
             }
         }
+        Err(Error::Internal(format!("change {} kept appearing and vanishing while opening it", req.slug)))
     }
 
     fn reopen(&self, req: &OpenRequest, dir: &Path) -> Result<Opened> {
@@ -794,21 +828,12 @@ impl Workspace {
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
         let _held = Self::slug_turn(&guard, caller_gone)?;
-        let not_found = || Error::ChangeNotFound { slug: slug.to_string() };
-        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
-        let _turn = self.change_turn(&dir, caller_gone)?;
+        let turn = self.draft_turn(slug, caller_gone)?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
-        // Another process may have archived it while this one waited for its turn.
-        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
-        let held = lock::read(&dir)?;
-        if let Some(held) = &held
-            && held.is_live(now())
-            && !held.is_held_by(holder)
-        {
-            return Err(held.refuse(slug.as_str(), holder));
-        }
+        let (dir, _turn) = turn.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
+        let held = refuse_unless_holder(&dir, slug, holder)?;
         let path = dir.join("tasks.md");
         let text = read_doc_strict(&dir, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
             slug: slug.to_string(),
@@ -846,32 +871,12 @@ impl Workspace {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
         let _held = Self::slug_turn(&guard, caller_gone)?;
-        let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir, caller_gone)).transpose()?;
+        let turn = self.draft_turn(slug, caller_gone)?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
-        // Another process may have archived it while this one waited for its turn.
-        let draft = if turn.is_some() { self.existing_draft(slug)? } else { None };
-        let Some(dir) = draft else {
-            return match self.latest_archive(slug)? {
-                Some((name, archived)) => {
-                    let receipt = read_receipt(&archived).ok_or_else(|| Error::ReceiptUnavailable {
-                        slug: slug.to_string(),
-                        archive_path: format!("changes/archive/{name}"),
-                    })?;
-                    // A crash between the move and the release leaves the lock inside.
-                    let _ = lock::release(&archived);
-                    Ok(Archived { receipt, already_archived: true, findings: vec![] })
-                }
-                None => Err(Error::ChangeNotFound { slug: slug.to_string() }),
-            };
-        };
-        if let Some(held) = lock::read(&dir)?
-            && held.is_live(now())
-            && !held.is_held_by(actor)
-        {
-            return Err(held.refuse(slug.as_str(), actor));
-        }
+        let Some((dir, _turn)) = turn else { return self.already_archived(slug) };
+        refuse_unless_holder(&dir, slug, actor)?;
         let findings = self.validate_dir(&dir)?;
         if !validation::is_valid(&findings) {
             return Err(Error::ValidationFailed {
@@ -924,12 +929,17 @@ impl Workspace {
             total: STEPS,
         });
 
-        // The commit point: one rename moves the change, its receipt and its lock.
-        let moved = self.fault("archive.before_move").and_then(|()| fsutil::rename_noreplace(&dir, &target));
+        // The commit point: one rename moves the change, its receipt and its lock. The lock is
+        // read again first: servers keep out while we hold the turn, but a writer that takes no
+        // turn (an older server, a person) may have taken it since the first look.
+        let moved = self.fault("archive.before_move").map_err(|e| Error::io("move change to archive", &dir, e));
+        let moved = moved.and_then(|()| refuse_unless_holder(&dir, slug, actor)).and_then(|_| {
+            fsutil::rename_noreplace(&dir, &target).map_err(|e| Error::io("move change to archive", &dir, e))
+        });
         if let Err(e) = moved {
             // Back to exactly the state before the call, so a retry starts clean.
             let _ = fs::remove_file(&receipt_path);
-            return Err(Error::io("move change to archive", &dir, e));
+            return Err(e);
         }
         self.own_writes.note(&target);
         // The draft's folder is gone by our hand: an archive, not a removal.
@@ -953,6 +963,20 @@ impl Workspace {
         self.emit(EventKind::Archived, slug.as_str(), vec![ResourceUri::receipt(slug.as_str())]);
         let findings = findings.into_iter().filter(|f| f.severity != Severity::Error).collect();
         Ok(Archived { receipt, already_archived: false, findings })
+    }
+
+    /// The answer to archiving a change that has no draft: its newest archive's receipt.
+    fn already_archived(&self, slug: &Slug) -> Result<Archived> {
+        let Some((name, archived)) = self.latest_archive(slug)? else {
+            return Err(Error::ChangeNotFound { slug: slug.to_string() });
+        };
+        let receipt = read_receipt(&archived).ok_or_else(|| Error::ReceiptUnavailable {
+            slug: slug.to_string(),
+            archive_path: format!("changes/archive/{name}"),
+        })?;
+        // A crash between the move and the release leaves the lock inside.
+        let _ = lock::release(&archived);
+        Ok(Archived { receipt, already_archived: true, findings: vec![] })
     }
 
     fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime) -> Result<String> {
@@ -1136,6 +1160,16 @@ fn archive_slug(name: &str) -> Option<&str> {
     }
     let slug = &name[11..];
     Slug::parse(slug).ok().map(|_| slug)
+}
+
+/// The lock of the draft in `dir`, unless it is a live lock `holder` does not hold: then the
+/// refusal.
+fn refuse_unless_holder(dir: &Path, slug: &Slug, holder: Holder<'_>) -> Result<Option<LockRecord>> {
+    let held = lock::read(dir)?;
+    match &held {
+        Some(lock) if lock.is_live(now()) && !lock.is_held_by(holder) => Err(lock.refuse(slug.as_str(), holder)),
+        _ => Ok(held),
+    }
 }
 
 fn read_receipt(dir: &Path) -> Option<Receipt> {

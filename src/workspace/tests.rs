@@ -65,10 +65,10 @@ fn open_failing_before_the_rename_leaves_nothing_and_can_be_retried() {
     let (hook, _) = fails_at("open.before_rename");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
     let before = tree(dir.path());
-    let err = ws.open_change(request("add-x")).unwrap_err();
+    let err = ws.open_change(request("add-x"), &|| false).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
     assert_eq!(tree(dir.path()), before, "workspace unchanged after the failed open");
-    let opened = ws.open_change(request("add-x")).unwrap();
+    let opened = ws.open_change(request("add-x"), &|| false).unwrap();
     assert!(opened.created);
     assert!(dir.path().join("changes/add-x/proposal.md").is_file());
     no_temp_files(dir.path());
@@ -79,7 +79,7 @@ fn open_failing_after_the_rename_still_yields_a_whole_change() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("open.after_rename");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
-    let opened = ws.open_change(request("add-x")).unwrap();
+    let opened = ws.open_change(request("add-x"), &|| false).unwrap();
     assert!(opened.created);
     for f in ["proposal.md", "tasks.md", "specs/README.md", ".lock"] {
         assert!(dir.path().join("changes/add-x").join(f).is_file(), "{f} missing");
@@ -92,7 +92,7 @@ fn archive_failing_before_the_move_restores_the_change_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("archive.before_move");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
-    ws.open_change(request("add-x")).unwrap();
+    ws.open_change(request("add-x"), &|| false).unwrap();
     let before = tree(dir.path());
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
@@ -110,7 +110,7 @@ fn archive_failing_before_the_lock_release_is_archived_and_tidied_on_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, _) = fails_at("archive.before_release");
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
-    ws.open_change(request("add-x")).unwrap();
+    ws.open_change(request("add-x"), &|| false).unwrap();
     let actor = Owner::parse("alice").unwrap();
     let slug = Slug::parse("add-x").unwrap();
     let first = ws.archive_change(&slug, Holder::anonymous(&actor), None, &mut |_| {}, &|| false).unwrap();
@@ -144,7 +144,7 @@ fn leftovers_of_a_crashed_process_are_swept_at_start() {
 fn progress_reports_every_step_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
-    ws.open_change(request("add-x")).unwrap();
+    ws.open_change(request("add-x"), &|| false).unwrap();
     let mut steps = Vec::new();
     let slug = Slug::parse("add-x").unwrap();
     ws.archive_change(
