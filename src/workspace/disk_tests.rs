@@ -570,3 +570,37 @@ fn an_archive_reads_the_lock_again_right_before_the_move() {
     assert!(!change.join(RECEIPT_FILE).exists(), "no receipt left in the draft");
     assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");
 }
+
+#[test]
+fn an_archive_whose_folder_name_is_taken_at_the_last_moment_goes_to_the_next_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "coll");
+    let change = dir.path().join("changes/coll");
+    // Another archive (`coll-2`'s first or `coll`'s second of the day elsewhere) takes the name
+    // this one picked, after it picked it.
+    let squatted = Arc::new(std::sync::Mutex::new(None::<PathBuf>));
+    let hook: FaultHook = {
+        let (change, root, squatted) = (change.clone(), dir.path().to_path_buf(), squatted.clone());
+        Arc::new(move |point| {
+            let mut squatted = squatted.lock().unwrap();
+            if point == "archive.before_move" && squatted.is_none() {
+                let picked: Receipt = serde_json::from_slice(&fs::read(change.join(RECEIPT_FILE))?)?;
+                let folder = root.join(&picked.archive_path);
+                fs::create_dir_all(folder.join("specs"))?;
+                *squatted = Some(folder);
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let archived = archive(&ws, &slug, &owner).unwrap();
+
+    let squatted = squatted.lock().unwrap().clone().expect("the hook ran");
+    let went_to = dir.path().join(&archived.receipt.archive_path);
+    assert_ne!(went_to, squatted);
+    assert!(archived.receipt.archive_path.ends_with("-coll-2"), "{}", archived.receipt.archive_path);
+    let saved: Receipt = serde_json::from_slice(&fs::read(went_to.join(RECEIPT_FILE)).unwrap()).unwrap();
+    assert_eq!(saved, archived.receipt, "the receipt names the folder the change went to");
+    assert_eq!(fs::read_dir(&squatted).unwrap().count(), 1, "the other archive's folder is untouched");
+    assert!(!change.exists());
+}

@@ -902,11 +902,10 @@ impl Workspace {
         });
 
         let archived_at = now();
-        let name = self.free_archive_name(slug, archived_at)?;
-        let target = self.archive_root()?.join(&name);
+        self.archive_root()?;
         let meta = read_meta(&dir);
         let activity = git::activity_since(&self.root, meta.opened_at);
-        let receipt = Receipt {
+        let mut receipt = Receipt {
             slug: slug.to_string(),
             archived_at,
             actor: actor.owner.to_string(),
@@ -915,13 +914,9 @@ impl Workspace {
             commits: activity.commits.into_iter().map(|(sha, subject)| CommitRef { sha, subject }).collect(),
             files_touched: activity.files_touched,
             tests,
-            archive_path: format!("changes/archive/{name}"),
+            archive_path: String::new(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let receipt_path = dir.join(RECEIPT_FILE);
-        let bytes = serde_json::to_vec_pretty(&receipt).map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::io("write receipt", &receipt_path, e))?;
-        self.own_writes.note(&receipt_path);
         progress(Step {
             name: "receipt",
             message: format!("{} commit(s), {} file(s)", receipt.commits.len(), receipt.files_touched.len()),
@@ -929,18 +924,7 @@ impl Workspace {
             total: STEPS,
         });
 
-        // The commit point: one rename moves the change, its receipt and its lock. The lock is
-        // read again first: servers keep out while we hold the turn, but a writer that takes no
-        // turn (an older server, a person) may have taken it since the first look.
-        let moved = self.fault("archive.before_move").map_err(|e| Error::io("move change to archive", &dir, e));
-        let moved = moved.and_then(|()| refuse_unless_holder(&dir, slug, actor)).and_then(|_| {
-            fsutil::rename_noreplace(&dir, &target).map_err(|e| Error::io("move change to archive", &dir, e))
-        });
-        if let Err(e) = moved {
-            // Back to exactly the state before the call, so a retry starts clean.
-            let _ = fs::remove_file(&receipt_path);
-            return Err(e);
-        }
+        let target = self.move_to_archive(&dir, slug, actor, &mut receipt)?;
         self.own_writes.note(&target);
         // The draft's folder is gone by our hand: an archive, not a removal.
         self.own_writes.note(&dir);
@@ -979,15 +963,68 @@ impl Workspace {
         Ok(Archived { receipt, already_archived: true, findings: vec![] })
     }
 
-    fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime) -> Result<String> {
+    /// Writes the receipt into the draft `dir` and renames the draft into the archive under
+    /// the first free name: the commit point, one rename that moves the change, its receipt and
+    /// its lock. A name taken between our look and our rename (by another archive: `bar`'s
+    /// second of the day and `bar-2`'s first both want `<date>-bar-2`) is passed over for the
+    /// next, the receipt rewritten to name the folder the change really goes to. On failure
+    /// the draft is as it was, so a retry starts clean.
+    fn move_to_archive(&self, dir: &Path, slug: &Slug, actor: Holder<'_>, receipt: &mut Receipt) -> Result<PathBuf> {
+        let mut first = 1;
+        let moved = loop {
+            let (n, name) = match self.free_archive_name(slug, receipt.archived_at, first) {
+                Ok(found) => found,
+                Err(e) => break Err(e),
+            };
+            receipt.archive_path = format!("changes/archive/{name}");
+            let target = self.archive.join(&name);
+            match self.try_move_to_archive(dir, &target, slug, actor, receipt) {
+                Ok(true) => break Ok(target),
+                Ok(false) => first = n + 1,
+                Err(e) => break Err(e),
+            }
+        };
+        if moved.is_err() {
+            let _ = fs::remove_file(dir.join(RECEIPT_FILE));
+        }
+        moved
+    }
+
+    /// One attempt of `move_to_archive`; `false`: `target` was taken.
+    fn try_move_to_archive(
+        &self,
+        dir: &Path,
+        target: &Path,
+        slug: &Slug,
+        actor: Holder<'_>,
+        receipt: &Receipt,
+    ) -> Result<bool> {
+        let receipt_path = dir.join(RECEIPT_FILE);
+        let bytes = serde_json::to_vec_pretty(receipt).map_err(|e| Error::internal("encode receipt", e))?;
+        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::io("write receipt", &receipt_path, e))?;
+        self.own_writes.note(&receipt_path);
+        let move_err = |e| Error::io("move change to archive", dir, e);
+        self.fault("archive.before_move").map_err(move_err)?;
+        // Servers keep out while we hold the turn, but a writer that takes no turn (an older
+        // server, a person) may have taken the lock since the first look.
+        refuse_unless_holder(dir, slug, actor)?;
+        match fsutil::rename_noreplace(dir, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(move_err(e)),
+        }
+    }
+
+    /// The first free archive folder name of `slug` for the day of `at`, numbered `from` or
+    /// higher, with its number. A slug reopened and archived again the same day gets a
+    /// numbered folder; the receipt inside keeps the real slug.
+    fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime, from: u32) -> Result<(u32, String)> {
         let date = at.date();
         let base = format!("{:04}-{:02}-{:02}-{slug}", date.year(), u8::from(date.month()), date.day());
-        // A slug reopened and archived again the same day gets a numbered folder;
-        // the receipt inside keeps the real slug.
-        for n in 1..1000 {
+        for n in from.max(1)..1000 {
             let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
             if self.archive.join(&name).symlink_metadata().is_err() {
-                return Ok(name);
+                return Ok((n, name));
             }
         }
         Err(Error::Internal(format!("no free archive name for {slug}")))
