@@ -50,6 +50,12 @@ pub enum Error {
     /// same as a `FILE_UNREADABLE` finding.
     #[error("{file} of change {slug:?} {why}")]
     FileUnreadable { slug: String, file: String, why: &'static str },
+    /// A file of the change kept changing while the server was about to rewrite it: someone
+    /// is saving it at the same time. The server's version was not written; retrying is safe.
+    #[error(
+        "{file} of change {slug:?} kept changing while the server was updating it (is it being saved?); it was not written, retry"
+    )]
+    ConcurrentEdit { slug: String, file: String },
     #[error("change {slug:?} is archived in {archive_path} but has no readable receipt")]
     ReceiptUnavailable { slug: String, archive_path: String },
     #[error("resource {:?} is {size} bytes, over the {limit} byte cap", truncate(uri))]
@@ -116,6 +122,7 @@ impl Error {
             Error::ValidationFailed { .. } => "VALIDATION_FAILED",
             Error::ReceiptUnavailable { .. } => "RECEIPT_UNAVAILABLE",
             Error::FileUnreadable { .. } => "FILE_UNREADABLE",
+            Error::ConcurrentEdit { .. } => "CONCURRENT_EDIT",
             Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -137,8 +144,9 @@ impl Error {
             Error::ChangeNotFound { .. } | Error::TaskNotFound { .. } | Error::ResourceNotFound { .. } => {
                 Code::NotFound
             }
-            // A concurrency conflict the caller resolves by waiting or picking another slug.
-            Error::LockedByOtherOwner { .. } => Code::Aborted,
+            // Concurrency conflicts the caller resolves by waiting and retrying, or by picking
+            // another slug.
+            Error::LockedByOtherOwner { .. } | Error::ConcurrentEdit { .. } => Code::Aborted,
             Error::ValidationFailed { .. }
             | Error::ReceiptUnavailable { .. }
             | Error::FileUnreadable { .. }
@@ -186,7 +194,9 @@ impl Error {
             Error::ValidationFailed { slug, findings } => {
                 vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
             }
-            Error::FileUnreadable { slug, file, .. } => vec![kv("slug", slug.clone()), kv("file", file.clone())],
+            Error::FileUnreadable { slug, file, .. } | Error::ConcurrentEdit { slug, file } => {
+                vec![kv("slug", slug.clone()), kv("file", file.clone())]
+            }
             Error::ReceiptUnavailable { slug, archive_path } => {
                 vec![kv("slug", slug.clone()), kv("archive_path", archive_path.clone())]
             }

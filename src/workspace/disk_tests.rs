@@ -604,3 +604,114 @@ fn an_archive_whose_folder_name_is_taken_at_the_last_moment_goes_to_the_next_nam
     assert_eq!(fs::read_dir(&squatted).unwrap().count(), 1, "the other archive's folder is untouched");
     assert!(!change.exists());
 }
+
+/// A whole task list of eight items.
+fn eight_tasks() -> String {
+    let items: String = (1..=8).map(|n| format!("- [ ] 1.{n} Task number {n} of the list\n")).collect();
+    format!("# Tasks\n\n## 1. Work\n{items}")
+}
+
+/// A person saving a file in place (truncate, then write) who has written the first `cut`
+/// bytes; `finish` writes the rest into the same file.
+struct InPlaceSave {
+    file: fs::File,
+    rest: Vec<u8>,
+}
+
+impl InPlaceSave {
+    fn start(path: &Path, text: &str, cut: usize) -> Self {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+        file.write_all(&text.as_bytes()[..cut]).unwrap();
+        InPlaceSave { file, rest: text.as_bytes()[cut..].to_vec() }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(&std::mem::take(&mut self.rest))
+    }
+}
+
+/// A workspace whose hook finishes `save` right after the `finish_at`th read of `tasks.md`.
+fn finishing_save_at_read(root: &Path, save: InPlaceSave, finish_at: usize) -> Workspace {
+    let save = std::sync::Mutex::new((0, save));
+    let hook: FaultHook = Arc::new(move |point| {
+        let mut state = save.lock().unwrap();
+        if point == "tasks.after_read" {
+            state.0 += 1;
+            if state.0 == finish_at {
+                state.1.finish()?;
+            }
+        }
+        Ok(())
+    });
+    Workspace::open(root, 1 << 20).unwrap().with_fault_hook(hook)
+}
+
+#[test]
+fn a_save_in_place_landing_between_a_ticks_read_and_its_write_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "saved");
+    let tasks = dir.path().join("changes/saved/tasks.md");
+    let whole = eight_tasks();
+    // The save has written whole lines so far: nothing in what the tick reads says it is partial.
+    let cut = whole.find("- [ ] 1.5").unwrap();
+    let ws = finishing_save_at_read(dir.path(), InPlaceSave::start(&tasks, &whole, cut), 1);
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), whole.replacen("- [ ] 1.1", "- [x] 1.1", 1));
+}
+
+#[test]
+fn a_tick_waits_for_a_task_list_that_ends_mid_line_while_it_is_being_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "half");
+    let tasks = dir.path().join("changes/half/tasks.md");
+    let whole = eight_tasks();
+    // The save stalls mid-line over more than one of the tick's reads (and its write, were it
+    // to write).
+    let cut = whole.find("number 5").unwrap();
+    let ws = finishing_save_at_read(dir.path(), InPlaceSave::start(&tasks, &whole, cut), 3);
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), whole.replacen("- [ ] 1.1", "- [x] 1.1", 1));
+}
+
+#[test]
+fn a_task_list_saved_again_at_every_read_is_a_concurrent_edit_and_left_as_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "busy-list");
+    let tasks = dir.path().join("changes/busy-list/tasks.md");
+    let saves = std::sync::Mutex::new(0usize);
+    let hook: FaultHook = {
+        let tasks = tasks.clone();
+        Arc::new(move |point| {
+            if point == "tasks.after_read" {
+                let mut saves = saves.lock().unwrap();
+                *saves += 1;
+                fs::write(&tasks, format!("{}{}", eight_tasks(), "\n".repeat(*saves)))?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let err = ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap_err();
+    assert!(matches!(&err, Error::ConcurrentEdit { file, .. } if file == "tasks.md"), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Aborted);
+    let left = fs::read_to_string(&tasks).unwrap();
+    assert!(left.starts_with(&eight_tasks()) && !left.contains("[x]"), "the last save stands: {left}");
+}
+
+#[test]
+fn a_task_list_without_a_final_newline_written_long_ago_is_ticked_and_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "no-newline");
+    let tasks = dir.path().join("changes/no-newline/tasks.md");
+    let text = eight_tasks().trim_end().to_string();
+    fs::write(&tasks, &text).unwrap();
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(&tasks).unwrap().set_modified(long_ago).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.8".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), text.replacen("- [ ] 1.8", "- [x] 1.8", 1));
+    let findings = ws.validate_change(&slug).unwrap();
+    assert!(findings.iter().any(|f| f.code == validation::TASKS_NO_FINAL_NEWLINE && f.line == 11), "{findings:?}");
+}

@@ -3,7 +3,9 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::Path,
+    time::SystemTime,
 };
 
 /// A unique sibling name for temporary files: dot-prefixed so listings skip it,
@@ -23,17 +25,72 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Replaces `path` atomically: readers see the old or the new content, never a mix. The new
 /// file keeps the old one's permissions: a `tasks.md` made private stays private.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, None).map(|_| ())
+}
+
+/// `atomic_write`, done only if the file at `path` is still `expected` right before the
+/// rename; `Ok(false)`: it was not, and nothing was written. A write landing between that
+/// look and the rename is still lost: the window is two system calls, not a read and a parse.
+pub fn atomic_write_if(path: &Path, bytes: &[u8], expected: FileId) -> io::Result<bool> {
+    replace(path, bytes, Some(expected))
+}
+
+fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<bool> {
     let temp = temp_sibling(path);
     let keep_mode = |()| match path.symlink_metadata() {
         Ok(old) if old.is_file() => fs::set_permissions(&temp, old.permissions()),
         _ => Ok(()),
     };
-    let result = write_new(&temp, bytes).and_then(keep_mode).and_then(|()| fs::rename(&temp, path));
-    if result.is_err() {
+    let unchanged = || match expected {
+        Some(expected) => FileId::at(path).map(|now| now == Some(expected)),
+        None => Ok(true),
+    };
+    let result = write_new(&temp, bytes).and_then(keep_mode).and_then(|()| unchanged()).and_then(|unchanged| {
+        if unchanged {
+            fs::rename(&temp, path)?;
+        }
+        Ok(unchanged)
+    });
+    if !matches!(result, Ok(true)) {
         let _ = fs::remove_file(&temp);
     }
-    result?;
-    sync_parent(path)
+    if result? {
+        sync_parent(path)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Who a file is, as far as the file system can tell: the same inode with the same size,
+/// modification and change times holds the same content (writing in place moves the times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    changed: (i64, i64),
+    pub modified: SystemTime,
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// The file at `path` now, not following a symbolic link; `None` if there is none.
+    pub fn at(path: &Path) -> io::Result<Option<Self>> {
+        match path.symlink_metadata() {
+            Ok(meta) => Ok(Some(FileId::of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Holds an exclusive advisory lock (`flock`) on the folder `dir` until the returned file is
@@ -92,25 +149,65 @@ pub enum TextRead {
 }
 
 pub fn read_text_capped(path: &Path, cap: u64) -> io::Result<TextRead> {
-    let meta = match path.symlink_metadata() {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TextRead::Missing),
+    read_text_snapshot(path, cap).map(|snapshot| snapshot.read)
+}
+
+/// A file read as text, and who it was while it was read.
+pub struct TextSnapshot {
+    pub read: TextRead,
+    /// `None` unless the file was regular text and did not change while it was read.
+    pub id: Option<FileId>,
+}
+
+/// `read_text_capped`, telling whether the file changed while it was read. The file is
+/// opened first and then looked at through its descriptor, so a file deleted, or replaced by
+/// a folder, between a look and the read is read as what it is when opened.
+pub fn read_text_snapshot(path: &Path, cap: u64) -> io::Result<TextSnapshot> {
+    let unread = |read| Ok(TextSnapshot { read, id: None });
+    let (file, before) = match open_regular(path)? {
+        Opened::File(file, meta) => (file, meta),
+        Opened::Missing => return unread(TextRead::Missing),
+        Opened::NotRegular => return unread(TextRead::NotRegular),
+    };
+    if before.len() > cap {
+        return unread(TextRead::TooLarge(before.len()));
+    }
+    let mut bytes = Vec::with_capacity(before.len() as usize);
+    // `take` guards against a file that grows while it is read.
+    (&file).take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return unread(TextRead::TooLarge(bytes.len() as u64));
+    }
+    let after = FileId::of(&file.metadata()?);
+    let steady = FileId::of(&before) == after && bytes.len() as u64 == after.size;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(TextSnapshot { read: TextRead::Text(text), id: steady.then_some(after) }),
+        Err(_) => unread(TextRead::NotText),
+    }
+}
+
+enum Opened {
+    File(File, fs::Metadata),
+    Missing,
+    NotRegular,
+}
+
+/// Opens `path` for reading if it is a regular file, without following a symbolic link and
+/// without blocking on a FIFO.
+fn open_regular(path: &Path) -> io::Result<Opened> {
+    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return Ok(Opened::Missing);
+        }
+        // A symbolic link (refused by O_NOFOLLOW) or a socket.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => return Ok(Opened::NotRegular),
         Err(e) => return Err(e),
     };
-    if !meta.file_type().is_file() {
-        return Ok(TextRead::NotRegular);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Opened::NotRegular);
     }
-    if meta.len() > cap {
-        return Ok(TextRead::TooLarge(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // `take` guards against a file that grows between the stat and the read.
-    File::open(path)?.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Ok(TextRead::TooLarge(bytes.len() as u64));
-    }
-    match String::from_utf8(bytes) {
-        Ok(s) => Ok(TextRead::Text(s)),
-        Err(_) => Ok(TextRead::NotText),
-    }
+    Ok(Opened::File(file, meta))
 }

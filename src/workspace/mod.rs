@@ -59,6 +59,16 @@ const TURN_POLL: Duration = Duration::from_millis(10);
 /// How many times a call looks for a change's folder again after it moved under it (archived,
 /// or archived and opened again, by another process while this one waited for its turn).
 const TURN_ATTEMPTS: usize = 5;
+/// A `tasks.md` that ends mid-line and was written less than this long ago may be half saved
+/// by someone writing it in place; a tick waits until it is older or whole.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How often a tick waiting for `tasks.md` to be whole reads it again.
+const EDIT_POLL: Duration = Duration::from_millis(50);
+/// The longest a tick waits for `tasks.md` to be whole (more than `SETTLE`).
+const EDIT_WAIT: Duration = Duration::from_secs(3);
+/// How many times a tick reads `tasks.md` again after it changed between the read and the
+/// write, before it gives up with `ConcurrentEdit`.
+const EDIT_ATTEMPTS: usize = 5;
 
 /// Called at named points of multi-step operations; an error returned here is
 /// treated like an I/O failure at that point. Tests use it to prove that a
@@ -834,27 +844,90 @@ impl Workspace {
         }
         let (dir, _turn) = turn.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
         let held = refuse_unless_holder(&dir, slug, holder)?;
-        let path = dir.join("tasks.md");
-        let text = read_doc_strict(&dir, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
-            slug: slug.to_string(),
-            id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
-        })?;
-        // Everything that can refuse the call runs before anything is written.
-        let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
-        if changed.is_empty() {
-            return Ok((checklist::parse(&new_text).items, changed));
-        }
-        // Holding the lock is required; a free or expired lock is taken by the caller.
         let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
-        match lock::acquire(&dir, slug.as_str(), holder, ttl, now())? {
-            Acquired::TakenOver { lock, previous } => self.record_takeover(&dir, &previous, &lock)?,
+        let mut lock_taken = false;
+        // Servers take turns, people do not: a save that lands between our read and our rename
+        // sends us back to read again.
+        for _ in 0..EDIT_ATTEMPTS {
+            let (text, read_as) = self.read_whole_tasks(&dir, slug, updates, caller_gone)?;
+            // Everything that can refuse the call runs before anything is written.
+            let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
+            if changed.is_empty() {
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+            if !lock_taken {
+                self.take_lock_to_tick(&dir, slug, holder, ttl)?;
+                lock_taken = true;
+            }
+            if self.write_tasks_if(&dir, slug, &new_text, read_as)? {
+                self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+        }
+        Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() })
+    }
+
+    /// `tasks.md` of the draft in `dir` as a whole file, with who it was when read. Someone may
+    /// be saving it in place (truncate, then write): a file that changes while it is read, or
+    /// that ends mid-line and was written less than `SETTLE` ago, is read again, `EDIT_POLL`
+    /// apart, for at most `EDIT_WAIT`; then the call is refused with `ConcurrentEdit`.
+    fn read_whole_tasks(
+        &self,
+        dir: &Path,
+        slug: &Slug,
+        updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<(String, fsutil::FileId)> {
+        let path = dir.join("tasks.md");
+        let read_err = |e| Error::io("read change file", &path, e);
+        let since = std::time::Instant::now();
+        loop {
+            let snapshot = fsutil::read_text_snapshot(&path, MAX_DOC_BYTES).map_err(read_err)?;
+            self.fault("tasks.after_read").map_err(read_err)?;
+            let text = strict_text(snapshot.read, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
+                slug: slug.to_string(),
+                id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
+            })?;
+            if let Some(id) = snapshot.id
+                && looks_whole(&text, id)
+            {
+                return Ok((text, id));
+            }
+            if caller_gone() {
+                return Err(Error::CallerGone);
+            }
+            if since.elapsed() >= EDIT_WAIT {
+                return Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() });
+            }
+            std::thread::sleep(EDIT_POLL);
+        }
+    }
+
+    /// Holding the lock is required to tick; a free or expired lock is taken by the caller.
+    fn take_lock_to_tick(&self, dir: &Path, slug: &Slug, holder: Holder<'_>, ttl: Ttl) -> Result<()> {
+        match lock::acquire(dir, slug.as_str(), holder, ttl, now())? {
+            Acquired::TakenOver { lock, previous } => self.record_takeover(dir, &previous, &lock)?,
             Acquired::New(_) | Acquired::Refreshed(_) => {}
         }
         self.own_writes.note(&dir.join(lock::LOCK_FILE));
-        fsutil::atomic_write(&path, new_text.as_bytes()).map_err(|e| Error::io("write tasks", &path, e))?;
-        self.own_writes.note(&path);
-        self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
-        Ok((checklist::parse(&new_text).items, changed))
+        Ok(())
+    }
+
+    /// Replaces `tasks.md` with `text` if it is still the file read as `read_as`; `false`:
+    /// it changed, nothing was written.
+    fn write_tasks_if(&self, dir: &Path, slug: &Slug, text: &str, read_as: fsutil::FileId) -> Result<bool> {
+        let path = dir.join("tasks.md");
+        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as).map_err(|e| match e.kind() {
+            // Made a folder after our look: the change's fault, named like a read would.
+            io::ErrorKind::IsADirectory => {
+                Error::FileUnreadable { slug: slug.to_string(), file: "tasks.md".into(), why: NOT_REGULAR }
+            }
+            _ => Error::io("write tasks", &path, e),
+        })?;
+        if written {
+            self.own_writes.note(&path);
+        }
+        Ok(written)
     }
 
     // ----- change.archive -----
@@ -1229,22 +1302,38 @@ fn read_doc(dir: &Path, name: &str) -> io::Result<Option<String>> {
 /// A file of the change `slug` as text; a file that cannot be read as such refuses the call
 /// with FAILED_PRECONDITION (the change on disk is at fault, not the request).
 fn read_doc_strict(dir: &Path, name: &str, slug: &Slug) -> Result<Option<String>> {
+    let path = dir.join(name);
+    let read = fsutil::read_text_capped(&path, MAX_DOC_BYTES).map_err(|e| Error::io("read change file", &path, e))?;
+    strict_text(read, name, slug)
+}
+
+/// Why a file that is no regular file is not read.
+const NOT_REGULAR: &str = "is not a regular file (symbolic links and folders are not followed)";
+
+/// What `read_doc_strict` answers for the file `name` read as `read`.
+fn strict_text(read: TextRead, name: &str, slug: &Slug) -> Result<Option<String>> {
     let unreadable = |why| Error::FileUnreadable { slug: slug.to_string(), file: name.to_string(), why };
-    match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)
-        .map_err(|e| Error::io("read change file", &dir.join(name), e))?
-    {
+    match read {
         TextRead::Text(t) => Ok(Some(t)),
         TextRead::Missing => Ok(None),
         TextRead::TooLarge(size) => Err(Error::ResourceTooLarge { uri: name.to_string(), size, limit: MAX_DOC_BYTES }),
         TextRead::NotText => Err(unreadable("is not UTF-8 text")),
-        TextRead::NotRegular => Err(unreadable("is not a regular file (symbolic links and folders are not followed)")),
+        TextRead::NotRegular => Err(unreadable(NOT_REGULAR)),
     }
+}
+
+/// Whether `text`, read from the file `id`, is a whole file rather than one half saved in
+/// place: it ends a line, or nobody has written it for `SETTLE`. A save that stalls longer
+/// than that mid-line, or stalls at the end of a line, cannot be told from a file written so.
+fn looks_whole(text: &str, id: fsutil::FileId) -> bool {
+    // A modification time in the future is a clock's fault, not a save under way.
+    text.is_empty() || text.ends_with('\n') || id.modified.elapsed().map_or(true, |age| age >= SETTLE)
 }
 
 fn unreadable_finding(name: &str, read: &TextRead) -> Finding {
     let message = match read {
         TextRead::TooLarge(size) => format!("{size} bytes is over the {MAX_DOC_BYTES} byte limit"),
-        TextRead::NotRegular => "is not a regular file (symbolic links and folders are not followed)".into(),
+        TextRead::NotRegular => NOT_REGULAR.into(),
         _ => "is not UTF-8 text".into(),
     };
     Finding { code: "FILE_UNREADABLE", severity: Severity::Error, file: name.to_string(), line: 0, message }
@@ -1286,11 +1375,7 @@ impl SpecRead {
         let file = format!("specs/{rel}");
         Some(match read {
             TextRead::TooLarge(size) => Error::ResourceTooLarge { uri: file, size: *size, limit: MAX_DOC_BYTES },
-            TextRead::NotRegular => Error::FileUnreadable {
-                slug: slug.to_string(),
-                file,
-                why: "is not a regular file (symbolic links and folders are not followed)",
-            },
+            TextRead::NotRegular => Error::FileUnreadable { slug: slug.to_string(), file, why: NOT_REGULAR },
             _ => Error::FileUnreadable { slug: slug.to_string(), file, why: "is not UTF-8 text" },
         })
     }
