@@ -95,15 +95,18 @@ impl Error {
     /// disk) as `WorkspaceUnusable`, naming the path's last two parts; the rest as internal.
     pub fn io(context: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
-        match err.kind() {
+        let why = match err.kind() {
             K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded => {
-                let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
-                tail.reverse();
-                tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
-                Error::WorkspaceUnusable { path: tail.join("/"), why: format!("{context}: {}", err.kind()) }
+                format!("{context}: {}", err.kind())
             }
-            _ => Error::internal(context, err),
-        }
+            // The build-aside area, the drafts or the archive mounted apart (see `CROSS_DEVICE`).
+            K::CrossesDevices => format!("{context}: {}", crate::workspace::fsutil::CROSS_DEVICE),
+            _ => return Error::internal(context, err),
+        };
+        let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
+        tail.reverse();
+        tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
+        Error::WorkspaceUnusable { path: tail.join("/"), why }
     }
 
     /// The stable, machine-readable reason code (`ErrorInfo.reason`).

@@ -715,3 +715,68 @@ fn a_task_list_without_a_final_newline_written_long_ago_is_ticked_and_flagged() 
     let findings = ws.validate_change(&slug).unwrap();
     assert!(findings.iter().any(|f| f.code == validation::TASKS_NO_FINAL_NEWLINE && f.line == 11), "{findings:?}");
 }
+
+/// `dir` made unwritable until dropped: read-only permissions, or, for a user whom permissions
+/// do not stop (root), the immutable attribute (`chattr +i`, what the audit found unnoticed).
+struct Unwritable {
+    dir: PathBuf,
+    immutable: bool,
+}
+
+impl Unwritable {
+    fn new(dir: &Path) -> Self {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+        let probe = dir.join("probe");
+        let immutable = fs::write(&probe, b"").is_ok();
+        if immutable {
+            fs::remove_file(&probe).unwrap();
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+            let status = std::process::Command::new("chattr").arg("+i").arg(dir).status().expect("run chattr");
+            assert!(status.success(), "chattr +i {}: the file system must support it", dir.display());
+        }
+        Unwritable { dir: dir.to_path_buf(), immutable }
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        if self.immutable {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.dir).status();
+        } else {
+            let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+#[test]
+fn readiness_fails_while_changes_cannot_be_written_though_staging_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    ws.check_writable().unwrap();
+    let frozen = Unwritable::new(&dir.path().join("changes"));
+    let err = ws.check_writable().expect_err("ready while no change can be opened");
+    assert!(matches!(&err, Error::WorkspaceUnusable { path, .. } if path.ends_with("changes")), "{err:?}");
+    drop(frozen);
+    ws.check_writable().unwrap();
+    assert_eq!(fs::read_dir(dir.path().join("changes")).unwrap().count(), 1, "no probe file left: only archive/");
+}
+
+#[test]
+fn a_staging_area_on_another_file_system_is_named_by_open_and_by_readiness() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir_in("/dev/shm").expect("/dev/shm");
+    let device = |p: &Path| fs::metadata(p).unwrap().dev();
+    assert_ne!(device(dir.path()), device(elsewhere.path()), "the test needs /dev/shm on another file system");
+    // An operator put the build-aside area elsewhere.
+    fs::create_dir_all(dir.path().join("changes/archive")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(".staging")).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+
+    let err = ws.open_change(open_request("cross", "alice"), &|| false).unwrap_err();
+    assert!(matches!(&err, Error::WorkspaceUnusable { why, .. } if why.contains("file system")), "{err:?}");
+    assert!(!dir.path().join("changes/cross").exists());
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0, "nothing left in the staging area");
+    let err = ws.check_writable().expect_err("ready while every open fails");
+    assert!(matches!(&err, Error::WorkspaceUnusable { path, .. } if path == ".staging"), "{err:?}");
+}

@@ -322,12 +322,31 @@ impl Workspace {
         watch::start(self)
     }
 
-    /// Readiness: the workspace can be written.
+    /// Readiness: the workspace can be written where changes are built (`.staging`) and where
+    /// they go (`changes/`), and both are on one file system.
     pub fn check_writable(&self) -> Result<()> {
-        let probe = fsutil::temp_sibling(&self.staging.join("ready"));
-        fsutil::write_new(&probe, b"ok")
-            .and_then(|()| fs::remove_file(&probe))
-            .map_err(|e| Error::internal("workspace not writable", e))
+        probe_write(&self.staging)?;
+        probe_write(&self.changes)?;
+        self.check_one_file_system()
+    }
+
+    /// A change is built in `.staging`, moved into `changes/` and later into `changes/archive/`,
+    /// each time with one rename, and a rename cannot cross file systems: with one of them
+    /// mounted elsewhere (or a symlink to elsewhere), every open or archive would fail.
+    fn check_one_file_system(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let device = |path: &Path| path.metadata().map(|m| Some(m.dev()));
+        let changes = device(&self.changes).map_err(|e| Error::io("stat changes", &self.changes, e))?;
+        for (path, name) in [(&self.staging, ".staging"), (&self.archive, "changes/archive")] {
+            let other = match device(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                other => other.map_err(|e| Error::io("stat", path, e))?,
+            };
+            if other.is_some_and(|d| Some(d) != changes) {
+                return Err(Error::WorkspaceUnusable { path: name.into(), why: fsutil::CROSS_DEVICE.into() });
+            }
+        }
+        Ok(())
     }
 
     fn fault(&self, point: &'static str) -> io::Result<()> {
@@ -1252,6 +1271,16 @@ impl Workspace {
 enum Entry {
     Draft(Slug),
     Archived(String),
+}
+
+/// Creates and removes a file in `dir`: what a write there needs (permission, a writable and
+/// not immutable file system, space for an inode) is there.
+fn probe_write(dir: &Path) -> Result<()> {
+    let probe = fsutil::temp_sibling(&dir.join("ready"));
+    fsutil::write_new(&probe, b"ok").and_then(|()| fs::remove_file(&probe)).map_err(|e| {
+        let _ = fs::remove_file(&probe);
+        Error::io("write a probe file", dir, e)
+    })
 }
 
 fn now() -> OffsetDateTime {
