@@ -2,7 +2,12 @@
 //! missing archive folder, a slug archived twice in a day, an archive made without a receipt,
 //! a second server process on the same workspace. Each must end in the right answer or a
 //! clear error, never in a read or a move outside the workspace, nor a lost write.
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use super::*;
 

@@ -4,7 +4,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
-    path::Path,
+    path::{Path, PathBuf},
     time::SystemTime,
 };
 
@@ -15,9 +15,57 @@ pub const CROSS_DEVICE: &str = ".staging, changes/ and changes/archive/ are not 
 
 /// A unique sibling name for temporary files: dot-prefixed so listings skip it,
 /// `.tmp`-suffixed so a sweep can recognise it.
-pub fn temp_sibling(path: &Path) -> std::path::PathBuf {
+pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()))
+}
+
+/// Whether `name` is one of ours: a `temp_sibling` (`.tmp`) or a lock set aside (`.stale`).
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".tmp").or_else(|| name.strip_suffix(".stale")) else {
+        return false;
+    };
+    let unique = stem.rsplit('.').next().unwrap_or_default();
+    name.starts_with('.') && unique.len() == 32 && unique.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A file written aside under a `temp_sibling` name, removed when dropped unless it was
+/// renamed into place: an error, a full disk or an early return leaves nothing behind.
+pub struct TempFile {
+    path: PathBuf,
+    placed: bool,
+}
+
+impl TempFile {
+    /// Writes `bytes` to a new temporary sibling of `target` and syncs it.
+    pub fn beside(target: &Path, bytes: &[u8]) -> io::Result<Self> {
+        let path = temp_sibling(target);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        // Ours from here: a write that fails half-way (a full disk) removes it.
+        let temp = TempFile { path, placed: false };
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(temp)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the file to `target`, replacing what is there.
+    pub fn rename_to(mut self, target: &Path) -> io::Result<()> {
+        fs::rename(&self.path, target)?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Writes `bytes` to a new file that must not exist yet, and syncs it.
@@ -41,29 +89,20 @@ pub fn atomic_write_if(path: &Path, bytes: &[u8], expected: FileId) -> io::Resul
 }
 
 fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<bool> {
-    let temp = temp_sibling(path);
-    let keep_mode = |()| match path.symlink_metadata() {
-        Ok(old) if old.is_file() => fs::set_permissions(&temp, old.permissions()),
-        _ => Ok(()),
-    };
-    let unchanged = || match expected {
-        Some(expected) => FileId::at(path).map(|now| now == Some(expected)),
-        None => Ok(true),
-    };
-    let result = write_new(&temp, bytes).and_then(keep_mode).and_then(|()| unchanged()).and_then(|unchanged| {
-        if unchanged {
-            fs::rename(&temp, path)?;
-        }
-        Ok(unchanged)
-    });
-    if !matches!(result, Ok(true)) {
-        let _ = fs::remove_file(&temp);
+    let temp = TempFile::beside(path, bytes)?;
+    if let Ok(old) = path.symlink_metadata()
+        && old.is_file()
+    {
+        fs::set_permissions(temp.path(), old.permissions())?;
     }
-    if result? {
-        sync_parent(path)?;
-        return Ok(true);
+    if let Some(expected) = expected
+        && FileId::at(path)? != Some(expected)
+    {
+        return Ok(false);
     }
-    Ok(false)
+    temp.rename_to(path)?;
+    sync_parent(path)?;
+    Ok(true)
 }
 
 /// Who a file is, as far as the file system can tell: the same inode with the same size,
@@ -106,6 +145,11 @@ pub fn lock_dir(dir: &Path) -> io::Result<File> {
     let file = File::open(dir)?;
     file.lock()?;
     Ok(file)
+}
+
+/// Makes what was created in the folder `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Makes a rename or create in `path`'s directory durable.
@@ -215,4 +259,23 @@ fn open_regular(path: &Path) -> io::Result<Opened> {
         return Ok(Opened::NotRegular);
     }
     Ok(Opened::File(file, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temp_file_goes_unless_it_was_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("tasks.md");
+        let dropped = TempFile::beside(&target, b"abandoned").unwrap();
+        let name = dropped.path().file_name().unwrap().to_str().unwrap().to_string();
+        assert!(is_temp_name(&name), "{name}");
+        drop(dropped);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        TempFile::beside(&target, b"kept").unwrap().rename_to(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"kept");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

@@ -13,7 +13,7 @@ use std::{fs, io, path::Path};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::fsutil::{sync_parent, temp_sibling, write_new};
+use super::fsutil::{TempFile, sync_parent, temp_sibling, write_new};
 use crate::{
     auth::Principal,
     domain::{Owner, Ttl},
@@ -137,11 +137,9 @@ pub fn acquire(dir: &Path, slug: &str, holder: Holder<'_>, ttl: Ttl, now: Offset
     // process change the lock under it; a few turns settle any real race.
     for _ in 0..5 {
         let record = LockRecord::new(holder, ttl, now);
-        let temp = temp_sibling(&lock_path);
-        write_new(&temp, &record.to_bytes()).map_err(io_err)?;
-        let outcome = try_place(&lock_path, &temp, slug, holder, &record, now);
-        let _ = fs::remove_file(&temp);
-        match outcome {
+        // Linked into place or renamed there by `try_place`; its own name goes when it drops.
+        let temp = TempFile::beside(&lock_path, &record.to_bytes()).map_err(io_err)?;
+        match try_place(&lock_path, temp.path(), slug, holder, &record, now) {
             Ok(Some(acquired)) => {
                 sync_parent(&lock_path).map_err(io_err)?;
                 return Ok(acquired);

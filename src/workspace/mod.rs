@@ -21,7 +21,7 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,6 @@ pub const MAX_DOC_BYTES: u64 = 1024 * 1024;
 const MAX_SPEC_FILES: usize = 200;
 const META_FILE: &str = ".taskmcp.json";
 const RECEIPT_FILE: &str = "receipt.json";
-/// Build-aside folders older than this are leftovers of a crashed process.
-const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
 /// How often a call waiting for its turn at a change looks again (and asks whether its caller
 /// still waits).
 const TURN_POLL: Duration = Duration::from_millis(10);
@@ -325,7 +323,7 @@ impl Workspace {
     /// Readiness: the workspace can be written where changes are built (`.staging`) and where
     /// they go (`changes/`), and both are on one file system.
     pub fn check_writable(&self) -> Result<()> {
-        probe_write(&self.staging)?;
+        self.probe_staging()?;
         probe_write(&self.changes)?;
         self.check_one_file_system()
     }
@@ -374,6 +372,7 @@ impl Workspace {
             };
             Self::change_turn(&folder, &dir, caller_gone)?;
             if self.is_draft_folder(slug, &folder)? {
+                sweep_temp_files(&dir);
                 return Ok(Some((dir, folder)));
             }
         }
@@ -522,11 +521,12 @@ impl Workspace {
             template: req.template.as_str().to_string(),
             takeovers: vec![],
         };
-        let stage = self.staging.join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
+        let held = self.new_stage(&req.slug).map_err(|e| Error::io("scaffold change", &self.staging, e))?;
+        let stage = held.path.clone();
         let target = self.draft_dir(&req.slug);
         let mut renamed = false;
         let mut build = || -> io::Result<()> {
-            fs::create_dir_all(stage.join("specs"))?;
+            fs::create_dir(stage.join("specs"))?;
             fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
             fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
             fsutil::write_new(&stage.join("specs").join("README.md"), scaffold.specs_readme.as_bytes())?;
@@ -572,22 +572,60 @@ impl Workspace {
             .collect()
     }
 
-    fn sweep_staging(&self) {
-        let Ok(entries) = fs::read_dir(&self.staging) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > STALE_STAGING);
-            if old {
-                tracing::warn!(path = %entry.path().display(), "removing leftover build-aside folder");
-                let _ = fs::remove_dir_all(entry.path());
+    /// A new build-aside folder for `slug`, held (see `Stage`).
+    fn new_stage(&self, slug: &Slug) -> io::Result<Stage> {
+        // Shared with other builds, exclusive with a sweep: between our `mkdir` and our `flock`
+        // the folder is not held yet, and a sweep must not take it for a dead build's.
+        let _naming = self.staging_share()?;
+        let path = self.staging.join(format!("{slug}.{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&path)?;
+        let held = fs::File::open(&path).and_then(|folder| folder.lock().map(|()| folder));
+        match held {
+            Ok(folder) => Ok(Stage { path, _held: folder }),
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                Err(e)
             }
         }
+    }
+
+    /// `.staging` held shared (`flock`) until the returned file drops: writers in it take
+    /// this, the sweep takes it exclusively.
+    fn staging_share(&self) -> io::Result<fs::File> {
+        let staging = fs::File::open(&self.staging)?;
+        staging.lock_shared()?;
+        Ok(staging)
+    }
+
+    /// Removes what failed or crashed builds left in `.staging`: every folder no live build
+    /// holds, however young (a restart right after a crash finds them all), and stray files.
+    fn sweep_staging(&self) {
+        let Ok(staging) = fs::File::open(&self.staging) else { return };
+        if staging.lock().is_err() {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(&self.staging) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::warn!(path = %path.display(), "removing a leftover file from the build-aside area");
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            // A folder a live build holds (this process's or another's) is left alone.
+            let Ok(folder) = fs::File::open(&path) else { continue };
+            if folder.try_lock().is_ok() {
+                tracing::warn!(path = %path.display(), "removing a leftover build-aside folder");
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
+
+    /// Readiness of `.staging`, probed in its shared hold so that a sweep never removes the
+    /// probe's file from under it.
+    fn probe_staging(&self) -> Result<()> {
+        let _probing = self.staging_share().map_err(|e| Error::io("hold the build-aside area", &self.staging, e))?;
+        probe_write(&self.staging)
     }
 
     // ----- change.list -----
@@ -1276,11 +1314,30 @@ enum Entry {
 /// Creates and removes a file in `dir`: what a write there needs (permission, a writable and
 /// not immutable file system, space for an inode) is there.
 fn probe_write(dir: &Path) -> Result<()> {
-    let probe = fsutil::temp_sibling(&dir.join("ready"));
-    fsutil::write_new(&probe, b"ok").and_then(|()| fs::remove_file(&probe)).map_err(|e| {
-        let _ = fs::remove_file(&probe);
-        Error::io("write a probe file", dir, e)
-    })
+    fsutil::TempFile::beside(&dir.join("ready"), b"ok").map(drop).map_err(|e| Error::io("write a probe file", dir, e))
+}
+
+/// A build-aside folder in `.staging`, held with an `flock` for as long as this value lives:
+/// a sweep (by this process or another) removes exactly the folders nobody holds, so it never
+/// takes a folder from a live build however long that takes, and never leaves one a dead
+/// process left however young. The hold goes with the folder when it is renamed into place.
+struct Stage {
+    path: PathBuf,
+    _held: fs::File,
+}
+
+/// Removes what writers that died left in the change folder `dir`: our temporary files and
+/// locks set aside (`fsutil::is_temp_name`). Called in the change's turn, when no writer that
+/// takes turns is at work there.
+fn sweep_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let ours = entry.file_name().to_str().is_some_and(fsutil::is_temp_name);
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::warn!(path = %entry.path().display(), "removing a leftover temporary file");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn now() -> OffsetDateTime {
