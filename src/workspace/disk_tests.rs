@@ -785,3 +785,76 @@ fn a_staging_area_on_another_file_system_is_named_by_open_and_by_readiness() {
     let err = ws.check_writable().expect_err("ready while every open fails");
     assert!(matches!(&err, Error::WorkspaceUnusable { path, .. } if path == ".staging"), "{err:?}");
 }
+
+#[test]
+fn a_lock_that_is_a_folder_is_named_by_every_call_and_the_change_stays_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "dir-lock");
+    let lock_path = dir.path().join("changes/dir-lock").join(lock::LOCK_FILE);
+    fs::remove_file(&lock_path).unwrap();
+    fs::create_dir(&lock_path).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let calls = [
+        ("show", ws.show_change(&slug).err()),
+        ("open", ws.open_change(open_request("dir-lock", "bob"), &|| false).err()),
+        ("update", ws.update_tasks(&slug, Holder::anonymous(&alice), &[("1.1".into(), true)], &|| false).err()),
+        ("archive", archive(&ws, &slug, &alice).err()),
+    ];
+    for (call, err) in calls {
+        let err = err.unwrap_or_else(|| panic!("{call} went ahead without knowing who holds the change"));
+        assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == ".lock"), "{call}: {err:?}");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{call}");
+    }
+    let listed = ws.list_changes(StatusFilter::Draft, 50, "").unwrap();
+    assert_eq!(listed.items.iter().map(|s| s.slug.as_str()).collect::<Vec<_>>(), ["dir-lock"]);
+    assert!(lock_path.is_dir(), "a person's folder is not removed");
+}
+
+#[test]
+fn a_task_list_made_a_folder_after_a_ticks_read_is_named_not_an_internal_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "made-dir");
+    let tasks = dir.path().join("changes/made-dir/tasks.md");
+    let hook: FaultHook = {
+        let tasks = tasks.clone();
+        Arc::new(move |point| {
+            if point == "tasks.after_read" && tasks.is_file() {
+                fs::remove_file(&tasks)?;
+                fs::create_dir(&tasks)?;
+                fs::write(tasks.join("inside"), "a person's file")?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let id = checklist::parse(&eight_tasks()).items[0].id.clone();
+    let err = ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| false).unwrap_err();
+    assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "tasks.md"), "{err:?}");
+    assert!(tasks.join("inside").is_file());
+}
+
+#[test]
+fn a_task_list_deleted_and_written_again_meanwhile_never_fails_a_read_as_internal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, _) = open(dir.path(), "flicker");
+    let tasks = dir.path().join("changes/flicker/tasks.md");
+    // ASCII: a read that meets the file half written still reads text.
+    let text = eight_tasks();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Someone deleting the file and writing it again, as fast as they can.
+    let flicker = {
+        let (stop, tasks) = (stop.clone(), tasks.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = fs::remove_file(&tasks);
+                let _ = fs::write(&tasks, &text);
+            }
+        })
+    };
+    // Enough reads for many of them to meet a deletion at any point of the read.
+    let failures: Vec<Error> = (0..5000).filter_map(|_| ws.show_change(&slug).err()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flicker.join().unwrap();
+    assert!(failures.is_empty(), "{} reads failed, e.g. {:?}", failures.len(), failures.first());
+}

@@ -8,7 +8,7 @@
 //! way, so a lock another process placed meanwhile is never removed in its stead. Callers
 //! also hold the change's turn (see `Workspace::draft_turn`), so these races only matter
 //! with writers that take no turn: older servers, tools, people.
-use std::{fs, io, path::Path};
+use std::{fs, io, io::Read, os::unix::fs::OpenOptionsExt, path::Path};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -21,6 +21,8 @@ use crate::{
 };
 
 pub const LOCK_FILE: &str = ".lock";
+/// More than any lock record takes: a bigger file is no lock of ours, and is not read whole.
+const LOCK_CAP: u64 = 64 * 1024;
 
 /// Who takes or holds a lock: the owner a request names and the principal whose credential
 /// made the request. Owners are whatever clients send, so with tokens configured the principal
@@ -118,10 +120,36 @@ impl Acquired {
 /// Reads the lock in `dir`. A record that does not parse counts as no lock: it
 /// cannot name a holder, and keeping it would wedge the change forever.
 pub fn read(dir: &Path) -> Result<Option<LockRecord>> {
-    match fs::read(dir.join(LOCK_FILE)) {
+    match read_bytes(&dir.join(LOCK_FILE)) {
         Ok(bytes) => Ok(parse(&bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::internal("read lock", e)),
+        Err(e) => Err(read_error(dir, e)),
+    }
+}
+
+/// The lock file's bytes, not following a symbolic link.
+fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.take(LOCK_CAP).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A `.lock` that is a folder, a socket or a symbolic link cannot say who holds the change,
+/// and removing it is not ours to do (a person put it there): the change's fault, named, and
+/// the call refused. Anything else is an I/O failure.
+fn read_error(dir: &Path, e: io::Error) -> Error {
+    let path = dir.join(LOCK_FILE);
+    let not_a_file =
+        e.kind() == io::ErrorKind::IsADirectory || matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ELOOP));
+    if !not_a_file {
+        return Error::io("read lock", &path, e);
+    }
+    let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Error::FileUnreadable {
+        slug,
+        file: LOCK_FILE.into(),
+        why: "is not a regular file (a folder, a socket or a symbolic link); remove it to free the change",
     }
 }
 
@@ -166,11 +194,11 @@ fn try_place(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(e)),
     }
-    let bytes = match fs::read(lock_path) {
+    let bytes = match read_bytes(lock_path) {
         Ok(bytes) => bytes,
         // Released between our link and our read: link again.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(e)),
+        Err(e) => return Err(read_error(lock_path.parent().unwrap_or(lock_path), e)),
     };
     let Some(existing) = parse(&bytes) else {
         // Unparsable: it names no holder. Move it away, but only if it is still the record we
@@ -211,7 +239,7 @@ fn set_aside_if(lock_path: &Path, judged: impl Fn(&[u8]) -> bool) -> Result<bool
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("acquire lock", lock_path, e)),
     }
-    let ours = fs::read(&aside).is_ok_and(|moved| judged(&moved));
+    let ours = read_bytes(&aside).is_ok_and(|moved| judged(&moved));
     if !ours {
         let _ = fs::hard_link(&aside, lock_path);
     }

@@ -497,7 +497,7 @@ impl Workspace {
             expired_at: previous.expires_at(),
         });
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
-        fsutil::atomic_write(&path, &bytes).map_err(|e| Error::io("write meta", &path, e))?;
+        fsutil::atomic_write(&path, &bytes).map_err(|e| write_error("write meta", dir, META_FILE, e))?;
         self.own_writes.note(&path);
         Ok(())
     }
@@ -655,7 +655,7 @@ impl Workspace {
         for (_, entry) in &page {
             // A change removed or broken mid-listing is skipped rather than failing the page.
             let summary = match entry {
-                Entry::Draft(slug) => self.summarize_draft(slug, &self.draft_dir(slug)),
+                Entry::Draft(slug) => Ok(self.list_draft(slug, &self.draft_dir(slug))),
                 Entry::Archived(name) => self.summarize_archived(name),
             };
             match summary {
@@ -728,17 +728,17 @@ impl Workspace {
     }
 
     fn summarize_draft(&self, slug: &Slug, dir: &Path) -> Result<Summary> {
-        let proposal = read_doc(dir, "proposal.md").ok().flatten();
-        let tasks = read_doc(dir, "tasks.md").ok().flatten();
-        Ok(Summary {
-            slug: slug.to_string(),
-            title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.to_string()),
-            status: Status::Draft,
-            updated_at: updated_at(dir),
-            lock: lock::read(dir)?,
-            progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
-            archive_name: None,
-        })
+        Ok(draft_summary(slug, dir, lock::read(dir)?))
+    }
+
+    /// `summarize_draft` for a listing: a change whose lock cannot be read is listed without
+    /// one (every call on it says why) rather than left out as if it did not exist.
+    fn list_draft(&self, slug: &Slug, dir: &Path) -> Summary {
+        let lock = lock::read(dir).unwrap_or_else(|e| {
+            tracing::warn!(slug = %slug, error = %e, "listing a change whose lock cannot be read");
+            None
+        });
+        draft_summary(slug, dir, lock)
     }
 
     fn summarize_archived(&self, name: &str) -> Result<Summary> {
@@ -916,7 +916,7 @@ impl Workspace {
                 self.take_lock_to_tick(&dir, slug, holder, ttl)?;
                 lock_taken = true;
             }
-            if self.write_tasks_if(&dir, slug, &new_text, read_as)? {
+            if self.write_tasks_if(&dir, &new_text, read_as)? {
                 self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
                 return Ok((checklist::parse(&new_text).items, changed));
             }
@@ -972,15 +972,10 @@ impl Workspace {
 
     /// Replaces `tasks.md` with `text` if it is still the file read as `read_as`; `false`:
     /// it changed, nothing was written.
-    fn write_tasks_if(&self, dir: &Path, slug: &Slug, text: &str, read_as: fsutil::FileId) -> Result<bool> {
+    fn write_tasks_if(&self, dir: &Path, text: &str, read_as: fsutil::FileId) -> Result<bool> {
         let path = dir.join("tasks.md");
-        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as).map_err(|e| match e.kind() {
-            // Made a folder after our look: the change's fault, named like a read would.
-            io::ErrorKind::IsADirectory => {
-                Error::FileUnreadable { slug: slug.to_string(), file: "tasks.md".into(), why: NOT_REGULAR }
-            }
-            _ => Error::io("write tasks", &path, e),
-        })?;
+        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as)
+            .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
         if written {
             self.own_writes.note(&path);
         }
@@ -1131,7 +1126,7 @@ impl Workspace {
     ) -> Result<bool> {
         let receipt_path = dir.join(RECEIPT_FILE);
         let bytes = serde_json::to_vec_pretty(receipt).map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::io("write receipt", &receipt_path, e))?;
+        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| write_error("write receipt", dir, RECEIPT_FILE, e))?;
         self.own_writes.note(&receipt_path);
         let move_err = |e| Error::io("move change to archive", dir, e);
         self.fault("archive.before_move").map_err(move_err)?;
@@ -1197,7 +1192,11 @@ impl Workspace {
                 limit: self.max_resource_bytes,
             });
         }
-        let bytes = fs::read(&path).map_err(|e| Error::internal("read resource", e))?;
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            // Gone, or made a folder, since the look above.
+            io::ErrorKind::NotFound | io::ErrorKind::IsADirectory => not_found(),
+            _ => Error::io("read resource", &path, e),
+        })?;
         Ok(Resource { mime_type: mime, bytes })
     }
 
@@ -1311,6 +1310,20 @@ enum Entry {
     Archived(String),
 }
 
+fn draft_summary(slug: &Slug, dir: &Path, lock: Option<LockRecord>) -> Summary {
+    let proposal = read_doc(dir, "proposal.md").ok().flatten();
+    let tasks = read_doc(dir, "tasks.md").ok().flatten();
+    Summary {
+        slug: slug.to_string(),
+        title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.to_string()),
+        status: Status::Draft,
+        updated_at: updated_at(dir),
+        lock,
+        progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
+        archive_name: None,
+    }
+}
+
 /// Creates and removes a file in `dir`: what a write there needs (permission, a writable and
 /// not immutable file system, space for an inode) is there.
 fn probe_write(dir: &Path) -> Result<()> {
@@ -1391,6 +1404,16 @@ fn read_doc_strict(dir: &Path, name: &str, slug: &Slug) -> Result<Option<String>
     let path = dir.join(name);
     let read = fsutil::read_text_capped(&path, MAX_DOC_BYTES).map_err(|e| Error::io("read change file", &path, e))?;
     strict_text(read, name, slug)
+}
+
+/// A failure to replace the file `name` of the change in `dir`: a folder in its place (made
+/// after our look) is the change's fault, named like a read names it; the rest as `Error::io`.
+fn write_error(context: &str, dir: &Path, name: &str, e: io::Error) -> Error {
+    if e.kind() != io::ErrorKind::IsADirectory {
+        return Error::io(context, &dir.join(name), e);
+    }
+    let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Error::FileUnreadable { slug, file: name.to_string(), why: NOT_REGULAR }
 }
 
 /// Why a file that is no regular file is not read.
