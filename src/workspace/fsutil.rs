@@ -75,20 +75,27 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// A file replaced by rename: done and visible. `synced` is the fsync of its folder, which
+/// makes the rename survive a crash of the machine; see `Workspace::settle_commit`.
+#[must_use]
+pub struct Replaced {
+    pub synced: io::Result<()>,
+}
+
 /// Replaces `path` atomically: readers see the old or the new content, never a mix. The new
 /// file keeps the old one's permissions: a `tasks.md` made private stays private.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, None).map(|_| ())
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<Replaced> {
+    replace(path, bytes, None).map(|replaced| replaced.unwrap_or(Replaced { synced: Ok(()) }))
 }
 
 /// `atomic_write`, done only if the file at `path` is still `expected` right before the
-/// rename; `Ok(false)`: it was not, and nothing was written. A write landing between that
+/// rename; `Ok(None)`: it was not, and nothing was written. A write landing between that
 /// look and the rename is still lost: the window is two system calls, not a read and a parse.
-pub fn atomic_write_if(path: &Path, bytes: &[u8], expected: FileId) -> io::Result<bool> {
+pub fn atomic_write_if(path: &Path, bytes: &[u8], expected: FileId) -> io::Result<Option<Replaced>> {
     replace(path, bytes, Some(expected))
 }
 
-fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<bool> {
+fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<Option<Replaced>> {
     let temp = TempFile::beside(path, bytes)?;
     if let Ok(old) = path.symlink_metadata()
         && old.is_file()
@@ -98,11 +105,10 @@ fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<bo
     if let Some(expected) = expected
         && FileId::at(path)? != Some(expected)
     {
-        return Ok(false);
+        return Ok(None);
     }
     temp.rename_to(path)?;
-    sync_parent(path)?;
-    Ok(true)
+    Ok(Some(Replaced { synced: sync_parent(path) }))
 }
 
 /// Who a file is, as far as the file system can tell: the same inode with the same size,

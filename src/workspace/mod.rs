@@ -274,6 +274,7 @@ pub struct Workspace {
     watcher: OnceLock<Arc<watch::Watcher>>,
     fault_hook: Option<FaultHook>,
     max_resource_bytes: u64,
+    unsynced_commits: std::sync::atomic::AtomicU64,
 }
 
 impl Workspace {
@@ -296,6 +297,7 @@ impl Workspace {
             watcher: OnceLock::new(),
             fault_hook: None,
             max_resource_bytes,
+            unsynced_commits: Default::default(),
         };
         ws.sweep_staging();
         Ok(ws)
@@ -345,6 +347,27 @@ impl Workspace {
             }
         }
         Ok(())
+    }
+
+    /// After a commit by rename whose folder could not be synced (`synced`): the operation is
+    /// done and visible, and only whether it survives a crash of the machine is unknown. The
+    /// call still answers success: an error would have the caller retry what is done (an
+    /// archive answers "already archived", a tick finds its task ticked, an open reopens),
+    /// and nothing a caller can do makes the rename durable. An operator can (a failing disk),
+    /// so it is logged at error level with the count of such commits since start.
+    fn settle_commit(&self, what: &'static str, path: &Path, synced: io::Result<()>) {
+        if let Err(e) = synced {
+            let count = self.unsynced_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            tracing::error!(
+                what, path = %path.display(), error = %e, unsynced_commits = count,
+                "committed, but its folder could not be synced: whether it survives a crash is unknown"
+            );
+        }
+    }
+
+    /// Commits since start whose folder could not be synced (see `settle_commit`).
+    pub fn unsynced_commits(&self) -> u64 {
+        self.unsynced_commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fault(&self, point: &'static str) -> io::Result<()> {
@@ -497,7 +520,8 @@ impl Workspace {
             expired_at: previous.expires_at(),
         });
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
-        fsutil::atomic_write(&path, &bytes).map_err(|e| write_error("write meta", dir, META_FILE, e))?;
+        let replaced = fsutil::atomic_write(&path, &bytes).map_err(|e| write_error("write meta", dir, META_FILE, e))?;
+        self.settle_commit("write meta", &path, replaced.synced);
         self.own_writes.note(&path);
         Ok(())
     }
@@ -524,35 +548,31 @@ impl Workspace {
         let held = self.new_stage(&req.slug).map_err(|e| Error::io("scaffold change", &self.staging, e))?;
         let stage = held.path.clone();
         let target = self.draft_dir(&req.slug);
-        let mut renamed = false;
-        let mut build = || -> io::Result<()> {
+        let build = || -> io::Result<()> {
             fs::create_dir(stage.join("specs"))?;
             fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
             fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
             fsutil::write_new(&stage.join("specs").join("README.md"), scaffold.specs_readme.as_bytes())?;
             fsutil::write_new(&stage.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
             lock::write_initial(&stage, &lock)?;
-            fsutil::sync_parent(&stage.join("specs"))?;
+            // The names of the files, in specs/ and in the change's folder, durable before the
+            // change can be seen: a crash must not leave a visible change without them.
+            fsutil::sync_dir(&stage.join("specs"))?;
+            fsutil::sync_dir(&stage)?;
             self.fault("open.before_rename")?;
             // The commit point: the change appears whole or not at all.
-            fsutil::rename_noreplace(&stage, &target)?;
-            renamed = true;
-            self.own_writes.note(&target);
-            self.fault("open.after_rename")?;
-            fsutil::sync_parent(&target)
+            fsutil::rename_noreplace(&stage, &target)
         };
         if let Err(e) = build() {
             let _ = fs::remove_dir_all(&stage);
             if e.kind() == io::ErrorKind::AlreadyExists {
                 return Ok(None);
             }
-            if !renamed {
-                return Err(Error::io("scaffold change", &target, e));
-            }
-            // The change exists and is complete; only the durability of the rename
-            // is in doubt, which the next open (a reopen) settles.
-            tracing::warn!(slug = %req.slug, error = %e, "change created; post-rename step failed");
+            return Err(Error::io("scaffold change", &target, e));
         }
+        self.own_writes.note(&target);
+        let synced = self.fault("open.after_rename").and_then(|()| fsutil::sync_parent(&target));
+        self.settle_commit("open", &target, synced);
         let summary = self.summarize_draft(&req.slug, &target)?;
         self.emit(
             EventKind::Opened,
@@ -976,10 +996,10 @@ impl Workspace {
         let path = dir.join("tasks.md");
         let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as)
             .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
-        if written {
-            self.own_writes.note(&path);
-        }
-        Ok(written)
+        let Some(replaced) = written else { return Ok(false) };
+        self.own_writes.note(&path);
+        self.settle_commit("write tasks", &path, self.fault("tasks.after_rename").and(replaced.synced));
+        Ok(true)
     }
 
     // ----- change.archive -----
@@ -1053,7 +1073,11 @@ impl Workspace {
         self.own_writes.note(&target);
         // The draft's folder is gone by our hand: an archive, not a removal.
         self.own_writes.note(&dir);
-        let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
+        let synced = self
+            .fault("archive.after_move")
+            .and_then(|()| fsutil::sync_parent(&target))
+            .and_then(|()| fsutil::sync_parent(&dir));
+        self.settle_commit("archive", &target, synced);
         progress(Step { name: "move", message: receipt.archive_path.clone(), current: 3, total: STEPS });
 
         if let Err(e) = self
@@ -1126,7 +1150,9 @@ impl Workspace {
     ) -> Result<bool> {
         let receipt_path = dir.join(RECEIPT_FILE);
         let bytes = serde_json::to_vec_pretty(receipt).map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| write_error("write receipt", dir, RECEIPT_FILE, e))?;
+        let replaced = fsutil::atomic_write(&receipt_path, &bytes)
+            .map_err(|e| write_error("write receipt", dir, RECEIPT_FILE, e))?;
+        self.settle_commit("write receipt", &receipt_path, replaced.synced);
         self.own_writes.note(&receipt_path);
         let move_err = |e| Error::io("move change to archive", dir, e);
         self.fault("archive.before_move").map_err(move_err)?;

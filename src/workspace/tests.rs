@@ -196,3 +196,25 @@ fn progress_reports_every_step_in_order() {
     .unwrap();
     assert_eq!(steps, vec![("validate", 1, 4), ("receipt", 2, 4), ("move", 3, 4), ("release", 4, 4)]);
 }
+
+#[test]
+fn commits_whose_folder_cannot_be_synced_are_answered_as_done_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = ["open.after_rename", "tasks.after_rename", "archive.after_move"];
+    let hook: FaultHook = Arc::new(move |at| match failing.contains(&at) {
+        true => Err(io::Error::other(format!("injected fsync failure at {at}"))),
+        false => Ok(()),
+    });
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    assert!(ws.open_change(request("add-x"), &|| false).unwrap().created);
+    let change = dir.path().join("changes/add-x");
+    let alice = Owner::parse("alice").unwrap();
+    let slug = Slug::parse("add-x").unwrap();
+    let id = checklist::parse(&fs::read_to_string(change.join("tasks.md")).unwrap()).items[0].id.clone();
+    let (_, changed) = ws.update_tasks(&slug, Holder::anonymous(&alice), &[(id.clone(), true)], &|| false).unwrap();
+    assert_eq!(changed, [id], "the tick is done, and said so");
+    let archived = ws.archive_change(&slug, Holder::anonymous(&alice), None, &mut |_| {}, &|| false).unwrap();
+    assert!(!archived.already_archived);
+    assert!(dir.path().join(&archived.receipt.archive_path).join("tasks.md").is_file());
+    assert_eq!(ws.unsynced_commits(), 3, "each is counted for the operator");
+}
