@@ -9,9 +9,9 @@ use std::{
 };
 
 /// Why a rename between the workspace's folders failed with `EXDEV`.
-pub const CROSS_DEVICE: &str = ".staging, changes/ and changes/archive/ are not all on one file system: a change is \
-     built in .staging and moved into changes/, then into changes/archive/, with a rename, which cannot cross file \
-     systems; put them on one";
+pub const CROSS_DEVICE: &str = ".staging, changes/ and changes/archive/ are not all on one mount: a change is built \
+     in .staging and moved into changes/, then into changes/archive/, with a rename, which cannot cross mounts \
+     (another file system, a bind mount); put them on one";
 
 /// A unique sibling name for temporary files: dot-prefixed so listings skip it,
 /// `.tmp`-suffixed so a sweep can recognise it.

@@ -322,31 +322,40 @@ impl Workspace {
         watch::start(self)
     }
 
-    /// Readiness: the workspace can be written where changes are built (`.staging`) and where
-    /// they go (`changes/`), and both are on one file system.
+    /// Readiness: what opening a change takes works on a probe file (made in `.staging`,
+    /// renamed into `changes/`), and the archive is on the same file system as `changes/`.
     pub fn check_writable(&self) -> Result<()> {
-        self.probe_staging()?;
-        probe_write(&self.changes)?;
-        self.check_one_file_system()
+        self.probe_commit()?;
+        self.check_archive_file_system()
     }
 
-    /// A change is built in `.staging`, moved into `changes/` and later into `changes/archive/`,
-    /// each time with one rename, and a rename cannot cross file systems: with one of them
-    /// mounted elsewhere (or a symlink to elsewhere), every open or archive would fail.
-    fn check_one_file_system(&self) -> Result<()> {
+    /// A probe file made in `.staging` (in its shared hold, so that a sweep leaves it alone)
+    /// and renamed into `changes/`, as a new change is: this fails where the open would, on a
+    /// folder that cannot be written (permissions, immutable, read-only, full) or on the two
+    /// folders on different mounts (the rename cannot cross them).
+    fn probe_commit(&self) -> Result<()> {
+        let _probing = self.staging_share().map_err(|e| Error::io("hold the build-aside area", &self.staging, e))?;
+        let probe = fsutil::TempFile::beside(&self.staging.join("ready"), b"ok")
+            .map_err(|e| Error::io("write a probe file", &self.staging, e))?;
+        let placed = self.changes.join(probe.path().file_name().unwrap_or_default());
+        probe.rename_to(&placed).map_err(|e| Error::io("move a probe file from .staging", &self.changes, e))?;
+        fs::remove_file(&placed).map_err(|e| Error::io("remove a probe file", &self.changes, e))
+    }
+
+    /// An archive moves a change from `changes/` into `changes/archive/` with a rename, which
+    /// cannot cross file systems. (A probe rename into the archive would clear `change.show`'s
+    /// cache at every probe, so the devices are compared instead; an archive folder that is a
+    /// bind mount of the same file system is not seen here, and its archives fail naming it.)
+    fn check_archive_file_system(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let device = |path: &Path| path.metadata().map(|m| Some(m.dev()));
-        let changes = device(&self.changes).map_err(|e| Error::io("stat changes", &self.changes, e))?;
-        for (path, name) in [(&self.staging, ".staging"), (&self.archive, "changes/archive")] {
-            let other = match device(path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                other => other.map_err(|e| Error::io("stat", path, e))?,
-            };
-            if other.is_some_and(|d| Some(d) != changes) {
-                return Err(Error::WorkspaceUnusable { path: name.into(), why: fsutil::CROSS_DEVICE.into() });
+        let changes = self.changes.metadata().map_err(|e| Error::io("stat changes", &self.changes, e))?;
+        match self.archive.metadata() {
+            Ok(archive) if archive.dev() != changes.dev() => {
+                Err(Error::WorkspaceUnusable { path: "changes/archive".into(), why: fsutil::CROSS_DEVICE.into() })
             }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("stat archive", &self.archive, e)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// After a commit by rename whose folder could not be synced (`synced`): the operation is
@@ -639,13 +648,6 @@ impl Workspace {
                 let _ = fs::remove_dir_all(&path);
             }
         }
-    }
-
-    /// Readiness of `.staging`, probed in its shared hold so that a sweep never removes the
-    /// probe's file from under it.
-    fn probe_staging(&self) -> Result<()> {
-        let _probing = self.staging_share().map_err(|e| Error::io("hold the build-aside area", &self.staging, e))?;
-        probe_write(&self.staging)
     }
 
     // ----- change.list -----
@@ -1348,12 +1350,6 @@ fn draft_summary(slug: &Slug, dir: &Path, lock: Option<LockRecord>) -> Summary {
         progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
         archive_name: None,
     }
-}
-
-/// Creates and removes a file in `dir`: what a write there needs (permission, a writable and
-/// not immutable file system, space for an inode) is there.
-fn probe_write(dir: &Path) -> Result<()> {
-    fsutil::TempFile::beside(&dir.join("ready"), b"ok").map(drop).map_err(|e| Error::io("write a probe file", dir, e))
 }
 
 /// A build-aside folder in `.staging`, held with an `flock` for as long as this value lives:
