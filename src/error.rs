@@ -50,6 +50,12 @@ pub enum Error {
     /// same as a `FILE_UNREADABLE` finding.
     #[error("{file} of change {slug:?} {why}")]
     FileUnreadable { slug: String, file: String, why: &'static str },
+    /// A file of the change kept changing while the server was about to rewrite it: someone
+    /// is saving it at the same time. The server's version was not written; retrying is safe.
+    #[error(
+        "{file} of change {slug:?} kept changing while the server was updating it (is it being saved?); it was not written, retry"
+    )]
+    ConcurrentEdit { slug: String, file: String },
     #[error("change {slug:?} is archived in {archive_path} but has no readable receipt")]
     ReceiptUnavailable { slug: String, archive_path: String },
     #[error("resource {:?} is {size} bytes, over the {limit} byte cap", truncate(uri))]
@@ -89,15 +95,18 @@ impl Error {
     /// disk) as `WorkspaceUnusable`, naming the path's last two parts; the rest as internal.
     pub fn io(context: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
-        match err.kind() {
+        let why = match err.kind() {
             K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded => {
-                let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
-                tail.reverse();
-                tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
-                Error::WorkspaceUnusable { path: tail.join("/"), why: format!("{context}: {}", err.kind()) }
+                format!("{context}: {}", err.kind())
             }
-            _ => Error::internal(context, err),
-        }
+            // The build-aside area, the drafts or the archive mounted apart (see `CROSS_DEVICE`).
+            K::CrossesDevices => format!("{context}: {}", crate::workspace::fsutil::CROSS_DEVICE),
+            _ => return Error::internal(context, err),
+        };
+        let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
+        tail.reverse();
+        tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
+        Error::WorkspaceUnusable { path: tail.join("/"), why }
     }
 
     /// The stable, machine-readable reason code (`ErrorInfo.reason`).
@@ -116,6 +125,7 @@ impl Error {
             Error::ValidationFailed { .. } => "VALIDATION_FAILED",
             Error::ReceiptUnavailable { .. } => "RECEIPT_UNAVAILABLE",
             Error::FileUnreadable { .. } => "FILE_UNREADABLE",
+            Error::ConcurrentEdit { .. } => "CONCURRENT_EDIT",
             Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -137,8 +147,9 @@ impl Error {
             Error::ChangeNotFound { .. } | Error::TaskNotFound { .. } | Error::ResourceNotFound { .. } => {
                 Code::NotFound
             }
-            // A concurrency conflict the caller resolves by waiting or picking another slug.
-            Error::LockedByOtherOwner { .. } => Code::Aborted,
+            // Concurrency conflicts the caller resolves by waiting and retrying, or by picking
+            // another slug.
+            Error::LockedByOtherOwner { .. } | Error::ConcurrentEdit { .. } => Code::Aborted,
             Error::ValidationFailed { .. }
             | Error::ReceiptUnavailable { .. }
             | Error::FileUnreadable { .. }
@@ -186,7 +197,9 @@ impl Error {
             Error::ValidationFailed { slug, findings } => {
                 vec![kv("slug", slug.clone()), kv("errors", findings.len().to_string())]
             }
-            Error::FileUnreadable { slug, file, .. } => vec![kv("slug", slug.clone()), kv("file", file.clone())],
+            Error::FileUnreadable { slug, file, .. } | Error::ConcurrentEdit { slug, file } => {
+                vec![kv("slug", slug.clone()), kv("file", file.clone())]
+            }
             Error::ReceiptUnavailable { slug, archive_path } => {
                 vec![kv("slug", slug.clone()), kv("archive_path", archive_path.clone())]
             }

@@ -20,8 +20,8 @@
 //! 2. Induced faults (each series born first and a scrape taken, so `rate()` sees the flood):
 //!    credential-less, malformed and wrong tokens; client errors (CHANGE_NOT_FOUND, INVALID_SLUG,
 //!    TASK_NOT_FOUND, LOCKED_BY_OTHER_OWNER, VALIDATION_FAILED; 400, 403, 404, 405, 406, 413);
-//!    server errors (a change whose `.lock` is a directory: INTERNAL over gRPC, 500 over HTTP, a
-//!    JSON-RPC error over MCP); streams refused at `--max-streams 2` (503, UNAVAILABLE); rate-limit
+//!    server errors (the archive folder replaced by a file: WORKSPACE_UNUSABLE, INTERNAL over
+//!    gRPC, 500 over HTTP, a JSON-RPC error over MCP); streams refused at `--max-streams 2` (503, UNAVAILABLE); rate-limit
 //!    refusals; slow calls (a `.lock` that is a FIFO stalls the read for 2.5 s, like a hung
 //!    disk); a failing readiness check (`.staging` replaced by a file: the workspace is not
 //!    writable); streams held at the cap; a tool call held in flight; a Collector target that is
@@ -92,13 +92,13 @@ const HELD_CALL_BOUND: Duration = Duration::from_secs(240);
 const EVENT_SELECTORS: &[(&str, &str)] = &[
     (
         "http_response_status_code=~\"5..\"",
-        "HTTP 5xx: streams refused at the cap (503) and a broken lock file (500) in the fault phase",
+        "HTTP 5xx: streams refused at the cap (503) and a broken archive folder (500) in the fault phase",
     ),
     (
         "rpc_response_status_code=~\"UNKNOWN|INTERNAL|UNAVAILABLE|DATA_LOSS|DEADLINE_EXCEEDED\"",
-        "gRPC server faults: ReadResource refused at the cap (UNAVAILABLE), ShowChange of a broken change (INTERNAL)",
+        "gRPC server faults: ReadResource refused at the cap (UNAVAILABLE), ShowChange with a broken archive (INTERNAL)",
     ),
-    ("outcome=\"server_error\"", "tool server errors: show of a change whose .lock is a directory (INTERNAL)"),
+    ("outcome=\"server_error\"", "tool server errors: show with the archive folder a file (WORKSPACE_UNUSABLE)"),
     ("outcome!=\"success\"", "tool errors: CHANGE_NOT_FOUND, INVALID_SLUG, TASK_NOT_FOUND, LOCKED_BY_OTHER_OWNER, ..."),
     (
         "http_response_status_code!~\"2..\"",
@@ -771,7 +771,8 @@ where
 
 /// One of each event the fault phase floods, so that every event series exists (and has been
 /// scraped) before the floods raise it: `rate()` only sees increases after a series' first sample.
-async fn prime_faults(ctx: &Ctx) {
+/// Returns the broken archive folder of the server errors, for the floods to use.
+async fn prime_faults(ctx: &Ctx) -> BrokenArchive {
     let http = &ctx.http;
     // Authentication: missing, malformed and wrong credentials over HTTP, gRPC and MCP.
     assert_eq!(ctx.get(None, "/v1/tools").await, 401);
@@ -871,11 +872,9 @@ async fn prime_faults(ctx: &Ctx) {
         .expect("origin");
     assert_eq!(resp.status(), 403);
 
-    // Server errors: a change whose lock file is a directory cannot be read (INTERNAL).
-    bounded("OpenChange", changes.open_change(open_req("broken"))).await.expect("OpenChange");
-    let lock = ctx.change_dir("broken").join(".lock");
-    std::fs::remove_file(&lock).expect("remove lock");
-    std::fs::create_dir(&lock).expect("lock as a directory");
+    // Server errors: with the archive folder broken, a change that is no draft cannot be looked
+    // up (from here on: "no-such-change" above is a NOT_FOUND only with a sound archive).
+    let broken_archive = BrokenArchive::new(ctx);
     let status = bounded("ShowChange", changes.show_change(ShowChangeRequest { slug: "broken".into() }))
         .await
         .expect_err("broken");
@@ -939,7 +938,7 @@ async fn prime_faults(ctx: &Ctx) {
             .expect("POST /mcp");
         slow_mcp_refused |= resp.status() == 429;
         if grpc.as_ref().is_err_and(|s| s.code() == Code::ResourceExhausted) && slow_mcp_refused {
-            return;
+            return broken_archive;
         }
     }
     panic!("the rate limiter never refused `slow` over both gRPC and MCP");
@@ -1017,7 +1016,7 @@ async fn error_floods(ctx: &Ctx) -> BTreeMap<&'static str, usize> {
     let non_health = |l: &BTreeMap<String, String>| !l["http_route"].starts_with("/health/");
     let mut sizes = BTreeMap::new();
 
-    // INTERNAL: gRPC show of the broken change, by the flood principals.
+    // INTERNAL: gRPC show of a change looked up in the broken archive, by the flood principals.
     let tools = ctx.figure("tool_executions_total", |_| true).await;
     let server_errors = ctx.figure("tool_executions_total", |l| l["outcome"] == "server_error").await;
     let n = (((0.05 * tools - server_errors) / 0.95).ceil().max(0.0) as usize + 10).max(20);
@@ -1033,7 +1032,7 @@ async fn error_floods(ctx: &Ctx) -> BTreeMap<&'static str, usize> {
             .expect_err("broken");
         assert_eq!(status.code(), Code::Internal, "{status:?}");
     }
-    sizes.insert("INTERNAL (gRPC change.show of a change with a broken lock)", n);
+    sizes.insert("INTERNAL (gRPC change.show with the archive folder a file)", n);
 
     // 503 and 401: X refused streams, then I wrong tokens, solving the two ratios below together.
     let cred = ctx.figure("auth_attempts_total", |l| l["reason"] != "missing").await;
@@ -1059,6 +1058,31 @@ async fn error_floods(ctx: &Ctx) -> BTreeMap<&'static str, usize> {
     assert_eq!(denied.keys().collect::<Vec<_>>(), [&401], "{denied:?}");
     sizes.insert("401 (wrong bearer token)", i);
     sizes
+}
+
+/// The archive folder replaced by a file until dropped, as a botched checkout could leave it:
+/// looking up a change that is no draft fails WORKSPACE_UNUSABLE, an INTERNAL status (the
+/// operator fixes it, not the client). Drafts are served as before.
+struct BrokenArchive {
+    archive: PathBuf,
+    aside: PathBuf,
+}
+
+impl BrokenArchive {
+    fn new(ctx: &Ctx) -> BrokenArchive {
+        let archive = ctx.server.workspace.join("changes/archive");
+        let aside = ctx.server.workspace.join("archive.aside");
+        std::fs::rename(&archive, &aside).expect("move the archive aside");
+        std::fs::write(&archive, b"not a folder").expect("the archive folder as a file");
+        BrokenArchive { archive, aside }
+    }
+}
+
+impl Drop for BrokenArchive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.archive);
+        let _ = std::fs::rename(&self.aside, &self.archive);
+    }
 }
 
 /// The workspace made unwritable (its `.staging` folder replaced by a file) until dropped.
@@ -1225,11 +1249,12 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
 
     // ---- 2. Induced faults.
     let fault_start = Instant::now();
-    prime_faults(&ctx).await;
+    let broken_archive = prime_faults(&ctx).await;
     prom.settle(unix_now()).await;
     slow_calls(&ctx).await;
     let held = hold_streams(&ctx).await;
     let sizes = error_floods(&ctx).await;
+    drop(broken_archive);
     for (what, n) in &sizes {
         report.say(format!("flood: {n} x {what}"));
     }

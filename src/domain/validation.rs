@@ -58,6 +58,8 @@ pub const TASKS_NO_ITEMS: &str = "TASKS_NO_ITEMS";
 pub const TASKS_MALFORMED_ITEM: &str = "TASKS_MALFORMED_ITEM";
 /// Warning: two items share an id, so the later one got a `#N` suffix.
 pub const TASKS_DUPLICATE_ID: &str = "TASKS_DUPLICATE_ID";
+/// Warning: `tasks.md` ends mid-line, as a file cut short while it was saved does.
+pub const TASKS_NO_FINAL_NEWLINE: &str = "TASKS_NO_FINAL_NEWLINE";
 /// Info: `specs/` holds no delta file.
 pub const SPECS_NO_DELTAS: &str = "SPECS_NO_DELTAS";
 
@@ -215,6 +217,16 @@ fn check_tasks(text: Option<&str>, out: &mut Findings) {
         out.add(TASKS_EMPTY, Severity::Error, FILE, 0, "tasks.md is empty: add `- [ ] 1.1 <task>` checklist items");
         return;
     }
+    if !text.ends_with('\n') {
+        out.add(
+            TASKS_NO_FINAL_NEWLINE,
+            Severity::Warning,
+            FILE,
+            lines(text).count() as u32,
+            "tasks.md ends mid-line, as a file cut short while it was saved does: check that it is whole, \
+             and end it with a newline (task.update holds off a file that ends so for 2 s after it was written)",
+        );
+    }
     let list = checklist::parse(text);
     if list.items.is_empty() {
         out.add(
@@ -319,6 +331,13 @@ mod tests {
             summary(&f),
             [(PROPOSAL_EMPTY, Severity::Error, "proposal.md", 0), (TASKS_EMPTY, Severity::Error, "tasks.md", 0)]
         );
+    }
+
+    #[test]
+    fn a_task_list_cut_short_mid_line_is_flagged_on_its_last_line() {
+        let f = validate(&ChangeFiles { tasks: Some("## 1. Work\n- [ ] 1.1 One\n- [ ] 1.2 Tw".into()), ..good() });
+        assert_eq!(summary(&f), [(TASKS_NO_FINAL_NEWLINE, Severity::Warning, "tasks.md", 3)]);
+        assert!(is_valid(&f), "a warning only: the file may be whole");
     }
 
     #[test]

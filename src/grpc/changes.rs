@@ -77,7 +77,7 @@ impl Changes for ChangesService {
             template: template(r.template)?,
         };
         let ws = self.state.workspace.clone();
-        let opened = blocking(move || ws.open_change(open)).await?;
+        let opened = blocking_write(move |gone| ws.open_change(open, gone)).await?;
         let slug = opened.summary.slug.clone();
         // The resources of the files the change has (a folder made by hand may lack some).
         let has = |file: &str| opened.files.iter().any(|f| f.rsplit('/').next() == Some(file));

@@ -61,7 +61,7 @@ const EXTRA_METHODS: [&str; 4] = [
 ];
 
 /// The contract's `error.type` values that are service reasons.
-const REASONS: [&str; 20] = [
+const REASONS: [&str; 21] = [
     "INVALID_SLUG",
     "INVALID_ARGUMENT",
     "INVALID_PATH",
@@ -72,6 +72,7 @@ const REASONS: [&str; 20] = [
     "TASK_NOT_FOUND",
     "RESOURCE_NOT_FOUND",
     "LOCKED_BY_OTHER_OWNER",
+    "CONCURRENT_EDIT",
     "VALIDATION_FAILED",
     "RECEIPT_UNAVAILABLE",
     "FILE_UNREADABLE",

@@ -2,7 +2,12 @@
 //! missing archive folder, a slug archived twice in a day, an archive made without a receipt,
 //! a second server process on the same workspace. Each must end in the right answer or a
 //! clear error, never in a read or a move outside the workspace, nor a lost write.
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use super::*;
 
@@ -10,15 +15,18 @@ fn open(root: &Path, slug: &str) -> (Slug, Owner) {
     let ws = Workspace::open(root, 1 << 20).unwrap();
     let slug = Slug::parse(slug).unwrap();
     let owner = Owner::parse("alice").unwrap();
-    ws.open_change(OpenRequest {
-        slug: slug.clone(),
-        title: Title::parse("On disk").unwrap(),
-        rationale: Rationale::parse("because").unwrap(),
-        owner: owner.clone(),
-        principal: Principal::anonymous(),
-        ttl: Ttl::DEFAULT,
-        template: TemplateKind::Feature,
-    })
+    ws.open_change(
+        OpenRequest {
+            slug: slug.clone(),
+            title: Title::parse("On disk").unwrap(),
+            rationale: Rationale::parse("because").unwrap(),
+            owner: owner.clone(),
+            principal: Principal::anonymous(),
+            ttl: Ttl::DEFAULT,
+            template: TemplateKind::Feature,
+        },
+        &|| false,
+    )
     .unwrap();
     (slug, owner)
 }
@@ -393,15 +401,18 @@ fn opening_a_folder_made_by_hand_lists_only_the_files_it_has() {
     fs::create_dir_all(dir.path().join("changes/by-hand")).unwrap();
     fs::write(dir.path().join("changes/by-hand/proposal.md"), "# By hand\n").unwrap();
     let opened = ws
-        .open_change(OpenRequest {
-            slug: Slug::parse("by-hand").unwrap(),
-            title: Title::parse("By hand").unwrap(),
-            rationale: Rationale::parse("because").unwrap(),
-            owner: Owner::parse("alice").unwrap(),
-            principal: Principal::anonymous(),
-            ttl: Ttl::DEFAULT,
-            template: TemplateKind::Feature,
-        })
+        .open_change(
+            OpenRequest {
+                slug: Slug::parse("by-hand").unwrap(),
+                title: Title::parse("By hand").unwrap(),
+                rationale: Rationale::parse("because").unwrap(),
+                owner: Owner::parse("alice").unwrap(),
+                principal: Principal::anonymous(),
+                ttl: Ttl::DEFAULT,
+                template: TemplateKind::Feature,
+            },
+            &|| false,
+        )
         .unwrap();
     assert!(!opened.created);
     assert_eq!(opened.files, vec!["changes/by-hand/proposal.md".to_string()]);
@@ -506,4 +517,390 @@ fn edits_on_disk_are_reported_in_the_order_they_happened() {
             ("alpha".to_string(), EventKind::Updated)
         ]
     );
+}
+
+/// Rewrites the lock of `slug` as `owner`'s, taken three hours ago for a minute: expired.
+fn expire_lock(root: &Path, slug: &str, owner: &Owner) {
+    let then = OffsetDateTime::now_utc() - time::Duration::hours(3);
+    let record = LockRecord::new(Holder::anonymous(owner), Ttl::parse(60).unwrap(), then);
+    fs::write(root.join("changes").join(slug).join(lock::LOCK_FILE), serde_json::to_vec(&record).unwrap()).unwrap();
+}
+
+fn open_request(slug: &str, owner: &str) -> OpenRequest {
+    OpenRequest {
+        slug: Slug::parse(slug).unwrap(),
+        title: Title::parse("On disk").unwrap(),
+        rationale: Rationale::parse("because").unwrap(),
+        owner: Owner::parse(owner).unwrap(),
+        principal: Principal::anonymous(),
+        ttl: Ttl::DEFAULT,
+        template: TemplateKind::Feature,
+    }
+}
+
+/// Starts `owner`'s open of `slug` on `ws` in a thread and returns once that open waits for
+/// its turn at the change, or has finished: then the interleaving under test is settled.
+fn open_until_it_waits(ws: &Arc<Workspace>, slug: &str, owner: &str) -> std::thread::JoinHandle<Result<Opened>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ws, req) = (ws.clone(), open_request(slug, owner));
+    let thread = std::thread::spawn(move || {
+        let waiting = tx.clone();
+        // Asked while it waits for its turn; the caller never goes away.
+        let opened = ws.open_change(req, &move || {
+            let _ = waiting.send("waiting");
+            false
+        });
+        let _ = tx.send("done");
+        opened
+    });
+    // Bounded only so that a hang fails the test instead of stalling it.
+    rx.recv_timeout(Duration::from_secs(10)).expect("the open neither waited nor finished");
+    thread
+}
+
+type PendingOpen = Arc<std::sync::Mutex<Option<std::thread::JoinHandle<Result<Opened>>>>>;
+
+#[test]
+fn an_open_by_another_process_waits_for_an_archive_under_way_and_then_opens_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "race");
+    expire_lock(dir.path(), "race", &alice);
+    // Bob opens on the other server while alice's archive is about to move the change.
+    let other = Arc::new(Workspace::open(dir.path(), 1 << 20).unwrap());
+    let bob: PendingOpen = Default::default();
+    let hook: FaultHook = {
+        let (other, bob) = (other.clone(), bob.clone());
+        Arc::new(move |point| {
+            if point == "archive.before_move" {
+                *bob.lock().unwrap() = Some(open_until_it_waits(&other, "race", "bob"));
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let archived = archive(&ws, &slug, &alice).unwrap();
+    let bob = bob.lock().unwrap().take().expect("the hook ran").join().unwrap().unwrap();
+
+    assert!(!archived.already_archived);
+    assert!(
+        bob.created && bob.takeover.is_none(),
+        "bob was told he took over a change that went to the archive: {bob:?}"
+    );
+    assert_eq!(lock::read(&dir.path().join("changes/race")).unwrap().map(|l| l.owner).as_deref(), Some("bob"));
+    let archive_dir = dir.path().join(&archived.receipt.archive_path);
+    let archived_files: Vec<_> = fs::read_dir(&archive_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        archived_files.iter().all(|f| !f.to_string_lossy().ends_with(".tmp") && f != lock::LOCK_FILE),
+        "{archived_files:?}"
+    );
+    assert!(read_meta(&archive_dir).takeovers.is_empty(), "no takeover happened in the archived change");
+}
+
+#[test]
+fn an_archive_reads_the_lock_again_right_before_the_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "retaken");
+    expire_lock(dir.path(), "retaken", &alice);
+    let change = dir.path().join("changes/retaken");
+    // A writer that takes no turn (an older server, a person) gives the lock to bob meanwhile.
+    let hook: FaultHook = {
+        let change = change.clone();
+        Arc::new(move |point| {
+            if point == "archive.before_move" {
+                let bob = LockRecord::new(Holder::anonymous(&Owner::parse("bob").unwrap()), Ttl::DEFAULT, now());
+                fs::write(change.join(lock::LOCK_FILE), serde_json::to_vec(&bob).unwrap())?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let err = archive(&ws, &slug, &alice).unwrap_err();
+    assert!(matches!(&err, Error::LockedByOtherOwner { holder, .. } if holder == "bob"), "{err:?}");
+    assert!(change.join("tasks.md").is_file(), "still a draft");
+    assert!(!change.join(RECEIPT_FILE).exists(), "no receipt left in the draft");
+    assert!(ws.latest_archive(&slug).unwrap().is_none(), "not archived");
+}
+
+#[test]
+fn an_archive_whose_folder_name_is_taken_at_the_last_moment_goes_to_the_next_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "coll");
+    let change = dir.path().join("changes/coll");
+    // Another archive (`coll-2`'s first or `coll`'s second of the day elsewhere) takes the name
+    // this one picked, after it picked it.
+    let squatted = Arc::new(std::sync::Mutex::new(None::<PathBuf>));
+    let hook: FaultHook = {
+        let (change, root, squatted) = (change.clone(), dir.path().to_path_buf(), squatted.clone());
+        Arc::new(move |point| {
+            let mut squatted = squatted.lock().unwrap();
+            if point == "archive.before_move" && squatted.is_none() {
+                let picked: Receipt = serde_json::from_slice(&fs::read(change.join(RECEIPT_FILE))?)?;
+                let folder = root.join(&picked.archive_path);
+                fs::create_dir_all(folder.join("specs"))?;
+                *squatted = Some(folder);
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let archived = archive(&ws, &slug, &owner).unwrap();
+
+    let squatted = squatted.lock().unwrap().clone().expect("the hook ran");
+    let went_to = dir.path().join(&archived.receipt.archive_path);
+    assert_ne!(went_to, squatted);
+    assert!(archived.receipt.archive_path.ends_with("-coll-2"), "{}", archived.receipt.archive_path);
+    let saved: Receipt = serde_json::from_slice(&fs::read(went_to.join(RECEIPT_FILE)).unwrap()).unwrap();
+    assert_eq!(saved, archived.receipt, "the receipt names the folder the change went to");
+    assert_eq!(fs::read_dir(&squatted).unwrap().count(), 1, "the other archive's folder is untouched");
+    assert!(!change.exists());
+}
+
+/// A whole task list of eight items.
+fn eight_tasks() -> String {
+    let items: String = (1..=8).map(|n| format!("- [ ] 1.{n} Task number {n} of the list\n")).collect();
+    format!("# Tasks\n\n## 1. Work\n{items}")
+}
+
+/// A person saving a file in place (truncate, then write) who has written the first `cut`
+/// bytes; `finish` writes the rest into the same file.
+struct InPlaceSave {
+    file: fs::File,
+    rest: Vec<u8>,
+}
+
+impl InPlaceSave {
+    fn start(path: &Path, text: &str, cut: usize) -> Self {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+        file.write_all(&text.as_bytes()[..cut]).unwrap();
+        InPlaceSave { file, rest: text.as_bytes()[cut..].to_vec() }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(&std::mem::take(&mut self.rest))
+    }
+}
+
+/// A workspace whose hook finishes `save` right after the `finish_at`th read of `tasks.md`.
+fn finishing_save_at_read(root: &Path, save: InPlaceSave, finish_at: usize) -> Workspace {
+    let save = std::sync::Mutex::new((0, save));
+    let hook: FaultHook = Arc::new(move |point| {
+        let mut state = save.lock().unwrap();
+        if point == "tasks.after_read" {
+            state.0 += 1;
+            if state.0 == finish_at {
+                state.1.finish()?;
+            }
+        }
+        Ok(())
+    });
+    Workspace::open(root, 1 << 20).unwrap().with_fault_hook(hook)
+}
+
+#[test]
+fn a_save_in_place_landing_between_a_ticks_read_and_its_write_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "saved");
+    let tasks = dir.path().join("changes/saved/tasks.md");
+    let whole = eight_tasks();
+    // The save has written whole lines so far: nothing in what the tick reads says it is partial.
+    let cut = whole.find("- [ ] 1.5").unwrap();
+    let ws = finishing_save_at_read(dir.path(), InPlaceSave::start(&tasks, &whole, cut), 1);
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), whole.replacen("- [ ] 1.1", "- [x] 1.1", 1));
+}
+
+#[test]
+fn a_tick_waits_for_a_task_list_that_ends_mid_line_while_it_is_being_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "half");
+    let tasks = dir.path().join("changes/half/tasks.md");
+    let whole = eight_tasks();
+    // The save stalls mid-line over more than one of the tick's reads (and its write, were it
+    // to write).
+    let cut = whole.find("number 5").unwrap();
+    let ws = finishing_save_at_read(dir.path(), InPlaceSave::start(&tasks, &whole, cut), 3);
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), whole.replacen("- [ ] 1.1", "- [x] 1.1", 1));
+}
+
+#[test]
+fn a_task_list_saved_again_at_every_read_is_a_concurrent_edit_and_left_as_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "busy-list");
+    let tasks = dir.path().join("changes/busy-list/tasks.md");
+    let saves = std::sync::Mutex::new(0usize);
+    let hook: FaultHook = {
+        let tasks = tasks.clone();
+        Arc::new(move |point| {
+            if point == "tasks.after_read" {
+                let mut saves = saves.lock().unwrap();
+                *saves += 1;
+                fs::write(&tasks, format!("{}{}", eight_tasks(), "\n".repeat(*saves)))?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let err = ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.1".into(), true)], &|| false).unwrap_err();
+    assert!(matches!(&err, Error::ConcurrentEdit { file, .. } if file == "tasks.md"), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Aborted);
+    let left = fs::read_to_string(&tasks).unwrap();
+    assert!(left.starts_with(&eight_tasks()) && !left.contains("[x]"), "the last save stands: {left}");
+}
+
+#[test]
+fn a_task_list_without_a_final_newline_written_long_ago_is_ticked_and_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "no-newline");
+    let tasks = dir.path().join("changes/no-newline/tasks.md");
+    let text = eight_tasks().trim_end().to_string();
+    fs::write(&tasks, &text).unwrap();
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(&tasks).unwrap().set_modified(long_ago).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    ws.update_tasks(&slug, Holder::anonymous(&owner), &[("1.8".into(), true)], &|| false).unwrap();
+    assert_eq!(fs::read_to_string(&tasks).unwrap(), text.replacen("- [ ] 1.8", "- [x] 1.8", 1));
+    let findings = ws.validate_change(&slug).unwrap();
+    assert!(findings.iter().any(|f| f.code == validation::TASKS_NO_FINAL_NEWLINE && f.line == 11), "{findings:?}");
+}
+
+/// `dir` made unwritable until dropped: read-only permissions, or, for a user whom permissions
+/// do not stop (root), the immutable attribute (`chattr +i`, what the audit found unnoticed).
+struct Unwritable {
+    dir: PathBuf,
+    immutable: bool,
+}
+
+impl Unwritable {
+    fn new(dir: &Path) -> Self {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+        let probe = dir.join("probe");
+        let immutable = fs::write(&probe, b"").is_ok();
+        if immutable {
+            fs::remove_file(&probe).unwrap();
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+            let status = std::process::Command::new("chattr").arg("+i").arg(dir).status().expect("run chattr");
+            assert!(status.success(), "chattr +i {}: the file system must support it", dir.display());
+        }
+        Unwritable { dir: dir.to_path_buf(), immutable }
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        if self.immutable {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.dir).status();
+        } else {
+            let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+#[test]
+fn readiness_fails_while_changes_cannot_be_written_though_staging_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    ws.check_writable().unwrap();
+    let frozen = Unwritable::new(&dir.path().join("changes"));
+    let err = ws.check_writable().expect_err("ready while no change can be opened");
+    assert!(matches!(&err, Error::WorkspaceUnusable { path, .. } if path.ends_with("changes")), "{err:?}");
+    drop(frozen);
+    ws.check_writable().unwrap();
+    assert_eq!(fs::read_dir(dir.path().join("changes")).unwrap().count(), 1, "no probe file left: only archive/");
+}
+
+#[test]
+fn a_staging_area_on_another_file_system_is_named_by_open_and_by_readiness() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir_in("/dev/shm").expect("/dev/shm");
+    let device = |p: &Path| fs::metadata(p).unwrap().dev();
+    assert_ne!(device(dir.path()), device(elsewhere.path()), "the test needs /dev/shm on another file system");
+    // An operator put the build-aside area elsewhere.
+    fs::create_dir_all(dir.path().join("changes/archive")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(".staging")).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+
+    let err = ws.open_change(open_request("cross", "alice"), &|| false).unwrap_err();
+    assert!(matches!(&err, Error::WorkspaceUnusable { why, .. } if why.contains("one mount")), "{err:?}");
+    assert!(!dir.path().join("changes/cross").exists());
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0, "nothing left in the staging area");
+    let err = ws.check_writable().expect_err("ready while every open fails");
+    assert!(matches!(&err, Error::WorkspaceUnusable { why, .. } if why.contains("one mount")), "{err:?}");
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0, "no probe file left");
+}
+
+#[test]
+fn a_lock_that_is_a_folder_is_named_by_every_call_and_the_change_stays_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "dir-lock");
+    let lock_path = dir.path().join("changes/dir-lock").join(lock::LOCK_FILE);
+    fs::remove_file(&lock_path).unwrap();
+    fs::create_dir(&lock_path).unwrap();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let calls = [
+        ("show", ws.show_change(&slug).err()),
+        ("open", ws.open_change(open_request("dir-lock", "bob"), &|| false).err()),
+        ("update", ws.update_tasks(&slug, Holder::anonymous(&alice), &[("1.1".into(), true)], &|| false).err()),
+        ("archive", archive(&ws, &slug, &alice).err()),
+    ];
+    for (call, err) in calls {
+        let err = err.unwrap_or_else(|| panic!("{call} went ahead without knowing who holds the change"));
+        assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == ".lock"), "{call}: {err:?}");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{call}");
+    }
+    let listed = ws.list_changes(StatusFilter::Draft, 50, "").unwrap();
+    assert_eq!(listed.items.iter().map(|s| s.slug.as_str()).collect::<Vec<_>>(), ["dir-lock"]);
+    assert!(lock_path.is_dir(), "a person's folder is not removed");
+}
+
+#[test]
+fn a_task_list_made_a_folder_after_a_ticks_read_is_named_not_an_internal_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, owner) = open(dir.path(), "made-dir");
+    let tasks = dir.path().join("changes/made-dir/tasks.md");
+    let hook: FaultHook = {
+        let tasks = tasks.clone();
+        Arc::new(move |point| {
+            if point == "tasks.after_read" && tasks.is_file() {
+                fs::remove_file(&tasks)?;
+                fs::create_dir(&tasks)?;
+                fs::write(tasks.join("inside"), "a person's file")?;
+            }
+            Ok(())
+        })
+    };
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let id = checklist::parse(&eight_tasks()).items[0].id.clone();
+    let err = ws.update_tasks(&slug, Holder::anonymous(&owner), &[(id, true)], &|| false).unwrap_err();
+    assert!(matches!(&err, Error::FileUnreadable { file, .. } if file == "tasks.md"), "{err:?}");
+    assert!(tasks.join("inside").is_file());
+}
+
+#[test]
+fn a_task_list_deleted_and_written_again_meanwhile_never_fails_a_read_as_internal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, _) = open(dir.path(), "flicker");
+    let tasks = dir.path().join("changes/flicker/tasks.md");
+    // ASCII: a read that meets the file half written still reads text.
+    let text = eight_tasks();
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Someone deleting the file and writing it again, as fast as they can.
+    let flicker = {
+        let (stop, tasks) = (stop.clone(), tasks.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = fs::remove_file(&tasks);
+                let _ = fs::write(&tasks, &text);
+            }
+        })
+    };
+    // Enough reads for many of them to meet a deletion at any point of the read.
+    let failures: Vec<Error> = (0..5000).filter_map(|_| ws.show_change(&slug).err()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flicker.join().unwrap();
+    assert!(failures.is_empty(), "{} reads failed, e.g. {:?}", failures.len(), failures.first());
 }

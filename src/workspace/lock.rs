@@ -4,14 +4,16 @@
 //! place, which fails if a lock exists: exclusive-create with no window in which a
 //! reader could see a half-written lock. Taking over an expired lock renames the
 //! stale file away first and checks it was the one we judged stale, so two
-//! processes reclaiming at once cannot both win. Within one server, callers also
-//! hold the per-slug mutex, so these races only matter across processes.
-use std::{fs, io, path::Path};
+//! processes reclaiming at once cannot both win; an unparsable lock is removed the same
+//! way, so a lock another process placed meanwhile is never removed in its stead. Callers
+//! also hold the change's turn (see `Workspace::draft_turn`), so these races only matter
+//! with writers that take no turn: older servers, tools, people.
+use std::{fs, io, io::Read, os::unix::fs::OpenOptionsExt, path::Path};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::fsutil::{sync_parent, temp_sibling, write_new};
+use super::fsutil::{TempFile, sync_parent, temp_sibling, write_new};
 use crate::{
     auth::Principal,
     domain::{Owner, Ttl},
@@ -19,6 +21,8 @@ use crate::{
 };
 
 pub const LOCK_FILE: &str = ".lock";
+/// More than any lock record takes: a bigger file is no lock of ours, and is not read whole.
+const LOCK_CAP: u64 = 64 * 1024;
 
 /// Who takes or holds a lock: the owner a request names and the principal whose credential
 /// made the request. Owners are whatever clients send, so with tokens configured the principal
@@ -116,10 +120,36 @@ impl Acquired {
 /// Reads the lock in `dir`. A record that does not parse counts as no lock: it
 /// cannot name a holder, and keeping it would wedge the change forever.
 pub fn read(dir: &Path) -> Result<Option<LockRecord>> {
-    match fs::read(dir.join(LOCK_FILE)) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+    match read_bytes(&dir.join(LOCK_FILE)) {
+        Ok(bytes) => Ok(parse(&bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::internal("read lock", e)),
+        Err(e) => Err(read_error(dir, e)),
+    }
+}
+
+/// The lock file's bytes, not following a symbolic link.
+fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.take(LOCK_CAP).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A `.lock` that is a folder, a socket or a symbolic link cannot say who holds the change,
+/// and removing it is not ours to do (a person put it there): the change's fault, named, and
+/// the call refused. Anything else is an I/O failure.
+fn read_error(dir: &Path, e: io::Error) -> Error {
+    let path = dir.join(LOCK_FILE);
+    let not_a_file =
+        e.kind() == io::ErrorKind::IsADirectory || matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ELOOP));
+    if !not_a_file {
+        return Error::io("read lock", &path, e);
+    }
+    let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Error::FileUnreadable {
+        slug,
+        file: LOCK_FILE.into(),
+        why: "is not a regular file (a folder, a socket or a symbolic link); remove it to free the change",
     }
 }
 
@@ -135,11 +165,9 @@ pub fn acquire(dir: &Path, slug: &str, holder: Holder<'_>, ttl: Ttl, now: Offset
     // process change the lock under it; a few turns settle any real race.
     for _ in 0..5 {
         let record = LockRecord::new(holder, ttl, now);
-        let temp = temp_sibling(&lock_path);
-        write_new(&temp, &record.to_bytes()).map_err(io_err)?;
-        let outcome = try_place(&lock_path, &temp, slug, holder, &record, now);
-        let _ = fs::remove_file(&temp);
-        match outcome {
+        // Linked into place or renamed there by `try_place`; its own name goes when it drops.
+        let temp = TempFile::beside(&lock_path, &record.to_bytes()).map_err(io_err)?;
+        match try_place(&lock_path, temp.path(), slug, holder, &record, now) {
             Ok(Some(acquired)) => {
                 sync_parent(&lock_path).map_err(io_err)?;
                 return Ok(acquired);
@@ -166,9 +194,16 @@ fn try_place(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(e)),
     }
-    let Some(existing) = read(lock_path.parent().unwrap_or(lock_path))? else {
-        // Unparsable or vanished: move it out of the way and retry.
-        let _ = fs::remove_file(lock_path);
+    let bytes = match read_bytes(lock_path) {
+        Ok(bytes) => bytes,
+        // Released between our link and our read: link again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(lock_path.parent().unwrap_or(lock_path), e)),
+    };
+    let Some(existing) = parse(&bytes) else {
+        // Unparsable: it names no holder. Move it away, but only if it is still the record we
+        // judged: another process may have replaced it with a good lock since our read.
+        set_aside_if(lock_path, |moved| moved == bytes.as_slice())?;
         return Ok(None);
     };
     if existing.is_held_by(holder) {
@@ -179,26 +214,37 @@ fn try_place(
         return Err(existing.refuse(slug, holder));
     }
     // Expired: take it over, making sure we move away exactly the stale record.
-    let stale_path = temp_sibling(lock_path).with_extension("stale");
-    match fs::rename(lock_path, &stale_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(e)),
-    }
-    let moved: Option<LockRecord> = fs::read(&stale_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    if moved.as_ref().map(|m| &m.nonce) != Some(&existing.nonce) {
-        // Someone replaced the stale lock between our read and our rename: put
-        // theirs back (exclusively; if that fails a third party holds it now).
-        let _ = fs::hard_link(&stale_path, lock_path);
-        let _ = fs::remove_file(&stale_path);
+    if !set_aside_if(lock_path, |moved| parse(moved).is_some_and(|m| m.nonce == existing.nonce))? {
         return Ok(None);
     }
-    let _ = fs::remove_file(&stale_path);
     match fs::hard_link(temp, lock_path) {
         Ok(()) => Ok(Some(Acquired::TakenOver { lock: record.clone(), previous: existing })),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(io_err(e)),
     }
+}
+
+fn parse(bytes: &[u8]) -> Option<LockRecord> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Moves the lock at `lock_path` away for good if its content is still what `judged` accepts;
+/// anything else found there (a lock another process placed since we looked) is put back,
+/// exclusively (if that fails a third party holds the lock now). `false`: nothing was removed,
+/// the caller looks again.
+fn set_aside_if(lock_path: &Path, judged: impl Fn(&[u8]) -> bool) -> Result<bool> {
+    let aside = temp_sibling(lock_path).with_extension("stale");
+    match fs::rename(lock_path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("acquire lock", lock_path, e)),
+    }
+    let ours = read_bytes(&aside).is_ok_and(|moved| judged(&moved));
+    if !ours {
+        let _ = fs::hard_link(&aside, lock_path);
+    }
+    let _ = fs::remove_file(&aside);
+    Ok(ours)
 }
 
 /// Removes the lock file if present.
@@ -259,6 +305,24 @@ mod tests {
         let got =
             acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::DEFAULT, OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(got, Acquired::New(_)));
+    }
+
+    #[test]
+    fn a_lock_is_set_aside_only_while_it_is_the_one_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join(LOCK_FILE);
+        // Judged unparsable, but another process has put its good lock there since.
+        let theirs = LockRecord::new(Holder::anonymous(&owner("b")), Ttl::DEFAULT, OffsetDateTime::now_utc());
+        fs::write(&lock_path, theirs.to_bytes()).unwrap();
+        assert!(!set_aside_if(&lock_path, |moved| moved == b"{not json").unwrap());
+        assert_eq!(read(dir.path()).unwrap(), Some(theirs), "their lock is back in place");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)], "nothing set aside is left");
+
+        fs::write(&lock_path, b"{not json").unwrap();
+        assert!(set_aside_if(&lock_path, |moved| moved == b"{not json").unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the judged record is gone");
+        assert!(!set_aside_if(&lock_path, |_| true).unwrap(), "nothing to set aside");
     }
 
     #[test]

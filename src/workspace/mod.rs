@@ -21,7 +21,7 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -51,11 +51,22 @@ pub const MAX_DOC_BYTES: u64 = 1024 * 1024;
 const MAX_SPEC_FILES: usize = 200;
 const META_FILE: &str = ".taskmcp.json";
 const RECEIPT_FILE: &str = "receipt.json";
-/// Build-aside folders older than this are leftovers of a crashed process.
-const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
 /// How often a call waiting for its turn at a change looks again (and asks whether its caller
 /// still waits).
 const TURN_POLL: Duration = Duration::from_millis(10);
+/// How many times a call looks for a change's folder again after it moved under it (archived,
+/// or archived and opened again, by another process while this one waited for its turn).
+const TURN_ATTEMPTS: usize = 5;
+/// A `tasks.md` that ends mid-line and was written less than this long ago may be half saved
+/// by someone writing it in place; a tick waits until it is older or whole.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How often a tick waiting for `tasks.md` to be whole reads it again.
+const EDIT_POLL: Duration = Duration::from_millis(50);
+/// The longest a tick waits for `tasks.md` to be whole (more than `SETTLE`).
+const EDIT_WAIT: Duration = Duration::from_secs(3);
+/// How many times a tick reads `tasks.md` again after it changed between the read and the
+/// write, before it gives up with `ConcurrentEdit`.
+const EDIT_ATTEMPTS: usize = 5;
 
 /// Called at named points of multi-step operations; an error returned here is
 /// treated like an I/O failure at that point. Tests use it to prove that a
@@ -263,6 +274,7 @@ pub struct Workspace {
     watcher: OnceLock<Arc<watch::Watcher>>,
     fault_hook: Option<FaultHook>,
     max_resource_bytes: u64,
+    unsynced_commits: std::sync::atomic::AtomicU64,
 }
 
 impl Workspace {
@@ -285,6 +297,7 @@ impl Workspace {
             watcher: OnceLock::new(),
             fault_hook: None,
             max_resource_bytes,
+            unsynced_commits: Default::default(),
         };
         ws.sweep_staging();
         Ok(ws)
@@ -309,12 +322,61 @@ impl Workspace {
         watch::start(self)
     }
 
-    /// Readiness: the workspace can be written.
+    /// Readiness: what opening a change takes works on a probe file (made in `.staging`,
+    /// renamed into `changes/`), and the archive is on the same file system as `changes/`.
     pub fn check_writable(&self) -> Result<()> {
-        let probe = fsutil::temp_sibling(&self.staging.join("ready"));
-        fsutil::write_new(&probe, b"ok")
-            .and_then(|()| fs::remove_file(&probe))
-            .map_err(|e| Error::internal("workspace not writable", e))
+        self.probe_commit()?;
+        self.check_archive_file_system()
+    }
+
+    /// A probe file made in `.staging` (in its shared hold, so that a sweep leaves it alone)
+    /// and renamed into `changes/`, as a new change is: this fails where the open would, on a
+    /// folder that cannot be written (permissions, immutable, read-only, full) or on the two
+    /// folders on different mounts (the rename cannot cross them).
+    fn probe_commit(&self) -> Result<()> {
+        let _probing = self.staging_share().map_err(|e| Error::io("hold the build-aside area", &self.staging, e))?;
+        let probe = fsutil::TempFile::beside(&self.staging.join("ready"), b"ok")
+            .map_err(|e| Error::io("write a probe file", &self.staging, e))?;
+        let placed = self.changes.join(probe.path().file_name().unwrap_or_default());
+        probe.rename_to(&placed).map_err(|e| Error::io("move a probe file from .staging", &self.changes, e))?;
+        fs::remove_file(&placed).map_err(|e| Error::io("remove a probe file", &self.changes, e))
+    }
+
+    /// An archive moves a change from `changes/` into `changes/archive/` with a rename, which
+    /// cannot cross file systems. (A probe rename into the archive would clear `change.show`'s
+    /// cache at every probe, so the devices are compared instead; an archive folder that is a
+    /// bind mount of the same file system is not seen here, and its archives fail naming it.)
+    fn check_archive_file_system(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let changes = self.changes.metadata().map_err(|e| Error::io("stat changes", &self.changes, e))?;
+        match self.archive.metadata() {
+            Ok(archive) if archive.dev() != changes.dev() => {
+                Err(Error::WorkspaceUnusable { path: "changes/archive".into(), why: fsutil::CROSS_DEVICE.into() })
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("stat archive", &self.archive, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a commit by rename whose folder could not be synced (`synced`): the operation is
+    /// done and visible, and only whether it survives a crash of the machine is unknown. The
+    /// call still answers success: an error would have the caller retry what is done (an
+    /// archive answers "already archived", a tick finds its task ticked, an open reopens),
+    /// and nothing a caller can do makes the rename durable. An operator can (a failing disk),
+    /// so it is logged at error level with the count of such commits since start.
+    fn settle_commit(&self, what: &'static str, path: &Path, synced: io::Result<()>) {
+        if let Err(e) = synced {
+            let count = self.unsynced_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            tracing::error!(
+                what, path = %path.display(), error = %e, unsynced_commits = count,
+                "committed, but its folder could not be synced: whether it survives a crash is unknown"
+            );
+        }
+    }
+
+    /// Commits since start whose folder could not be synced (see `settle_commit`).
+    pub fn unsynced_commits(&self) -> u64 {
+        self.unsynced_commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fault(&self, point: &'static str) -> io::Result<()> {
@@ -324,23 +386,51 @@ impl Workspace {
         }
     }
 
-    /// This process's turn at the change in `dir` against other processes serving the same
-    /// workspace (`flock` on the folder; the mutex of `slug_lock` orders this process's own
-    /// threads). Without it, two servers ticking tasks at once each rewrite `tasks.md` from
-    /// what they read, and one tick is lost.
-    /// This call's turn at the change in `dir` among processes (`flock` on the folder). A
-    /// caller that gives up while it waits leaves the queue: a change held for long (by a
-    /// stuck process) would otherwise pile blocked threads up until the pool is spent.
-    fn change_turn(&self, dir: &Path, caller_gone: &dyn Fn() -> bool) -> Result<fs::File> {
-        let folder = fs::File::open(dir).map_err(|e| Error::io("lock change folder", dir, e))?;
+    /// The draft of `slug` with this call's turn at it among the processes serving the
+    /// workspace (`flock` on its folder, held until the returned file is dropped; the mutex of
+    /// `slug_lock` orders this process's own threads), or `None` if there is no draft. Every
+    /// write to a draft (open, tick, archive) happens in its turn: without it, two servers
+    /// ticking at once each rewrite `tasks.md` from what they read and one tick is lost, and
+    /// an open on one server takes over a lock that an archive on the other moves away.
+    /// The folder is looked up again once the turn is ours: the process we waited for may
+    /// have archived it (the `flock` goes with the folder) or archived and reopened it.
+    fn draft_turn(&self, slug: &Slug, caller_gone: &dyn Fn() -> bool) -> Result<Option<(PathBuf, fs::File)>> {
+        for _ in 0..TURN_ATTEMPTS {
+            let Some(dir) = self.existing_draft(slug)? else { return Ok(None) };
+            let folder = match fs::File::open(&dir) {
+                Ok(folder) => folder,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("lock change folder", &dir, e)),
+            };
+            Self::change_turn(&folder, &dir, caller_gone)?;
+            if self.is_draft_folder(slug, &folder)? {
+                sweep_temp_files(&dir);
+                return Ok(Some((dir, folder)));
+            }
+        }
+        Err(Error::Internal(format!("change {slug} kept moving while this call waited for its turn")))
+    }
+
+    /// Waits for the `flock` on the change folder `folder`. A caller that gives up while it
+    /// waits leaves the queue: a change held for long (by a stuck process) would otherwise pile
+    /// blocked threads up until the pool is spent.
+    fn change_turn(folder: &fs::File, dir: &Path, caller_gone: &dyn Fn() -> bool) -> Result<()> {
         loop {
             match folder.try_lock() {
-                Ok(()) => return Ok(folder),
+                Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) if caller_gone() => return Err(Error::CallerGone),
                 Err(fs::TryLockError::WouldBlock) => std::thread::sleep(TURN_POLL),
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock change folder", dir, e)),
             }
         }
+    }
+
+    /// Whether `folder` is the draft folder of `slug` now (the same inode).
+    fn is_draft_folder(&self, slug: &Slug, folder: &fs::File) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = self.existing_draft(slug)? else { return Ok(false) };
+        let same = |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        Ok(matches!((folder.metadata(), dir.symlink_metadata()), (Ok(held), Ok(now)) if same(&held, &now)))
     }
 
     /// This call's turn at `slug` among this process's calls, left like `change_turn`'s.
@@ -383,20 +473,24 @@ impl Workspace {
 
     // ----- change.open -----
 
-    pub fn open_change(&self, req: OpenRequest) -> Result<Opened> {
+    /// `caller_gone` as for `update_tasks`: an existing draft is reopened in its turn.
+    pub fn open_change(&self, req: OpenRequest, caller_gone: &dyn Fn() -> bool) -> Result<Opened> {
         let guard = self.slug_lock(&req.slug);
-        let _held = guard.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = self.existing_draft(&req.slug)? {
-            return self.reopen(&req, &dir);
-        }
-        match self.scaffold(&req)? {
-            Some(opened) => Ok(opened),
-            None => {
-                // Another process created it between our check and our rename.
-                let dir = self.draft_dir(&req.slug);
-                self.reopen(&req, &dir)
+        let _held = Self::slug_turn(&guard, caller_gone)?;
+        // A pass reopens the draft in its turn or creates it; it finds neither only when
+        // another process created the change between our look and our rename.
+        for _ in 0..TURN_ATTEMPTS {
+            if let Some((dir, _turn)) = self.draft_turn(&req.slug, caller_gone)? {
+                if caller_gone() {
+                    return Err(Error::CallerGone);
+                }
+                return self.reopen(&req, &dir);
+            }
+            if let Some(opened) = self.scaffold(&req)? {
+                return Ok(opened);
             }
         }
+        Err(Error::Internal(format!("change {} kept appearing and vanishing while opening it", req.slug)))
     }
 
     fn reopen(&self, req: &OpenRequest, dir: &Path) -> Result<Opened> {
@@ -435,7 +529,8 @@ impl Workspace {
             expired_at: previous.expires_at(),
         });
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal("encode meta", e))?;
-        fsutil::atomic_write(&path, &bytes).map_err(|e| Error::io("write meta", &path, e))?;
+        let replaced = fsutil::atomic_write(&path, &bytes).map_err(|e| write_error("write meta", dir, META_FILE, e))?;
+        self.settle_commit("write meta", &path, replaced.synced);
         self.own_writes.note(&path);
         Ok(())
     }
@@ -459,37 +554,34 @@ impl Workspace {
             template: req.template.as_str().to_string(),
             takeovers: vec![],
         };
-        let stage = self.staging.join(format!("{}.{}", req.slug, uuid::Uuid::new_v4().simple()));
+        let held = self.new_stage(&req.slug).map_err(|e| Error::io("scaffold change", &self.staging, e))?;
+        let stage = held.path.clone();
         let target = self.draft_dir(&req.slug);
-        let mut renamed = false;
-        let mut build = || -> io::Result<()> {
-            fs::create_dir_all(stage.join("specs"))?;
+        let build = || -> io::Result<()> {
+            fs::create_dir(stage.join("specs"))?;
             fsutil::write_new(&stage.join("proposal.md"), scaffold.proposal.as_bytes())?;
             fsutil::write_new(&stage.join("tasks.md"), scaffold.tasks.as_bytes())?;
             fsutil::write_new(&stage.join("specs").join("README.md"), scaffold.specs_readme.as_bytes())?;
             fsutil::write_new(&stage.join(META_FILE), &serde_json::to_vec_pretty(&meta)?)?;
             lock::write_initial(&stage, &lock)?;
-            fsutil::sync_parent(&stage.join("specs"))?;
+            // The names of the files, in specs/ and in the change's folder, durable before the
+            // change can be seen: a crash must not leave a visible change without them.
+            fsutil::sync_dir(&stage.join("specs"))?;
+            fsutil::sync_dir(&stage)?;
             self.fault("open.before_rename")?;
             // The commit point: the change appears whole or not at all.
-            fsutil::rename_noreplace(&stage, &target)?;
-            renamed = true;
-            self.own_writes.note(&target);
-            self.fault("open.after_rename")?;
-            fsutil::sync_parent(&target)
+            fsutil::rename_noreplace(&stage, &target)
         };
         if let Err(e) = build() {
             let _ = fs::remove_dir_all(&stage);
             if e.kind() == io::ErrorKind::AlreadyExists {
                 return Ok(None);
             }
-            if !renamed {
-                return Err(Error::io("scaffold change", &target, e));
-            }
-            // The change exists and is complete; only the durability of the rename
-            // is in doubt, which the next open (a reopen) settles.
-            tracing::warn!(slug = %req.slug, error = %e, "change created; post-rename step failed");
+            return Err(Error::io("scaffold change", &target, e));
         }
+        self.own_writes.note(&target);
+        let synced = self.fault("open.after_rename").and_then(|()| fsutil::sync_parent(&target));
+        self.settle_commit("open", &target, synced);
         let summary = self.summarize_draft(&req.slug, &target)?;
         self.emit(
             EventKind::Opened,
@@ -509,20 +601,51 @@ impl Workspace {
             .collect()
     }
 
+    /// A new build-aside folder for `slug`, held (see `Stage`).
+    fn new_stage(&self, slug: &Slug) -> io::Result<Stage> {
+        // Shared with other builds, exclusive with a sweep: between our `mkdir` and our `flock`
+        // the folder is not held yet, and a sweep must not take it for a dead build's.
+        let _naming = self.staging_share()?;
+        let path = self.staging.join(format!("{slug}.{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&path)?;
+        let held = fs::File::open(&path).and_then(|folder| folder.lock().map(|()| folder));
+        match held {
+            Ok(folder) => Ok(Stage { path, _held: folder }),
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// `.staging` held shared (`flock`) until the returned file drops: writers in it take
+    /// this, the sweep takes it exclusively.
+    fn staging_share(&self) -> io::Result<fs::File> {
+        let staging = fs::File::open(&self.staging)?;
+        staging.lock_shared()?;
+        Ok(staging)
+    }
+
+    /// Removes what failed or crashed builds left in `.staging`: every folder no live build
+    /// holds, however young (a restart right after a crash finds them all), and stray files.
     fn sweep_staging(&self) {
-        let Ok(entries) = fs::read_dir(&self.staging) else {
+        let Ok(staging) = fs::File::open(&self.staging) else { return };
+        if staging.lock().is_err() {
             return;
-        };
+        }
+        let Ok(entries) = fs::read_dir(&self.staging) else { return };
         for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > STALE_STAGING);
-            if old {
-                tracing::warn!(path = %entry.path().display(), "removing leftover build-aside folder");
-                let _ = fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::warn!(path = %path.display(), "removing a leftover file from the build-aside area");
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            // A folder a live build holds (this process's or another's) is left alone.
+            let Ok(folder) = fs::File::open(&path) else { continue };
+            if folder.try_lock().is_ok() {
+                tracing::warn!(path = %path.display(), "removing a leftover build-aside folder");
+                let _ = fs::remove_dir_all(&path);
             }
         }
     }
@@ -554,7 +677,7 @@ impl Workspace {
         for (_, entry) in &page {
             // A change removed or broken mid-listing is skipped rather than failing the page.
             let summary = match entry {
-                Entry::Draft(slug) => self.summarize_draft(slug, &self.draft_dir(slug)),
+                Entry::Draft(slug) => Ok(self.list_draft(slug, &self.draft_dir(slug))),
                 Entry::Archived(name) => self.summarize_archived(name),
             };
             match summary {
@@ -627,17 +750,17 @@ impl Workspace {
     }
 
     fn summarize_draft(&self, slug: &Slug, dir: &Path) -> Result<Summary> {
-        let proposal = read_doc(dir, "proposal.md").ok().flatten();
-        let tasks = read_doc(dir, "tasks.md").ok().flatten();
-        Ok(Summary {
-            slug: slug.to_string(),
-            title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.to_string()),
-            status: Status::Draft,
-            updated_at: updated_at(dir),
-            lock: lock::read(dir)?,
-            progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
-            archive_name: None,
-        })
+        Ok(draft_summary(slug, dir, lock::read(dir)?))
+    }
+
+    /// `summarize_draft` for a listing: a change whose lock cannot be read is listed without
+    /// one (every call on it says why) rather than left out as if it did not exist.
+    fn list_draft(&self, slug: &Slug, dir: &Path) -> Summary {
+        let lock = lock::read(dir).unwrap_or_else(|e| {
+            tracing::warn!(slug = %slug, error = %e, "listing a change whose lock cannot be read");
+            None
+        });
+        draft_summary(slug, dir, lock)
     }
 
     fn summarize_archived(&self, name: &str) -> Result<Summary> {
@@ -794,42 +917,91 @@ impl Workspace {
     ) -> Result<(Vec<TaskItem>, Vec<String>)> {
         let guard = self.slug_lock(slug);
         let _held = Self::slug_turn(&guard, caller_gone)?;
-        let not_found = || Error::ChangeNotFound { slug: slug.to_string() };
-        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
-        let _turn = self.change_turn(&dir, caller_gone)?;
+        let turn = self.draft_turn(slug, caller_gone)?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
-        // Another process may have archived it while this one waited for its turn.
-        let dir = self.existing_draft(slug)?.ok_or_else(not_found)?;
-        let held = lock::read(&dir)?;
-        if let Some(held) = &held
-            && held.is_live(now())
-            && !held.is_held_by(holder)
-        {
-            return Err(held.refuse(slug.as_str(), holder));
-        }
-        let path = dir.join("tasks.md");
-        let text = read_doc_strict(&dir, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
-            slug: slug.to_string(),
-            id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
-        })?;
-        // Everything that can refuse the call runs before anything is written.
-        let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
-        if changed.is_empty() {
-            return Ok((checklist::parse(&new_text).items, changed));
-        }
-        // Holding the lock is required; a free or expired lock is taken by the caller.
+        let (dir, _turn) = turn.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
+        let held = refuse_unless_holder(&dir, slug, holder)?;
         let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
-        match lock::acquire(&dir, slug.as_str(), holder, ttl, now())? {
-            Acquired::TakenOver { lock, previous } => self.record_takeover(&dir, &previous, &lock)?,
+        let mut lock_taken = false;
+        // Servers take turns, people do not: a save that lands between our read and our rename
+        // sends us back to read again.
+        for _ in 0..EDIT_ATTEMPTS {
+            let (text, read_as) = self.read_whole_tasks(&dir, slug, updates, caller_gone)?;
+            // Everything that can refuse the call runs before anything is written.
+            let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
+            if changed.is_empty() {
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+            if !lock_taken {
+                self.take_lock_to_tick(&dir, slug, holder, ttl)?;
+                lock_taken = true;
+            }
+            if self.write_tasks_if(&dir, &new_text, read_as)? {
+                self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+        }
+        Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() })
+    }
+
+    /// `tasks.md` of the draft in `dir` as a whole file, with who it was when read. Someone may
+    /// be saving it in place (truncate, then write): a file that changes while it is read, or
+    /// that ends mid-line and was written less than `SETTLE` ago, is read again, `EDIT_POLL`
+    /// apart, for at most `EDIT_WAIT`; then the call is refused with `ConcurrentEdit`.
+    fn read_whole_tasks(
+        &self,
+        dir: &Path,
+        slug: &Slug,
+        updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<(String, fsutil::FileId)> {
+        let path = dir.join("tasks.md");
+        let read_err = |e| Error::io("read change file", &path, e);
+        let since = std::time::Instant::now();
+        loop {
+            let snapshot = fsutil::read_text_snapshot(&path, MAX_DOC_BYTES).map_err(read_err)?;
+            self.fault("tasks.after_read").map_err(read_err)?;
+            let text = strict_text(snapshot.read, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
+                slug: slug.to_string(),
+                id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
+            })?;
+            if let Some(id) = snapshot.id
+                && looks_whole(&text, id)
+            {
+                return Ok((text, id));
+            }
+            if caller_gone() {
+                return Err(Error::CallerGone);
+            }
+            if since.elapsed() >= EDIT_WAIT {
+                return Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() });
+            }
+            std::thread::sleep(EDIT_POLL);
+        }
+    }
+
+    /// Holding the lock is required to tick; a free or expired lock is taken by the caller.
+    fn take_lock_to_tick(&self, dir: &Path, slug: &Slug, holder: Holder<'_>, ttl: Ttl) -> Result<()> {
+        match lock::acquire(dir, slug.as_str(), holder, ttl, now())? {
+            Acquired::TakenOver { lock, previous } => self.record_takeover(dir, &previous, &lock)?,
             Acquired::New(_) | Acquired::Refreshed(_) => {}
         }
         self.own_writes.note(&dir.join(lock::LOCK_FILE));
-        fsutil::atomic_write(&path, new_text.as_bytes()).map_err(|e| Error::io("write tasks", &path, e))?;
+        Ok(())
+    }
+
+    /// Replaces `tasks.md` with `text` if it is still the file read as `read_as`; `false`:
+    /// it changed, nothing was written.
+    fn write_tasks_if(&self, dir: &Path, text: &str, read_as: fsutil::FileId) -> Result<bool> {
+        let path = dir.join("tasks.md");
+        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as)
+            .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
+        let Some(replaced) = written else { return Ok(false) };
         self.own_writes.note(&path);
-        self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
-        Ok((checklist::parse(&new_text).items, changed))
+        self.settle_commit("write tasks", &path, self.fault("tasks.after_rename").and(replaced.synced));
+        Ok(true)
     }
 
     // ----- change.archive -----
@@ -846,32 +1018,12 @@ impl Workspace {
         const STEPS: u32 = 4;
         let guard = self.slug_lock(slug);
         let _held = Self::slug_turn(&guard, caller_gone)?;
-        let turn = self.existing_draft(slug)?.map(|dir| self.change_turn(&dir, caller_gone)).transpose()?;
+        let turn = self.draft_turn(slug, caller_gone)?;
         if caller_gone() {
             return Err(Error::CallerGone);
         }
-        // Another process may have archived it while this one waited for its turn.
-        let draft = if turn.is_some() { self.existing_draft(slug)? } else { None };
-        let Some(dir) = draft else {
-            return match self.latest_archive(slug)? {
-                Some((name, archived)) => {
-                    let receipt = read_receipt(&archived).ok_or_else(|| Error::ReceiptUnavailable {
-                        slug: slug.to_string(),
-                        archive_path: format!("changes/archive/{name}"),
-                    })?;
-                    // A crash between the move and the release leaves the lock inside.
-                    let _ = lock::release(&archived);
-                    Ok(Archived { receipt, already_archived: true, findings: vec![] })
-                }
-                None => Err(Error::ChangeNotFound { slug: slug.to_string() }),
-            };
-        };
-        if let Some(held) = lock::read(&dir)?
-            && held.is_live(now())
-            && !held.is_held_by(actor)
-        {
-            return Err(held.refuse(slug.as_str(), actor));
-        }
+        let Some((dir, _turn)) = turn else { return self.already_archived(slug) };
+        refuse_unless_holder(&dir, slug, actor)?;
         let findings = self.validate_dir(&dir)?;
         if !validation::is_valid(&findings) {
             return Err(Error::ValidationFailed {
@@ -897,11 +1049,10 @@ impl Workspace {
         });
 
         let archived_at = now();
-        let name = self.free_archive_name(slug, archived_at)?;
-        let target = self.archive_root()?.join(&name);
+        self.archive_root()?;
         let meta = read_meta(&dir);
         let activity = git::activity_since(&self.root, meta.opened_at);
-        let receipt = Receipt {
+        let mut receipt = Receipt {
             slug: slug.to_string(),
             archived_at,
             actor: actor.owner.to_string(),
@@ -910,13 +1061,9 @@ impl Workspace {
             commits: activity.commits.into_iter().map(|(sha, subject)| CommitRef { sha, subject }).collect(),
             files_touched: activity.files_touched,
             tests,
-            archive_path: format!("changes/archive/{name}"),
+            archive_path: String::new(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let receipt_path = dir.join(RECEIPT_FILE);
-        let bytes = serde_json::to_vec_pretty(&receipt).map_err(|e| Error::internal("encode receipt", e))?;
-        fsutil::atomic_write(&receipt_path, &bytes).map_err(|e| Error::io("write receipt", &receipt_path, e))?;
-        self.own_writes.note(&receipt_path);
         progress(Step {
             name: "receipt",
             message: format!("{} commit(s), {} file(s)", receipt.commits.len(), receipt.files_touched.len()),
@@ -924,17 +1071,15 @@ impl Workspace {
             total: STEPS,
         });
 
-        // The commit point: one rename moves the change, its receipt and its lock.
-        let moved = self.fault("archive.before_move").and_then(|()| fsutil::rename_noreplace(&dir, &target));
-        if let Err(e) = moved {
-            // Back to exactly the state before the call, so a retry starts clean.
-            let _ = fs::remove_file(&receipt_path);
-            return Err(Error::io("move change to archive", &dir, e));
-        }
+        let target = self.move_to_archive(&dir, slug, actor, &mut receipt)?;
         self.own_writes.note(&target);
         // The draft's folder is gone by our hand: an archive, not a removal.
         self.own_writes.note(&dir);
-        let _ = fsutil::sync_parent(&target).and_then(|()| fsutil::sync_parent(&dir));
+        let synced = self
+            .fault("archive.after_move")
+            .and_then(|()| fsutil::sync_parent(&target))
+            .and_then(|()| fsutil::sync_parent(&dir));
+        self.settle_commit("archive", &target, synced);
         progress(Step { name: "move", message: receipt.archive_path.clone(), current: 3, total: STEPS });
 
         if let Err(e) = self
@@ -955,15 +1100,84 @@ impl Workspace {
         Ok(Archived { receipt, already_archived: false, findings })
     }
 
-    fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime) -> Result<String> {
+    /// The answer to archiving a change that has no draft: its newest archive's receipt.
+    fn already_archived(&self, slug: &Slug) -> Result<Archived> {
+        let Some((name, archived)) = self.latest_archive(slug)? else {
+            return Err(Error::ChangeNotFound { slug: slug.to_string() });
+        };
+        let receipt = read_receipt(&archived).ok_or_else(|| Error::ReceiptUnavailable {
+            slug: slug.to_string(),
+            archive_path: format!("changes/archive/{name}"),
+        })?;
+        // A crash between the move and the release leaves the lock inside.
+        let _ = lock::release(&archived);
+        Ok(Archived { receipt, already_archived: true, findings: vec![] })
+    }
+
+    /// Writes the receipt into the draft `dir` and renames the draft into the archive under
+    /// the first free name: the commit point, one rename that moves the change, its receipt and
+    /// its lock. A name taken between our look and our rename (by another archive: `bar`'s
+    /// second of the day and `bar-2`'s first both want `<date>-bar-2`) is passed over for the
+    /// next, the receipt rewritten to name the folder the change really goes to. On failure
+    /// the draft is as it was, so a retry starts clean.
+    fn move_to_archive(&self, dir: &Path, slug: &Slug, actor: Holder<'_>, receipt: &mut Receipt) -> Result<PathBuf> {
+        let mut first = 1;
+        let moved = loop {
+            let (n, name) = match self.free_archive_name(slug, receipt.archived_at, first) {
+                Ok(found) => found,
+                Err(e) => break Err(e),
+            };
+            receipt.archive_path = format!("changes/archive/{name}");
+            let target = self.archive.join(&name);
+            match self.try_move_to_archive(dir, &target, slug, actor, receipt) {
+                Ok(true) => break Ok(target),
+                Ok(false) => first = n + 1,
+                Err(e) => break Err(e),
+            }
+        };
+        if moved.is_err() {
+            let _ = fs::remove_file(dir.join(RECEIPT_FILE));
+        }
+        moved
+    }
+
+    /// One attempt of `move_to_archive`; `false`: `target` was taken.
+    fn try_move_to_archive(
+        &self,
+        dir: &Path,
+        target: &Path,
+        slug: &Slug,
+        actor: Holder<'_>,
+        receipt: &Receipt,
+    ) -> Result<bool> {
+        let receipt_path = dir.join(RECEIPT_FILE);
+        let bytes = serde_json::to_vec_pretty(receipt).map_err(|e| Error::internal("encode receipt", e))?;
+        let replaced = fsutil::atomic_write(&receipt_path, &bytes)
+            .map_err(|e| write_error("write receipt", dir, RECEIPT_FILE, e))?;
+        self.settle_commit("write receipt", &receipt_path, replaced.synced);
+        self.own_writes.note(&receipt_path);
+        let move_err = |e| Error::io("move change to archive", dir, e);
+        self.fault("archive.before_move").map_err(move_err)?;
+        // Servers keep out while we hold the turn, but a writer that takes no turn (an older
+        // server, a person) may have taken the lock since the first look.
+        refuse_unless_holder(dir, slug, actor)?;
+        match fsutil::rename_noreplace(dir, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(move_err(e)),
+        }
+    }
+
+    /// The first free archive folder name of `slug` for the day of `at`, numbered `from` or
+    /// higher, with its number. A slug reopened and archived again the same day gets a
+    /// numbered folder; the receipt inside keeps the real slug.
+    fn free_archive_name(&self, slug: &Slug, at: OffsetDateTime, from: u32) -> Result<(u32, String)> {
         let date = at.date();
         let base = format!("{:04}-{:02}-{:02}-{slug}", date.year(), u8::from(date.month()), date.day());
-        // A slug reopened and archived again the same day gets a numbered folder;
-        // the receipt inside keeps the real slug.
-        for n in 1..1000 {
+        for n in from.max(1)..1000 {
             let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
             if self.archive.join(&name).symlink_metadata().is_err() {
-                return Ok(name);
+                return Ok((n, name));
             }
         }
         Err(Error::Internal(format!("no free archive name for {slug}")))
@@ -1006,7 +1220,11 @@ impl Workspace {
                 limit: self.max_resource_bytes,
             });
         }
-        let bytes = fs::read(&path).map_err(|e| Error::internal("read resource", e))?;
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            // Gone, or made a folder, since the look above.
+            io::ErrorKind::NotFound | io::ErrorKind::IsADirectory => not_found(),
+            _ => Error::io("read resource", &path, e),
+        })?;
         Ok(Resource { mime_type: mime, bytes })
     }
 
@@ -1134,6 +1352,43 @@ enum Entry {
     Archived(String),
 }
 
+fn draft_summary(slug: &Slug, dir: &Path, lock: Option<LockRecord>) -> Summary {
+    let proposal = read_doc(dir, "proposal.md").ok().flatten();
+    let tasks = read_doc(dir, "tasks.md").ok().flatten();
+    Summary {
+        slug: slug.to_string(),
+        title: proposal.as_deref().and_then(proposal::title).unwrap_or_else(|| slug.to_string()),
+        status: Status::Draft,
+        updated_at: updated_at(dir),
+        lock,
+        progress: tasks.as_deref().map(|t| checklist::parse(t).progress()).unwrap_or((0, 0)),
+        archive_name: None,
+    }
+}
+
+/// A build-aside folder in `.staging`, held with an `flock` for as long as this value lives:
+/// a sweep (by this process or another) removes exactly the folders nobody holds, so it never
+/// takes a folder from a live build however long that takes, and never leaves one a dead
+/// process left however young. The hold goes with the folder when it is renamed into place.
+struct Stage {
+    path: PathBuf,
+    _held: fs::File,
+}
+
+/// Removes what writers that died left in the change folder `dir`: our temporary files and
+/// locks set aside (`fsutil::is_temp_name`). Called in the change's turn, when no writer that
+/// takes turns is at work there.
+fn sweep_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let ours = entry.file_name().to_str().is_some_and(fsutil::is_temp_name);
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::warn!(path = %entry.path().display(), "removing a leftover temporary file");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -1150,6 +1405,16 @@ fn archive_slug(name: &str) -> Option<&str> {
     }
     let slug = &name[11..];
     Slug::parse(slug).ok().map(|_| slug)
+}
+
+/// The lock of the draft in `dir`, unless it is a live lock `holder` does not hold: then the
+/// refusal.
+fn refuse_unless_holder(dir: &Path, slug: &Slug, holder: Holder<'_>) -> Result<Option<LockRecord>> {
+    let held = lock::read(dir)?;
+    match &held {
+        Some(lock) if lock.is_live(now()) && !lock.is_held_by(holder) => Err(lock.refuse(slug.as_str(), holder)),
+        _ => Ok(held),
+    }
 }
 
 fn read_receipt(dir: &Path) -> Option<Receipt> {
@@ -1172,22 +1437,48 @@ fn read_doc(dir: &Path, name: &str) -> io::Result<Option<String>> {
 /// A file of the change `slug` as text; a file that cannot be read as such refuses the call
 /// with FAILED_PRECONDITION (the change on disk is at fault, not the request).
 fn read_doc_strict(dir: &Path, name: &str, slug: &Slug) -> Result<Option<String>> {
+    let path = dir.join(name);
+    let read = fsutil::read_text_capped(&path, MAX_DOC_BYTES).map_err(|e| Error::io("read change file", &path, e))?;
+    strict_text(read, name, slug)
+}
+
+/// A failure to replace the file `name` of the change in `dir`: a folder in its place (made
+/// after our look) is the change's fault, named like a read names it; the rest as `Error::io`.
+fn write_error(context: &str, dir: &Path, name: &str, e: io::Error) -> Error {
+    if e.kind() != io::ErrorKind::IsADirectory {
+        return Error::io(context, &dir.join(name), e);
+    }
+    let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Error::FileUnreadable { slug, file: name.to_string(), why: NOT_REGULAR }
+}
+
+/// Why a file that is no regular file is not read.
+const NOT_REGULAR: &str = "is not a regular file (symbolic links and folders are not followed)";
+
+/// What `read_doc_strict` answers for the file `name` read as `read`.
+fn strict_text(read: TextRead, name: &str, slug: &Slug) -> Result<Option<String>> {
     let unreadable = |why| Error::FileUnreadable { slug: slug.to_string(), file: name.to_string(), why };
-    match fsutil::read_text_capped(&dir.join(name), MAX_DOC_BYTES)
-        .map_err(|e| Error::io("read change file", &dir.join(name), e))?
-    {
+    match read {
         TextRead::Text(t) => Ok(Some(t)),
         TextRead::Missing => Ok(None),
         TextRead::TooLarge(size) => Err(Error::ResourceTooLarge { uri: name.to_string(), size, limit: MAX_DOC_BYTES }),
         TextRead::NotText => Err(unreadable("is not UTF-8 text")),
-        TextRead::NotRegular => Err(unreadable("is not a regular file (symbolic links and folders are not followed)")),
+        TextRead::NotRegular => Err(unreadable(NOT_REGULAR)),
     }
+}
+
+/// Whether `text`, read from the file `id`, is a whole file rather than one half saved in
+/// place: it ends a line, or nobody has written it for `SETTLE`. A save that stalls longer
+/// than that mid-line, or stalls at the end of a line, cannot be told from a file written so.
+fn looks_whole(text: &str, id: fsutil::FileId) -> bool {
+    // A modification time in the future is a clock's fault, not a save under way.
+    text.is_empty() || text.ends_with('\n') || id.modified.elapsed().map_or(true, |age| age >= SETTLE)
 }
 
 fn unreadable_finding(name: &str, read: &TextRead) -> Finding {
     let message = match read {
         TextRead::TooLarge(size) => format!("{size} bytes is over the {MAX_DOC_BYTES} byte limit"),
-        TextRead::NotRegular => "is not a regular file (symbolic links and folders are not followed)".into(),
+        TextRead::NotRegular => NOT_REGULAR.into(),
         _ => "is not UTF-8 text".into(),
     };
     Finding { code: "FILE_UNREADABLE", severity: Severity::Error, file: name.to_string(), line: 0, message }
@@ -1229,11 +1520,7 @@ impl SpecRead {
         let file = format!("specs/{rel}");
         Some(match read {
             TextRead::TooLarge(size) => Error::ResourceTooLarge { uri: file, size: *size, limit: MAX_DOC_BYTES },
-            TextRead::NotRegular => Error::FileUnreadable {
-                slug: slug.to_string(),
-                file,
-                why: "is not a regular file (symbolic links and folders are not followed)",
-            },
+            TextRead::NotRegular => Error::FileUnreadable { slug: slug.to_string(), file, why: NOT_REGULAR },
             _ => Error::FileUnreadable { slug: slug.to_string(), file, why: "is not UTF-8 text" },
         })
     }
