@@ -14,13 +14,12 @@ mod common;
 
 use std::{
     fmt::Write as _,
-    fs::File,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
-use common::Server;
+use common::{Server, ToolRun, run_bounded};
 use serde_json::Value;
 
 /// Failure bound for one whole suite run (a hang becomes a readable failure;
@@ -49,20 +48,11 @@ fn conformance_cli() -> PathBuf {
     cli
 }
 
-struct SuiteRun {
-    command: String,
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
 /// Runs `mcp-conformance server --suite all --spec-version <version>` against
 /// `server`'s /mcp with the version's baseline; results go to `out_dir`.
-fn run_suite(server: &Server, spec_version: &str, out_dir: &Path) -> SuiteRun {
+fn run_suite(server: &Server, spec_version: &str, out_dir: &Path) -> ToolRun {
     let baseline = repo().join(format!("tests/conformance/expected-failures-{spec_version}.yml"));
     assert!(baseline.is_file(), "baseline {} is missing", baseline.display());
-    let (stdout_path, stderr_path) = (out_dir.join("stdout.txt"), out_dir.join("stderr.txt"));
     let mut cmd = Command::new(conformance_cli());
     cmd.args(["server", "--url", &server.mcp_url(), "--suite", "all", "--spec-version", spec_version])
         .arg("--expected-failures")
@@ -71,26 +61,11 @@ fn run_suite(server: &Server, spec_version: &str, out_dir: &Path) -> SuiteRun {
         .arg(out_dir.join("results"))
         .args(["--timeout", SCENARIO_TIMEOUT_MS])
         .env("NO_COLOR", "1")
-        .env("FORCE_COLOR", "0")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create stdout file"))
-        .stderr(File::create(&stderr_path).expect("create stderr file"));
-    let command = format!("{cmd:?}");
-    let started = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-    let status = loop {
-        match child.try_wait().expect("wait for the conformance CLI") {
-            Some(status) => break Some(status),
-            None if started.elapsed() > SUITE_BOUND => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    let read = |p: &Path| strip_ansi(&std::fs::read_to_string(p).unwrap_or_default());
-    SuiteRun { command, status, stdout: read(&stdout_path), stderr: read(&stderr_path), elapsed: started.elapsed() }
+        .env("FORCE_COLOR", "0");
+    let mut run = run_bounded(cmd, SUITE_BOUND, out_dir);
+    run.stdout = strip_ansi(&run.stdout);
+    run.stderr = strip_ansi(&run.stderr);
+    run
 }
 
 /// `scenario -> results dir`, from the CLI's "=== Running scenario: X ===" and

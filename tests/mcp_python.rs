@@ -9,13 +9,12 @@
 mod common;
 
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::Server;
+use common::{Server, client_summary, run_bounded};
 
 /// Failure bound for the whole script (both transports); it takes a few seconds.
 const SCRIPT_BOUND: Duration = Duration::from_secs(240);
@@ -51,49 +50,16 @@ fn client_check(transport: &str, expected: &[&str]) {
     let script = repo().join("tests/python/client_check.py");
     let server = Server::start();
     let out = tempfile::Builder::new().prefix("mcp-python-").tempdir().expect("create tempdir");
-    let (stdout_path, stderr_path) = (out.path().join("stdout.json"), out.path().join("stderr.txt"));
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
         .args(["--url", &server.http_base(), "--transport", transport])
         .arg("--workspace")
         .arg(&server.workspace)
         .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create stdout file"))
-        .stderr(File::create(&stderr_path).expect("create stderr file"));
-    let command = format!("{cmd:?}");
-    let started = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-    let status = loop {
-        match child.try_wait().expect("wait for the Python client") {
-            Some(status) => break Some(status),
-            None if started.elapsed() > SCRIPT_BOUND => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    eprintln!("$ {command}\n[{status:?} after {:?}]", started.elapsed());
-    let Some(status) = status else {
-        panic!(
-            "the Python client did not finish within {SCRIPT_BOUND:?} (failure bound, not a speed check); killed it\
-             \n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-        );
-    };
-    assert!(
-        status.success(),
-        "the Python SDK client check failed ({status})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-    );
-
-    // Exit 0 must come with a summary that says every step passed.
-    let summary: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("the script exited 0 but its summary is not JSON ({e}):\n{stdout}\n{stderr}"));
-    assert_eq!(summary["ok"], true, "{stdout}");
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let run = run_bounded(cmd, SCRIPT_BOUND, out.path());
+    let summary = client_summary("Python SDK client check", &run, SCRIPT_BOUND);
+    let stdout = &run.stdout;
     let results = summary["results"].as_array().expect("results array");
     let transports: Vec<&str> = results.iter().filter_map(|r| r["transport"].as_str()).collect();
     assert_eq!(transports, expected, "{stdout}");
@@ -107,7 +73,6 @@ fn client_check(transport: &str, expected: &[&str]) {
             result["transport"]
         );
     }
-    eprintln!("{stdout}");
 }
 
 /// The session eras (initialize), as the issue asks: Streamable HTTP and legacy SSE.

@@ -13,13 +13,12 @@
 mod common;
 
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::Server;
+use common::{Server, client_summary, run_bounded};
 
 /// Failure bound for one transport's script run; it takes a few seconds.
 const SCRIPT_BOUND: Duration = Duration::from_secs(180);
@@ -62,7 +61,6 @@ fn client_check(transport: &str, steps: &[&str]) {
     let script = repo().join("tests/typescript/client_check.mjs");
     let server = Server::start();
     let out = tempfile::Builder::new().prefix("mcp-typescript-").tempdir().expect("create tempdir");
-    let (stdout_path, stderr_path) = (out.path().join("stdout.json"), out.path().join("stderr.txt"));
     let mut cmd = Command::new(&node);
     cmd.arg(&script)
         .args(["--url", &server.http_base(), "--transport", transport])
@@ -72,49 +70,16 @@ fn client_check(transport: &str, steps: &[&str]) {
         .arg(&sdk)
         // The SDK's own lookups must not pick up a developer's Node setup.
         .env_remove("NODE_OPTIONS")
-        .env_remove("NODE_PATH")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create stdout file"))
-        .stderr(File::create(&stderr_path).expect("create stderr file"));
-    let command = format!("{cmd:?}");
-    let started = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-    let status = loop {
-        match child.try_wait().expect("wait for the TypeScript client") {
-            Some(status) => break Some(status),
-            None if started.elapsed() > SCRIPT_BOUND => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    eprintln!("$ {command}\n[{status:?} after {:?}]", started.elapsed());
-    let Some(status) = status else {
-        panic!(
-            "the TypeScript client did not finish within {SCRIPT_BOUND:?} (failure bound, not a speed check); killed it\
-             \n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-        );
-    };
-    assert!(
-        status.success(),
-        "the TypeScript SDK client check failed ({status})\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
-    );
-
-    // Exit 0 must come with a summary that says every step passed.
-    let summary: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("the script exited 0 but its summary is not JSON ({e}):\n{stdout}\n{stderr}"));
-    assert_eq!(summary["ok"], true, "{stdout}");
+        .env_remove("NODE_PATH");
+    let run = run_bounded(cmd, SCRIPT_BOUND, out.path());
+    let summary = client_summary("TypeScript SDK client check", &run, SCRIPT_BOUND);
+    let stdout = &run.stdout;
     let results = summary["results"].as_array().expect("results array");
     let transports: Vec<&str> = results.iter().filter_map(|r| r["transport"].as_str()).collect();
     assert_eq!(transports, [transport], "{stdout}");
     let done: Vec<&str> =
         results[0]["steps"].as_array().into_iter().flatten().filter_map(|s| s["step"].as_str()).collect();
     assert_eq!(done, steps, "{transport} did not pass through every step:\n{stdout}");
-    eprintln!("{stdout}");
 }
 
 /// The steps of both transports, in order.

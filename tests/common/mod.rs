@@ -561,6 +561,65 @@ impl Drop for Gateway {
     }
 }
 
+// ------------------------------------------------------------------ external tools
+
+/// What an external tool run by [`run_bounded`] did.
+pub struct ToolRun {
+    pub command: String,
+    /// `None` when it outlived its bound and was killed.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr to files in `dir`, read back at
+/// the end) and kills it after `bound`: a failure bound that turns a hang into
+/// a report, not a speed check.
+pub fn run_bounded(mut cmd: Command, bound: Duration, dir: &Path) -> ToolRun {
+    let (stdout_path, stderr_path) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("create stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("create stderr file"));
+    let command = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    let status = loop {
+        match child.try_wait().unwrap_or_else(|e| panic!("wait for {command}: {e}")) {
+            Some(status) => break Some(status),
+            None if started.elapsed() > bound => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    ToolRun { command, status, stdout: read(&stdout_path), stderr: read(&stderr_path), elapsed: started.elapsed() }
+}
+
+/// The JSON summary a client check script (tests/python, tests/typescript)
+/// prints: it must have finished, exited 0 and reported `"ok": true`; any
+/// other outcome fails with everything the script said.
+pub fn client_summary(what: &str, run: &ToolRun, bound: Duration) -> serde_json::Value {
+    let ToolRun { command, status, stdout, stderr, elapsed } = run;
+    eprintln!("$ {command}\n[{status:?} after {elapsed:?}]");
+    let Some(status) = status else {
+        panic!(
+            "the {what} did not finish within {bound:?} (failure bound, not a speed check); killed it\
+             \n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        );
+    };
+    assert!(status.success(), "the {what} failed ({status})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    // Exit 0 must come with a summary that says every step passed.
+    let summary: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("the script exited 0 but its summary is not JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(summary["ok"], true, "{stdout}");
+    eprintln!("{stdout}");
+    summary
+}
+
 // ------------------------------------------------------------------ awaiting
 
 /// Awaits `fut` with the [`RPC_BOUND`] failure bound; panics naming `what` on a hang.
