@@ -665,25 +665,31 @@ async fn the_legacy_transport_answers_on_its_stream_even_a_malformed_request() {
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
 }
 
-/// Opens a change through `opener` and reads `stream` until it carries
-/// `notifications/resources/list_changed`. The stream's response comes once the session's change
-/// feed follows events, so the first change opened after it is heard; the bound only turns a
-/// lost notification into a failure.
+/// Reads `stream` until it carries `notifications/resources/list_changed`, opening a change
+/// through `opener` to cause one. A GET stream's feed starts a moment after its first byte (it
+/// is not awaited, to keep a held stream's memory down), so a change opened in that moment can
+/// go unheard: a second and a third are opened two seconds apart. A subscription, by contrast,
+/// is answered once its feed is open (`lifecycle`, `mcp_python`, `mcp_typescript` rely on it).
 async fn hears_list_changed(stream: &mut reqwest::Response, opener: &mut Mcp, seen: &mut String) -> bool {
     static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let slug = format!("listed-{}", OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let opened = opener.call("change.open", json!({"title": "Listed", "slug": slug, "owner": "alice"})).await;
-    assert_eq!(opened["isError"], false, "{opened}");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
-                return;
+    for _ in 0..3 {
+        let slug = format!("listed-{}", OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let opened = opener.call("change.open", json!({"title": "Listed", "slug": slug, "owner": "alice"})).await;
+        assert_eq!(opened["isError"], false, "{opened}");
+        let heard = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
+                    return;
+                }
+                seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
             }
-            seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
+        })
+        .await;
+        if heard.is_ok() {
+            return true;
         }
-    })
-    .await
-    .is_ok()
+    }
+    false
 }
 
 #[tokio::test]
