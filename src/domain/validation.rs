@@ -62,6 +62,9 @@ pub const TASKS_DUPLICATE_ID: &str = "TASKS_DUPLICATE_ID";
 pub const TASKS_NO_FINAL_NEWLINE: &str = "TASKS_NO_FINAL_NEWLINE";
 /// Info: `specs/` holds no delta file.
 pub const SPECS_NO_DELTAS: &str = "SPECS_NO_DELTAS";
+/// Warning: a spec file whose name a resource URI cannot carry (a space, non-ASCII, `%`, ...):
+/// `change.show` lists it, but it is no resource (`relpath::check_relative`).
+pub const SPECS_NAME_NOT_SERVED: &str = "SPECS_NAME_NOT_SERVED";
 
 /// Proposal sections checked, with the severity of their absence.
 const SECTIONS: [(&str, Severity); 3] =
@@ -255,11 +258,23 @@ fn check_tasks(text: Option<&str>, out: &mut Findings) {
 fn check_specs(files: &ChangeFiles, out: &mut Findings) {
     let mut deltas = 0;
     for (path, content) in &files.spec_files {
+        let file = format!("specs/{path}");
+        if super::relpath::check_relative(path).is_err() {
+            out.add(
+                SPECS_NAME_NOT_SERVED,
+                Severity::Warning,
+                &file,
+                0,
+                format!(
+                    "{file} cannot be read as a resource (change://<slug>/delta/...): name it with ASCII \
+                     letters, digits, '.', '_' and '-' only"
+                ),
+            );
+        }
         if is_readme(path) {
             continue;
         }
         deltas += 1;
-        let file = format!("specs/{path}");
         for problem in specs::parse_delta(content).1 {
             out.add(problem.code, Severity::Error, &file, problem.line, problem.message);
         }
@@ -514,6 +529,25 @@ mod tests {
             assert_eq!(summary(&f), [(SPECS_NO_DELTAS, Severity::Info, "specs/", 0)]);
             assert!(is_valid(&f));
         }
+    }
+
+    /// A spec file the resource URIs cannot name is a warning, not a reason to refuse the
+    /// archive; its content is still checked as a delta.
+    #[test]
+    fn a_spec_name_no_resource_can_carry_is_a_warning() {
+        let files = ChangeFiles {
+            spec_files: vec![("auth/my spec.md".into(), DELTA.into()), ("ünïcode.md".into(), DELTA.into())],
+            ..good()
+        };
+        let f = validate(&files);
+        assert_eq!(
+            summary(&f),
+            [
+                (SPECS_NAME_NOT_SERVED, Severity::Warning, "specs/auth/my spec.md", 0),
+                (SPECS_NAME_NOT_SERVED, Severity::Warning, "specs/ünïcode.md", 0),
+            ]
+        );
+        assert!(is_valid(&f));
     }
 
     #[test]
