@@ -308,7 +308,7 @@ async fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Val
     };
     if on {
         session.subscribe(uri);
-        ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone()).await;
+        wait_until_open(ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone())).await;
     } else {
         session.unsubscribe(uri);
     }
@@ -334,13 +334,16 @@ pub fn updated_uris(uris: &[String]) -> impl Iterator<Item = &str> {
 /// is first opened, whichever comes first. It runs under the credential of the
 /// request that started it (a session is bound to one principal) until the session ends.
 ///
-/// Resolves once the feed follows events (or could not be opened within
-/// [`FEED_OPEN_BOUND`]), so that a subscription that started it is answered
-/// only then: a client that edits a change right after subscribing hears of
-/// the edit. (A GET stream does not wait; see `streamable::get`.)
-pub async fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: CallContext) {
+/// Returns, when this call started the feed, a receiver that resolves once the
+/// feed follows events (or gave up opening). A subscription waits on it (see
+/// [`wait_until_open`]); a GET stream does not (see `streamable::get`).
+pub fn ensure_watch(
+    state: Arc<AppState>,
+    session: Arc<Session>,
+    call: CallContext,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
     if session.watching.swap(true, Ordering::AcqRel) {
-        return;
+        return None;
     }
     let (opened, is_open) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -351,12 +354,20 @@ pub async fn ensure_watch(state: Arc<AppState>, session: Arc<Session>, call: Cal
         }
         session.watching.store(false, Ordering::Release);
     });
-    // An error means the feed gave up or the session ended first; either way there is no
-    // more to wait for. A service that does not answer costs the caller this bound at most.
-    let _ = tokio::time::timeout(FEED_OPEN_BOUND, is_open).await;
+    Some(is_open)
 }
 
-/// How long a subscription or stream waits for its change feed to open.
+/// Waits for a feed [`ensure_watch`] started to follow events, so that a client
+/// that edits a change right after subscribing hears of the edit. An error means
+/// the feed gave up or the session ended first; either way there is no more to
+/// wait for. A service that does not answer costs the caller [`FEED_OPEN_BOUND`].
+async fn wait_until_open(is_open: Option<tokio::sync::oneshot::Receiver<()>>) {
+    if let Some(is_open) = is_open {
+        let _ = tokio::time::timeout(FEED_OPEN_BOUND, is_open).await;
+    }
+}
+
+/// How long a subscription waits for its change feed to open.
 const FEED_OPEN_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The first wait before a dropped feed is reopened; it doubles per failed

@@ -50,7 +50,7 @@ pub async fn get(
     let reader = session.notifications.claim();
     // Its one stream is where `list_changed` reaches a client that subscribed to nothing.
     // Not awaited, as on the Streamable HTTP GET (see there).
-    tokio::spawn(dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers)));
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
     tracing::info!(session = %session.id, "legacy SSE session opened");
     let options = SseOptions {
         prime: false,

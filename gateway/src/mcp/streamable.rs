@@ -356,7 +356,7 @@ pub async fn get(
     // Not awaited, unlike a subscription: 10,000 streams opening at once, each holding its
     // handler until the feed is open, left 20.1 KiB per stream in RSS instead of 16.2 (the
     // 20 KiB target); a change made in the moment after the first byte may go unannounced.
-    tokio::spawn(dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers)));
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
     transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 
