@@ -1,0 +1,112 @@
+//! `task.update`: ticks written only over the `tasks.md` they were computed from, so a person
+//! saving the file in place is never overwritten by a stale copy.
+
+use super::*;
+
+impl Workspace {
+    /// `caller_gone` is asked once the call has its turn at the change: a caller that stopped
+    /// waiting (cancelled, timed out) gets nothing written on its behalf.
+    pub fn update_tasks(
+        &self,
+        slug: &Slug,
+        holder: Holder<'_>,
+        updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<(Vec<TaskItem>, Vec<String>)> {
+        let guard = self.slug_lock(slug);
+        let _held = Self::slug_turn(&guard, caller_gone)?;
+        let turn = self.draft_turn(slug, caller_gone)?;
+        if caller_gone() {
+            return Err(Error::CallerGone);
+        }
+        let (dir, _turn) = turn.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
+        let held = refuse_unless_holder(&dir, slug, holder)?;
+        let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
+        let mut lock_taken = false;
+        // Servers take turns, people do not: a save that lands between our read and our rename
+        // sends us back to read again.
+        for _ in 0..EDIT_ATTEMPTS {
+            let (text, read_as) = self.read_whole_tasks(&dir, slug, updates, caller_gone)?;
+            // Everything that can refuse the call runs before anything is written.
+            let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
+            if changed.is_empty() {
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+            if !lock_taken {
+                self.take_lock_to_tick(&dir, slug, holder, ttl)?;
+                lock_taken = true;
+            }
+            if self.write_tasks_if(&dir, &new_text, read_as)? {
+                self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
+                return Ok((checklist::parse(&new_text).items, changed));
+            }
+        }
+        Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() })
+    }
+
+    /// `tasks.md` of the draft in `dir` as a whole file, with who it was when read. Someone may
+    /// be saving it in place (truncate, then write): a file that changes while it is read, or
+    /// that ends mid-line and was written less than `SETTLE` ago, is read again, `EDIT_POLL`
+    /// apart, for at most `EDIT_WAIT`; then the call is refused with `ConcurrentEdit`.
+    fn read_whole_tasks(
+        &self,
+        dir: &Path,
+        slug: &Slug,
+        updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<(String, fsutil::FileId)> {
+        let path = dir.join("tasks.md");
+        let read_err = |e| Error::io("read change file", &path, e);
+        let since = std::time::Instant::now();
+        loop {
+            let snapshot = fsutil::read_text_snapshot(&path, MAX_DOC_BYTES).map_err(read_err)?;
+            self.fault("tasks.after_read").map_err(read_err)?;
+            let text = strict_text(snapshot.read, "tasks.md", slug)?.ok_or_else(|| Error::TaskNotFound {
+                slug: slug.to_string(),
+                id: updates.first().map(|u| u.0.clone()).unwrap_or_default(),
+            })?;
+            if let Some(id) = snapshot.id
+                && looks_whole(&text, id)
+            {
+                return Ok((text, id));
+            }
+            if caller_gone() {
+                return Err(Error::CallerGone);
+            }
+            if since.elapsed() >= EDIT_WAIT {
+                return Err(Error::ConcurrentEdit { slug: slug.to_string(), file: "tasks.md".into() });
+            }
+            std::thread::sleep(EDIT_POLL);
+        }
+    }
+
+    /// Holding the lock is required to tick; a free or expired lock is taken by the caller.
+    fn take_lock_to_tick(&self, dir: &Path, slug: &Slug, holder: Holder<'_>, ttl: Ttl) -> Result<()> {
+        match lock::acquire(dir, slug.as_str(), holder, ttl, now())? {
+            Acquired::TakenOver { lock, previous } => self.record_takeover(dir, &previous, &lock)?,
+            Acquired::New(_) | Acquired::Refreshed(_) => {}
+        }
+        self.own_writes.note(&dir.join(lock::LOCK_FILE));
+        Ok(())
+    }
+
+    /// Replaces `tasks.md` with `text` if it is still the file read as `read_as`; `false`:
+    /// it changed, nothing was written.
+    fn write_tasks_if(&self, dir: &Path, text: &str, read_as: fsutil::FileId) -> Result<bool> {
+        let path = dir.join("tasks.md");
+        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as)
+            .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
+        let Some(replaced) = written else { return Ok(false) };
+        self.own_writes.note(&path);
+        self.settle_commit("write tasks", &path, self.fault("tasks.after_rename").and(replaced.synced));
+        Ok(true)
+    }
+}
+
+/// Whether `text`, read from the file `id`, is a whole file rather than one half saved in
+/// place: it ends a line, or nobody has written it for `SETTLE`. A save that stalls longer
+/// than that mid-line, or stalls at the end of a line, cannot be told from a file written so.
+fn looks_whole(text: &str, id: fsutil::FileId) -> bool {
+    // A modification time in the future is a clock's fault, not a save under way.
+    text.is_empty() || text.ends_with('\n') || id.modified.elapsed().map_or(true, |age| age >= SETTLE)
+}
