@@ -28,6 +28,8 @@ pub enum Deploy {
     Rmcp,
     /// The rmcp peer in session mode.
     RmcpStateful,
+    /// `http-floor`: hyper's HTTP/1.1 answering a prebuilt answer (the floor under any server).
+    Floor,
 }
 
 /// How a `serve` reports metrics (the telemetry scenarios); without it, the
@@ -42,6 +44,7 @@ pub struct TelemetrySetup {
 pub struct Binaries {
     pub task_mcp: PathBuf,
     pub rmcp_echo: PathBuf,
+    pub http_floor: PathBuf,
 }
 
 pub struct Running {
@@ -173,6 +176,13 @@ pub async fn start_with(
             let mut peer = Server::spawn("rmcp-echo", o.cpu, &o.bins.rmcp_echo, &args, &quiet, &log("rmcp"))?;
             wait_listening(&mut peer, loopback(port)).await?;
             Ok(Running { servers: vec![peer], http: loopback(port), grpc: None, _scratch: None })
+        }
+        Deploy::Floor => {
+            let port = free_port()?;
+            let args = vec![s("--listen"), loopback(port).to_string()];
+            let mut floor = Server::spawn("http-floor", o.cpu, &o.bins.http_floor, &args, &quiet, &log("floor"))?;
+            wait_listening(&mut floor, loopback(port)).await?;
+            Ok(Running { servers: vec![floor], http: loopback(port), grpc: None, _scratch: None })
         }
     }
 }

@@ -48,6 +48,9 @@ struct RunArgs {
     /// The rmcp peer binary.
     #[arg(long, default_value = "bench/target/release/rmcp-echo")]
     rmcp_echo: PathBuf,
+    /// The floor server (hyper alone, prebuilt answers).
+    #[arg(long, default_value = "bench/target/release/http-floor")]
+    http_floor: PathBuf,
     /// Where the raw results go (a JSON file); logs and profiles go beside it.
     #[arg(long)]
     out: PathBuf,
@@ -122,7 +125,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("task-mcp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     std::fs::create_dir_all(&work)?;
-    let bins = Binaries { task_mcp: args.task_mcp.clone(), rmcp_echo: args.rmcp_echo.clone() };
+    let bins = Binaries {
+        task_mcp: args.task_mcp.clone(),
+        rmcp_echo: args.rmcp_echo.clone(),
+        http_floor: args.http_floor.clone(),
+    };
     let window =
         Window { warmup: Duration::from_secs(args.warmup_seconds), measure: Duration::from_secs(args.measure_seconds) };
     let mut results = report::Results::new(&args_summary(&args), &args.label);

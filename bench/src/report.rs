@@ -197,6 +197,9 @@ impl Results {
                 "a-mcp-inproc",
                 "e3-rmcp-show",
             ),
+            ("gateway MCP session (in-process) / floor: hyper alone, same answer", "a-mcp-inproc", "f-floor-show"),
+            ("rmcp peer, our change.show answer / floor, same answer", "e3-rmcp-show", "f-floor-show"),
+            ("rmcp peer echo / floor echo", "e2-rmcp-sessionless", "f2-floor-echo"),
             ("in-process / loopback gRPC (gateway MCP session)", "a-mcp-inproc", "b-mcp-loopback"),
             (
                 "in-process / loopback gRPC (gateway MCP stateless)",

@@ -122,6 +122,20 @@ pub const SCENARIOS: &[Scenario] = &[
         load: Load::McpSessionless,
         tool: "show",
     },
+    Scenario {
+        id: "f-floor-show",
+        what: "floor: hyper HTTP/1.1 alone, parsing the request and writing change.show's answer prebuilt, as e2",
+        deploy: Deploy::Floor,
+        load: Load::McpSessionless,
+        tool: "show",
+    },
+    Scenario {
+        id: "f2-floor-echo",
+        what: "floor: hyper HTTP/1.1 alone answering e2's echo, as e2",
+        deploy: Deploy::Floor,
+        load: Load::McpSessionless,
+        tool: "echo",
+    },
 ];
 
 #[derive(Debug, Clone, Serialize)]
