@@ -1,0 +1,150 @@
+//! The server as an operator runs it: stopped by an orchestrator (SIGTERM, a load balancer
+//! probing readiness), split into tiers whose service dies or is slow, configured from the
+//! environment, read through its JSON log lines.
+mod common;
+
+use std::{
+    fs::File,
+    time::{Duration, Instant},
+};
+
+use common::{Gateway, Server, bounded, mcp::Mcp};
+use serde_json::{Value, json};
+
+/// Failure bound for a process to stop (not a speed check).
+const EXIT_BOUND: Duration = Duration::from_secs(15);
+
+fn client() -> reqwest::Client {
+    // A fresh connection per request, as a load balancer's probe or a new client makes: a pooled
+    // keep-alive connection would outlive the listener and prove nothing about it.
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn rest(http: &reqwest::Client, base: &str, tool: &str, args: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = http.post(format!("{base}/v1/tools/{tool}")).json(&args);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = bounded(tool, req.send()).await.unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Holds the change folder's `flock`, as another server process taking its turn would: every
+/// write to the change waits until the file is dropped.
+fn hold_turn(server: &Server, slug: &str) -> File {
+    let folder = File::open(server.workspace.join("changes").join(slug)).unwrap();
+    folder.lock().unwrap();
+    folder
+}
+
+async fn open_change(http: &reqwest::Client, base: &str, slug: &str) {
+    let (status, body) =
+        rest(http, base, "change.open", json!({"slug": slug, "title": "T", "owner": "alice"}), &[]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// ------------------------------------------------------------------ split deployment
+
+/// A caller's deadline passing in a split deployment was CANCELLED ("Timeout expired"): a 499
+/// that blames the caller over HTTP/JSON, a JSON-RPC error over MCP. `serve` answers 504
+/// DEADLINE_EXCEEDED and an `isError` tool result for the same call; the gateway now agrees.
+#[tokio::test]
+async fn through_the_gateway_a_passed_deadline_is_504_not_499() {
+    let service = Server::start();
+    let gateway = Gateway::start(&service.endpoint(), &["--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    open_change(&http, &base, "slow-turn").await;
+    let _turn = hold_turn(&service, "slow-turn");
+    let archive = json!({"slug": "slow-turn", "owner": "alice"});
+    // The gRPC client's own timer and the gateway's fire together and either may be seen first:
+    // a few calls make the old answer all but certain to show.
+    for attempt in 0..5 {
+        let (status, body) = rest(&http, &base, "change.archive", archive.clone(), &[("grpc-timeout", "200m")]).await;
+        assert_eq!((status, body["code"].as_str()), (504, Some("DEADLINE_EXCEEDED")), "attempt {attempt}: {body}");
+    }
+    let mut mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "deadline").await;
+    for attempt in 0..3 {
+        mcp.next_id += 1;
+        let call = json!({"jsonrpc": "2.0", "id": mcp.next_id, "method": "tools/call",
+            "params": {"name": "change.archive", "arguments": archive}});
+        let res = bounded("tools/call", async {
+            http.post(&mcp.url)
+                .header("accept", common::mcp::ACCEPT_BOTH)
+                .header("mcp-session-id", &mcp.session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("grpc-timeout", "200m")
+                .json(&call)
+                .send()
+                .await
+        })
+        .await
+        .unwrap();
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["result"]["isError"], true, "attempt {attempt}: {answer}");
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.starts_with("DEADLINE_EXCEEDED"), "attempt {attempt}: {answer}");
+    }
+}
+
+/// The service dying while it answers (a crash, an OOM kill, a node lost) was UNKNOWN at the
+/// gateway: a 500 over HTTP/JSON and JSON-RPC -32603 over MCP, paging as a server bug and not
+/// retried, where a call that could not connect was already a 503 UNAVAILABLE.
+#[tokio::test]
+async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
+    let mut service = Server::start();
+    let gateway = Gateway::start(&service.endpoint(), &["--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    for slug in ["dies-ndjson", "dies-mcp"] {
+        open_change(&http, &base, slug).await;
+    }
+    let turns = [hold_turn(&service, "dies-ndjson"), hold_turn(&service, "dies-mcp")];
+    let ndjson = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let res = http
+                .post(format!("{base}/v1/tools/change.archive"))
+                .header("accept", "application/x-ndjson")
+                .json(&json!({"slug": "dies-ndjson", "owner": "alice"}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }
+    });
+    let mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "dies").await;
+    let streamed = tokio::spawn(async move {
+        let res = mcp
+            .post(json!({"jsonrpc": "2.0", "id": "dies", "method": "tools/call", "params": {"name": "change.archive",
+                "arguments": {"slug": "dies-mcp", "owner": "alice"}, "_meta": {"progressToken": "p"}}}))
+            .await;
+        res.text().await.unwrap_or_default()
+    });
+    // Both calls are in the service's handlers, waiting for their turn, when it dies.
+    let url = format!("http://{}/metrics", service.metrics_addr.unwrap());
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
+        let archiving = text
+            .lines()
+            .filter(|l| l.starts_with("tool_active_executions{") && l.contains("tool_name=\"change.archive\""))
+            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+            .sum::<f64>();
+        if archiving >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the archives never reached the service:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.kill();
+    drop(turns);
+
+    let (status, body) = bounded("the NDJSON answer", ndjson).await.unwrap();
+    let last: Value = body.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    assert_eq!((status, last["code"].as_str()), (503, Some("UNAVAILABLE")), "{body}");
+    let text = bounded("the MCP answer", streamed).await.unwrap();
+    let answer = common::mcp::sse_messages(&text).into_iter().find(|m| m["id"] == "dies").unwrap_or(Value::Null);
+    assert_eq!(answer["error"]["code"], -32000, "{text}");
+    assert_eq!(answer["error"]["data"]["code"], "UNAVAILABLE", "{text}");
+}
