@@ -2,7 +2,9 @@
 //! the README's configuration table is these structs (a test checks they agree).
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+// Boolean variables take what operators write in env files and manifests (`1`, `yes`, `on`),
+// not only clap's default `true`/`false`.
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
 #[derive(Debug, Parser)]
 #[command(name = "task-mcp", version, about = "Spec-driven change management for AI agents, over gRPC and MCP")]
@@ -84,7 +86,7 @@ pub struct AccessSettings {
     pub auth_token_file: Option<PathBuf>,
 
     /// Allow binding a non-loopback address with no tokens configured.
-    #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC")]
+    #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value_parser = BoolishValueParser::new())]
     pub allow_unauthenticated_public: bool,
 
     /// Sustained calls per second per principal; 0 disables rate limiting.
@@ -130,7 +132,7 @@ pub struct GatewayFlags {
     pub event_store_capacity: usize,
 
     /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
-    #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES")]
+    #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES", value_parser = BoolishValueParser::new())]
     pub conformance_fixtures: bool,
 }
 

@@ -148,3 +148,25 @@ async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
     assert_eq!(answer["error"]["code"], -32000, "{text}");
     assert_eq!(answer["error"]["data"]["code"], "UNAVAILABLE", "{text}");
 }
+
+// ------------------------------------------------------------------ configuration
+
+/// The README promises `1`/`yes`/`on` for boolean variables; clap took only `true`/`false`, so a
+/// manifest with `TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC: "1"` never started.
+#[tokio::test]
+async fn boolean_variables_take_the_spellings_the_readme_lists() {
+    for value in ["1", "yes", "on", "true"] {
+        let server = Server::builder()
+            .grpc_listen("0.0.0.0:0")
+            .env("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value)
+            .try_start()
+            .unwrap_or_else(|f| panic!("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC={value}: {}\n{}", f.why, f.logs));
+        server.assert_serving().await;
+    }
+    for value in ["0", "no", "off", "false"] {
+        let refused =
+            Server::builder().grpc_listen("0.0.0.0:0").env("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value).try_start();
+        let failure = refused.err().unwrap_or_else(|| panic!("={value} allowed a public bind without tokens"));
+        assert!(failure.logs.contains("--allow-unauthenticated-public"), "{value}: {}", failure.logs);
+    }
+}
