@@ -33,6 +33,7 @@ use crate::{
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::RateLimiter,
     telemetry::{
+        calls::{CallLogLayer, PrincipalLayer},
         metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
         traces,
     },
@@ -194,8 +195,10 @@ impl Application {
                 .map_response(|res: http::Response<_>| res.map(tonic::body::Body::new))
                 .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods.clone(), None))
                 .layer(trace_layer())
+                .layer(CallLogLayer)
                 .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(layers::AuthLayer::new(self.tokens.clone()))
+                .layer(PrincipalLayer)
                 .layer(traces::ToolSpanLayer)
                 .layer(rejections::layer())
                 .service(routes.clone()),
@@ -215,9 +218,11 @@ impl Application {
             .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods, Some(gate)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(trace_layer())
+            .layer(CallLogLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
+            .layer(PrincipalLayer)
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
             .layer(traces::ToolSpanLayer)
             .layer(rejections::layer());
@@ -317,7 +322,7 @@ async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthR
     Ok((health, builder.routes()))
 }
 
-/// One span per call, one "call answered" line per call, warnings only for server faults.
+/// One span per call (its "call answered" line is `CallLogLayer`'s), warnings only for server faults.
 // The type is tower-http's; naming its closures is the only way to return it.
 #[allow(clippy::type_complexity)]
 fn trace_layer() -> TraceLayer<
@@ -333,13 +338,12 @@ fn trace_layer() -> TraceLayer<
         // Also the call's OpenTelemetry server span when traces are exported
         // (parent from the `traceparent` metadata).
         .make_span_with(|req: &http::Request<tonic::body::Body>| traces::grpc_server_span(req))
-        .on_response(|res: &http::Response<tonic::body::Body>, latency: Duration, span: &tracing::Span| {
+        // The "call answered" line is `CallLogLayer`'s, written once the status is known.
+        .on_response(|res: &http::Response<tonic::body::Body>, _latency: Duration, span: &tracing::Span| {
             // Errors answered before any message carry their status in the headers.
-            let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
             if let Some(code) = traces::grpc_status(res.headers()) {
                 traces::record_grpc_status(span, code);
             }
-            tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
         })
         // Other calls end with their status in the trailers.
         .on_eos(|trailers: Option<&http::HeaderMap>, _stream: Duration, span: &tracing::Span| {

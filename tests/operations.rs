@@ -10,6 +10,7 @@ use std::{
 
 use common::{Gateway, Server, bounded, mcp::Mcp};
 use serde_json::{Value, json};
+use task_mcp::pb::{ArchiveChangeRequest, OpenChangeRequest};
 
 /// Failure bound for a process to stop (not a speed check).
 const EXIT_BOUND: Duration = Duration::from_secs(15);
@@ -43,6 +44,19 @@ async fn open_change(http: &reqwest::Client, base: &str, slug: &str) {
     let (status, body) =
         rest(http, base, "change.open", json!({"slug": slug, "title": "T", "owner": "alice"}), &[]).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until the server's log has a line satisfying `found`; that line.
+async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = logs();
+        if let Some(line) = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(&found) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no log line {what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ------------------------------------------------------------------ split deployment
@@ -147,6 +161,44 @@ async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
     let answer = common::mcp::sse_messages(&text).into_iter().find(|m| m["id"] == "dies").unwrap_or(Value::Null);
     assert_eq!(answer["error"]["code"], -32000, "{text}");
     assert_eq!(answer["error"]["data"]["code"], "UNAVAILABLE", "{text}");
+}
+
+// ------------------------------------------------------------------ logs
+
+/// A streamed call's line was written at its response head: `grpc_status` "0" and the time to
+/// the head, whatever the call ended with, so a refused or failed `ArchiveChangeStream` looked
+/// like a success in the log. Nor did any line say who made the call.
+#[tokio::test]
+async fn a_streamed_call_logs_its_final_status_and_principal() {
+    let server = Server::builder().args(["--auth-token", "alice=token-a", "--auth-token", "bob=token-b"]).start();
+    let mut alice = server.changes_with(common::Auth::bearer("token-a")).await;
+    let open = OpenChangeRequest { title: "T".into(), slug: "alices".into(), ..Default::default() };
+    common::ok("alice opens", bounded("OpenChange", alice.open_change(open)).await);
+    let mut bob = server.changes_with(common::Auth::bearer("token-b")).await;
+    let archive = ArchiveChangeRequest { slug: "alices".into(), owner: "alice".into(), tests: None };
+    let mut events = bounded("ArchiveChangeStream", bob.archive_change_stream(archive))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let refused = bounded("the stream's end", events.message()).await.expect_err("bob may not archive alice's change");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+
+    let line = log_line(
+        || server.logs(),
+        "answering bob's ArchiveChangeStream",
+        |l| l["message"] == "call answered" && l["span"]["method"] == "/taskmcp.v1.Changes/ArchiveChangeStream",
+    )
+    .await;
+    assert_eq!(line["grpc_status"], "10", "ABORTED: {line}");
+    assert_eq!(line["span"]["principal"], "bob", "{line}");
+    let opened = log_line(
+        || server.logs(),
+        "answering alice's OpenChange",
+        |l| l["message"] == "call answered" && l["span"]["method"] == "/taskmcp.v1.Changes/OpenChange",
+    )
+    .await;
+    assert_eq!((opened["grpc_status"].as_str(), opened["span"]["principal"].as_str()), (Some("0"), Some("alice")));
+    assert!(!server.logs().contains("token-"), "a token reached the log:\n{}", server.logs());
 }
 
 // ------------------------------------------------------------------ configuration
