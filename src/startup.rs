@@ -63,10 +63,10 @@ pub enum StartupError {
     PublicWithoutAuth { addrs: String },
     #[error(transparent)]
     Tokens(#[from] TokenConfigError),
-    #[error("workspace: {0}")]
-    Workspace(Error),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("workspace {path}: {reason}")]
+    Workspace { path: String, reason: String },
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Bind { flag: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -98,9 +98,11 @@ fn load_tokens(access: &AccessSettings, public: &[SocketAddr]) -> Result<Tokens,
     Ok(tokens)
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+/// Binds `addr`; a failure names the flag that set it (three listeners may share a message
+/// such as "Address already in use").
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { flag, addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartupError::Bind { flag, addr, source })?;
     Ok((listener, local))
 }
 
@@ -126,14 +128,23 @@ impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let tokens = load_tokens(&settings.access, &settings.public_addrs())?;
-        let workspace =
-            Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(StartupError::Workspace)?;
+        // The operator's spelling of the path: the workspace may be set in a variable
+        // they no longer have in front of them.
+        let workspace_err = |source: Error| {
+            // At start-up nothing is "internal": it is the operator's disk or path to fix.
+            let reason = match source {
+                Error::Internal(why) => why,
+                other => other.to_string(),
+            };
+            StartupError::Workspace { path: settings.workspace.display().to_string(), reason }
+        };
+        let workspace = Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(workspace_err)?;
         let workspace = Arc::new(workspace);
-        let watch = workspace.watch().map_err(StartupError::Workspace)?;
-        let (grpc_listener, grpc_addr) = bind(settings.grpc_listen).await?;
-        let (http_listener, http_addr) = bind(settings.http_listen).await?;
+        let watch = workspace.watch().map_err(workspace_err)?;
+        let (grpc_listener, grpc_addr) = bind("--grpc-listen", settings.grpc_listen).await?;
+        let (http_listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         let metrics_listener = match settings.metrics_listen.0 {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind("--metrics-listen", addr).await?),
             None => None,
         };
         let export = MetricsExport::start(OtlpConfig::from_env(), metrics_listener.is_some())
@@ -527,7 +538,7 @@ impl GatewayApplication {
         export.log_status();
         let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
         let state = gateway_state(service, access, settings.gateway.to_config(), metrics.gateway.clone())?;
-        let (listener, http_addr) = bind(settings.http_listen).await?;
+        let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }
 

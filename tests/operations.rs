@@ -222,3 +222,27 @@ async fn boolean_variables_take_the_spellings_the_readme_lists() {
         assert!(failure.logs.contains("--allow-unauthenticated-public"), "{value}: {}", failure.logs);
     }
 }
+
+/// Start-up failures name what to fix: which listener's address is taken (three share
+/// "Address already in use"), and which workspace path cannot be used (the path was missing,
+/// and "internal error" sent the operator to the code instead of the disk).
+#[test]
+fn start_up_failures_name_the_flag_or_path_to_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let failure = Server::builder().grpc_listen(&addr).try_start().err().expect("a taken port refused");
+    assert!(!failure.status.expect("it exited").success());
+    let stderr: Vec<&str> = failure.logs.lines().filter_map(|l| l.strip_prefix("[stderr] ")).collect();
+    assert_eq!(stderr.len(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr[0].contains("--grpc-listen") && stderr[0].contains(&addr), "{stderr:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, "x").unwrap();
+    let failure = Server::builder().workspace(&file).try_start().err().expect("a file as workspace refused");
+    assert!(!failure.status.expect("it exited").success());
+    let stderr: Vec<&str> = failure.logs.lines().filter_map(|l| l.strip_prefix("[stderr] ")).collect();
+    assert_eq!(stderr.len(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr[0].contains(&file.display().to_string()), "{stderr:?}");
+    assert!(!stderr[0].contains("internal error"), "{stderr:?}");
+}
