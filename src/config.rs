@@ -65,6 +65,11 @@ pub struct Settings {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness failing (503, NOT_SERVING)
+    /// before the listeners close, so that load balancers stop sending new connections first.
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_name = "SECONDS")]
+    pub shutdown_delay_seconds: u64,
 }
 
 /// Who may call and how often: the same on the gRPC and the HTTP face.
@@ -160,6 +165,11 @@ pub struct GatewaySettings {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness failing (503, NOT_SERVING)
+    /// before the listeners close, so that load balancers stop sending new connections first.
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_name = "SECONDS")]
+    pub shutdown_delay_seconds: u64,
 }
 
 impl Settings {

@@ -33,6 +33,7 @@ use crate::{
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::RateLimiter,
     telemetry::{
+        LIFECYCLE,
         calls::{CallLogLayer, PrincipalLayer},
         metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
         traces,
@@ -185,10 +186,11 @@ impl Application {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING,
-    /// streams end, new connections are refused, and in-flight calls get the
-    /// grace period to finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+    /// Serves until `signal()` resolves, then stops: health turns NOT_SERVING (and
+    /// `/health/ready` 503) while the listeners still accept for `--shutdown-delay-seconds`;
+    /// then streams end, new connections are refused, and in-flight calls get the grace
+    /// period to finish. A second `signal()` stops at once.
+    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
         let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
@@ -248,6 +250,7 @@ impl Application {
 
         let metrics_addr = self.metrics_addr();
         tracing::info!(
+            target: LIFECYCLE,
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
             metrics_addr = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
@@ -275,34 +278,37 @@ impl Application {
                 None => Ok(()),
             }
         };
-        let all = async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http, scrape) };
+        let all =
+            async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http, scrape).map(|_| ()) };
         tokio::pin!(all);
         let early = tokio::select! {
-            result = &mut all => Some(result.map(|_| ())),
-            () = shutdown => None,
+            result = &mut all => Some(result),
+            () = signal() => None,
         };
         if let Some(result) = early {
             self.export.shutdown().await;
             return result;
         }
-        tracing::info!(grace_seconds = self.settings.shutdown_grace_seconds, "draining");
+        let stop = Stop {
+            delay: Duration::from_secs(self.settings.shutdown_delay_seconds),
+            grace: self.settings.shutdown_grace(),
+        };
+        stop.log_start();
+        // Not ready from now on, on every probe: gRPC health, and `/health/ready` (which asks it).
         probe.abort();
         self.health_flags.set_upstream(false);
         set_health(&health, ServingStatus::NotServing).await;
-        self.state.shutdown.cancel();
-        gateway.shutdown.cancel();
-        gateway.sessions.drain();
-        let _ = drain_tx.send(true);
-        let result = match tokio::time::timeout(self.settings.shutdown_grace(), all).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => {
-                tracing::warn!("grace period over; dropping calls still in flight");
-                Ok(())
-            }
+        gateway.draining.cancel();
+        let close = || {
+            self.state.shutdown.cancel();
+            gateway.shutdown.cancel();
+            gateway.sessions.drain();
+            let _ = drain_tx.send(true);
         };
+        let result = stop.run(all, signal(), close).await;
         // The last export carries the drain's own figures.
         self.export.shutdown().await;
-        tracing::info!("stopped");
+        tracing::info!(target: LIFECYCLE, "stopped");
         result
     }
 }
@@ -542,37 +548,92 @@ impl GatewayApplication {
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        tracing::info!(http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
+    /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,
+    /// whatever the upstream says), then the listener closes and calls get the grace period.
+    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
+        tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx));
         tokio::pin!(http);
         let early = tokio::select! {
             result = &mut http => Some(result),
-            () = shutdown => None,
+            () = signal() => None,
         };
         if let Some(result) = early {
             self.export.shutdown().await;
             return result;
         }
-        tracing::info!("draining");
-        self.state.shutdown.cancel();
-        self.state.sessions.drain();
-        let _ = drain_tx.send(true);
-        let result = match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("grace period over; dropping calls still in flight");
-                Ok(())
-            }
+        let stop = Stop {
+            delay: Duration::from_secs(self.settings.shutdown_delay_seconds),
+            grace: Duration::from_secs(self.settings.shutdown_grace_seconds),
         };
+        stop.log_start();
+        self.state.draining.cancel();
+        let close = || {
+            self.state.shutdown.cancel();
+            self.state.sessions.drain();
+            let _ = drain_tx.send(true);
+        };
+        let result = stop.run(http, signal(), close).await;
         self.export.shutdown().await;
-        tracing::info!("stopped");
+        tracing::info!(target: LIFECYCLE, "stopped");
         result
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// How a server stops once asked to: readiness has already turned; the listeners stay open
+/// for `delay` (load balancers notice the failing probe and stop sending new connections),
+/// then close, and calls in flight get `grace`. A second signal ends either wait at once.
+struct Stop {
+    delay: Duration,
+    grace: Duration,
+}
+
+impl Stop {
+    fn log_start(&self) {
+        tracing::info!(
+            target: LIFECYCLE,
+            delay_seconds = self.delay.as_secs(),
+            grace_seconds = self.grace.as_secs(),
+            "draining"
+        );
+    }
+
+    /// `served` is every listener's serving future (it ends once they have closed and their
+    /// connections are done); `close` closes the listeners and ends the streams.
+    async fn run(
+        &self,
+        served: impl Future<Output = Result<(), StartupError>>,
+        second: impl Future<Output = ()>,
+        close: impl FnOnce(),
+    ) -> Result<(), StartupError> {
+        tokio::pin!(served, second);
+        if !self.delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.delay) => {}
+                // A listener failed while still accepting: that is the result.
+                result = &mut served => return result,
+                () = &mut second => {
+                    tracing::warn!(target: LIFECYCLE, "second signal: stopping now, before the listeners closed");
+                    return Ok(());
+                }
+            }
+        }
+        close();
+        tokio::select! {
+            finished = tokio::time::timeout(self.grace, &mut served) => finished.unwrap_or_else(|_| {
+                tracing::warn!(target: LIFECYCLE, "grace period over; dropping calls still in flight");
+                Ok(())
+            }),
+            () = &mut second => {
+                tracing::warn!(target: LIFECYCLE, "second signal: stopping now; dropping calls still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT received after the call.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -589,7 +650,7 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+        () = ctrl_c => tracing::info!(target: LIFECYCLE, "SIGINT received"),
+        () = term => tracing::info!(target: LIFECYCLE, "SIGTERM received"),
     }
 }

@@ -11,14 +11,36 @@ use std::{
 use common::{Gateway, Server, bounded, mcp::Mcp};
 use serde_json::{Value, json};
 use task_mcp::pb::{ArchiveChangeRequest, OpenChangeRequest};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 /// Failure bound for a process to stop (not a speed check).
 const EXIT_BOUND: Duration = Duration::from_secs(15);
+/// Long enough never to end by itself within a test: only what the test does ends it.
+const FOREVER: &str = "600";
 
 fn client() -> reqwest::Client {
     // A fresh connection per request, as a load balancer's probe or a new client makes: a pooled
     // keep-alive connection would outlive the listener and prove nothing about it.
     reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn ready_status(http: &reqwest::Client, base: &str) -> (u16, Value) {
+    let res = bounded("GET /health/ready", http.get(format!("{base}/health/ready")).send()).await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/health/ready` until it answers 503; its body.
+async fn until_not_ready(http: &reqwest::Client, base: &str) -> Value {
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let (status, body) = ready_status(http, base).await;
+        if status == 503 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/health/ready still {status} {EXIT_BOUND:?} after SIGTERM: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn rest(http: &reqwest::Client, base: &str, tool: &str, args: Value, headers: &[(&str, &str)]) -> (u16, Value) {
@@ -57,6 +79,107 @@ async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) 
         assert!(Instant::now() < deadline, "no log line {what}:\n{text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the server's Prometheus endpoint shows a `tool` execution in flight: the call
+/// has reached the handler (and waits there for its turn).
+async fn until_executing(server: &Server, tool: &str) {
+    let url = format!("http://{}/metrics", server.metrics_addr.expect("a metrics listener"));
+    let wanted = format!("tool_name=\"{tool}\"");
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
+        let executing =
+            text.lines().any(|l| l.starts_with("tool_active_executions{") && l.contains(&wanted) && l.ends_with(" 1"));
+        if executing {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {tool} in flight:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------ stopping
+
+/// Kubernetes sends SIGTERM while the pod is still in the Service's endpoints: new connections
+/// keep coming until the failing readiness probe takes it out. Before, readiness never failed
+/// where a probe could see it: health turned NOT_SERVING in the same instant the listeners
+/// closed, so probes and clients alike got "connection refused" for the whole propagation delay.
+#[tokio::test]
+async fn with_a_shutdown_delay_readiness_fails_while_new_connections_are_still_served() {
+    let mut server = Server::builder().args(["--shutdown-delay-seconds", FOREVER]).start();
+    let (http, base) = (client(), server.http_base());
+    assert_eq!(ready_status(&http, &base).await.0, 200);
+
+    server.sigterm();
+    let body = until_not_ready(&http, &base).await;
+    assert_eq!(body["failing"], json!(["draining"]), "{body}");
+    // Still accepting and serving on new connections: gRPC health says NOT_SERVING (a probe's
+    // view), and a tool call arriving before the load balancer reacted is answered.
+    let mut health = server.health().await;
+    let check = bounded("Health/Check", health.check(HealthCheckRequest { service: String::new() })).await;
+    assert_eq!(check.expect("health answers during the delay").into_inner().status, ServingStatus::NotServing as i32);
+    open_change(&http, &base, "during-the-delay").await;
+    assert!(server.workspace.join("changes/during-the-delay").is_dir());
+
+    // A second signal ends the delay (and the drain) at once.
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(EXIT_BOUND).unwrap_or_else(|| panic!("still running after a second signal"));
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    assert!(server.logs().contains("second signal"), "{}", server.logs());
+}
+
+/// In a split deployment the gateway's readiness asked only the upstream, which stays SERVING
+/// while the gateway stops: the gateway never reported itself not ready.
+#[tokio::test]
+async fn a_stopping_gateway_fails_readiness_though_its_upstream_serves() {
+    let service = Server::start();
+    let mut gateway = Gateway::start(&service.endpoint(), &["--shutdown-delay-seconds", FOREVER], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    assert_eq!(ready_status(&http, &base).await.0, 200);
+
+    gateway.signal(libc::SIGTERM);
+    let body = until_not_ready(&http, &base).await;
+    assert_eq!(body["failing"], json!(["draining"]), "{body}");
+    open_change(&http, &base, "gateway-delay").await;
+    service.assert_serving().await;
+
+    gateway.signal(libc::SIGTERM);
+    let status = gateway.wait_exit(EXIT_BOUND).unwrap_or_else(|| panic!("the gateway outlived a second signal"));
+    assert!(status.success(), "{status:?}\n{}", gateway.logs());
+}
+
+/// Ctrl-C twice, or an impatient supervisor: before, every signal after the first was ignored
+/// and the process sat out the whole grace period.
+#[tokio::test]
+async fn a_second_signal_stops_at_once_instead_of_sitting_out_the_grace_period() {
+    let mut server = Server::builder().args(["--shutdown-grace-seconds", FOREVER]).start();
+    let (http, base) = (client(), server.http_base());
+    open_change(&http, &base, "held").await;
+    let turn = hold_turn(&server, "held");
+    // A call that cannot finish while the turn is held keeps the drain waiting.
+    let held = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/v1/tools/task.update"))
+                .json(&json!({"slug": "held", "owner": "alice", "updates": [{"id": "1.1", "done": true}]}))
+                .send()
+                .await
+        }
+    });
+    until_executing(&server, "task.update").await;
+
+    server.sigterm();
+    log_line(|| server.logs(), "\"draining\"", |l| l["message"] == "draining").await;
+    server.sigterm();
+    let status = server.wait_exit(EXIT_BOUND);
+    let status = status.unwrap_or_else(|| panic!("a second SIGTERM did not stop the drain\n{}", server.logs()));
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    drop(turn);
+    // The held call was dropped, not answered: nothing was ticked on its behalf.
+    assert!(held.await.unwrap().is_err(), "the held call was answered after a forced stop");
+    let tasks = std::fs::read_to_string(server.workspace.join("changes/held/tasks.md")).unwrap();
+    assert!(tasks.contains("- [ ] 1.1"), "{tasks}");
 }
 
 // ------------------------------------------------------------------ split deployment
@@ -199,6 +322,28 @@ async fn a_streamed_call_logs_its_final_status_and_principal() {
     .await;
     assert_eq!((opened["grpc_status"].as_str(), opened["span"]["principal"].as_str()), (Some("0"), Some("alice")));
     assert!(!server.logs().contains("token-"), "a token reached the log:\n{}", server.logs());
+}
+
+/// `RUST_LOG=warn` (the README's advice for throughput) also hid the "listening" line, with the
+/// addresses a deployment on port 0 waits for: the harness below could not start the server.
+#[tokio::test]
+async fn a_quieter_log_level_keeps_the_lifecycle_lines_and_a_bad_one_is_reported() {
+    let mut quiet = Server::builder().env("RUST_LOG", "warn").start();
+    let (http, base) = (client(), quiet.http_base());
+    open_change(&http, &base, "quiet").await;
+    quiet.sigterm();
+    assert!(quiet.wait_exit(EXIT_BOUND).is_some_and(|s| s.success()), "{}", quiet.logs());
+    let logs = quiet.logs();
+    assert!(!logs.contains("call answered"), "RUST_LOG=warn still logs every call:\n{logs}");
+    for message in ["\"draining\"", "\"stopped\""] {
+        assert!(logs.contains(message), "no {message} line at RUST_LOG=warn:\n{logs}");
+    }
+
+    let typo = Server::builder().env("RUST_LOG", "bogus==").start();
+    let line =
+        log_line(|| typo.logs(), "about RUST_LOG", |l| l["message"].as_str().is_some_and(|m| m.contains("RUST_LOG")))
+            .await;
+    assert_eq!(line["level"], "WARN", "{line}");
 }
 
 // ------------------------------------------------------------------ configuration
