@@ -2,7 +2,9 @@
 //! the README's configuration table is these structs (a test checks they agree).
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+// Boolean variables take what operators write in env files and manifests (`1`, `yes`, `on`),
+// not only clap's default `true`/`false`.
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
 #[derive(Debug, Parser)]
 #[command(name = "task-mcp", version, about = "Spec-driven change management for AI agents, over gRPC and MCP")]
@@ -63,6 +65,11 @@ pub struct Settings {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness failing (503, NOT_SERVING)
+    /// before the listeners close, so that load balancers stop sending new connections first.
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_name = "SECONDS")]
+    pub shutdown_delay_seconds: u64,
 }
 
 /// Who may call and how often: the same on the gRPC and the HTTP face.
@@ -84,7 +91,7 @@ pub struct AccessSettings {
     pub auth_token_file: Option<PathBuf>,
 
     /// Allow binding a non-loopback address with no tokens configured.
-    #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC")]
+    #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value_parser = BoolishValueParser::new())]
     pub allow_unauthenticated_public: bool,
 
     /// Sustained calls per second per principal; 0 disables rate limiting.
@@ -130,7 +137,7 @@ pub struct GatewayFlags {
     pub event_store_capacity: usize,
 
     /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
-    #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES")]
+    #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES", value_parser = BoolishValueParser::new())]
     pub conformance_fixtures: bool,
 }
 
@@ -158,6 +165,11 @@ pub struct GatewaySettings {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "TASK_MCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness failing (503, NOT_SERVING)
+    /// before the listeners close, so that load balancers stop sending new connections first.
+    #[arg(long, env = "TASK_MCP_SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_name = "SECONDS")]
+    pub shutdown_delay_seconds: u64,
 }
 
 impl Settings {

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         Command::Serve(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
             let result = match Application::build(settings).await {
-                Ok(app) => app.run_until_stopped(shutdown_signal()).await,
+                Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
             };
             (result, logging)
@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
         Command::Gateway(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
             let result = match GatewayApplication::build(settings).await {
-                Ok(app) => app.run_until_stopped(shutdown_signal()).await,
+                Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
             };
             (result, logging)
@@ -42,7 +42,7 @@ fn exit(result: Result<(), StartupError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "server failed");
+            tracing::error!(target: telemetry::LIFECYCLE, error = %e, "server failed");
             eprintln!("task-mcp: {e}");
             ExitCode::FAILURE
         }

@@ -33,6 +33,8 @@ use crate::{
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::RateLimiter,
     telemetry::{
+        LIFECYCLE,
+        calls::{CallLogLayer, PrincipalLayer},
         metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
         traces,
     },
@@ -62,10 +64,10 @@ pub enum StartupError {
     PublicWithoutAuth { addrs: String },
     #[error(transparent)]
     Tokens(#[from] TokenConfigError),
-    #[error("workspace: {0}")]
-    Workspace(Error),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("workspace {path}: {reason}")]
+    Workspace { path: String, reason: String },
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Bind { flag: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -97,9 +99,11 @@ fn load_tokens(access: &AccessSettings, public: &[SocketAddr]) -> Result<Tokens,
     Ok(tokens)
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+/// Binds `addr`; a failure names the flag that set it (three listeners may share a message
+/// such as "Address already in use").
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { flag, addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartupError::Bind { flag, addr, source })?;
     Ok((listener, local))
 }
 
@@ -125,14 +129,23 @@ impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let tokens = load_tokens(&settings.access, &settings.public_addrs())?;
-        let workspace =
-            Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(StartupError::Workspace)?;
+        // The operator's spelling of the path: the workspace may be set in a variable
+        // they no longer have in front of them.
+        let workspace_err = |source: Error| {
+            // At start-up nothing is "internal": it is the operator's disk or path to fix.
+            let reason = match source {
+                Error::Internal(why) => why,
+                other => other.to_string(),
+            };
+            StartupError::Workspace { path: settings.workspace.display().to_string(), reason }
+        };
+        let workspace = Workspace::open(&settings.workspace, settings.max_resource_bytes).map_err(workspace_err)?;
         let workspace = Arc::new(workspace);
-        let watch = workspace.watch().map_err(StartupError::Workspace)?;
-        let (grpc_listener, grpc_addr) = bind(settings.grpc_listen).await?;
-        let (http_listener, http_addr) = bind(settings.http_listen).await?;
+        let watch = workspace.watch().map_err(workspace_err)?;
+        let (grpc_listener, grpc_addr) = bind("--grpc-listen", settings.grpc_listen).await?;
+        let (http_listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         let metrics_listener = match settings.metrics_listen.0 {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind("--metrics-listen", addr).await?),
             None => None,
         };
         let export = MetricsExport::start(OtlpConfig::from_env(), metrics_listener.is_some())
@@ -173,10 +186,11 @@ impl Application {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING,
-    /// streams end, new connections are refused, and in-flight calls get the
-    /// grace period to finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+    /// Serves until `signal()` resolves, then stops: health turns NOT_SERVING (and
+    /// `/health/ready` 503) while the listeners still accept for `--shutdown-delay-seconds`;
+    /// then streams end, new connections are refused, and in-flight calls get the grace
+    /// period to finish. A second `signal()` stops at once.
+    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
         let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
@@ -194,8 +208,10 @@ impl Application {
                 .map_response(|res: http::Response<_>| res.map(tonic::body::Body::new))
                 .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods.clone(), None))
                 .layer(trace_layer())
+                .layer(CallLogLayer)
                 .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(layers::AuthLayer::new(self.tokens.clone()))
+                .layer(PrincipalLayer)
                 .layer(traces::ToolSpanLayer)
                 .layer(rejections::layer())
                 .service(routes.clone()),
@@ -215,9 +231,11 @@ impl Application {
             .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods, Some(gate)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(trace_layer())
+            .layer(CallLogLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
+            .layer(PrincipalLayer)
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
             .layer(traces::ToolSpanLayer)
             .layer(rejections::layer());
@@ -232,6 +250,7 @@ impl Application {
 
         let metrics_addr = self.metrics_addr();
         tracing::info!(
+            target: LIFECYCLE,
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
             metrics_addr = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
@@ -259,34 +278,37 @@ impl Application {
                 None => Ok(()),
             }
         };
-        let all = async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http, scrape) };
+        let all =
+            async { tokio::try_join!(async { grpc.await.map_err(StartupError::from) }, http, scrape).map(|_| ()) };
         tokio::pin!(all);
         let early = tokio::select! {
-            result = &mut all => Some(result.map(|_| ())),
-            () = shutdown => None,
+            result = &mut all => Some(result),
+            () = signal() => None,
         };
         if let Some(result) = early {
             self.export.shutdown().await;
             return result;
         }
-        tracing::info!(grace_seconds = self.settings.shutdown_grace_seconds, "draining");
+        let stop = Stop {
+            delay: Duration::from_secs(self.settings.shutdown_delay_seconds),
+            grace: self.settings.shutdown_grace(),
+        };
+        stop.log_start();
+        // Not ready from now on, on every probe: gRPC health, and `/health/ready` (which asks it).
         probe.abort();
         self.health_flags.set_upstream(false);
         set_health(&health, ServingStatus::NotServing).await;
-        self.state.shutdown.cancel();
-        gateway.shutdown.cancel();
-        gateway.sessions.drain();
-        let _ = drain_tx.send(true);
-        let result = match tokio::time::timeout(self.settings.shutdown_grace(), all).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => {
-                tracing::warn!("grace period over; dropping calls still in flight");
-                Ok(())
-            }
+        gateway.draining.cancel();
+        let close = || {
+            self.state.shutdown.cancel();
+            gateway.shutdown.cancel();
+            gateway.sessions.drain();
+            let _ = drain_tx.send(true);
         };
+        let result = stop.run(all, signal(), close).await;
         // The last export carries the drain's own figures.
         self.export.shutdown().await;
-        tracing::info!("stopped");
+        tracing::info!(target: LIFECYCLE, "stopped");
         result
     }
 }
@@ -317,7 +339,7 @@ async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthR
     Ok((health, builder.routes()))
 }
 
-/// One span per call, one "call answered" line per call, warnings only for server faults.
+/// One span per call (its "call answered" line is `CallLogLayer`'s), warnings only for server faults.
 // The type is tower-http's; naming its closures is the only way to return it.
 #[allow(clippy::type_complexity)]
 fn trace_layer() -> TraceLayer<
@@ -333,13 +355,12 @@ fn trace_layer() -> TraceLayer<
         // Also the call's OpenTelemetry server span when traces are exported
         // (parent from the `traceparent` metadata).
         .make_span_with(|req: &http::Request<tonic::body::Body>| traces::grpc_server_span(req))
-        .on_response(|res: &http::Response<tonic::body::Body>, latency: Duration, span: &tracing::Span| {
+        // The "call answered" line is `CallLogLayer`'s, written once the status is known.
+        .on_response(|res: &http::Response<tonic::body::Body>, _latency: Duration, span: &tracing::Span| {
             // Errors answered before any message carry their status in the headers.
-            let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
             if let Some(code) = traces::grpc_status(res.headers()) {
                 traces::record_grpc_status(span, code);
             }
-            tracing::info!(grpc_status = status, latency_ms = latency.as_secs_f64() * 1e3, "call answered");
         })
         // Other calls end with their status in the trailers.
         .on_eos(|trailers: Option<&http::HeaderMap>, _stream: Duration, span: &tracing::Span| {
@@ -523,41 +544,96 @@ impl GatewayApplication {
         export.log_status();
         let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
         let state = gateway_state(service, access, settings.gateway.to_config(), metrics.gateway.clone())?;
-        let (listener, http_addr) = bind(settings.http_listen).await?;
+        let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        tracing::info!(http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
+    /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,
+    /// whatever the upstream says), then the listener closes and calls get the grace period.
+    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
+        tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx));
         tokio::pin!(http);
         let early = tokio::select! {
             result = &mut http => Some(result),
-            () = shutdown => None,
+            () = signal() => None,
         };
         if let Some(result) = early {
             self.export.shutdown().await;
             return result;
         }
-        tracing::info!("draining");
-        self.state.shutdown.cancel();
-        self.state.sessions.drain();
-        let _ = drain_tx.send(true);
-        let result = match tokio::time::timeout(Duration::from_secs(self.settings.shutdown_grace_seconds), http).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("grace period over; dropping calls still in flight");
-                Ok(())
-            }
+        let stop = Stop {
+            delay: Duration::from_secs(self.settings.shutdown_delay_seconds),
+            grace: Duration::from_secs(self.settings.shutdown_grace_seconds),
         };
+        stop.log_start();
+        self.state.draining.cancel();
+        let close = || {
+            self.state.shutdown.cancel();
+            self.state.sessions.drain();
+            let _ = drain_tx.send(true);
+        };
+        let result = stop.run(http, signal(), close).await;
         self.export.shutdown().await;
-        tracing::info!("stopped");
+        tracing::info!(target: LIFECYCLE, "stopped");
         result
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// How a server stops once asked to: readiness has already turned; the listeners stay open
+/// for `delay` (load balancers notice the failing probe and stop sending new connections),
+/// then close, and calls in flight get `grace`. A second signal ends either wait at once.
+struct Stop {
+    delay: Duration,
+    grace: Duration,
+}
+
+impl Stop {
+    fn log_start(&self) {
+        tracing::info!(
+            target: LIFECYCLE,
+            delay_seconds = self.delay.as_secs(),
+            grace_seconds = self.grace.as_secs(),
+            "draining"
+        );
+    }
+
+    /// `served` is every listener's serving future (it ends once they have closed and their
+    /// connections are done); `close` closes the listeners and ends the streams.
+    async fn run(
+        &self,
+        served: impl Future<Output = Result<(), StartupError>>,
+        second: impl Future<Output = ()>,
+        close: impl FnOnce(),
+    ) -> Result<(), StartupError> {
+        tokio::pin!(served, second);
+        if !self.delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.delay) => {}
+                // A listener failed while still accepting: that is the result.
+                result = &mut served => return result,
+                () = &mut second => {
+                    tracing::warn!(target: LIFECYCLE, "second signal: stopping now, before the listeners closed");
+                    return Ok(());
+                }
+            }
+        }
+        close();
+        tokio::select! {
+            finished = tokio::time::timeout(self.grace, &mut served) => finished.unwrap_or_else(|_| {
+                tracing::warn!(target: LIFECYCLE, "grace period over; dropping calls still in flight");
+                Ok(())
+            }),
+            () = &mut second => {
+                tracing::warn!(target: LIFECYCLE, "second signal: stopping now; dropping calls still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT received after the call.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -574,7 +650,7 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+        () = ctrl_c => tracing::info!(target: LIFECYCLE, "SIGINT received"),
+        () = term => tracing::info!(target: LIFECYCLE, "SIGTERM received"),
     }
 }

@@ -19,6 +19,9 @@ pub struct AppState {
     pub started: Instant,
     /// Cancelled when the server drains: SSE streams end.
     pub shutdown: CancellationToken,
+    /// Cancelled as soon as a stop is asked for, before `shutdown`: `/health/ready` answers 503
+    /// from then on, while the listeners still accept (`--shutdown-delay-seconds`).
+    pub draining: CancellationToken,
     /// The HTTP, streaming and security instruments (no-op unless the
     /// embedding binary passes real ones to [`AppState::with_metrics`]).
     pub metrics: Arc<GatewayMetrics>,
@@ -44,6 +47,7 @@ impl AppState {
             stats: health::Stats::default(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
         })
     }
 }

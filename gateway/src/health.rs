@@ -213,6 +213,11 @@ impl Check {
 /// into its health status (NOT_SERVING when the workspace cannot be written),
 /// so this one check covers both conditions of the issue.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    // A stopping server is not ready whatever its upstream says: in split mode the upstream
+    // stays SERVING, and load balancers must see the 503 before the listener closes.
+    if state.draining.is_cancelled() {
+        return draining_response();
+    }
     let upstream = match tokio::time::timeout(READY_TIMEOUT, state.upstream.serving()).await {
         Ok(Ok(true)) => Check::Ok,
         Ok(Ok(false)) => Check::NotServing,
@@ -234,6 +239,12 @@ fn readiness_response(upstream: &Check) -> Response {
     // anything else not to hammer a gateway whose upstream is down.
     res.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     res
+}
+
+fn draining_response() -> Response {
+    let body = json!({ "status": "unavailable", "failing": ["draining"], "checks": { "draining": "shutting down" } });
+    // No Retry-After: this process is going away; retrying it will not help.
+    json_value(StatusCode::SERVICE_UNAVAILABLE, &body)
 }
 
 #[derive(Serialize)]
@@ -366,6 +377,18 @@ mod tests {
             let v = body_json(res).await;
             assert_eq!(v["failing"], json!(["upstream"]));
             assert_eq!(v["checks"]["upstream"], "not serving");
+        }
+
+        #[tokio::test]
+        async fn ready_fails_once_draining_even_with_a_serving_upstream() {
+            let fake = fake(GatewayConfig::default(), Arc::new(OpenAccess));
+            let app = crate::router(fake.state.clone());
+            fake.state.draining.cancel();
+            let res = app.oneshot(get("/health/ready")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let v = body_json(res).await;
+            assert_eq!(v["failing"], json!(["draining"]));
+            assert_eq!(v["checks"]["draining"], "shutting down");
         }
 
         #[tokio::test]

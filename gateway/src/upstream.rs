@@ -615,11 +615,34 @@ async fn within<T>(
     deadline: Option<tokio::time::Instant>,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    match deadline {
+    let result = match deadline {
         None => call.await,
-        Some(at) => tokio::time::timeout_at(at, call)
-            .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded("the deadline passed before the service answered"))),
+        Some(at) => tokio::time::timeout_at(at, call).await.unwrap_or_else(|_| Err(deadline_passed())),
+    };
+    result.map_err(|status| as_the_caller_sees_it(status, deadline))
+}
+
+fn deadline_passed() -> Status {
+    Status::deadline_exceeded("the deadline passed before the service answered")
+}
+
+/// Two failures the gRPC client reports in codes that mislead the gateway's callers (a split
+/// deployment only: in `serve` the call never leaves the process):
+/// - the client's own `grpc-timeout` timer is CANCELLED ("Timeout expired"), which is a 499
+///   blaming the caller and a JSON-RPC error, when the caller's deadline passed: 504 and a tool
+///   error, as `serve` answers. It fires in the same instant as ours and is polled first.
+/// - a connection to the service that breaks during the answer (the service died or restarted)
+///   is UNKNOWN, a 500 and an alert, when the service was unavailable: 503, as a call that could
+///   not connect already is, and as gRPC's own clients report a lost connection. A status read
+///   from the service's trailers has no source; one made from a local error has.
+fn as_the_caller_sees_it(status: Status, deadline: Option<tokio::time::Instant>) -> Status {
+    let passed = deadline.is_some_and(|at| tokio::time::Instant::now() >= at);
+    match status.code() {
+        tonic::Code::Cancelled if passed => deadline_passed(),
+        tonic::Code::Unknown if std::error::Error::source(&status).is_some() => {
+            Status::unavailable(format!("the connection to the service broke: {}", status.message()))
+        }
+        _ => status,
     }
 }
 

@@ -439,7 +439,15 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
 pub fn grpc_server_span<B>(req: &Request<B>) -> tracing::Span {
     let path = req.uri().path();
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let span = tracing::info_span!("grpc", method = %path, request_id = %id, otel.name = Empty, otel.kind = Empty);
+    // `principal` is recorded once authentication has run (`calls::PrincipalLayer`).
+    let span = tracing::info_span!(
+        "grpc",
+        method = %path,
+        request_id = %id,
+        principal = Empty,
+        otel.name = Empty,
+        otel.kind = Empty
+    );
     if !enabled() || span.is_disabled() {
         return span;
     }

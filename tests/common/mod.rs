@@ -550,6 +550,19 @@ impl Gateway {
     pub fn mcp_url(&self) -> String {
         format!("http://{}/mcp", self.http_addr)
     }
+
+    /// Sends `signal` to the gateway process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with the pid of our own child process, which we have not reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits up to `bound` for the process to exit. `None` if it still runs.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        wait_for_exit(&mut self.child, bound)
+    }
 }
 
 impl Drop for Gateway {

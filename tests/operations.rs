@@ -1,0 +1,393 @@
+//! The server as an operator runs it: stopped by an orchestrator (SIGTERM, a load balancer
+//! probing readiness), split into tiers whose service dies or is slow, configured from the
+//! environment, read through its JSON log lines.
+mod common;
+
+use std::{
+    fs::File,
+    time::{Duration, Instant},
+};
+
+use common::{Gateway, Server, bounded, mcp::Mcp};
+use serde_json::{Value, json};
+use task_mcp::pb::{ArchiveChangeRequest, OpenChangeRequest};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+/// Failure bound for a process to stop (not a speed check).
+const EXIT_BOUND: Duration = Duration::from_secs(15);
+/// Long enough never to end by itself within a test: only what the test does ends it.
+const FOREVER: &str = "600";
+
+fn client() -> reqwest::Client {
+    // A fresh connection per request, as a load balancer's probe or a new client makes: a pooled
+    // keep-alive connection would outlive the listener and prove nothing about it.
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn ready_status(http: &reqwest::Client, base: &str) -> (u16, Value) {
+    let res = bounded("GET /health/ready", http.get(format!("{base}/health/ready")).send()).await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/health/ready` until it answers 503; its body.
+async fn until_not_ready(http: &reqwest::Client, base: &str) -> Value {
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let (status, body) = ready_status(http, base).await;
+        if status == 503 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/health/ready still {status} {EXIT_BOUND:?} after SIGTERM: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rest(http: &reqwest::Client, base: &str, tool: &str, args: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = http.post(format!("{base}/v1/tools/{tool}")).json(&args);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = bounded(tool, req.send()).await.unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Holds the change folder's `flock`, as another server process taking its turn would: every
+/// write to the change waits until the file is dropped.
+fn hold_turn(server: &Server, slug: &str) -> File {
+    let folder = File::open(server.workspace.join("changes").join(slug)).unwrap();
+    folder.lock().unwrap();
+    folder
+}
+
+async fn open_change(http: &reqwest::Client, base: &str, slug: &str) {
+    let (status, body) =
+        rest(http, base, "change.open", json!({"slug": slug, "title": "T", "owner": "alice"}), &[]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until the server's log has a line satisfying `found`; that line.
+async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = logs();
+        if let Some(line) = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(&found) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no log line {what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the server's Prometheus endpoint shows a `tool` execution in flight: the call
+/// has reached the handler (and waits there for its turn).
+async fn until_executing(server: &Server, tool: &str) {
+    let url = format!("http://{}/metrics", server.metrics_addr.expect("a metrics listener"));
+    let wanted = format!("tool_name=\"{tool}\"");
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
+        let executing =
+            text.lines().any(|l| l.starts_with("tool_active_executions{") && l.contains(&wanted) && l.ends_with(" 1"));
+        if executing {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {tool} in flight:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------ stopping
+
+/// Kubernetes sends SIGTERM while the pod is still in the Service's endpoints: new connections
+/// keep coming until the failing readiness probe takes it out. Before, readiness never failed
+/// where a probe could see it: health turned NOT_SERVING in the same instant the listeners
+/// closed, so probes and clients alike got "connection refused" for the whole propagation delay.
+#[tokio::test]
+async fn with_a_shutdown_delay_readiness_fails_while_new_connections_are_still_served() {
+    let mut server = Server::builder().args(["--shutdown-delay-seconds", FOREVER]).start();
+    let (http, base) = (client(), server.http_base());
+    assert_eq!(ready_status(&http, &base).await.0, 200);
+
+    server.sigterm();
+    let body = until_not_ready(&http, &base).await;
+    assert_eq!(body["failing"], json!(["draining"]), "{body}");
+    // Still accepting and serving on new connections: gRPC health says NOT_SERVING (a probe's
+    // view), and a tool call arriving before the load balancer reacted is answered.
+    let mut health = server.health().await;
+    let check = bounded("Health/Check", health.check(HealthCheckRequest { service: String::new() })).await;
+    assert_eq!(check.expect("health answers during the delay").into_inner().status, ServingStatus::NotServing as i32);
+    open_change(&http, &base, "during-the-delay").await;
+    assert!(server.workspace.join("changes/during-the-delay").is_dir());
+
+    // A second signal ends the delay (and the drain) at once.
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(EXIT_BOUND).unwrap_or_else(|| panic!("still running after a second signal"));
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    assert!(server.logs().contains("second signal"), "{}", server.logs());
+}
+
+/// In a split deployment the gateway's readiness asked only the upstream, which stays SERVING
+/// while the gateway stops: the gateway never reported itself not ready.
+#[tokio::test]
+async fn a_stopping_gateway_fails_readiness_though_its_upstream_serves() {
+    let service = Server::start();
+    let mut gateway = Gateway::start(&service.endpoint(), &["--shutdown-delay-seconds", FOREVER], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    assert_eq!(ready_status(&http, &base).await.0, 200);
+
+    gateway.signal(libc::SIGTERM);
+    let body = until_not_ready(&http, &base).await;
+    assert_eq!(body["failing"], json!(["draining"]), "{body}");
+    open_change(&http, &base, "gateway-delay").await;
+    service.assert_serving().await;
+
+    gateway.signal(libc::SIGTERM);
+    let status = gateway.wait_exit(EXIT_BOUND).unwrap_or_else(|| panic!("the gateway outlived a second signal"));
+    assert!(status.success(), "{status:?}\n{}", gateway.logs());
+}
+
+/// Ctrl-C twice, or an impatient supervisor: before, every signal after the first was ignored
+/// and the process sat out the whole grace period.
+#[tokio::test]
+async fn a_second_signal_stops_at_once_instead_of_sitting_out_the_grace_period() {
+    let mut server = Server::builder().args(["--shutdown-grace-seconds", FOREVER]).start();
+    let (http, base) = (client(), server.http_base());
+    open_change(&http, &base, "held").await;
+    let turn = hold_turn(&server, "held");
+    // A call that cannot finish while the turn is held keeps the drain waiting.
+    let held = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/v1/tools/task.update"))
+                .json(&json!({"slug": "held", "owner": "alice", "updates": [{"id": "1.1", "done": true}]}))
+                .send()
+                .await
+        }
+    });
+    until_executing(&server, "task.update").await;
+
+    server.sigterm();
+    log_line(|| server.logs(), "\"draining\"", |l| l["message"] == "draining").await;
+    server.sigterm();
+    let status = server.wait_exit(EXIT_BOUND);
+    let status = status.unwrap_or_else(|| panic!("a second SIGTERM did not stop the drain\n{}", server.logs()));
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    drop(turn);
+    // The held call was dropped, not answered: nothing was ticked on its behalf.
+    assert!(held.await.unwrap().is_err(), "the held call was answered after a forced stop");
+    let tasks = std::fs::read_to_string(server.workspace.join("changes/held/tasks.md")).unwrap();
+    assert!(tasks.contains("- [ ] 1.1"), "{tasks}");
+}
+
+// ------------------------------------------------------------------ split deployment
+
+/// A caller's deadline passing in a split deployment was CANCELLED ("Timeout expired"): a 499
+/// that blames the caller over HTTP/JSON, a JSON-RPC error over MCP. `serve` answers 504
+/// DEADLINE_EXCEEDED and an `isError` tool result for the same call; the gateway now agrees.
+#[tokio::test]
+async fn through_the_gateway_a_passed_deadline_is_504_not_499() {
+    let service = Server::start();
+    let gateway = Gateway::start(&service.endpoint(), &["--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    open_change(&http, &base, "slow-turn").await;
+    let _turn = hold_turn(&service, "slow-turn");
+    let archive = json!({"slug": "slow-turn", "owner": "alice"});
+    // The gRPC client's own timer and the gateway's fire together and either may be seen first:
+    // a few calls make the old answer all but certain to show.
+    for attempt in 0..5 {
+        let (status, body) = rest(&http, &base, "change.archive", archive.clone(), &[("grpc-timeout", "200m")]).await;
+        assert_eq!((status, body["code"].as_str()), (504, Some("DEADLINE_EXCEEDED")), "attempt {attempt}: {body}");
+    }
+    let mut mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "deadline").await;
+    for attempt in 0..3 {
+        mcp.next_id += 1;
+        let call = json!({"jsonrpc": "2.0", "id": mcp.next_id, "method": "tools/call",
+            "params": {"name": "change.archive", "arguments": archive}});
+        let res = bounded("tools/call", async {
+            http.post(&mcp.url)
+                .header("accept", common::mcp::ACCEPT_BOTH)
+                .header("mcp-session-id", &mcp.session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("grpc-timeout", "200m")
+                .json(&call)
+                .send()
+                .await
+        })
+        .await
+        .unwrap();
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["result"]["isError"], true, "attempt {attempt}: {answer}");
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.starts_with("DEADLINE_EXCEEDED"), "attempt {attempt}: {answer}");
+    }
+}
+
+/// The service dying while it answers (a crash, an OOM kill, a node lost) was UNKNOWN at the
+/// gateway: a 500 over HTTP/JSON and JSON-RPC -32603 over MCP, paging as a server bug and not
+/// retried, where a call that could not connect was already a 503 UNAVAILABLE.
+#[tokio::test]
+async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
+    let mut service = Server::start();
+    let gateway = Gateway::start(&service.endpoint(), &["--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+    for slug in ["dies-ndjson", "dies-mcp"] {
+        open_change(&http, &base, slug).await;
+    }
+    let turns = [hold_turn(&service, "dies-ndjson"), hold_turn(&service, "dies-mcp")];
+    let ndjson = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let res = http
+                .post(format!("{base}/v1/tools/change.archive"))
+                .header("accept", "application/x-ndjson")
+                .json(&json!({"slug": "dies-ndjson", "owner": "alice"}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }
+    });
+    let mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "dies").await;
+    let streamed = tokio::spawn(async move {
+        let res = mcp
+            .post(json!({"jsonrpc": "2.0", "id": "dies", "method": "tools/call", "params": {"name": "change.archive",
+                "arguments": {"slug": "dies-mcp", "owner": "alice"}, "_meta": {"progressToken": "p"}}}))
+            .await;
+        res.text().await.unwrap_or_default()
+    });
+    // Both calls are in the service's handlers, waiting for their turn, when it dies.
+    let url = format!("http://{}/metrics", service.metrics_addr.unwrap());
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
+        let archiving = text
+            .lines()
+            .filter(|l| l.starts_with("tool_active_executions{") && l.contains("tool_name=\"change.archive\""))
+            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+            .sum::<f64>();
+        if archiving >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the archives never reached the service:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.kill();
+    drop(turns);
+
+    let (status, body) = bounded("the NDJSON answer", ndjson).await.unwrap();
+    let last: Value = body.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    assert_eq!((status, last["code"].as_str()), (503, Some("UNAVAILABLE")), "{body}");
+    let text = bounded("the MCP answer", streamed).await.unwrap();
+    let answer = common::mcp::sse_messages(&text).into_iter().find(|m| m["id"] == "dies").unwrap_or(Value::Null);
+    assert_eq!(answer["error"]["code"], -32000, "{text}");
+    assert_eq!(answer["error"]["data"]["code"], "UNAVAILABLE", "{text}");
+}
+
+// ------------------------------------------------------------------ logs
+
+/// A streamed call's line was written at its response head: `grpc_status` "0" and the time to
+/// the head, whatever the call ended with, so a refused or failed `ArchiveChangeStream` looked
+/// like a success in the log. Nor did any line say who made the call.
+#[tokio::test]
+async fn a_streamed_call_logs_its_final_status_and_principal() {
+    let server = Server::builder().args(["--auth-token", "alice=token-a", "--auth-token", "bob=token-b"]).start();
+    let mut alice = server.changes_with(common::Auth::bearer("token-a")).await;
+    let open = OpenChangeRequest { title: "T".into(), slug: "alices".into(), ..Default::default() };
+    common::ok("alice opens", bounded("OpenChange", alice.open_change(open)).await);
+    let mut bob = server.changes_with(common::Auth::bearer("token-b")).await;
+    let archive = ArchiveChangeRequest { slug: "alices".into(), owner: "alice".into(), tests: None };
+    let mut events = bounded("ArchiveChangeStream", bob.archive_change_stream(archive))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let refused = bounded("the stream's end", events.message()).await.expect_err("bob may not archive alice's change");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+
+    let line = log_line(
+        || server.logs(),
+        "answering bob's ArchiveChangeStream",
+        |l| l["message"] == "call answered" && l["span"]["method"] == "/taskmcp.v1.Changes/ArchiveChangeStream",
+    )
+    .await;
+    assert_eq!(line["grpc_status"], "10", "ABORTED: {line}");
+    assert_eq!(line["span"]["principal"], "bob", "{line}");
+    let opened = log_line(
+        || server.logs(),
+        "answering alice's OpenChange",
+        |l| l["message"] == "call answered" && l["span"]["method"] == "/taskmcp.v1.Changes/OpenChange",
+    )
+    .await;
+    assert_eq!((opened["grpc_status"].as_str(), opened["span"]["principal"].as_str()), (Some("0"), Some("alice")));
+    assert!(!server.logs().contains("token-"), "a token reached the log:\n{}", server.logs());
+}
+
+/// `RUST_LOG=warn` (the README's advice for throughput) also hid the "listening" line, with the
+/// addresses a deployment on port 0 waits for: the harness below could not start the server.
+#[tokio::test]
+async fn a_quieter_log_level_keeps_the_lifecycle_lines_and_a_bad_one_is_reported() {
+    let mut quiet = Server::builder().env("RUST_LOG", "warn").start();
+    let (http, base) = (client(), quiet.http_base());
+    open_change(&http, &base, "quiet").await;
+    quiet.sigterm();
+    assert!(quiet.wait_exit(EXIT_BOUND).is_some_and(|s| s.success()), "{}", quiet.logs());
+    let logs = quiet.logs();
+    assert!(!logs.contains("call answered"), "RUST_LOG=warn still logs every call:\n{logs}");
+    for message in ["\"draining\"", "\"stopped\""] {
+        assert!(logs.contains(message), "no {message} line at RUST_LOG=warn:\n{logs}");
+    }
+
+    let typo = Server::builder().env("RUST_LOG", "bogus==").start();
+    let line =
+        log_line(|| typo.logs(), "about RUST_LOG", |l| l["message"].as_str().is_some_and(|m| m.contains("RUST_LOG")))
+            .await;
+    assert_eq!(line["level"], "WARN", "{line}");
+}
+
+// ------------------------------------------------------------------ configuration
+
+/// The README promises `1`/`yes`/`on` for boolean variables; clap took only `true`/`false`, so a
+/// manifest with `TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC: "1"` never started.
+#[tokio::test]
+async fn boolean_variables_take_the_spellings_the_readme_lists() {
+    for value in ["1", "yes", "on", "true"] {
+        let server = Server::builder()
+            .grpc_listen("0.0.0.0:0")
+            .env("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value)
+            .try_start()
+            .unwrap_or_else(|f| panic!("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC={value}: {}\n{}", f.why, f.logs));
+        server.assert_serving().await;
+    }
+    for value in ["0", "no", "off", "false"] {
+        let refused =
+            Server::builder().grpc_listen("0.0.0.0:0").env("TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value).try_start();
+        let failure = refused.err().unwrap_or_else(|| panic!("={value} allowed a public bind without tokens"));
+        assert!(failure.logs.contains("--allow-unauthenticated-public"), "{value}: {}", failure.logs);
+    }
+}
+
+/// Start-up failures name what to fix: which listener's address is taken (three share
+/// "Address already in use"), and which workspace path cannot be used (the path was missing,
+/// and "internal error" sent the operator to the code instead of the disk).
+#[test]
+fn start_up_failures_name_the_flag_or_path_to_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let failure = Server::builder().grpc_listen(&addr).try_start().err().expect("a taken port refused");
+    assert!(!failure.status.expect("it exited").success());
+    let stderr: Vec<&str> = failure.logs.lines().filter_map(|l| l.strip_prefix("[stderr] ")).collect();
+    assert_eq!(stderr.len(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr[0].contains("--grpc-listen") && stderr[0].contains(&addr), "{stderr:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, "x").unwrap();
+    let failure = Server::builder().workspace(&file).try_start().err().expect("a file as workspace refused");
+    assert!(!failure.status.expect("it exited").success());
+    let stderr: Vec<&str> = failure.logs.lines().filter_map(|l| l.strip_prefix("[stderr] ")).collect();
+    assert_eq!(stderr.len(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr[0].contains(&file.display().to_string()), "{stderr:?}");
+    assert!(!stderr[0].contains("internal error"), "{stderr:?}");
+}
