@@ -116,20 +116,20 @@ pub struct GatewayFlags {
     pub allowed_hosts: Vec<String>,
 
     /// Largest HTTP request body in bytes (413 beyond).
-    #[arg(long, env = "TASK_MCP_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "TASK_MCP_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = at_least_one())]
     pub max_body_bytes: usize,
 
     /// Live MCP sessions at most (503 with Retry-After beyond).
-    #[arg(long, env = "TASK_MCP_MAX_SESSIONS", default_value_t = 10_000, value_name = "N")]
+    #[arg(long, env = "TASK_MCP_MAX_SESSIONS", default_value_t = 10_000, value_name = "N", value_parser = at_least_one())]
     pub max_sessions: usize,
 
     /// An MCP session unused this long is closed (404 afterwards).
-    #[arg(long, env = "TASK_MCP_SESSION_IDLE_SECONDS", default_value_t = 1800, value_name = "SECONDS")]
+    #[arg(long, env = "TASK_MCP_SESSION_IDLE_SECONDS", default_value_t = 1800, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub session_idle_seconds: u64,
 
     /// Open streams at most, all transports together (SSE, NDJSON, gRPC server streams);
     /// beyond, 503 with Retry-After or UNAVAILABLE.
-    #[arg(long, env = "TASK_MCP_MAX_STREAMS", default_value_t = 10_000, value_name = "N")]
+    #[arg(long, env = "TASK_MCP_MAX_STREAMS", default_value_t = 10_000, value_name = "N", value_parser = at_least_one())]
     pub max_streams: usize,
 
     /// Events kept per SSE stream for Last-Event-ID resumption.
@@ -139,6 +139,12 @@ pub struct GatewayFlags {
     /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
     #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES", value_parser = BoolishValueParser::new())]
     pub conformance_fixtures: bool,
+}
+
+/// A limit that 0 would turn into a server that passes readiness and serves nothing (every
+/// POST 413, every session 503 or 404, every stream 503): refused at start instead.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -300,6 +306,15 @@ mod tests {
         let public = parse(&["--metrics-listen", "0.0.0.0:9464"]);
         assert_eq!(public.public_addrs().len(), 1);
         assert!(Cli::try_parse_from(["task-mcp", "serve", "--metrics-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_refused_at_start() {
+        for flag in ["--max-body-bytes", "--max-sessions", "--session-idle-seconds", "--max-streams"] {
+            let err = Cli::try_parse_from(["task-mcp", "serve", flag, "0"]).expect_err(flag);
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+            assert!(Cli::try_parse_from(["task-mcp", "serve", flag, "1"]).is_ok(), "{flag} 1");
+        }
     }
 
     #[test]
