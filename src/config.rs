@@ -94,6 +94,12 @@ pub struct AccessSettings {
     /// Calls a principal may make at once before the sustained rate applies.
     #[arg(long, env = "TASK_MCP_RATE_LIMIT_BURST", default_value_t = 100, value_name = "N")]
     pub rate_limit_burst: u32,
+
+    /// Failed authentications a client address may make per minute (both ports together);
+    /// beyond, its requests are refused (429 / RESOURCE_EXHAUSTED) until the budget refills.
+    /// 0 disables.
+    #[arg(long, env = "TASK_MCP_AUTH_FAILURES_PER_MINUTE", default_value_t = 30, value_name = "N")]
+    pub auth_failures_per_minute: u32,
 }
 
 /// The gateway's limits and policies.

@@ -31,7 +31,7 @@ use crate::{
         resources::ResourcesService,
     },
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
-    rate_limit::RateLimiter,
+    rate_limit::{AuthFailureThrottle, RateLimiter},
     telemetry::{
         metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
         traces,
@@ -118,6 +118,7 @@ pub struct Application {
     state: AppState,
     tokens: Arc<Tokens>,
     limiter: Arc<RateLimiter>,
+    throttle: Arc<AuthFailureThrottle>,
     _watch: WatchGuard,
 }
 
@@ -149,6 +150,7 @@ impl Application {
                 settings.access.rate_limit_per_second,
                 settings.access.rate_limit_burst,
             )),
+            throttle: Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute)),
             tokens: Arc::new(tokens),
             state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
@@ -200,7 +202,11 @@ impl Application {
                 .layer(rejections::layer())
                 .service(routes.clone()),
         );
-        let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
+        let access = Arc::new(ServiceAccess {
+            tokens: self.tokens.clone(),
+            limiter: self.limiter.clone(),
+            throttle: self.throttle.clone(),
+        });
         let gateway =
             gateway_state(in_process, access, self.settings.gateway.to_config(), self.metrics.gateway.clone())?;
         let router = http_router(gateway.clone());
@@ -217,6 +223,10 @@ impl Application {
             .layer(trace_layer())
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
+            .layer(
+                layers::AuthThrottleLayer::new(&self.tokens, self.throttle.clone())
+                    .counting(self.metrics.gateway.clone()),
+            )
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
             .layer(traces::ToolSpanLayer)
@@ -401,9 +411,9 @@ async fn serve_http(
     let graceful = GracefulShutdown::new();
     let mut drain = std::pin::pin!(drain);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_failed("HTTP", &err).await;
                     continue;
@@ -414,8 +424,15 @@ async fn serve_http(
         // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
         // small trailing write would wait for the previous one's ACK.
         let _ = tcp.set_nodelay(true);
-        // A clone of the Router shares its route table (an `Arc`).
-        let service = TowerToHyperService::new(router.clone());
+        // A clone of the Router shares its route table (an `Arc`). The peer's address goes with
+        // each request, as axum's `ConnectInfo`: failed authentication is throttled by it.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -517,7 +534,8 @@ impl GatewayApplication {
                 .option_layer(traces::propagate_layer())
                 .service(channel),
         );
-        let access = Arc::new(ServiceAccess { tokens, limiter });
+        let throttle = Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute));
+        let access = Arc::new(ServiceAccess { tokens, limiter, throttle });
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
