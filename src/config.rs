@@ -138,6 +138,17 @@ pub struct GatewayFlags {
     /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
     #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES")]
     pub conformance_fixtures: bool,
+
+    /// Live MCP sessions one principal may hold (503 with Retry-After beyond); 0: no share.
+    /// Default: --max-sessions divided by the number of principals the tokens name, so that no
+    /// tenant can take another's sessions (with one principal, or none, no share).
+    #[arg(long, env = "TASK_MCP_MAX_SESSIONS_PER_PRINCIPAL", value_name = "N")]
+    pub max_sessions_per_principal: Option<usize>,
+
+    /// Open streams one principal may hold, all transports together; 0: no share.
+    /// Default: --max-streams divided by the number of principals the tokens name.
+    #[arg(long, env = "TASK_MCP_MAX_STREAMS_PER_PRINCIPAL", value_name = "N")]
+    pub max_streams_per_principal: Option<usize>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,7 +254,14 @@ impl std::fmt::Display for MetricsListen {
 }
 
 impl GatewayFlags {
-    pub fn to_config(&self) -> task_mcp_gateway::GatewayConfig {
+    /// `principals`: how many principals the tokens name (0 with no tokens), which an unset
+    /// per-principal share is divided by.
+    pub fn to_config(&self, principals: usize) -> task_mcp_gateway::GatewayConfig {
+        let share = |configured: Option<usize>, max: usize| match configured {
+            Some(n) => n,
+            None if principals > 1 => (max / principals).max(1),
+            None => 0,
+        };
         task_mcp_gateway::GatewayConfig {
             allowed_origins: self.allowed_origins.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
@@ -253,6 +271,8 @@ impl GatewayFlags {
             max_streams: self.max_streams,
             event_store_capacity: self.event_store_capacity,
             conformance_fixtures: self.conformance_fixtures,
+            max_sessions_per_principal: share(self.max_sessions_per_principal, self.max_sessions),
+            max_streams_per_principal: share(self.max_streams_per_principal, self.max_streams),
             ..task_mcp_gateway::GatewayConfig::default()
         }
     }
@@ -294,6 +314,19 @@ mod tests {
         let public = parse(&["--metrics-listen", "0.0.0.0:9464"]);
         assert_eq!(public.public_addrs().len(), 1);
         assert!(Cli::try_parse_from(["task-mcp", "serve", "--metrics-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn an_unset_share_is_an_equal_split_among_principals() {
+        let config = parse(&["--max-sessions", "10", "--max-streams", "7"]).gateway.to_config(2);
+        assert_eq!((config.max_sessions_per_principal, config.max_streams_per_principal), (5, 3));
+        let alone = parse(&[]).gateway.to_config(1);
+        assert_eq!((alone.max_sessions_per_principal, alone.max_streams_per_principal), (0, 0));
+        let anonymous = parse(&[]).gateway.to_config(0);
+        assert_eq!(anonymous.max_sessions_per_principal, 0, "no tokens: as before, no share");
+        let set =
+            parse(&["--max-sessions-per-principal", "9", "--max-streams-per-principal", "0"]).gateway.to_config(3);
+        assert_eq!((set.max_sessions_per_principal, set.max_streams_per_principal), (9, 0));
     }
 
     #[test]

@@ -202,19 +202,28 @@ impl Application {
                 .layer(rejections::layer())
                 .service(routes.clone()),
         );
+        let principals = self.tokens.principal_count();
         let access = Arc::new(ServiceAccess {
             tokens: self.tokens.clone(),
             limiter: self.limiter.clone(),
             throttle: self.throttle.clone(),
         });
-        let gateway =
-            gateway_state(in_process, access, self.settings.gateway.to_config(), self.metrics.gateway.clone())?;
+        let gateway = gateway_state(
+            in_process,
+            access,
+            self.settings.gateway.to_config(principals),
+            self.metrics.gateway.clone(),
+        )?;
         let router = http_router(gateway.clone());
 
         // Metrics outermost: they see every call's final status, deadline and
         // refusals included. gRPC clients' server streams share the gateway's
         // stream slots (one process-wide cap).
-        let gate = StreamGate { sessions: gateway.sessions.clone(), shutdown: self.state.shutdown.clone() };
+        let gate = StreamGate {
+            sessions: gateway.sessions.clone(),
+            shutdown: self.state.shutdown.clone(),
+            tokens: self.tokens.clone(),
+        };
         let grpc_layers = ServiceBuilder::new()
             // Not gRPC at all: 415 before anything counts it as a call.
             .layer(crate::grpc::content_type::GrpcOnlyLayer)
@@ -535,12 +544,13 @@ impl GatewayApplication {
                 .service(channel),
         );
         let throttle = Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute));
+        let principals = tokens.principal_count();
         let access = Arc::new(ServiceAccess { tokens, limiter, throttle });
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
         let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
-        let state = gateway_state(service, access, settings.gateway.to_config(), metrics.gateway.clone())?;
+        let state = gateway_state(service, access, settings.gateway.to_config(principals), metrics.gateway.clone())?;
         let (listener, http_addr) = bind(settings.http_listen).await?;
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }

@@ -113,3 +113,73 @@ async fn a_throttled_address_is_refused_even_with_a_valid_token_but_probes_pass(
     let throttled = metric(&server, "auth_attempts_total{outcome=\"failure\",reason=\"throttled\"").await;
     assert_eq!(throttled, 2.0, "each refusal is counted as a throttled attempt");
 }
+
+async fn initialize(server: &Server, token: &str) -> u16 {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "abuse", "version": "1"}}});
+    let response = http()
+        .post(server.mcp_url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .expect("initialize");
+    response.status().as_u16()
+}
+
+/// A stateless `subscriptions/listen`: a stream that stays open until the client closes it.
+async fn listen(server: &Server, token: &str) -> reqwest::Response {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+        "notifications": {"resourcesListChanged": true},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    http()
+        .post(server.mcp_url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(&body)
+        .send()
+        .await
+        .expect("subscriptions/listen")
+}
+
+/// The session and stream caps were global: tenant `a`, with its own valid token and within its
+/// rate limit, could take every session and every stream slot, and tenant `b` then got 503 for
+/// a session and UNAVAILABLE for a gRPC watch (measured with --max-sessions 20 --max-streams 20;
+/// at the defaults, 10,000 of each, `a` needs about 200 s at its rate limit). By default each
+/// principal now holds at most an equal share.
+#[tokio::test]
+async fn one_tenant_cannot_take_every_session_and_stream_from_another() {
+    let server = two_tenants(&["--max-sessions", "4", "--max-streams", "4"]);
+    let mut sessions = 0;
+    for _ in 0..8 {
+        match initialize(&server, TOKEN_A).await {
+            200 => sessions += 1,
+            503 => break,
+            other => panic!("initialize answered {other}"),
+        }
+    }
+    assert!(sessions >= 1, "a got no session at all");
+    assert_eq!(initialize(&server, TOKEN_B).await, 200, "a took every session (it holds {sessions})");
+
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let response = listen(&server, TOKEN_A).await;
+        match response.status().as_u16() {
+            200 => held.push(response),
+            503 => break,
+            other => panic!("subscriptions/listen answered {other}"),
+        }
+    }
+    assert!(!held.is_empty(), "a got no stream at all");
+    let theirs = listen(&server, TOKEN_B).await;
+    assert_eq!(theirs.status(), 200, "a took every stream (it holds {})", held.len());
+    drop(theirs);
+
+    let mut resources = server.resources_with(Auth::bearer(TOKEN_B)).await;
+    let watch = bounded("WatchChanges", resources.watch_changes(task_mcp::pb::WatchChangesRequest::default())).await;
+    assert!(watch.is_ok(), "b's gRPC watch refused while a holds {} streams: {:?}", held.len(), watch.err());
+}
