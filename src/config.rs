@@ -149,6 +149,11 @@ pub struct GatewayFlags {
     /// Default: --max-streams divided by the number of principals the tokens name.
     #[arg(long, env = "TASK_MCP_MAX_STREAMS_PER_PRINCIPAL", value_name = "N")]
     pub max_streams_per_principal: Option<usize>,
+
+    /// Open connections each listener (HTTP, gRPC) may have; a connection beyond is closed at
+    /// once. Default: half of what the open-file limit leaves once 256 descriptors are kept back.
+    #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -22,6 +22,7 @@ use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
+    connections::ConnectionLimit,
     error::Error,
     grpc::{
         AppState,
@@ -263,9 +264,16 @@ impl Application {
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let grpc_drain = wait_for(drain_rx.clone());
         let http_drain = wait_for(drain_rx.clone());
-        let incoming = crate::grpc::incoming::connections(self.grpc_listener, crate::grpc::incoming::PREFACE_TIMEOUT);
+        let max_connections =
+            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let incoming = crate::grpc::incoming::connections(
+            self.grpc_listener,
+            crate::grpc::incoming::PREFACE_TIMEOUT,
+            ConnectionLimit::new("gRPC", max_connections),
+        );
         let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
-        let http = serve_http(self.http_listener, router, http_drain);
+        let http =
+            serve_http(self.http_listener, router, http_drain, Some(ConnectionLimit::new("HTTP", max_connections)));
         // The Prometheus endpoint stays up while draining (a scrape during the
         // drain still answers) and stops with the other listeners.
         let scrape_parts = self.metrics_listener.zip(self.export.registry().cloned());
@@ -273,7 +281,7 @@ impl Application {
             match scrape_parts {
                 Some(((listener, _), registry)) => {
                     let router = crate::telemetry::metrics::prometheus_router(registry);
-                    serve_http(listener, router, wait_for(drain_rx)).await
+                    serve_http(listener, router, wait_for(drain_rx), None).await
                 }
                 None => Ok(()),
             }
@@ -401,10 +409,12 @@ async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
+/// `limit`: the connections the listener may have open (`None`: the loopback metrics endpoint).
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     drain: impl Future<Output = ()> + Send + 'static,
+    limit: Option<ConnectionLimit>,
 ) -> Result<(), StartupError> {
     use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
     // HTTP/1.1 only, without the HTTP/2 sniffing of a dual-protocol server: that
@@ -430,6 +440,14 @@ async fn serve_http(
             },
             () = &mut drain => break,
         };
+        // Over the limit the connection is closed at once, before hyper sees it.
+        let permit = match &limit {
+            Some(limit) => match limit.admit() {
+                Some(permit) => Some(permit),
+                None => continue,
+            },
+            None => None,
+        };
         // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
         // small trailing write would wait for the previous one's ACK.
         let _ = tcp.set_nodelay(true);
@@ -444,6 +462,7 @@ async fn serve_http(
         ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "HTTP connection ended with an error");
             }
@@ -558,7 +577,10 @@ impl GatewayApplication {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         tracing::info!(http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx));
+        let max_connections =
+            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let limit = ConnectionLimit::new("HTTP", max_connections);
+        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(limit));
         tokio::pin!(http);
         let early = tokio::select! {
             result = &mut http => Some(result),

@@ -183,3 +183,48 @@ async fn one_tenant_cannot_take_every_session_and_stream_from_another() {
     let watch = bounded("WatchChanges", resources.watch_changes(task_mcp::pb::WatchChangesRequest::default())).await;
     assert!(watch.is_ok(), "b's gRPC watch refused while a holds {} streams: {:?}", held.len(), watch.err());
 }
+
+/// Connections were not bounded: with the common soft open-file limit of 1,024, 1,100 silent
+/// TCP connections to the HTTP port (no request, nothing to authenticate; the 30 s head timeout
+/// closes them, and the client opens them again) left the process no descriptor: neither port
+/// accepted, readiness failed and the workspace could open no file. Each listener now holds at
+/// most its share of the limit, so the other port and the disk keep working.
+#[tokio::test]
+async fn silent_connections_cannot_use_up_the_file_descriptors() {
+    let server = Server::builder().auth_token(&format!("a={TOKEN_A}")).nofile(512).start();
+    let http_addr = server.http_addr.expect("the listening line names http_addr");
+    let mut silent = Vec::new();
+    for _ in 0..700 {
+        let connect = tokio::net::TcpStream::connect(http_addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+            silent.push(stream);
+        }
+    }
+    assert!(silent.len() >= 500, "the attack itself failed: only {} connections", silent.len());
+
+    let mut changes = server.changes().await;
+    let request = task_mcp::pb::OpenChangeRequest {
+        title: "Still writable".into(),
+        slug: "still-writable".into(),
+        owner: "a".into(),
+        ..Default::default()
+    };
+    let opened = bounded("OpenChange", changes.open_change(request)).await;
+    assert!(opened.is_ok(), "a change could not be opened under the flood: {:?}", opened.err());
+    server.assert_serving().await;
+
+    drop(silent);
+    // Once the attacker leaves, the HTTP port serves again (the closes reach the server
+    // asynchronously, hence the bounded retries).
+    let mut answered = None;
+    for _ in 0..50 {
+        match http().get(format!("{}/v1/tools", server.http_base())).bearer_auth(TOKEN_A).send().await {
+            Ok(response) => {
+                answered = Some(response.status().as_u16());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(answered, Some(200));
+}
