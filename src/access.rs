@@ -4,11 +4,16 @@ use std::sync::Arc;
 
 use task_mcp_gateway::{Access, Admission};
 
-use crate::{auth::Tokens, rate_limit::RateLimiter};
+use crate::{
+    auth::Tokens,
+    rate_limit::{AuthFailureThrottle, RateLimiter},
+};
 
 pub struct ServiceAccess {
     pub tokens: Arc<Tokens>,
     pub limiter: Arc<RateLimiter>,
+    /// Shared with the gRPC face, so an address has one budget of failures, not one per port.
+    pub throttle: Arc<AuthFailureThrottle>,
 }
 
 impl Access for ServiceAccess {
@@ -25,6 +30,14 @@ impl Access for ServiceAccess {
     fn auth_enabled(&self) -> bool {
         !self.tokens.is_empty()
     }
+
+    fn auth_throttled(&self, client: std::net::IpAddr) -> Option<std::time::Duration> {
+        self.throttle.check(client).err()
+    }
+
+    fn auth_failed(&self, client: std::net::IpAddr) {
+        self.throttle.failed(client);
+    }
 }
 
 #[cfg(test)]
@@ -36,10 +49,15 @@ mod tests {
         let access = ServiceAccess {
             tokens: Arc::new(Tokens::from_config(&["ops=tok".into()], None).unwrap()),
             limiter: Arc::new(RateLimiter::new(1, 1)),
+            throttle: Arc::new(AuthFailureThrottle::new(1)),
         };
         assert_eq!(access.admit(None), Admission::Unauthenticated);
         assert_eq!(access.admit(Some("Bearer tok")), Admission::Allowed { principal: "ops".into() });
         assert!(matches!(access.admit(Some("Bearer tok")), Admission::RateLimited { .. }));
         assert!(access.auth_enabled());
+        let client = "192.0.2.1".parse().unwrap();
+        assert_eq!(access.auth_throttled(client), None);
+        access.auth_failed(client);
+        assert!(access.auth_throttled(client).is_some(), "the one failure a minute is used");
     }
 }

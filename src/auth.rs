@@ -85,6 +85,11 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    /// How many principals the tokens name (several tokens may name one).
+    pub fn principal_count(&self) -> usize {
+        self.0.iter().map(|e| &e.principal).collect::<std::collections::HashSet<_>>().len()
+    }
+
     /// Checks an `Authorization` header value. `None` means unauthenticated.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
         if self.0.is_empty() {
@@ -128,6 +133,9 @@ mod tests {
         assert!(t.authenticate(Some("Basic s3cret-alice")).is_none(), "another scheme is no bearer token");
         assert!(t.authenticate(Some("Bearers3cret-alice")).is_none());
         assert!(t.authenticate(None).is_none());
+        assert_eq!(t.principal_count(), 2);
+        let shared = Tokens::from_config(&["a=1".into(), "a=2".into(), "b=3".into()], None).unwrap();
+        assert_eq!(shared.principal_count(), 2, "two tokens of one principal are one principal");
     }
 
     #[test]

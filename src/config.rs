@@ -101,6 +101,12 @@ pub struct AccessSettings {
     /// Calls a principal may make at once before the sustained rate applies.
     #[arg(long, env = "TASK_MCP_RATE_LIMIT_BURST", default_value_t = 100, value_name = "N")]
     pub rate_limit_burst: u32,
+
+    /// Failed authentications a client address may make per minute (both ports together);
+    /// beyond, its requests are refused (429 / RESOURCE_EXHAUSTED) until the budget refills.
+    /// 0 disables.
+    #[arg(long, env = "TASK_MCP_AUTH_FAILURES_PER_MINUTE", default_value_t = 30, value_name = "N")]
+    pub auth_failures_per_minute: u32,
 }
 
 /// The gateway's limits and policies.
@@ -139,6 +145,22 @@ pub struct GatewayFlags {
     /// Serve the MCP conformance suite's fixture tools, resources and prompts (testing only).
     #[arg(long, env = "TASK_MCP_CONFORMANCE_FIXTURES", value_parser = BoolishValueParser::new())]
     pub conformance_fixtures: bool,
+
+    /// Live MCP sessions one principal may hold (503 with Retry-After beyond); 0: no share.
+    /// Default: --max-sessions divided by the number of principals the tokens name, so that no
+    /// tenant can take another's sessions (with one principal, or none, no share).
+    #[arg(long, env = "TASK_MCP_MAX_SESSIONS_PER_PRINCIPAL", value_name = "N")]
+    pub max_sessions_per_principal: Option<usize>,
+
+    /// Open streams one principal may hold, all transports together; 0: no share.
+    /// Default: --max-streams divided by the number of principals the tokens name.
+    #[arg(long, env = "TASK_MCP_MAX_STREAMS_PER_PRINCIPAL", value_name = "N")]
+    pub max_streams_per_principal: Option<usize>,
+
+    /// Open connections each listener (HTTP, gRPC) may have; a connection beyond is closed at
+    /// once. Default: half of what the open-file limit leaves once 256 descriptors are kept back.
+    #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 /// A limit that 0 would turn into a server that passes readiness and serves nothing (every
@@ -255,7 +277,14 @@ impl std::fmt::Display for MetricsListen {
 }
 
 impl GatewayFlags {
-    pub fn to_config(&self) -> task_mcp_gateway::GatewayConfig {
+    /// `principals`: how many principals the tokens name (0 with no tokens), which an unset
+    /// per-principal share is divided by.
+    pub fn to_config(&self, principals: usize) -> task_mcp_gateway::GatewayConfig {
+        let share = |configured: Option<usize>, max: usize| match configured {
+            Some(n) => n,
+            None if principals > 1 => (max / principals).max(1),
+            None => 0,
+        };
         task_mcp_gateway::GatewayConfig {
             allowed_origins: self.allowed_origins.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
@@ -265,6 +294,8 @@ impl GatewayFlags {
             max_streams: self.max_streams,
             event_store_capacity: self.event_store_capacity,
             conformance_fixtures: self.conformance_fixtures,
+            max_sessions_per_principal: share(self.max_sessions_per_principal, self.max_sessions),
+            max_streams_per_principal: share(self.max_streams_per_principal, self.max_streams),
             ..task_mcp_gateway::GatewayConfig::default()
         }
     }
@@ -315,6 +346,19 @@ mod tests {
             assert!(err.to_string().contains(flag), "{flag}: {err}");
             assert!(Cli::try_parse_from(["task-mcp", "serve", flag, "1"]).is_ok(), "{flag} 1");
         }
+    }
+
+    #[test]
+    fn an_unset_share_is_an_equal_split_among_principals() {
+        let config = parse(&["--max-sessions", "10", "--max-streams", "7"]).gateway.to_config(2);
+        assert_eq!((config.max_sessions_per_principal, config.max_streams_per_principal), (5, 3));
+        let alone = parse(&[]).gateway.to_config(1);
+        assert_eq!((alone.max_sessions_per_principal, alone.max_streams_per_principal), (0, 0));
+        let anonymous = parse(&[]).gateway.to_config(0);
+        assert_eq!(anonymous.max_sessions_per_principal, 0, "no tokens: as before, no share");
+        let set =
+            parse(&["--max-sessions-per-principal", "9", "--max-streams-per-principal", "0"]).gateway.to_config(3);
+        assert_eq!((set.max_sessions_per_principal, set.max_streams_per_principal), (9, 0));
     }
 
     #[test]

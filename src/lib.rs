@@ -11,6 +11,7 @@ pub mod pb {
 pub mod access;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod rate_limit;
 pub mod startup;

@@ -22,6 +22,7 @@ use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
+    connections::ConnectionLimit,
     error::Error,
     grpc::{
         AppState,
@@ -31,7 +32,7 @@ use crate::{
         resources::ResourcesService,
     },
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
-    rate_limit::RateLimiter,
+    rate_limit::{AuthFailureThrottle, RateLimiter},
     telemetry::{
         LIFECYCLE,
         calls::{CallLogLayer, PrincipalLayer},
@@ -122,6 +123,7 @@ pub struct Application {
     state: AppState,
     tokens: Arc<Tokens>,
     limiter: Arc<RateLimiter>,
+    throttle: Arc<AuthFailureThrottle>,
     _watch: WatchGuard,
 }
 
@@ -162,6 +164,7 @@ impl Application {
                 settings.access.rate_limit_per_second,
                 settings.access.rate_limit_burst,
             )),
+            throttle: Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute)),
             tokens: Arc::new(tokens),
             state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
@@ -216,15 +219,28 @@ impl Application {
                 .layer(rejections::layer())
                 .service(routes.clone()),
         );
-        let access = Arc::new(ServiceAccess { tokens: self.tokens.clone(), limiter: self.limiter.clone() });
-        let gateway =
-            gateway_state(in_process, access, self.settings.gateway.to_config(), self.metrics.gateway.clone())?;
+        let principals = self.tokens.principal_count();
+        let access = Arc::new(ServiceAccess {
+            tokens: self.tokens.clone(),
+            limiter: self.limiter.clone(),
+            throttle: self.throttle.clone(),
+        });
+        let gateway = gateway_state(
+            in_process,
+            access,
+            self.settings.gateway.to_config(principals),
+            self.metrics.gateway.clone(),
+        )?;
         let router = http_router(gateway.clone());
 
         // Metrics outermost: they see every call's final status, deadline and
         // refusals included. gRPC clients' server streams share the gateway's
         // stream slots (one process-wide cap).
-        let gate = StreamGate { sessions: gateway.sessions.clone(), shutdown: self.state.shutdown.clone() };
+        let gate = StreamGate {
+            sessions: gateway.sessions.clone(),
+            shutdown: self.state.shutdown.clone(),
+            tokens: self.tokens.clone(),
+        };
         let grpc_layers = ServiceBuilder::new()
             // Not gRPC at all: 415 before anything counts it as a call.
             .layer(crate::grpc::content_type::GrpcOnlyLayer)
@@ -234,6 +250,10 @@ impl Application {
             .layer(CallLogLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
+            .layer(
+                layers::AuthThrottleLayer::new(&self.tokens, self.throttle.clone())
+                    .counting(self.metrics.gateway.clone()),
+            )
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
             .layer(PrincipalLayer)
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
@@ -263,9 +283,16 @@ impl Application {
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let grpc_drain = wait_for(drain_rx.clone());
         let http_drain = wait_for(drain_rx.clone());
-        let incoming = crate::grpc::incoming::connections(self.grpc_listener, crate::grpc::incoming::PREFACE_TIMEOUT);
+        let max_connections =
+            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let incoming = crate::grpc::incoming::connections(
+            self.grpc_listener,
+            crate::grpc::incoming::PREFACE_TIMEOUT,
+            ConnectionLimit::new("gRPC", max_connections),
+        );
         let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
-        let http = serve_http(self.http_listener, router, http_drain);
+        let http =
+            serve_http(self.http_listener, router, http_drain, Some(ConnectionLimit::new("HTTP", max_connections)));
         // The Prometheus endpoint stays up while draining (a scrape during the
         // drain still answers) and stops with the other listeners.
         let scrape_parts = self.metrics_listener.zip(self.export.registry().cloned());
@@ -273,7 +300,7 @@ impl Application {
             match scrape_parts {
                 Some(((listener, _), registry)) => {
                     let router = crate::telemetry::metrics::prometheus_router(registry);
-                    serve_http(listener, router, wait_for(drain_rx)).await
+                    serve_http(listener, router, wait_for(drain_rx), None).await
                 }
                 None => Ok(()),
             }
@@ -403,10 +430,12 @@ async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
+/// `limit`: the connections the listener may have open (`None`: the loopback metrics endpoint).
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     drain: impl Future<Output = ()> + Send + 'static,
+    limit: Option<ConnectionLimit>,
 ) -> Result<(), StartupError> {
     use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
     // HTTP/1.1 only, without the HTTP/2 sniffing of a dual-protocol server: that
@@ -422,9 +451,9 @@ async fn serve_http(
     let graceful = GracefulShutdown::new();
     let mut drain = std::pin::pin!(drain);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_failed("HTTP", &err).await;
                     continue;
@@ -432,13 +461,29 @@ async fn serve_http(
             },
             () = &mut drain => break,
         };
+        // Over the limit the connection is closed at once, before hyper sees it.
+        let permit = match &limit {
+            Some(limit) => match limit.admit() {
+                Some(permit) => Some(permit),
+                None => continue,
+            },
+            None => None,
+        };
         // Each SSE event and each JSON answer leaves in one write; with Nagle on, a
         // small trailing write would wait for the previous one's ACK.
         let _ = tcp.set_nodelay(true);
-        // A clone of the Router shares its route table (an `Arc`).
-        let service = TowerToHyperService::new(router.clone());
+        // A clone of the Router shares its route table (an `Arc`). The peer's address goes with
+        // each request, as axum's `ConnectInfo`: failed authentication is throttled by it.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "HTTP connection ended with an error");
             }
@@ -538,12 +583,14 @@ impl GatewayApplication {
                 .option_layer(traces::propagate_layer())
                 .service(channel),
         );
-        let access = Arc::new(ServiceAccess { tokens, limiter });
+        let throttle = Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute));
+        let principals = tokens.principal_count();
+        let access = Arc::new(ServiceAccess { tokens, limiter, throttle });
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
         let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
-        let state = gateway_state(service, access, settings.gateway.to_config(), metrics.gateway.clone())?;
+        let state = gateway_state(service, access, settings.gateway.to_config(principals), metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
     }
@@ -553,7 +600,10 @@ impl GatewayApplication {
     pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
         tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx));
+        let max_connections =
+            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let limit = ConnectionLimit::new("HTTP", max_connections);
+        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(limit));
         tokio::pin!(http);
         let early = tokio::select! {
             result = &mut http => Some(result),

@@ -1143,7 +1143,10 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
         .auth_token(&format!("ops={TOKEN}"))
         .args(["--auth-token", &format!("slow={SLOW_TOKEN}")])
         .rate_limit(RATE, BURST as u32)
-        .args(["--max-streams", &MAX_STREAMS.to_string()]);
+        .args(["--max-streams", &MAX_STREAMS.to_string()])
+        // The floods below need every wrong token answered 401 and every stream over the
+        // global cap refused 503, whoever asks: no throttle of failures, no per-principal share.
+        .args(["--auth-failures-per-minute", "0", "--max-streams-per-principal", "0"]);
     for (i, t) in FLOOD_TOKENS.iter().enumerate() {
         builder = builder.args(["--auth-token".to_string(), format!("flood{}={t}", i + 1)]);
     }

@@ -18,6 +18,15 @@ pub trait Access: Send + Sync + 'static {
     fn admit(&self, authorization: Option<&str>) -> Admission;
     /// Whether tokens are configured (with none, every caller is `anonymous`).
     fn auth_enabled(&self) -> bool;
+
+    /// `Some(wait)` while `client` may not try credentials: it failed too often lately.
+    /// Asked before [`Access::admit`], so a throttled client's token is never looked at.
+    fn auth_throttled(&self, _client: std::net::IpAddr) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// `client` presented credentials that were refused.
+    fn auth_failed(&self, _client: std::net::IpAddr) {}
 }
 
 /// Admits everyone as `anonymous`, unlimited. For tests and fixtures.

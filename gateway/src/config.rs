@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     pub sse_retry: Duration,
     /// Serve the MCP conformance suite's fixture tools, resources and prompts.
     pub conformance_fixtures: bool,
+    /// Live sessions one principal may hold; 0: no share (only `max_sessions` bounds it).
+    pub max_sessions_per_principal: usize,
+    /// Open streams one principal may hold; 0: no share (only `max_streams` bounds it).
+    pub max_streams_per_principal: usize,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +50,8 @@ impl Default for GatewayConfig {
             sse_keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_millis(1000),
             conformance_fixtures: false,
+            max_sessions_per_principal: 0,
+            max_streams_per_principal: 0,
         }
     }
 }

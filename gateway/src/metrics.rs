@@ -194,6 +194,8 @@ pub enum AuthResult {
     Malformed,
     /// A Bearer token nobody configured.
     Invalid,
+    /// Not looked at: the client address failed too often lately.
+    Throttled,
 }
 
 impl AuthResult {
@@ -216,6 +218,7 @@ impl AuthResult {
             AuthResult::Missing => ("failure", "missing"),
             AuthResult::Malformed => ("failure", "malformed"),
             AuthResult::Invalid => ("failure", "invalid"),
+            AuthResult::Throttled => ("failure", "throttled"),
         }
     }
 }

@@ -340,11 +340,13 @@ async fn list_tools(State(state): State<Arc<AppState>>) -> Response {
 
 async fn call_tool(
     State(state): State<Arc<AppState>>,
+    principal: Option<axum::Extension<crate::security::Principal>>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match call_tool_inner(&state, name, &headers, body).await {
+    let principal = principal.map(|p| p.0.0);
+    match call_tool_inner(&state, principal.as_deref(), name, &headers, body).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
@@ -352,6 +354,7 @@ async fn call_tool(
 
 async fn call_tool_inner(
     state: &Arc<AppState>,
+    principal: Option<&str>,
     name: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     body: Body,
@@ -383,7 +386,7 @@ async fn call_tool_inner(
             let result = state.upstream.call_tool(tool, &args, ctx).await?;
             Ok(json_body_response(StatusCode::OK, result.into_bytes()))
         }
-        Wire::Ndjson | Wire::Sse => stream_reply(state, tool, args, ctx, wire).await,
+        Wire::Ndjson | Wire::Sse => stream_reply(state, principal, tool, args, ctx, wire).await,
     }
 }
 
@@ -392,6 +395,7 @@ async fn call_tool_inner(
 /// later failures become an `error` event (the status is sent by then).
 async fn stream_reply(
     state: &Arc<AppState>,
+    principal: Option<&str>,
     tool: &ToolDef,
     args: Value,
     ctx: CallContext,
@@ -400,7 +404,7 @@ async fn stream_reply(
     let requested = std::time::Instant::now();
     // A streamed answer takes one of the process-wide stream slots, like an
     // MCP SSE stream: refused (503) at capacity or while draining.
-    let Some(slot) = state.sessions.open_stream() else {
+    let Some(slot) = state.sessions.open_stream(principal) else {
         return Err(stream_refused(state));
     };
     // A tool without a streaming form yields its result alone (upstream.rs).

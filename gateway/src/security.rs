@@ -23,8 +23,9 @@
 //! metrics ([`crate::metrics::HttpMetricsLayer`]), request counting
 //! ([`StatsLayer`]), `x-request-id` set/propagate, security headers, CORS.
 //! Counting is outermost so it sees the final status of everything, CORS
-//! preflights included; CORS is innermost so its preflight answers still get
-//! a request id and the security headers.
+//! preflights included; CORS comes late so its preflight answers still get
+//! a request id and the security headers. Innermost, [`AuthThrottleLayer`]
+//! refuses (429) a client address that failed authentication too often lately.
 //!
 //! [`AuthCheck`] also counts `auth.attempts` (when tokens are configured) and
 //! `rate_limit.hits`, with the transport of the path (`mcp` or `http`). The
@@ -108,11 +109,16 @@ where
 
 /// Layers for every route.
 pub fn outer(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    outer_with(router, &state.config, Arc::clone(state))
+    outer_with(router, &state.config, Some(Arc::clone(&state.access)), Arc::clone(state))
 }
 
-/// [`outer`] with its parts spelled out (for tests).
-pub fn outer_with<S, T>(router: Router<S>, config: &GatewayConfig, stats: T) -> Router<S>
+/// [`outer`] with its parts spelled out (for tests); `access` throttles failed authentication.
+pub fn outer_with<S, T>(
+    router: Router<S>,
+    config: &GatewayConfig,
+    access: Option<Arc<dyn Access>>,
+    stats: T,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     T: StatsRef,
@@ -120,11 +126,12 @@ where
     router.layer(
         ServiceBuilder::new()
             .layer(crate::metrics::HttpMetricsLayer::new(stats.metrics()))
-            .layer(StatsLayer { stats })
+            .layer(StatsLayer { stats: stats.clone() })
             .layer(SetRequestIdLayer::x_request_id(MakeCounterId))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(MapResponseLayer::new(security_headers as fn(Response) -> Response))
-            .option_layer(cors(&config.allowed_origins)),
+            .option_layer(cors(&config.allowed_origins))
+            .option_layer(access.map(|access| AuthThrottleLayer { access, stats: stats.clone() })),
     )
 }
 
@@ -139,6 +146,8 @@ pub enum Refusal {
     MissingToken,
     InvalidToken,
     RateLimited(Duration),
+    /// The client address failed authentication too often lately ([`AuthThrottleLayer`]).
+    AuthThrottled(Duration),
     BodyTooLarge(usize),
 }
 
@@ -147,7 +156,7 @@ impl Refusal {
         match self {
             Refusal::HostNotAllowed | Refusal::OriginNotAllowed => Rejection::Forbidden,
             Refusal::MissingToken | Refusal::InvalidToken => Rejection::Unauthenticated,
-            Refusal::RateLimited(_) => Rejection::RateLimited,
+            Refusal::RateLimited(_) | Refusal::AuthThrottled(_) => Rejection::RateLimited,
             Refusal::BodyTooLarge(_) => Rejection::PayloadTooLarge,
         }
     }
@@ -156,7 +165,7 @@ impl Refusal {
         match self {
             Refusal::HostNotAllowed | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
             Refusal::MissingToken | Refusal::InvalidToken => StatusCode::UNAUTHORIZED,
-            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RateLimited(_) | Refusal::AuthThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -166,7 +175,7 @@ impl Refusal {
         match self {
             Refusal::HostNotAllowed | Refusal::OriginNotAllowed => "PERMISSION_DENIED",
             Refusal::MissingToken | Refusal::InvalidToken => "UNAUTHENTICATED",
-            Refusal::RateLimited(_) | Refusal::BodyTooLarge(_) => "RESOURCE_EXHAUSTED",
+            Refusal::RateLimited(_) | Refusal::AuthThrottled(_) | Refusal::BodyTooLarge(_) => "RESOURCE_EXHAUSTED",
         }
     }
 
@@ -177,6 +186,7 @@ impl Refusal {
             Refusal::MissingToken => "MISSING_TOKEN",
             Refusal::InvalidToken => "INVALID_TOKEN",
             Refusal::RateLimited(_) => "RATE_LIMITED",
+            Refusal::AuthThrottled(_) => "AUTH_THROTTLED",
             Refusal::BodyTooLarge(_) => "BODY_TOO_LARGE",
         }
     }
@@ -189,6 +199,9 @@ impl Refusal {
             Refusal::InvalidToken => "the bearer token is not valid".into(),
             Refusal::RateLimited(after) => {
                 format!("rate limit exceeded; retry after {} s", retry_after_secs(after))
+            }
+            Refusal::AuthThrottled(after) => {
+                format!("too many failed authentications from this address; retry after {} s", retry_after_secs(after))
             }
             Refusal::BodyTooLarge(max) => format!("request body exceeds {max} bytes"),
         }
@@ -207,7 +220,7 @@ impl Refusal {
         } else {
             let details = match self {
                 // Same shape as the upstream's `RetryInfo` detail (error.rs).
-                Refusal::RateLimited(after) => {
+                Refusal::RateLimited(after) | Refusal::AuthThrottled(after) => {
                     json!({"retryInfo": {"retryDelayMs": u64::try_from(after.as_millis()).unwrap_or(u64::MAX)}})
                 }
                 _ => json!({}),
@@ -223,7 +236,7 @@ impl Refusal {
             Refusal::InvalidToken => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE_INVALID));
             }
-            Refusal::RateLimited(after) => {
+            Refusal::RateLimited(after) | Refusal::AuthThrottled(after) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
             }
             _ => {}
@@ -512,6 +525,105 @@ pub fn authorize(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Pri
         .check(uri, headers)
         .and_then(|()| admit(state.access.as_ref(), &state.metrics, uri, headers))
         .inspect_err(|refusal| state.stats.reject(refusal.kind()))
+}
+
+// ---------------------------------------------------------------------------
+// Throttling of failed authentication, per client address
+
+/// The innermost layer of [`outer`]: a client address that failed authentication too often
+/// lately ([`Access::auth_throttled`]) gets 429 with `Retry-After` before its token is looked at,
+/// on every route that takes one (`/health/metrics` included); a request that presented
+/// credentials and was answered 401 is one failure ([`Access::auth_failed`]). Outside
+/// [`protect`] so that `/health/metrics`, which authenticates in its handler, cannot serve as an
+/// unthrottled oracle; `/health/live` and `/health/ready` pass untouched, so probes are never
+/// throttled. The address is the TCP peer's (`ConnectInfo`), never a header a client writes.
+#[derive(Clone)]
+pub struct AuthThrottleLayer<T> {
+    pub access: Arc<dyn Access>,
+    pub stats: T,
+}
+
+impl<S, T: Clone> Layer<S> for AuthThrottleLayer<T> {
+    type Service = AuthThrottle<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthThrottle { inner, access: Arc::clone(&self.access), stats: self.stats.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthThrottle<S, T> {
+    inner: S,
+    access: Arc<dyn Access>,
+    stats: T,
+}
+
+/// The client address of a request: the TCP peer the server recorded.
+fn client_address(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
+}
+
+impl<S, T> Service<Request> for AuthThrottle<S, T>
+where
+    S: Service<Request, Response = Response>,
+    T: StatsRef,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, AuthThrottleFuture<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let probe = matches!(req.uri().path(), "/health/live" | "/health/ready");
+        let client = client_address(&req).filter(|_| !probe && self.access.auth_enabled());
+        let Some(client) = client else {
+            return Either::Right(AuthThrottleFuture { inner: self.inner.call(req), failed: None });
+        };
+        if let Some(wait) = self.access.auth_throttled(client) {
+            let refusal = Refusal::AuthThrottled(wait);
+            let path = req.uri().path();
+            self.stats.metrics().auth(Transport::of_path(path), AuthResult::Throttled);
+            self.stats.stats().reject(refusal.kind());
+            tracing::info!(%client, path, "rejected: too many failed authentications");
+            return Either::Left(ready(Ok(refusal.response(is_mcp_path(path)))));
+        }
+        // Only a request that presented credentials can fail: one without is a client
+        // discovering that a token is needed, not a guess.
+        let presented = req.headers().contains_key(header::AUTHORIZATION);
+        let failed = presented.then(|| (Arc::clone(&self.access), client));
+        Either::Right(AuthThrottleFuture { inner: self.inner.call(req), failed })
+    }
+}
+
+pin_project! {
+    /// Records a failure when the answer is 401.
+    pub struct AuthThrottleFuture<F> {
+        #[pin]
+        inner: F,
+        failed: Option<(Arc<dyn Access>, std::net::IpAddr)>,
+    }
+}
+
+impl<F, E> Future for AuthThrottleFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(res) = &result
+            && res.status() == StatusCode::UNAUTHORIZED
+            && let Some((access, client)) = this.failed.take()
+        {
+            access.auth_failed(client);
+        }
+        Poll::Ready(result)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1368,7 +1480,7 @@ mod tests {
     #[tokio::test]
     async fn cors_absent_without_origins() {
         assert!(cors(&[]).is_none());
-        let app = outer_with(tiny(), &GatewayConfig::default(), stats());
+        let app = outer_with(tiny(), &GatewayConfig::default(), None, stats());
         let res = app
             .oneshot(req(Method::GET, "/v1/x", &[("origin", "http://localhost:6274")], Body::empty()))
             .await
@@ -1383,7 +1495,7 @@ mod tests {
         let config =
             GatewayConfig { allowed_origins: vec!["http://localhost:6274".into()], ..GatewayConfig::default() };
         let s = stats();
-        let app = outer_with(tiny(), &config, s.clone());
+        let app = outer_with(tiny(), &config, None, s.clone());
         let preflight = req(
             Method::OPTIONS,
             "/mcp",

@@ -2,8 +2,9 @@
 //! HTTP/2, which waits for the client's preface without a limit, and retries a failed
 //! `accept` at once: sockets that never speak would be held until the descriptors run out,
 //! and then the accept loop would spin. Here a connection must send the HTTP/2 preface
-//! within [`PREFACE_TIMEOUT`] (nothing is authenticated before it, so that is the only
-//! bound an anonymous client meets), and a failed `accept` is waited out.
+//! within [`PREFACE_TIMEOUT`] (nothing is authenticated before it), the listener holds at most
+//! its [`ConnectionLimit`] of connections (a connection over it is closed at once), and a
+//! failed `accept` is waited out.
 use std::{io, time::Duration};
 
 use tokio::{
@@ -12,13 +13,20 @@ use tokio::{
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
+use crate::connections::{ConnectionLimit, LimitedStream};
+
 /// How long a new connection has to send the 24 bytes of the HTTP/2 preface.
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 const PREFACE_LEN: usize = 24;
 
-/// The connections of `listener` that sent their preface in time, with `TCP_NODELAY` set.
-/// Accepting stops when the server drops the stream.
-pub fn connections(listener: TcpListener, timeout: Duration) -> impl Stream<Item = io::Result<TcpStream>> {
+/// The connections of `listener` that sent their preface in time, with `TCP_NODELAY` set, each
+/// holding its place under `limit` until it closes. Accepting stops when the server drops the
+/// stream.
+pub fn connections(
+    listener: TcpListener,
+    timeout: Duration,
+    limit: ConnectionLimit,
+) -> impl Stream<Item = io::Result<LimitedStream>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -32,11 +40,16 @@ pub fn connections(listener: TcpListener, timeout: Duration) -> impl Stream<Item
                 },
                 () = tx.closed() => return,
             };
+            // Counted from the accept: a connection waiting for its preface holds a descriptor too.
+            let Some(permit) = limit.admit() else {
+                drop(stream);
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 if tokio::time::timeout(timeout, preface_arrives(&stream)).await == Ok(true) {
                     let _ = stream.set_nodelay(true);
-                    let _ = tx.send(Ok(stream)).await;
+                    let _ = tx.send(Ok(LimitedStream::new(stream, permit))).await;
                 }
             });
         }
@@ -68,7 +81,8 @@ mod tests {
     async fn a_connection_is_served_once_its_preface_arrives_and_dropped_if_it_never_does() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = std::pin::pin!(connections(listener, Duration::from_millis(300)));
+        let mut incoming =
+            std::pin::pin!(connections(listener, Duration::from_millis(300), ConnectionLimit::new("test", 8)));
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut half = TcpStream::connect(addr).await.unwrap();
@@ -77,7 +91,7 @@ mod tests {
         speaking.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
 
         let served = incoming.next().await.unwrap().unwrap();
-        assert_eq!(served.peer_addr().unwrap(), speaking.local_addr().unwrap());
+        assert_eq!(served.get_ref().peer_addr().unwrap(), speaking.local_addr().unwrap());
         // The other two are closed by the server once their time is up.
         for stream in [&mut silent, &mut half] {
             let mut byte = [0u8; 1];

@@ -14,7 +14,11 @@ use tower::{Layer, Service};
 
 use task_mcp_gateway::metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport};
 
-use crate::{auth::Tokens, error::Error, rate_limit::RateLimiter};
+use crate::{
+    auth::Tokens,
+    error::Error,
+    rate_limit::{AuthFailureThrottle, RateLimiter},
+};
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -101,6 +105,90 @@ where
                 Box::pin(async { Ok(reject(Error::Unauthenticated)) })
             }
         }
+    }
+}
+
+/// Just outside [`AuthLayer`]: a client address that failed authentication too often lately
+/// (the budget is shared with the HTTP face) is refused RESOURCE_EXHAUSTED with `RetryInfo`
+/// before its token is looked at; a call that presented credentials and was refused
+/// UNAUTHENTICATED is one failure. Health checks pass, as through the other layers. Only
+/// with tokens configured (without them nothing can fail).
+#[derive(Clone)]
+pub struct AuthThrottleLayer {
+    throttle: Option<Arc<AuthFailureThrottle>>,
+    metrics: Option<Arc<GatewayMetrics>>,
+}
+
+impl AuthThrottleLayer {
+    pub fn new(tokens: &Tokens, throttle: Arc<AuthFailureThrottle>) -> Self {
+        AuthThrottleLayer { throttle: (!tokens.is_empty()).then_some(throttle), metrics: None }
+    }
+
+    /// Counts a refusal as `auth.attempts` with reason `throttled` (transport `grpc`).
+    pub fn counting(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+impl<S> Layer<S> for AuthThrottleLayer {
+    type Service = AuthThrottle<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthThrottle { inner, throttle: self.throttle.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthThrottle<S> {
+    inner: S,
+    throttle: Option<Arc<AuthFailureThrottle>>,
+    metrics: Option<Arc<GatewayMetrics>>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AuthThrottle<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The TCP peer, as tonic recorded it; the in-process gateway's calls have none (the
+        // gateway throttled its client already).
+        let client = req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|c| c.remote_addr());
+        let (Some(throttle), Some(client)) = (self.throttle.clone(), client) else {
+            return Box::pin(inner.call(req));
+        };
+        if req.uri().path().starts_with(HEALTH_PREFIX) {
+            return Box::pin(inner.call(req));
+        }
+        let client = client.ip();
+        if let Err(retry_after) = throttle.check(client) {
+            if let Some(metrics) = &self.metrics {
+                metrics.auth(Transport::Grpc, AuthResult::Throttled);
+            }
+            tracing::info!(%client, path = req.uri().path(), "rejected: too many failed authentications");
+            return Box::pin(async move { Ok(reject(Error::RateLimited { retry_after })) });
+        }
+        let presented = req.headers().contains_key(http::header::AUTHORIZATION);
+        Box::pin(async move {
+            let response = inner.call(req).await?;
+            let unauthenticated = response.headers().get("grpc-status").is_some_and(|s| s.as_bytes() == b"16");
+            if presented && unauthenticated {
+                throttle.failed(client);
+            }
+            Ok(response)
+        })
     }
 }
 

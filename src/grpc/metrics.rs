@@ -184,6 +184,9 @@ pub struct StreamGate {
     /// The gateway's session store holds the process-wide stream slots.
     pub sessions: Arc<SessionStore>,
     pub shutdown: CancellationToken,
+    /// Whose share a stream takes: this layer runs before authentication (it must see every
+    /// call's final status), so it reads the caller's principal from its token itself.
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 #[derive(Clone)]
@@ -263,7 +266,7 @@ where
         if info.stream.is_some()
             && let Some(gate) = &self.shared.gate
         {
-            match admit_stream(gate) {
+            match admit_stream(gate, req.headers()) {
                 Ok(slot) => call.slot = Some(slot),
                 Err(refusal) => {
                     self.shared.metrics.gateway.stream_rejected(Transport::Grpc, refusal);
@@ -284,11 +287,14 @@ where
     }
 }
 
-fn admit_stream(gate: &StreamGate) -> Result<StreamSlot, StreamRejection> {
+fn admit_stream(gate: &StreamGate, headers: &HeaderMap) -> Result<StreamSlot, StreamRejection> {
     if gate.shutdown.is_cancelled() || gate.sessions.is_closing() {
         return Err(StreamRejection::ShuttingDown);
     }
-    gate.sessions.open_stream().ok_or(StreamRejection::Capacity)
+    let sent = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // A caller the auth layer will refuse holds its slot only until that answer is sent.
+    let principal = gate.tokens.authenticate(sent);
+    gate.sessions.open_stream(principal.as_ref().map(|p| p.as_str())).ok_or(StreamRejection::Capacity)
 }
 
 /// UNAVAILABLE (retryable, with a hint) for a stream over the cap.
@@ -823,7 +829,11 @@ mod tests {
 
     fn gate(max: usize) -> StreamGate {
         let config = task_mcp_gateway::GatewayConfig { max_streams: max, ..Default::default() };
-        StreamGate { sessions: Arc::new(SessionStore::new(&config)), shutdown: CancellationToken::new() }
+        StreamGate {
+            sessions: Arc::new(SessionStore::new(&config)),
+            shutdown: CancellationToken::new(),
+            tokens: Arc::new(crate::auth::Tokens::default()),
+        }
     }
 
     #[tokio::test]

@@ -107,6 +107,7 @@ pub struct ServerBuilder {
     auth_token: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    nofile: Option<u64>,
 }
 
 /// The server exited (or never said it was listening) before it was ready.
@@ -163,6 +164,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts the server with this open-file limit (`RLIMIT_NOFILE`, soft and hard).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     /// Starts the server and waits for it to listen; panics with its logs if it cannot.
     pub fn start(self) -> Server {
         match self.try_start() {
@@ -209,6 +216,20 @@ impl ServerBuilder {
         }
         for (key, value) in &self.env {
             cmd.env(key, value);
+        }
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let command_line = format!("{cmd:?}");
@@ -350,6 +371,7 @@ impl Server {
             auth_token: None,
             args: Vec::new(),
             env: Vec::new(),
+            nofile: None,
         }
     }
 

@@ -108,13 +108,15 @@ pub fn prometheus_name(instrument: &str, unit: &str, monotonic_counter: bool) ->
 // ------------------------------------------------------------------ server
 
 /// The server both tests run: two principals, a rate limit the `slow` one
-/// exhausts, a stream cap of two, and whatever `configure` adds.
+/// exhausts, a stream cap of two that `ops` alone fills (no per-principal share,
+/// which would otherwise give each principal one), and whatever `configure` adds.
 pub fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Server {
     let builder = Server::builder()
         .auth_token(&format!("ops={TOKEN}"))
         .args(["--auth-token", &format!("slow={SLOW_TOKEN}")])
         .rate_limit(1, BURST)
-        .args(["--max-streams", &MAX_STREAMS.to_string()]);
+        .args(["--max-streams", &MAX_STREAMS.to_string()])
+        .args(["--max-streams-per-principal", "0"]);
     configure(builder).start()
 }
 

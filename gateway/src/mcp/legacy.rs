@@ -37,7 +37,7 @@ pub async fn get(
     if headers.contains_key(http::header::ACCEPT) && !transport::accepts_all(&headers, ["text/event-stream"]) {
         return transport_error(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: Accept must list text/event-stream");
     }
-    let Some(slot) = state.sessions.open_stream() else {
+    let Some(slot) = state.sessions.open_stream(Some(&principal)) else {
         return transport::too_many_streams(&state);
     };
     // Until `initialize` says otherwise, the latest version: an SDK client whose stream

@@ -221,32 +221,70 @@ pub enum Lookup {
 }
 
 pub struct SessionStore {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<Sessions>,
     max_sessions: usize,
+    /// At most this many live sessions per principal (`usize::MAX`: no share).
+    sessions_per_principal: usize,
     idle_timeout: Duration,
     event_capacity: usize,
     streams: AtomicUsize,
     max_streams: usize,
+    /// At most this many open streams per principal (`usize::MAX`: no share).
+    streams_per_principal: usize,
+    /// Open streams by principal, kept only when there is a share to enforce.
+    principal_streams: Mutex<HashMap<Arc<str>, usize>>,
     /// Set by `drain`: no new stream opens afterwards.
     closing: std::sync::atomic::AtomicBool,
+}
+
+/// The live sessions, and how many each principal holds (so that a share is checked without
+/// walking them all); changed together, under one lock.
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, Arc<Session>>,
+    per_principal: HashMap<String, usize>,
+}
+
+impl Sessions {
+    fn insert(&mut self, session: Arc<Session>) {
+        *self.per_principal.entry(session.principal.clone()).or_default() += 1;
+        self.by_id.insert(session.id.clone(), session);
+    }
+
+    fn forget(&mut self, principal: &str) {
+        if let Some(held) = self.per_principal.get_mut(principal) {
+            *held -= 1;
+            if *held == 0 {
+                self.per_principal.remove(principal);
+            }
+        }
+    }
+}
+
+/// 0 in the configuration means no share.
+fn share(configured: usize) -> usize {
+    if configured == 0 { usize::MAX } else { configured }
 }
 
 impl SessionStore {
     pub fn new(config: &GatewayConfig) -> Self {
         SessionStore {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             max_sessions: config.max_sessions,
+            sessions_per_principal: share(config.max_sessions_per_principal),
             idle_timeout: config.session_idle_timeout,
             event_capacity: config.event_store_capacity,
             streams: AtomicUsize::new(0),
             max_streams: config.max_streams,
+            streams_per_principal: share(config.max_streams_per_principal),
+            principal_streams: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Live sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).by_id.len()
     }
 
     /// Open SSE streams over all sessions.
@@ -254,20 +292,21 @@ impl SessionStore {
         self.streams.load(Ordering::Relaxed)
     }
 
-    /// Creates a session, or None when the store is full.
+    /// Creates a session, or None when the store is full or the principal holds its share.
     pub fn create(&self, principal: &str, endpoint: Endpoint, version: &str) -> Option<Arc<Session>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.len() >= self.max_sessions {
+        let held = sessions.per_principal.get(principal).copied().unwrap_or(0);
+        if sessions.by_id.len() >= self.max_sessions || held >= self.sessions_per_principal {
             return None;
         }
         let session =
             Arc::new(Session::new(new_id(), principal.to_string(), endpoint, version.to_string(), self.event_capacity));
-        sessions.insert(session.id.clone(), session.clone());
+        sessions.insert(session.clone());
         Some(session)
     }
 
     pub fn get(&self, id: &str, principal: &str, endpoint: Endpoint) -> Result<Arc<Session>, Lookup> {
-        let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).by_id.get(id).cloned();
         match session {
             Some(s) if s.principal == principal && s.endpoint == endpoint && !s.is_idle(self.idle_timeout) => {
                 s.touch();
@@ -279,10 +318,11 @@ impl SessionStore {
 
     pub fn remove(&self, id: &str, principal: &str, endpoint: Endpoint) -> Lookup {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match sessions.get(id) {
+        match sessions.by_id.get(id) {
             Some(s) if s.principal == principal && s.endpoint == endpoint => {
                 s.end();
-                sessions.remove(id);
+                sessions.by_id.remove(id);
+                sessions.forget(principal);
                 Lookup::Found
             }
             _ => Lookup::NotFound,
@@ -292,15 +332,20 @@ impl SessionStore {
     /// Closes sessions idle longer than the timeout. Run periodically.
     pub fn sweep(&self) -> usize {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let before = sessions.len();
-        sessions.retain(|_, s| {
+        let before = sessions.by_id.len();
+        let mut ended = Vec::new();
+        sessions.by_id.retain(|_, s| {
             let keep = !s.is_idle(self.idle_timeout);
             if !keep {
                 s.end();
+                ended.push(s.principal.clone());
             }
             keep
         });
-        before - sessions.len()
+        for principal in &ended {
+            sessions.forget(principal);
+        }
+        before - sessions.by_id.len()
     }
 
     /// The server drains: no stream opens from now on, and every session's standalone
@@ -308,7 +353,7 @@ impl SessionStore {
     pub fn drain(&self) {
         self.closing.store(true, Ordering::Release);
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        for s in sessions.values() {
+        for s in sessions.by_id.values() {
             s.drain();
         }
     }
@@ -323,10 +368,11 @@ impl SessionStore {
         self.max_streams
     }
 
-    /// Reserves a stream slot; None when at capacity or draining. The gRPC
-    /// service takes its server streams from the same slots, so the cap is
-    /// process-wide.
-    pub fn open_stream(self: &Arc<Self>) -> Option<StreamSlot> {
+    /// Reserves a stream slot for `principal`; None when at capacity, when the principal holds
+    /// its share, or while draining. The gRPC service takes its server streams from the same
+    /// slots, so the cap is process-wide. `None` for the principal (a gRPC call not yet
+    /// authenticated, refused right after) takes a slot of the cap only.
+    pub fn open_stream(self: &Arc<Self>, principal: Option<&str>) -> Option<StreamSlot> {
         if self.is_closing() {
             return None;
         }
@@ -336,19 +382,55 @@ impl SessionStore {
                 return None;
             }
             match self.streams.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(StreamSlot(self.clone())),
+                Ok(_) => break,
                 Err(actual) => current = actual,
             }
         }
+        // Taken first so that a refusal below gives the slot back as the guard drops.
+        let mut slot = StreamSlot { store: self.clone(), principal: None };
+        if let Some(principal) = principal.filter(|_| self.streams_per_principal != usize::MAX) {
+            let mut held = self.principal_streams.lock().unwrap_or_else(|p| p.into_inner());
+            let key: Arc<str> = match held.get_key_value(principal) {
+                Some((key, _)) => key.clone(),
+                None => principal.into(),
+            };
+            let count = held.entry(key.clone()).or_default();
+            if *count >= self.streams_per_principal {
+                if *count == 0 {
+                    held.remove(principal);
+                }
+                return None;
+            }
+            *count += 1;
+            slot.principal = Some(key);
+        }
+        Some(slot)
+    }
+
+    /// Open streams `principal` holds (counted only when a share is enforced).
+    pub fn principal_stream_count(&self, principal: &str) -> usize {
+        self.principal_streams.lock().unwrap_or_else(|p| p.into_inner()).get(principal).copied().unwrap_or(0)
     }
 }
 
-/// One open SSE stream; the count drops with it.
-pub struct StreamSlot(Arc<SessionStore>);
+/// One open stream; the counts drop with it.
+pub struct StreamSlot {
+    store: Arc<SessionStore>,
+    principal: Option<Arc<str>>,
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(principal) = &self.principal {
+            let mut held = self.store.principal_streams.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = held.get_mut(principal) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(principal);
+                }
+            }
+        }
+        self.store.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -431,11 +513,52 @@ mod tests {
     #[test]
     fn stream_slots_are_bounded_and_released() {
         let s = store(10);
-        let one = s.open_stream().unwrap();
-        let _two = s.open_stream().unwrap();
-        assert!(s.open_stream().is_none());
+        let one = s.open_stream(Some("alice")).unwrap();
+        let _two = s.open_stream(None).unwrap();
+        assert!(s.open_stream(Some("alice")).is_none());
         drop(one);
-        assert!(s.open_stream().is_some());
+        assert!(s.open_stream(Some("alice")).is_some());
+    }
+
+    #[test]
+    fn a_principal_holds_at_most_its_share_and_others_still_get_theirs() {
+        let config = GatewayConfig {
+            max_sessions: 4,
+            max_streams: 4,
+            max_sessions_per_principal: 2,
+            max_streams_per_principal: 2,
+            ..GatewayConfig::default()
+        };
+        let s = Arc::new(SessionStore::new(&config));
+        let first = s.create("alice", Endpoint::Streamable, "v").unwrap();
+        let _second = s.create("alice", Endpoint::Legacy, "v").unwrap();
+        assert!(s.create("alice", Endpoint::Streamable, "v").is_none(), "alice holds her share");
+        assert!(s.create("bob", Endpoint::Streamable, "v").is_some(), "bob gets his");
+        assert_eq!(s.remove(&first.id, "alice", Endpoint::Streamable), Lookup::Found);
+        assert!(s.create("alice", Endpoint::Streamable, "v").is_some(), "a session closed is a share back");
+
+        let one = s.open_stream(Some("alice")).unwrap();
+        let _two = s.open_stream(Some("alice")).unwrap();
+        assert!(s.open_stream(Some("alice")).is_none(), "alice holds her share of streams");
+        assert_eq!(s.stream_count(), 2, "a refused share gives its slot of the cap back");
+        let _bob = s.open_stream(Some("bob")).unwrap();
+        drop(one);
+        assert_eq!(s.principal_stream_count("alice"), 1);
+        assert!(s.open_stream(Some("alice")).is_some());
+    }
+
+    #[test]
+    fn expired_sessions_give_their_principal_its_share_back() {
+        let config = GatewayConfig {
+            max_sessions: 4,
+            max_sessions_per_principal: 1,
+            session_idle_timeout: Duration::ZERO,
+            ..GatewayConfig::default()
+        };
+        let s = SessionStore::new(&config);
+        s.create("alice", Endpoint::Streamable, "v").unwrap();
+        assert_eq!(s.sweep(), 1);
+        assert!(s.create("alice", Endpoint::Streamable, "v").is_some());
     }
 
     #[test]
@@ -476,7 +599,7 @@ mod tests {
         assert!(idle.notifications.is_finished(), "nothing in flight: its stream ends now");
         assert!(!busy.notifications.is_finished(), "its answer is still to come on this stream");
         assert!(!call.cancel.is_cancelled(), "the call has the grace period to finish");
-        assert!(s.open_stream().is_none(), "no stream opens while draining");
+        assert!(s.open_stream(None).is_none(), "no stream opens while draining");
         drop(call);
         assert!(busy.notifications.is_finished(), "answered: the stream ends");
     }

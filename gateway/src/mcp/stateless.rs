@@ -140,7 +140,7 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
     }
     match method.as_str() {
         "server/discover" => transport::json_response(&jsonrpc::result(&id, decorate(&method, discover(&state)))),
-        "subscriptions/listen" => listen(state, headers, id, params),
+        "subscriptions/listen" => listen(state, &principal, headers, id, params),
         "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => rpc_error(
             StatusCode::NOT_FOUND,
             Some(&id),
@@ -207,7 +207,7 @@ fn stream(
     method: String,
     params: Value,
 ) -> Response {
-    let Some(slot) = state.sessions.open_stream() else {
+    let Some(slot) = state.sessions.open_stream(Some(&principal)) else {
         return transport::too_many_streams(&state);
     };
     let log = EventLog::new(1, state.config.event_store_capacity);
@@ -246,8 +246,8 @@ fn stream(
 /// in to (`params.notifications`), until the client closes it. The first frame
 /// acknowledges the subscription with the filter honoured; every frame carries
 /// `_meta["io.modelcontextprotocol/subscriptionId"]` = the listen request's id.
-fn listen(state: Arc<AppState>, headers: HeaderMap, id: Value, params: Value) -> Response {
-    let Some(slot) = state.sessions.open_stream() else {
+fn listen(state: Arc<AppState>, principal: &str, headers: HeaderMap, id: Value, params: Value) -> Response {
+    let Some(slot) = state.sessions.open_stream(Some(principal)) else {
         return transport::too_many_streams(&state);
     };
     let filter = params.get("notifications").cloned().unwrap_or_else(|| json!({}));

@@ -216,7 +216,7 @@ fn answer_with_stream(
     method: String,
     params: Value,
 ) -> Response {
-    let Some(slot) = state.sessions.open_stream() else {
+    let Some(slot) = state.sessions.open_stream(Some(&principal)) else {
         return transport::too_many_streams(&state);
     };
     let log = session.new_log();
@@ -341,7 +341,7 @@ pub async fn get(
         }
         None => (session.notifications.clone(), session.notifications.start_cursor()),
     };
-    let Some(slot) = state.sessions.open_stream() else {
+    let Some(slot) = state.sessions.open_stream(Some(&session.principal)) else {
         return transport::too_many_streams(&state);
     };
     let reader = log.claim();
