@@ -159,7 +159,7 @@ pub struct GatewayFlags {
 
     /// Open connections each listener (HTTP, gRPC) may have; a connection beyond is closed at
     /// once. Default: half of what the open-file limit leaves once 256 descriptors are kept back.
-    #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one())]
     pub max_connections: Option<usize>,
 }
 
@@ -341,7 +341,9 @@ mod tests {
 
     #[test]
     fn a_limit_of_zero_is_refused_at_start() {
-        for flag in ["--max-body-bytes", "--max-sessions", "--session-idle-seconds", "--max-streams"] {
+        for flag in
+            ["--max-body-bytes", "--max-sessions", "--session-idle-seconds", "--max-streams", "--max-connections"]
+        {
             let err = Cli::try_parse_from(["task-mcp", "serve", flag, "0"]).expect_err(flag);
             assert!(err.to_string().contains(flag), "{flag}: {err}");
             assert!(Cli::try_parse_from(["task-mcp", "serve", flag, "1"]).is_ok(), "{flag} 1");
