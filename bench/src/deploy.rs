@@ -110,6 +110,9 @@ fn serve_args(workspace: &Path, grpc: u16, http: u16, metrics: Option<String>) -
         s(30_000),
         s("--max-streams"),
         s(30_000),
+        // The default follows the open-file limit; the memory runs hold 10,000 connections and more.
+        s("--max-connections"),
+        s(30_000),
     ])
 }
 
@@ -158,6 +161,8 @@ pub async fn start_with(
                     s("--max-sessions"),
                     s(30_000),
                     s("--max-streams"),
+                    s(30_000),
+                    s("--max-connections"),
                     s(30_000),
                 ];
                 let mut gw = Server::spawn("gateway", o.cpu, &o.bins.task_mcp, &args, &quiet, &log("gateway"))?;
