@@ -158,7 +158,8 @@ pub struct GatewayFlags {
     pub max_streams_per_principal: Option<usize>,
 
     /// Open connections each listener (HTTP, gRPC) may have; a connection beyond is closed at
-    /// once. Default: half of what the open-file limit leaves once 256 descriptors are kept back.
+    /// once. Default: half of what the open-file limit leaves once 256 descriptors are kept back,
+    /// at most 32,768 (the soft open-file limit is first raised to the hard one).
     #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one())]
     pub max_connections: Option<usize>,
 }

@@ -55,14 +55,43 @@ impl ConnectionLimit {
     }
 }
 
+/// The default cap's ceiling per listener, whatever the open-file limit: 32,768 silent
+/// connections hold about 75 MiB, idle keep-alive ones about 380 MiB (BENCHMARKS.md), well
+/// above the 10,000 streams `--max-streams` allows by default.
+const DEFAULT_CEILING: u64 = 32_768;
+
+/// The most the soft open-file limit is raised to: Linux refuses more than `fs.nr_open`,
+/// 1,048,576 by default, even under an unlimited hard limit.
+const RAISE_CEILING: u64 = 1 << 20;
+
 /// `--max-connections` unset: what the process's open-file limit leaves for each of the two
-/// listeners once [`RESERVED_DESCRIPTORS`] are kept back (at least 16).
+/// listeners once [`RESERVED_DESCRIPTORS`] are kept back (at least 16, at most
+/// [`DEFAULT_CEILING`]).
 pub fn default_max_connections() -> usize {
+    let soft = open_file_limit().map_or(1024, |l| l.rlim_cur);
+    let per_listener = (soft.saturating_sub(RESERVED_DESCRIPTORS) / 2).clamp(16, DEFAULT_CEILING);
+    usize::try_from(per_listener).unwrap_or(16)
+}
+
+/// Raises the soft open-file limit to the hard one, as servers do (Go's runtime does it for
+/// every program): systemd and most shells start services at a soft 1,024 under a hard limit of
+/// 524,288, and 1,024 descriptors is about 380 connections per listener once the rest is kept
+/// back. Returns the limits before and after when it raised them.
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    let limit = open_file_limit()?;
+    let target = limit.rlim_max.min(RAISE_CEILING);
+    if limit.rlim_cur >= target {
+        return None;
+    }
+    let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0).then_some((limit.rlim_cur, target))
+}
+
+fn open_file_limit() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given and reads nothing else.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 };
-    let per_listener = soft.saturating_sub(RESERVED_DESCRIPTORS) / 2;
-    usize::try_from(per_listener).unwrap_or(usize::MAX).max(16)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 pin_project! {

@@ -14,9 +14,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let raised = task_mcp::connections::raise_open_file_limit();
     let (result, logging) = match Cli::parse().command {
         Command::Serve(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
+            log_raised(raised);
             let result = match Application::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
@@ -25,6 +27,7 @@ async fn main() -> ExitCode {
         }
         Command::Gateway(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
+            log_raised(raised);
             let result = match GatewayApplication::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
@@ -46,5 +49,11 @@ fn exit(result: Result<(), StartupError>) -> ExitCode {
             eprintln!("task-mcp: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn log_raised(raised: Option<(u64, u64)>) {
+    if let Some((from, to)) = raised {
+        tracing::info!(target: telemetry::LIFECYCLE, from, to, "open-file limit raised to the hard limit");
     }
 }

@@ -228,3 +228,16 @@ async fn silent_connections_cannot_use_up_the_file_descriptors() {
     }
     assert_eq!(answered, Some(200));
 }
+
+/// systemd and most shells start a service at a soft open-file limit of 1,024 under a much
+/// higher hard one; the connection caps follow the soft limit, so a server left there would
+/// close connections past about 380 per listener. It raises the soft limit to the hard one.
+#[tokio::test]
+async fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let server = Server::builder().nofile_limits(512, 4096).start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("read /proc/PID/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let figures: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(figures, ["4096", "4096"], "{line}");
+    server.assert_serving().await;
+}

@@ -107,7 +107,7 @@ pub struct ServerBuilder {
     auth_token: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    nofile: Option<u64>,
+    nofile: Option<(u64, u64)>,
 }
 
 /// The server exited (or never said it was listening) before it was ready.
@@ -165,8 +165,13 @@ impl ServerBuilder {
     }
 
     /// Starts the server with this open-file limit (`RLIMIT_NOFILE`, soft and hard).
-    pub fn nofile(mut self, limit: u64) -> Self {
-        self.nofile = Some(limit);
+    pub fn nofile(self, limit: u64) -> Self {
+        self.nofile_limits(limit, limit)
+    }
+
+    /// Starts the server with these soft and hard open-file limits.
+    pub fn nofile_limits(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -217,12 +222,12 @@ impl ServerBuilder {
         for (key, value) in &self.env {
             cmd.env(key, value);
         }
-        if let Some(limit) = self.nofile {
+        if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    let rlimit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
                         Ok(())
                     } else {
