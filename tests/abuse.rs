@@ -184,6 +184,31 @@ async fn one_tenant_cannot_take_every_session_and_stream_from_another() {
     assert!(watch.is_ok(), "b's gRPC watch refused while a holds {} streams: {:?}", held.len(), watch.err());
 }
 
+/// The stream half of the share on its own (above, a session cap reached first would hide it):
+/// `a` takes streams until refused, and `b` still gets one. The same flood with the share turned
+/// off (`--max-streams-per-principal 0`) leaves `b` refused: the check bites.
+#[tokio::test]
+async fn one_tenant_cannot_take_every_stream_from_another() {
+    async fn b_after_a_floods(server: &Server) -> (usize, u16) {
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let response = listen(server, TOKEN_A).await;
+            match response.status().as_u16() {
+                200 => held.push(response),
+                503 => break,
+                other => panic!("subscriptions/listen answered {other}"),
+            }
+        }
+        (held.len(), listen(server, TOKEN_B).await.status().as_u16())
+    }
+    let shared = two_tenants(&["--max-streams", "4"]);
+    let (held, b) = b_after_a_floods(&shared).await;
+    assert_eq!((held, b), (2, 200), "a held {held} of 4 streams; b was answered {b}");
+    let unshared = two_tenants(&["--max-streams", "4", "--max-streams-per-principal", "0"]);
+    let (held, b) = b_after_a_floods(&unshared).await;
+    assert_eq!((held, b), (4, 503), "without a share a takes every stream and b is refused");
+}
+
 /// Connections were not bounded: with the common soft open-file limit of 1,024, 1,100 silent
 /// TCP connections to the HTTP port (no request, nothing to authenticate; the 30 s head timeout
 /// closes them, and the client opens them again) left the process no descriptor: neither port
