@@ -407,7 +407,7 @@ async fn stream_reply(
     let Some(slot) = state.sessions.open_stream(principal) else {
         return Err(stream_refused(state));
     };
-    // A tool without a streaming form yields its result alone (upstream.rs).
+    // A tool without a streaming form yields its result alone (`upstream`).
     let mut events: EventStream<ToolEvent> = state.upstream.call_tool_streaming(tool, &args, ctx);
     let first = match events.next().await {
         Some(Ok(event)) => event,

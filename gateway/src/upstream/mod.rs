@@ -7,25 +7,28 @@
 //! descriptors, and it is called through a codec for `DynamicMessage`. Only the
 //! resource, completion and health calls, which the MCP side needs whatever the
 //! tools are, use the generated typed clients.
+//!
+//! The registry is in `registry`, the codecs in `codec`; this file holds the calls.
 use std::{collections::BTreeSet, fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use bytes::{Buf as _, Bytes};
+use bytes::Bytes;
 use futures_util::Stream;
-use prost::Message as _;
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, ReflectMessage,
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage,
 };
 use serde_json::Value;
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataValue,
-};
+use tonic::{Status, metadata::MetadataValue};
+
+mod codec;
+mod registry;
+
+use codec::{DynamicCodec, FeedCodec};
+pub use registry::{Registry, ToolDef};
 
 use crate::{
     error::UpstreamError,
-    pb, schema,
-    wire_json::{self, JsonText, OutputEncoder},
+    pb,
+    wire_json::{self, JsonText},
 };
 
 /// Any gRPC transport: a `Channel` to a remote service, or the service's own
@@ -35,111 +38,6 @@ pub type UpstreamService = tower::util::BoxCloneSyncService<
     http::Response<tonic::body::Body>,
     tonic::codegen::StdError,
 >;
-
-/// One tool, derived from an RPC carrying the `(taskmcp.v1.tool)` option.
-#[derive(Debug, Clone)]
-pub struct ToolDef {
-    pub name: String,
-    pub title: Option<String>,
-    /// The RPC's doc comment.
-    pub description: String,
-    /// JSON Schema (2020-12) of the request message.
-    pub input_schema: Value,
-    /// JSON Schema of the response message.
-    pub output_schema: Value,
-    pub read_only: bool,
-    pub destructive: bool,
-    pub idempotent: bool,
-    pub method: MethodDescriptor,
-    /// The RPC's path (`/package.Service/Method`), made once rather than formatted per call.
-    pub path: http::uri::PathAndQuery,
-    /// The server-streaming form (same request; messages with `progress`, then `result`).
-    pub stream_method: Option<MethodDescriptor>,
-    /// Writes the response's bytes as JSON.
-    pub output: OutputEncoder,
-}
-
-/// Tools sorted by name (a deterministic `tools/list`).
-#[derive(Debug, Clone, Default)]
-pub struct Registry {
-    tools: Vec<ToolDef>,
-}
-
-impl Registry {
-    pub fn tools(&self) -> &[ToolDef] {
-        &self.tools
-    }
-
-    pub fn get(&self, name: &str) -> Option<&ToolDef> {
-        self.tools.iter().find(|t| t.name == name)
-    }
-
-    /// Every RPC of `pool` with the `(taskmcp.v1.tool)` option, as a tool, with
-    /// its streaming form attached when the pool has one.
-    ///
-    /// Fails on a contract the gateway could not serve faithfully: a bad or
-    /// duplicate tool name, or the option on a streaming RPC.
-    pub fn from_pool(pool: &DescriptorPool) -> Result<Registry, String> {
-        let extension = pool
-            .get_extension_by_name(TOOL_EXTENSION)
-            .ok_or_else(|| format!("the descriptors do not define the `{TOOL_EXTENSION}` method option"))?;
-        let mut tools = Vec::new();
-        let mut streams = Vec::new();
-        for service in pool.services() {
-            for method in service.methods() {
-                let options = method.options();
-                if !options.has_extension(&extension) {
-                    if method.is_server_streaming() && !method.is_client_streaming() {
-                        streams.push(method);
-                    }
-                    continue;
-                }
-                let tool: pb::ToolOptions = options
-                    .get_extension(&extension)
-                    .as_message()
-                    .ok_or_else(|| format!("{}: `{TOOL_EXTENSION}` is not a message", method.full_name()))?
-                    .transcode_to()
-                    .map_err(|e| format!("{}: reading `{TOOL_EXTENSION}`: {e}", method.full_name()))?;
-                if method.is_client_streaming() || method.is_server_streaming() {
-                    // A tool call is one request and one result; the streaming
-                    // form is a separate RPC found by its shape (below).
-                    return Err(format!("{}: `{TOOL_EXTENSION}` is only supported on unary RPCs", method.full_name()));
-                }
-                validate_tool_name(&tool.name).map_err(|e| format!("{}: {e}", method.full_name()))?;
-                let description = schema::doc_comment(&method.parent_file(), method.path())
-                    .or_else(|| (!tool.title.is_empty()).then(|| tool.title.clone()))
-                    .unwrap_or_else(|| format!("Calls the RPC `{}`.", method.full_name()));
-                tools.push(ToolDef {
-                    name: tool.name,
-                    title: (!tool.title.is_empty()).then_some(tool.title),
-                    description,
-                    input_schema: schema::tool_schema(&method.input()),
-                    output_schema: schema::tool_schema(&method.output()),
-                    read_only: tool.read_only,
-                    destructive: tool.destructive,
-                    idempotent: tool.idempotent,
-                    output: OutputEncoder::new(method.output()),
-                    path: method_path(&method).map_err(|e| format!("{}: {}", method.full_name(), e.message()))?,
-                    method,
-                    stream_method: None,
-                });
-            }
-        }
-        tools.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = tools.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(format!(
-                "tool name `{}` is declared by both {} and {}",
-                pair[0].name,
-                pair[0].method.full_name(),
-                pair[1].method.full_name()
-            ));
-        }
-        for stream in streams {
-            attach_stream_form(&mut tools, stream);
-        }
-        Ok(Registry { tools })
-    }
-}
 
 /// What a completion offers: the first values (for slugs, the first [`SLUG_MAX`] by name), and
 /// how many matched in all (`None` when a scan stopped at its page limit and the count is
@@ -209,8 +107,6 @@ pub struct ResourceContent {
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, CallError>> + Send>>;
 
-/// The method option that makes an RPC a tool.
-const TOOL_EXTENSION: &str = "taskmcp.v1.tool";
 /// Largest response message the dynamic calls accept (tonic's default is 4 MiB;
 /// a `change.show` of a change with large spec deltas may exceed that).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -452,54 +348,6 @@ impl Upstream {
         let deadline = tokio::time::Instant::now().checked_add(HEALTH_TIMEOUT);
         let response = within(deadline, async move { client.check(request).await }).await?;
         Ok(response.into_inner().status == ServingStatus::Serving as i32)
-    }
-}
-
-/// A tool name as MCP clients accept it: `^[A-Za-z0-9_./-]{1,64}$`.
-fn validate_tool_name(name: &str) -> Result<(), String> {
-    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
-    if name.is_empty() || name.len() > 64 || !valid_chars {
-        return Err(format!("tool name `{name}` must be 1 to 64 characters of letters, digits and `_./-`"));
-    }
-    Ok(())
-}
-
-/// Attaches `stream` to the tool it is the streaming form of: same request
-/// type, and an output message with a `progress` message field and a `result`
-/// field of the tool's response type. Ambiguity (two tools of the same types)
-/// is settled by the RPC name (`ArchiveChangeStream` → `ArchiveChange`), and
-/// left unattached, with a warning, when that does not settle it.
-fn attach_stream_form(tools: &mut [ToolDef], stream: MethodDescriptor) {
-    let output = stream.output();
-    let has_progress = output.get_field_by_name("progress").is_some_and(|f| is_single_message(&f).is_some());
-    let Some(result_type) = output.get_field_by_name("result").and_then(|f| is_single_message(&f)) else {
-        return;
-    };
-    if !has_progress {
-        return;
-    }
-    let input = stream.input();
-    let fits = |t: &ToolDef| {
-        t.stream_method.is_none()
-            && t.method.input().full_name() == input.full_name()
-            && t.method.output().full_name() == result_type.full_name()
-    };
-    let mut candidates: Vec<usize> = tools.iter().enumerate().filter(|(_, t)| fits(t)).map(|(i, _)| i).collect();
-    if candidates.len() > 1 {
-        candidates.retain(|&i| stream.name().starts_with(tools[i].method.name()));
-    }
-    match candidates.as_slice() {
-        [] => {}
-        [only] => tools[*only].stream_method = Some(stream),
-        _ => tracing::warn!(rpc = stream.full_name(), "streaming RPC fits several tools; not used as a streaming form"),
-    }
-}
-
-/// The message type of a singular message field.
-fn is_single_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
-    match field.kind() {
-        Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
-        _ => None,
     }
 }
 
@@ -828,113 +676,6 @@ fn too_large(uri: &str, size: usize) -> Status {
 
 const WATCH_CHANGES: &str = "/taskmcp.v1.Resources/WatchChanges";
 
-/// The change feed's codec: prost's, with a read buffer of 512 bytes instead of tonic's 8 KiB.
-/// A session's feed lasts as long as its stream, and an event is a few hundred bytes, so the
-/// default buffer would be most of what a held stream costs; the buffer grows for a larger event.
-#[derive(Debug, Clone, Copy, Default)]
-struct FeedCodec;
-
-const FEED_BUFFER_BYTES: usize = 512;
-
-impl Codec for FeedCodec {
-    type Encode = pb::WatchChangesRequest;
-    type Decode = pb::ChangeEvent;
-    type Encoder = tonic_prost::ProstEncoder<pb::WatchChangesRequest>;
-    type Decoder = tonic_prost::ProstDecoder<pb::ChangeEvent>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        // The yield threshold only matters to an encoder; tonic's default is passed on.
-        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(FEED_BUFFER_BYTES, 32 * 1024))
-    }
-}
-
-/// `application/grpc+proto` for requests known only by descriptor (any
-/// `DynamicMessage`), with answers read by `D`: decoded into their message
-/// type ([`DynamicDecoder`]) or kept as bytes for the tool's [`OutputEncoder`],
-/// which writes them as JSON without a message in between ([`RawDecoder`]).
-#[derive(Debug, Clone)]
-pub(crate) struct DynamicCodec<D> {
-    decoder: D,
-}
-
-impl DynamicCodec<DynamicDecoder> {
-    pub(crate) fn new(decode_as: MessageDescriptor) -> Self {
-        DynamicCodec { decoder: DynamicDecoder { decode_as } }
-    }
-}
-
-impl DynamicCodec<RawDecoder> {
-    fn raw() -> Self {
-        DynamicCodec { decoder: RawDecoder }
-    }
-}
-
-impl<D> Codec for DynamicCodec<D>
-where
-    D: Decoder<Error = Status> + Clone + Send + 'static,
-    D::Item: Send + 'static,
-{
-    type Encode = DynamicMessage;
-    type Decode = D::Item;
-    type Encoder = DynamicEncoder;
-    type Decoder = D;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        self.decoder.clone()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct RawDecoder;
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct DynamicEncoder;
-
-impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        // The buffer grows on demand, so this cannot run out of space; the
-        // error is mapped anyway rather than trusted away.
-        item.encode(dst).map_err(|e| Status::internal(format!("encoding the request: {e}")))
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct DynamicDecoder {
-    decode_as: MessageDescriptor,
-}
-
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        // INTERNAL, as tonic's own prost codec does for a malformed message.
-        DynamicMessage::decode(self.decode_as.clone(), src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("decoding the response: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -967,8 +708,8 @@ mod tests {
             assert!(tool.title.is_some(), "{} has no title", tool.name);
             assert_eq!(tool.input_schema["type"], "object");
             assert_eq!(tool.output_schema["type"], "object");
-            assert_eq!(tool.input_schema["$schema"], schema::DIALECT);
-            assert_eq!(tool.output_schema["$schema"], schema::DIALECT);
+            assert_eq!(tool.input_schema["$schema"], crate::schema::DIALECT);
+            assert_eq!(tool.output_schema["$schema"], crate::schema::DIALECT);
         }
     }
 
@@ -1008,17 +749,6 @@ mod tests {
                 assert_eq!(stream, None, "{}", tool.name);
             }
         }
-    }
-
-    #[test]
-    fn tool_names_are_checked() {
-        assert!(validate_tool_name("change.open").is_ok());
-        assert!(validate_tool_name("a/b_c-D.9").is_ok());
-        assert!(validate_tool_name(&"x".repeat(64)).is_ok());
-        assert!(validate_tool_name("").is_err());
-        assert!(validate_tool_name(&"x".repeat(65)).is_err());
-        assert!(validate_tool_name("has space").is_err());
-        assert!(validate_tool_name("émoji").is_err());
     }
 
     fn input_of(tool: &str) -> MessageDescriptor {

@@ -1,0 +1,180 @@
+//! The tool registry: every RPC with the `(taskmcp.v1.tool)` option becomes a tool, named,
+//! described and given its schemas from the descriptors alone.
+
+use prost_reflect::{DescriptorPool, Kind, MessageDescriptor, MethodDescriptor};
+use serde_json::Value;
+
+use super::method_path;
+use crate::{pb, schema, wire_json::OutputEncoder};
+
+/// The method option that makes an RPC a tool.
+const TOOL_EXTENSION: &str = "taskmcp.v1.tool";
+
+/// One tool, derived from an RPC carrying the `(taskmcp.v1.tool)` option.
+#[derive(Debug, Clone)]
+pub struct ToolDef {
+    pub name: String,
+    pub title: Option<String>,
+    /// The RPC's doc comment.
+    pub description: String,
+    /// JSON Schema (2020-12) of the request message.
+    pub input_schema: Value,
+    /// JSON Schema of the response message.
+    pub output_schema: Value,
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub method: MethodDescriptor,
+    /// The RPC's path (`/package.Service/Method`), made once rather than formatted per call.
+    pub path: http::uri::PathAndQuery,
+    /// The server-streaming form (same request; messages with `progress`, then `result`).
+    pub stream_method: Option<MethodDescriptor>,
+    /// Writes the response's bytes as JSON.
+    pub output: OutputEncoder,
+}
+
+/// Tools sorted by name (a deterministic `tools/list`).
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    tools: Vec<ToolDef>,
+}
+
+impl Registry {
+    pub fn tools(&self) -> &[ToolDef] {
+        &self.tools
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolDef> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    /// Every RPC of `pool` with the `(taskmcp.v1.tool)` option, as a tool, with
+    /// its streaming form attached when the pool has one.
+    ///
+    /// Fails on a contract the gateway could not serve faithfully: a bad or
+    /// duplicate tool name, or the option on a streaming RPC.
+    pub fn from_pool(pool: &DescriptorPool) -> Result<Registry, String> {
+        let extension = pool
+            .get_extension_by_name(TOOL_EXTENSION)
+            .ok_or_else(|| format!("the descriptors do not define the `{TOOL_EXTENSION}` method option"))?;
+        let mut tools = Vec::new();
+        let mut streams = Vec::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&extension) {
+                    if method.is_server_streaming() && !method.is_client_streaming() {
+                        streams.push(method);
+                    }
+                    continue;
+                }
+                let tool: pb::ToolOptions = options
+                    .get_extension(&extension)
+                    .as_message()
+                    .ok_or_else(|| format!("{}: `{TOOL_EXTENSION}` is not a message", method.full_name()))?
+                    .transcode_to()
+                    .map_err(|e| format!("{}: reading `{TOOL_EXTENSION}`: {e}", method.full_name()))?;
+                if method.is_client_streaming() || method.is_server_streaming() {
+                    // A tool call is one request and one result; the streaming
+                    // form is a separate RPC found by its shape (below).
+                    return Err(format!("{}: `{TOOL_EXTENSION}` is only supported on unary RPCs", method.full_name()));
+                }
+                validate_tool_name(&tool.name).map_err(|e| format!("{}: {e}", method.full_name()))?;
+                let description = schema::doc_comment(&method.parent_file(), method.path())
+                    .or_else(|| (!tool.title.is_empty()).then(|| tool.title.clone()))
+                    .unwrap_or_else(|| format!("Calls the RPC `{}`.", method.full_name()));
+                tools.push(ToolDef {
+                    name: tool.name,
+                    title: (!tool.title.is_empty()).then_some(tool.title),
+                    description,
+                    input_schema: schema::tool_schema(&method.input()),
+                    output_schema: schema::tool_schema(&method.output()),
+                    read_only: tool.read_only,
+                    destructive: tool.destructive,
+                    idempotent: tool.idempotent,
+                    output: OutputEncoder::new(method.output()),
+                    path: method_path(&method).map_err(|e| format!("{}: {}", method.full_name(), e.message()))?,
+                    method,
+                    stream_method: None,
+                });
+            }
+        }
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = tools.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(format!(
+                "tool name `{}` is declared by both {} and {}",
+                pair[0].name,
+                pair[0].method.full_name(),
+                pair[1].method.full_name()
+            ));
+        }
+        for stream in streams {
+            attach_stream_form(&mut tools, stream);
+        }
+        Ok(Registry { tools })
+    }
+}
+
+/// A tool name as MCP clients accept it: `^[A-Za-z0-9_./-]{1,64}$`.
+fn validate_tool_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+    if name.is_empty() || name.len() > 64 || !valid_chars {
+        return Err(format!("tool name `{name}` must be 1 to 64 characters of letters, digits and `_./-`"));
+    }
+    Ok(())
+}
+
+/// Attaches `stream` to the tool it is the streaming form of: same request
+/// type, and an output message with a `progress` message field and a `result`
+/// field of the tool's response type. Ambiguity (two tools of the same types)
+/// is settled by the RPC name (`ArchiveChangeStream` → `ArchiveChange`), and
+/// left unattached, with a warning, when that does not settle it.
+fn attach_stream_form(tools: &mut [ToolDef], stream: MethodDescriptor) {
+    let output = stream.output();
+    let has_progress = output.get_field_by_name("progress").is_some_and(|f| is_single_message(&f).is_some());
+    let Some(result_type) = output.get_field_by_name("result").and_then(|f| is_single_message(&f)) else {
+        return;
+    };
+    if !has_progress {
+        return;
+    }
+    let input = stream.input();
+    let fits = |t: &ToolDef| {
+        t.stream_method.is_none()
+            && t.method.input().full_name() == input.full_name()
+            && t.method.output().full_name() == result_type.full_name()
+    };
+    let mut candidates: Vec<usize> = tools.iter().enumerate().filter(|(_, t)| fits(t)).map(|(i, _)| i).collect();
+    if candidates.len() > 1 {
+        candidates.retain(|&i| stream.name().starts_with(tools[i].method.name()));
+    }
+    match candidates.as_slice() {
+        [] => {}
+        [only] => tools[*only].stream_method = Some(stream),
+        _ => tracing::warn!(rpc = stream.full_name(), "streaming RPC fits several tools; not used as a streaming form"),
+    }
+}
+
+/// The message type of a singular message field.
+fn is_single_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
+    match field.kind() {
+        Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_checked() {
+        assert!(validate_tool_name("change.open").is_ok());
+        assert!(validate_tool_name("a/b_c-D.9").is_ok());
+        assert!(validate_tool_name(&"x".repeat(64)).is_ok());
+        assert!(validate_tool_name("").is_err());
+        assert!(validate_tool_name(&"x".repeat(65)).is_err());
+        assert!(validate_tool_name("has space").is_err());
+        assert!(validate_tool_name("émoji").is_err());
+    }
+}
