@@ -1,10 +1,10 @@
 //! Settings from flags and environment. Every flag has a `TASK_MCP_*` variable;
 //! the README's configuration table is these structs (a test checks they agree).
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 // Boolean variables take what operators write in env files and manifests (`1`, `yes`, `on`),
 // not only clap's default `true`/`false`.
-use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
 #[derive(Debug, Parser)]
 #[command(name = "task-mcp", version, about = "Spec-driven change management for AI agents, over gRPC and MCP")]
@@ -162,6 +162,23 @@ pub struct GatewayFlags {
     /// at most 32,768 (the soft open-file limit is first raised to the hard one).
     #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one())]
     pub max_connections: Option<usize>,
+}
+
+/// The `TASK_MCP_*` variables among `names` that no flag reads. A misspelt one
+/// (`TASK_MCP_MAX_SESSION`) would otherwise leave the default in force without a word.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    fn known(cmd: &clap::Command, into: &mut BTreeSet<String>) {
+        into.extend(cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        for sub in cmd.get_subcommands() {
+            known(sub, into);
+        }
+    }
+    let mut read = BTreeSet::new();
+    known(&Cli::command(), &mut read);
+    let mut unknown: Vec<String> =
+        names.into_iter().filter(|n| n.starts_with("TASK_MCP_") && !read.contains(n)).collect();
+    unknown.sort();
+    unknown
 }
 
 /// A limit that 0 would turn into a server that passes readiness and serves nothing (every
@@ -338,6 +355,14 @@ mod tests {
         let public = parse(&["--metrics-listen", "0.0.0.0:9464"]);
         assert_eq!(public.public_addrs().len(), 1);
         assert!(Cli::try_parse_from(["task-mcp", "serve", "--metrics-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_named_and_the_real_ones_are_not() {
+        let names =
+            ["TASK_MCP_MAX_SESSION", "TASK_MCP_MAX_SESSIONS", "TASK_MCP_UPSTREAM", "PATH", "TASK_MCP_LOGFORMAT"];
+        let unknown = unknown_variables(names.map(String::from));
+        assert_eq!(unknown, ["TASK_MCP_LOGFORMAT", "TASK_MCP_MAX_SESSION"]);
     }
 
     #[test]

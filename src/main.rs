@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
         Command::Serve(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
             log_raised(raised);
+            warn_unknown_variables();
             let result = match Application::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
@@ -28,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Gateway(settings) => {
             let logging = telemetry::init_logging(settings.log_format);
             log_raised(raised);
+            warn_unknown_variables();
             let result = match GatewayApplication::build(settings).await {
                 Ok(app) => app.run_until_stopped(shutdown_signal).await,
                 Err(e) => Err(e),
@@ -49,6 +51,14 @@ fn exit(result: Result<(), StartupError>) -> ExitCode {
             eprintln!("task-mcp: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Warns of every `TASK_MCP_*` variable no flag reads (a typo keeps the default silently).
+fn warn_unknown_variables() {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for variable in task_mcp::config::unknown_variables(names) {
+        tracing::warn!(target: telemetry::LIFECYCLE, %variable, "no flag reads this environment variable; ignored");
     }
 }
 

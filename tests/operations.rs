@@ -348,6 +348,22 @@ async fn a_quieter_log_level_keeps_the_lifecycle_lines_and_a_bad_one_is_reported
 
 // ------------------------------------------------------------------ configuration
 
+/// A misspelt variable (`TASK_MCP_MAX_SESSION` for `TASK_MCP_MAX_SESSIONS`) left the default in
+/// force without a word; the server now names it in a warning at start, and a real one it reads
+/// is not named.
+#[tokio::test]
+async fn a_misspelt_variable_is_named_at_start() {
+    let server = Server::builder().env("TASK_MCP_MAX_SESSION", "5").env("TASK_MCP_MAX_SESSIONS", "5").start();
+    let line = log_line(
+        || server.logs(),
+        "naming the misspelt variable",
+        |l| l["variable"].as_str() == Some("TASK_MCP_MAX_SESSION"),
+    )
+    .await;
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(!server.logs().contains("\"variable\":\"TASK_MCP_MAX_SESSIONS\""), "{}", server.logs());
+}
+
 /// The README promises `1`/`yes`/`on` for boolean variables; clap took only `true`/`false`, so a
 /// manifest with `TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC: "1"` never started.
 #[tokio::test]
