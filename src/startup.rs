@@ -327,8 +327,12 @@ impl Application {
         set_health(&health, ServingStatus::NotServing).await;
         gateway.draining.cancel();
         let close = || {
-            self.state.shutdown.cancel();
+            // The gateway first: cancelling the service ends its change feeds, and a gateway
+            // stream that saw its feed end before the gateway knew of the drain answered an
+            // error ("the change feed ended") instead of ending with its result (lifecycle test,
+            // clean-clone CI on two cores).
             gateway.shutdown.cancel();
+            self.state.shutdown.cancel();
             gateway.sessions.drain();
             let _ = drain_tx.send(true);
         };
