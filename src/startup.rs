@@ -53,8 +53,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITABLE_PROBE: Duration = Duration::from_secs(5);
 /// How long `gateway` waits for a TCP connection to its upstream.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The health service name that reports workspace writability.
-pub const WORKSPACE_HEALTH: &str = "taskmcp.v1.Workspace";
+/// The health service name that reports workspace writability (the gateway's readiness asks it).
+pub use task_mcp_gateway::health::WORKSPACE_HEALTH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -349,6 +349,7 @@ impl Application {
 async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthReporter, Routes), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    health.set_service_status(WORKSPACE_HEALTH, ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -543,8 +544,10 @@ fn spawn_writable_probe(
     })
 }
 
+/// The services' status; the workspace's is the writable probe's alone, so that a drain is never
+/// reported as a workspace that cannot be written.
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for service in ["", "taskmcp.v1.Changes", "taskmcp.v1.Resources", WORKSPACE_HEALTH] {
+    for service in ["", "taskmcp.v1.Changes", "taskmcp.v1.Resources"] {
         health.set_service_status(service, status).await;
     }
 }

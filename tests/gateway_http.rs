@@ -301,6 +301,42 @@ async fn progress_streams_over_mcp_sse_and_rest_ndjson() {
     assert_eq!(lines.last().unwrap()["result"]["receipt"]["slug"], "stream-rest", "{body}");
 }
 
+/// A workspace deleted (or its volume unmounted) under the running server: readiness names the
+/// workspace, not the upstream, and an open is refused as WORKSPACE_UNUSABLE, not as an anonymous
+/// internal error; the folders are not made again on whatever disk is underneath.
+#[tokio::test]
+async fn a_workspace_gone_under_the_server_is_named_by_readiness_and_by_open() {
+    let server = Server::start();
+    let http = client();
+    std::fs::remove_dir_all(&server.workspace).expect("remove the workspace");
+
+    let open = http
+        .post(format!("{}/v1/tools/change.open", base(&server)))
+        .json(&json!({"slug": "after-the-fall", "owner": "ops", "title": "After the fall"}))
+        .send()
+        .await
+        .unwrap();
+    let status = open.status();
+    let body: Value = open.json().await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["reason"], "WORKSPACE_UNUSABLE", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("the folder is gone")), "{body}");
+
+    // The writable probe runs every 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let ready = http.get(format!("{}/health/ready", base(&server))).send().await.unwrap();
+        if ready.status() == 503 {
+            break ready.json::<Value>().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "/health/ready still {} without a workspace", ready.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["failing"], json!(["workspace"]), "{body}");
+    assert_eq!(body["checks"]["upstream"], "ok", "{body}");
+    assert!(!server.workspace.exists(), "the workspace was made again");
+}
+
 #[tokio::test]
 async fn health_routes_answer_without_credentials_and_the_rest_needs_them() {
     let server = Server::builder().auth_token("ops=s3cret-token").start();

@@ -30,6 +30,11 @@ use crate::{AppState, upstream::CallError};
 /// hangs is worse than one that says "unavailable".
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The `grpc.health.v1` service name under which the service reports whether its workspace can
+/// be written (its overall status, service `""`, folds that in). Drains leave it alone, so it
+/// names the workspace as the reason a service is not serving, and nothing else.
+pub const WORKSPACE_HEALTH: &str = "taskmcp.v1.Workspace";
+
 /// Why a request was turned away before (or instead of) reaching a handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -196,6 +201,8 @@ enum Check {
     NotServing,
     Failed(String),
     TimedOut,
+    /// Not asked: the upstream check failed before it.
+    Unknown,
 }
 
 impl Check {
@@ -205,35 +212,62 @@ impl Check {
             Check::NotServing => "not serving".into(),
             Check::Failed(why) => format!("error: {why}"),
             Check::TimedOut => format!("no answer within {} ms", READY_TIMEOUT.as_millis()),
+            Check::Unknown => "unknown: the upstream did not say".into(),
         }
     }
 }
 
-/// Upstream `grpc.health.v1` SERVING. The service folds workspace writability
-/// into its health status (NOT_SERVING when the workspace cannot be written),
-/// so this one check covers both conditions of the issue.
+/// Readiness: the upstream's `grpc.health.v1` status is SERVING, which the service reports only
+/// while its workspace can be written. When it is not, the workspace's own status
+/// ([`WORKSPACE_HEALTH`]) tells which of the two is at fault, so the body names the failing
+/// check: an operator of `serve` otherwise reads "upstream: not serving" about a full disk.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     // A stopping server is not ready whatever its upstream says: in split mode the upstream
     // stays SERVING, and load balancers must see the 503 before the listener closes.
     if state.draining.is_cancelled() {
         return draining_response();
     }
-    let upstream = match tokio::time::timeout(READY_TIMEOUT, state.upstream.serving()).await {
-        Ok(Ok(true)) => Check::Ok,
-        Ok(Ok(false)) => Check::NotServing,
-        Ok(Err(CallError::Upstream(e))) => Check::Failed(e.message),
-        Ok(Err(CallError::InvalidArguments(why))) => Check::Failed(why),
-        Err(_elapsed) => Check::TimedOut,
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let check = |service: &'static str| {
+        let upstream = state.upstream.clone();
+        async move {
+            match tokio::time::timeout_at(deadline, upstream.serving_of(service)).await {
+                Ok(Ok(true)) => Check::Ok,
+                Ok(Ok(false)) => Check::NotServing,
+                Ok(Err(CallError::Upstream(e))) => Check::Failed(e.message),
+                Ok(Err(CallError::InvalidArguments(why))) => Check::Failed(why),
+                Err(_elapsed) => Check::TimedOut,
+            }
+        }
     };
-    readiness_response(&upstream)
+    let upstream = check("").await;
+    let workspace = match upstream {
+        Check::Ok => Check::Ok,
+        Check::NotServing => match check(WORKSPACE_HEALTH).await {
+            // Serving overall it is not, but not for its workspace: a drain, say.
+            Check::Ok => Check::Ok,
+            Check::NotServing => Check::NotServing,
+            // An upstream that does not report the workspace (NOT_FOUND), or stopped answering.
+            _ => Check::Unknown,
+        },
+        _ => Check::Unknown,
+    };
+    readiness_response(&upstream, &workspace)
 }
 
-fn readiness_response(upstream: &Check) -> Response {
-    let checks = json!({ "upstream": upstream.describe() });
+fn readiness_response(upstream: &Check, workspace: &Check) -> Response {
     if *upstream == Check::Ok {
+        let checks = json!({ "upstream": "ok", "workspace": "ok" });
         return json_value(StatusCode::OK, &json!({ "status": "ok", "checks": checks }));
     }
-    let body = json!({ "status": "unavailable", "failing": ["upstream"], "checks": checks });
+    let body = if *workspace == Check::NotServing {
+        // The upstream answers; what it cannot do is write its workspace (its log says why).
+        let checks = json!({ "upstream": "ok", "workspace": "not writable: see the service's log" });
+        json!({ "status": "unavailable", "failing": ["workspace"], "checks": checks })
+    } else {
+        let checks = json!({ "upstream": upstream.describe(), "workspace": workspace.describe() });
+        json!({ "status": "unavailable", "failing": ["upstream"], "checks": checks })
+    };
     let mut res = json_value(StatusCode::SERVICE_UNAVAILABLE, &body);
     // Probes and load balancers retry on their own schedule; this tells
     // anything else not to hammer a gateway whose upstream is down.
@@ -338,11 +372,11 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_names_the_failing_check() {
-        let ok = readiness_response(&Check::Ok);
+        let ok = readiness_response(&Check::Ok, &Check::Ok);
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(body_json(ok).await["status"], "ok");
 
-        let down = readiness_response(&Check::TimedOut);
+        let down = readiness_response(&Check::TimedOut, &Check::Unknown);
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(down.headers()[header::RETRY_AFTER], "1");
         let v = body_json(down).await;
@@ -350,8 +384,15 @@ mod tests {
         assert_eq!(v["failing"], json!(["upstream"]));
         assert_eq!(v["checks"]["upstream"], "no answer within 2000 ms");
 
-        let v = body_json(readiness_response(&Check::NotServing)).await;
+        let v = body_json(readiness_response(&Check::NotServing, &Check::Ok)).await;
         assert_eq!(v["checks"]["upstream"], "not serving");
+        assert_eq!(v["failing"], json!(["upstream"]));
+
+        let full_disk = readiness_response(&Check::NotServing, &Check::NotServing);
+        assert_eq!(full_disk.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body_json(full_disk).await;
+        assert_eq!(v["failing"], json!(["workspace"]));
+        assert_eq!(v["checks"]["upstream"], "ok");
     }
 
     mod through_the_router {
@@ -372,11 +413,16 @@ mod tests {
             assert_eq!(body_json(res).await["checks"]["upstream"], "ok");
 
             fake.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            let res = app.oneshot(get("/health/ready")).await.unwrap();
+            let res = app.clone().oneshot(get("/health/ready")).await.unwrap();
             assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
             let v = body_json(res).await;
             assert_eq!(v["failing"], json!(["upstream"]));
             assert_eq!(v["checks"]["upstream"], "not serving");
+
+            // The workspace's own status names it as the reason.
+            fake.health.set_service_status(WORKSPACE_HEALTH, tonic_health::ServingStatus::NotServing).await;
+            let v = body_json(app.oneshot(get("/health/ready")).await.unwrap()).await;
+            assert_eq!(v["failing"], json!(["workspace"]), "{v}");
         }
 
         #[tokio::test]

@@ -812,6 +812,21 @@ fn readiness_fails_while_changes_cannot_be_written_though_staging_can() {
 }
 
 #[test]
+fn a_workspace_removed_under_the_server_is_named_and_not_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("openspec");
+    let ws = Workspace::open(&root, 1 << 20).unwrap();
+    // Deleted, or its volume unmounted, while the server runs.
+    fs::remove_dir_all(&root).unwrap();
+
+    let err = ws.open_change(open_request("gone", "alice"), &|| false).unwrap_err();
+    assert!(matches!(&err, Error::WorkspaceUnusable { why, .. } if why.contains("the folder is gone")), "{err:?}");
+    let err = ws.check_writable().expect_err("ready with no workspace");
+    assert!(matches!(&err, Error::WorkspaceUnusable { .. }), "{err:?}");
+    assert!(!root.exists(), "the workspace was made again");
+}
+
+#[test]
 fn a_staging_area_on_another_file_system_is_named_by_open_and_by_readiness() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();

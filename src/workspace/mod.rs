@@ -340,16 +340,38 @@ impl Workspace {
         self.check_archive_file_system()
     }
 
+    /// An I/O failure while writing the workspace's own folders, as [`Error::io`] words it,
+    /// except that a "not found" while `changes/` or `.staging` is gone is the workspace's fault:
+    /// moved, deleted or its volume unmounted under the running server. That is named
+    /// (`WORKSPACE_UNUSABLE`, and readiness fails on it) rather than an anonymous internal error.
+    /// The folders are not made again: on an unmounted volume that would write the changes onto
+    /// the disk underneath, where they would vanish when the volume came back.
+    fn write_error(&self, context: &str, path: &Path, err: io::Error) -> Error {
+        if err.kind() == io::ErrorKind::NotFound {
+            for (name, folder) in [("changes", &self.changes), (".staging", &self.staging)] {
+                if !folder.is_dir() {
+                    tracing::error!(context, folder = %folder.display(), "a workspace folder is gone");
+                    return Error::WorkspaceUnusable {
+                        path: name.into(),
+                        why: format!("{context}: the folder is gone (moved, deleted or unmounted?); restore it"),
+                    };
+                }
+            }
+        }
+        Error::io(context, path, err)
+    }
+
     /// A probe file made in `.staging` (in its shared hold, so that a sweep leaves it alone)
     /// and renamed into `changes/`, as a new change is: this fails where the open would, on a
     /// folder that cannot be written (permissions, immutable, read-only, full) or on the two
     /// folders on different mounts (the rename cannot cross them).
     fn probe_commit(&self) -> Result<()> {
-        let _probing = self.staging_share().map_err(|e| Error::io("hold the build-aside area", &self.staging, e))?;
+        let _probing =
+            self.staging_share().map_err(|e| self.write_error("hold the build-aside area", &self.staging, e))?;
         let probe = fsutil::TempFile::beside(&self.staging.join("ready"), b"ok")
-            .map_err(|e| Error::io("write a probe file", &self.staging, e))?;
+            .map_err(|e| self.write_error("write a probe file", &self.staging, e))?;
         let placed = self.changes.join(probe.path().file_name().unwrap_or_default());
-        probe.rename_to(&placed).map_err(|e| Error::io("move a probe file from .staging", &self.changes, e))?;
+        probe.rename_to(&placed).map_err(|e| self.write_error("move a probe file from .staging", &self.changes, e))?;
         fs::remove_file(&placed).map_err(|e| Error::io("remove a probe file", &self.changes, e))
     }
 
@@ -359,7 +381,7 @@ impl Workspace {
     /// bind mount of the same file system is not seen here, and its archives fail naming it.)
     fn check_archive_file_system(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let changes = self.changes.metadata().map_err(|e| Error::io("stat changes", &self.changes, e))?;
+        let changes = self.changes.metadata().map_err(|e| self.write_error("stat changes", &self.changes, e))?;
         match self.archive.metadata() {
             Ok(archive) if archive.dev() != changes.dev() => {
                 Err(Error::WorkspaceUnusable { path: "changes/archive".into(), why: fsutil::CROSS_DEVICE.into() })

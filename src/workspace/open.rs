@@ -85,7 +85,7 @@ impl Workspace {
             template: req.template.as_str().to_string(),
             takeovers: vec![],
         };
-        let held = self.new_stage(&req.slug).map_err(|e| Error::io("scaffold change", &self.staging, e))?;
+        let held = self.new_stage(&req.slug).map_err(|e| self.write_error("scaffold change", &self.staging, e))?;
         let stage = held.path.clone();
         let target = self.draft_dir(&req.slug);
         let build = || -> io::Result<()> {
@@ -108,7 +108,7 @@ impl Workspace {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 return Ok(None);
             }
-            return Err(Error::io("scaffold change", &target, e));
+            return Err(self.write_error("scaffold change", &target, e));
         }
         self.own_writes.note(&target);
         let synced = self.fault("open.after_rename").and_then(|()| fsutil::sync_parent(&target));

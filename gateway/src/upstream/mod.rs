@@ -341,9 +341,14 @@ impl Upstream {
 
     /// `grpc.health.v1` Check of the whole server (service `""`): true iff SERVING.
     pub async fn serving(&self) -> Result<bool, CallError> {
+        self.serving_of("").await
+    }
+
+    /// `grpc.health.v1` Check of one service name: true iff SERVING.
+    pub async fn serving_of(&self, service: &str) -> Result<bool, CallError> {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
         let mut client = HealthClient::new(self.service.clone());
-        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        let mut request = tonic::Request::new(HealthCheckRequest { service: service.to_string() });
         request.set_timeout(HEALTH_TIMEOUT);
         let deadline = tokio::time::Instant::now().checked_add(HEALTH_TIMEOUT);
         let response = within(deadline, async move { client.check(request).await }).await?;
