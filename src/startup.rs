@@ -567,9 +567,11 @@ pub struct GatewayApplication {
     http_addr: SocketAddr,
     state: Arc<task_mcp_gateway::AppState>,
     /// OTLP only (this subcommand has no metrics listener): the HTTP,
-    /// streaming, security and process series; the service counts the rest.
+    /// streaming, security and process series and its listener's connection
+    /// series; the service counts the rest.
     export: MetricsExport,
     _metrics: Arc<Metrics>,
+    /// The HTTP listener's connection cap, which the metrics observe.
     limit: ConnectionLimit,
 }
 
