@@ -1248,6 +1248,7 @@ def build_dashboards(slos: Slos) -> dict[str, str]:
     d.row("Saturation")
     d.panel("timeseries", "Saturation", [
         (f"sum by (instance) ({sel('streaming_active_connections', *J)}) / sum by (instance) ({sel('streaming_max_connections', *J)})", "{{instance}} streams / cap"),
+        (f"sum by (instance, listener) ({sel('listener_active_connections', *J)}) / sum by (instance, listener) ({sel('listener_max_connections', *J)})", "{{instance}} {{listener}} connections / cap"),
         (mem_ratio, "{{instance}} memory / limit"),
         (f"max by (instance) ({sel('process_cpu_usage_percent', *J)}) / 100", "{{instance}} cpu"),
     ], unit="percentunit", maxv=1, lines=True, thresholds=[("green", None), ("orange", 0.8), ("red", 0.95)])
@@ -1256,6 +1257,12 @@ def build_dashboards(slos: Slos) -> dict[str, str]:
         (f"sum by (instance) ({sel('tool_active_executions', *J)})", "{{instance}} tools"),
         (f"sum by (instance) ({sel('streaming_active_connections', *J)})", "{{instance}} streams"),
     ])
+    d.panel("timeseries", "Open connections and cap by listener", [
+        (f"sum by (instance, listener) ({sel('listener_active_connections', *J)})", "{{instance}} {{listener}} open"),
+        (f"max by (instance, listener) ({sel('listener_max_connections', *J)})", "{{instance}} {{listener}} cap"),
+    ], description="Per listener (grpc, http); at the cap (--max-connections) new connections are closed unanswered.")
+    d.panel("timeseries", "Refused connections by listener", [(f"sum by (instance, listener) ({r('listener_refused_connections_total', *J)})", "{{instance}} {{listener}}")],
+            thresholds=[("green", None), ("red", 0.001)], description="Connections closed at accept because the listener was full: clients saw a reset before any answer.")
     d.panel("timeseries", "Operation rates", [
         (f"sum({r('http_server_requests_total', *J)})", "HTTP requests"),
         (f"sum({r('rpc_server_call_duration_seconds_count', *J)})", "gRPC calls"),

@@ -8,7 +8,10 @@
 use std::{
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -26,32 +29,89 @@ use crate::telemetry::warn::WarnEvery;
 /// listener, the log writer, the gateway's upstream channel.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
+/// A listener with a connection cap: its `listener` label in the metrics, its name in the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Grpc,
+    Http,
+}
+
+impl Listener {
+    /// The `listener` attribute of the `listener.*` instruments (`monitoring/metrics.toml`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Listener::Grpc => "grpc",
+            Listener::Http => "http",
+        }
+    }
+
+    /// As the warnings and the other listener logs spell it.
+    const fn log_name(self) -> &'static str {
+        match self {
+            Listener::Grpc => "gRPC",
+            Listener::Http => "HTTP",
+        }
+    }
+}
+
 /// The open connections one listener may have.
 #[derive(Clone)]
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
     max: usize,
-    listener: &'static str,
+    listener: Listener,
+    /// Connections closed because the listener was full, since start. An atomic the metrics
+    /// read at each collection: a flood at the cap pays one addition per connection, not an
+    /// SDK attribute lookup.
+    refused: Arc<AtomicU64>,
     warned: Arc<WarnEvery>,
 }
 
 impl ConnectionLimit {
-    pub fn new(listener: &'static str, max: usize) -> Self {
-        ConnectionLimit { permits: Arc::new(Semaphore::new(max)), max, listener, warned: Arc::default() }
+    pub fn new(listener: Listener, max: usize) -> Self {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            listener,
+            refused: Arc::default(),
+            warned: Arc::default(),
+        }
     }
 
     /// The permit an accepted connection holds while it is open; `None` when the listener is
     /// full (the caller closes the connection). A warning says so at most once a minute.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
-        if permit.is_none() && self.warned.allow(Instant::now()) {
-            tracing::warn!(
-                listener = self.listener,
-                max = self.max,
-                "connection limit reached; closing new connections"
-            );
+        if permit.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            if self.warned.allow(Instant::now()) {
+                tracing::warn!(
+                    listener = self.listener.log_name(),
+                    max = self.max,
+                    "connection limit reached; closing new connections"
+                );
+            }
         }
         permit
+    }
+
+    pub fn listener(&self) -> Listener {
+        self.listener
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections holding a place now. Read from the semaphore, which counts them anyway, so
+    /// the gauge costs an accepted connection nothing.
+    pub fn open(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Connections refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -160,12 +220,16 @@ mod tests {
 
     #[test]
     fn a_full_listener_admits_again_once_a_connection_closes() {
-        let limit = ConnectionLimit::new("test", 2);
+        let limit = ConnectionLimit::new(Listener::Http, 2);
         let first = limit.admit().unwrap();
         let _second = limit.admit().unwrap();
+        assert_eq!((limit.open(), limit.refused()), (2, 0));
         assert!(limit.admit().is_none());
+        assert_eq!((limit.open(), limit.refused()), (2, 1));
         drop(first);
-        assert!(limit.admit().is_some());
+        assert_eq!(limit.open(), 1);
+        let _third = limit.admit().unwrap();
+        assert_eq!((limit.open(), limit.refused()), (2, 1));
     }
 
     #[test]

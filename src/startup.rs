@@ -22,7 +22,7 @@ use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
-    connections::ConnectionLimit,
+    connections::{ConnectionLimit, Listener},
     error::Error,
     grpc::{
         AppState,
@@ -119,6 +119,9 @@ pub struct Application {
     /// The meter provider, its readers and exporters; flushed at the end.
     export: MetricsExport,
     metrics: Arc<Metrics>,
+    /// The connection caps of the gRPC and HTTP listeners, which the metrics observe.
+    grpc_limit: ConnectionLimit,
+    http_limit: ConnectionLimit,
     health_flags: Arc<HealthFlags>,
     state: AppState,
     tokens: Arc<Tokens>,
@@ -154,11 +157,22 @@ impl Application {
             .map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
         let health_flags = Arc::new(HealthFlags::default());
-        let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, Some(health_flags.clone())));
+        let max_connections =
+            settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let grpc_limit = ConnectionLimit::new(Listener::Grpc, max_connections);
+        let http_limit = ConnectionLimit::new(Listener::Http, max_connections);
+        let metrics = Arc::new(Metrics::new(
+            &export.meter(),
+            settings.gateway.max_streams,
+            Some(health_flags.clone()),
+            &[grpc_limit.clone(), http_limit.clone()],
+        ));
         Ok(Application {
             metrics_listener,
             export,
             metrics,
+            grpc_limit,
+            http_limit,
             health_flags,
             limiter: Arc::new(RateLimiter::new(
                 settings.access.rate_limit_per_second,
@@ -283,16 +297,13 @@ impl Application {
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let grpc_drain = wait_for(drain_rx.clone());
         let http_drain = wait_for(drain_rx.clone());
-        let max_connections =
-            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
         let incoming = crate::grpc::incoming::connections(
             self.grpc_listener,
             crate::grpc::incoming::PREFACE_TIMEOUT,
-            ConnectionLimit::new("gRPC", max_connections),
+            self.grpc_limit,
         );
         let grpc = grpc_server.serve_with_incoming_shutdown(incoming, grpc_drain);
-        let http =
-            serve_http(self.http_listener, router, http_drain, Some(ConnectionLimit::new("HTTP", max_connections)));
+        let http = serve_http(self.http_listener, router, http_drain, Some(self.http_limit));
         // The Prometheus endpoint stays up while draining (a scrape during the
         // drain still answers) and stops with the other listeners.
         let scrape_parts = self.metrics_listener.zip(self.export.registry().cloned());
@@ -559,9 +570,12 @@ pub struct GatewayApplication {
     http_addr: SocketAddr,
     state: Arc<task_mcp_gateway::AppState>,
     /// OTLP only (this subcommand has no metrics listener): the HTTP,
-    /// streaming, security and process series; the service counts the rest.
+    /// streaming, security and process series and its listener's connection
+    /// series; the service counts the rest.
     export: MetricsExport,
     _metrics: Arc<Metrics>,
+    /// The HTTP listener's connection cap, which the metrics observe.
+    limit: ConnectionLimit,
 }
 
 impl GatewayApplication {
@@ -596,10 +610,14 @@ impl GatewayApplication {
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
-        let metrics = Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None));
+        let max_connections =
+            settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        let limit = ConnectionLimit::new(Listener::Http, max_connections);
+        let metrics =
+            Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None, std::slice::from_ref(&limit)));
         let state = gateway_state(service, access, settings.gateway.to_config(principals), metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
-        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics })
+        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit })
     }
 
     /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,
@@ -607,10 +625,7 @@ impl GatewayApplication {
     pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
         tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-        let max_connections =
-            self.settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
-        let limit = ConnectionLimit::new("HTTP", max_connections);
-        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(limit));
+        let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(self.limit));
         tokio::pin!(http);
         let early = tokio::select! {
             result = &mut http => Some(result),

@@ -266,3 +266,77 @@ async fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     assert_eq!(figures, ["4096", "4096"], "{line}");
     server.assert_serving().await;
 }
+
+/// A connection the server closed at once, as a full listener does: end of stream or a reset
+/// within the bound. An admitted connection would stay open (HTTP waits 30 s for a request
+/// head) or be answered (gRPC: the server's HTTP/2 SETTINGS).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// `series{listener="<listener>"}` on the metrics endpoint, polled (bounded) until it reads
+/// `want`: the listeners accept and notice closes asynchronously. The last reading.
+async fn listener_metric_reaches(server: &Server, series: &str, listener: &str, want: f64) -> f64 {
+    let selector = format!("{series}{{listener=\"{listener}\"");
+    let mut got = f64::NAN;
+    for _ in 0..100 {
+        got = metric(server, &selector).await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+/// Saturation and refusals of the connection caps were invisible: the only trace was a
+/// warning once a minute. Each listener now reports its open connections, its cap and the
+/// connections it refused; filling one listener shows on it and not on the other.
+#[tokio::test]
+async fn open_and_refused_connections_are_counted_per_listener() {
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+    const CAP: usize = 4;
+    // The HTTP/2 client preface and an empty SETTINGS frame: a gRPC connection that the server
+    // hands to HTTP/2 and keeps (it answers with its own SETTINGS).
+    const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let server =
+        Server::builder().auth_token(&format!("a={TOKEN_A}")).args(["--max-connections", &CAP.to_string()]).start();
+    let http_addr = server.http_addr.expect("the listening line names http_addr");
+
+    for (listener, addr) in [("http", http_addr), ("grpc", server.grpc_addr)] {
+        let cap = listener_metric_reaches(&server, "listener_max_connections", listener, CAP as f64).await;
+        assert_eq!(cap, CAP as f64, "{listener}: the cap");
+        assert_eq!(listener_metric_reaches(&server, "listener_active_connections", listener, 0.0).await, 0.0);
+        assert_eq!(listener_metric_reaches(&server, "listener_refused_connections_total", listener, 0.0).await, 0.0);
+
+        let mut held = Vec::new();
+        for _ in 0..CAP {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            if listener == "grpc" {
+                stream.write_all(H2_HELLO).await.expect("HTTP/2 preface");
+            }
+            held.push(stream);
+        }
+        let open = listener_metric_reaches(&server, "listener_active_connections", listener, CAP as f64).await;
+        assert_eq!(open, CAP as f64, "{listener}: open connections with {CAP} held");
+
+        let mut over = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_by_server(&mut over).await, "{listener}: a connection over the cap was not closed");
+        let refused = listener_metric_reaches(&server, "listener_refused_connections_total", listener, 1.0).await;
+        assert_eq!(refused, 1.0, "{listener}: refused connections");
+        let open = metric(&server, &format!("listener_active_connections{{listener=\"{listener}\"")).await;
+        assert_eq!(open, CAP as f64, "{listener}: the refused connection took no place");
+
+        drop(held);
+        drop(over);
+        let open = listener_metric_reaches(&server, "listener_active_connections", listener, 0.0).await;
+        assert_eq!(open, 0.0, "{listener}: open connections once all are closed");
+    }
+    // Each flood showed on its own listener only.
+    for listener in ["http", "grpc"] {
+        let refused = metric(&server, &format!("listener_refused_connections_total{{listener=\"{listener}\"")).await;
+        assert_eq!(refused, 1.0, "{listener}");
+    }
+}

@@ -579,6 +579,9 @@ fn metric_names_are_what_the_collector_makes_of_their_instruments() {
         "streaming_first_message_duration_seconds",
         "streaming_rejections_total",
         "streaming_max_connections",
+        "listener_active_connections",
+        "listener_max_connections",
+        "listener_refused_connections_total",
         "process_memory_limit_bytes",
         "target_info",
     ] {
@@ -587,6 +590,10 @@ fn metric_names_are_what_the_collector_makes_of_their_instruments() {
     let md = read(&mon("METRICS.md"));
     for n in &names {
         assert!(md.contains(&format!("`{n}`")), "METRICS.md does not list {n}");
+    }
+    // The connection series name the two capped listeners, and only those.
+    for series in ["listener_active_connections", "listener_max_connections", "listener_refused_connections_total"] {
+        assert_eq!(v["series"][series]["listener"], serde_json::json!(["grpc", "http"]), "{series}: listener values");
     }
     // Bounded labels: the tool names of the registry, the transports.
     let tools = &v["series"]["tool_executions_total"]["tool_name"];

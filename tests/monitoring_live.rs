@@ -25,7 +25,8 @@
 //!    refusals; slow calls (a `.lock` that is a FIFO stalls the read for 2.5 s, like a hung
 //!    disk); a failing readiness check (`.staging` replaced by a file: the workspace is not
 //!    writable); streams held at the cap; a tool call held in flight; a Collector target that is
-//!    down. Floods are sized from the server's own counters so that the error-driven burn-rate
+//!    down; both listeners held at their connection cap by idle connections, with more refused
+//!    every round (last: nothing else may connect while it lasts). Floods are sized from the server's own counters so that the error-driven burn-rate
 //!    and security alerts cross their thresholds. Then every expression must return data
 //!    (selectors included), except the alerts of [`not_induced`], each checked by probes instead,
 //!    and three checked later: `TaskMcpRateLimitingFrequent` (after a rate-limit flood of its
@@ -75,6 +76,9 @@ const FLOOD_TOKENS: [&str; 6] = ["flood1tok", "flood2tok", "flood3tok", "flood4t
 const RATE: u32 = 50;
 const BURST: usize = 100;
 const MAX_STREAMS: usize = 2;
+/// The connection cap of each listener: far above what the workload and its floods (32 requests
+/// at a time) hold, so a healthy run neither nears it nor is refused; the fault phase fills it.
+const MAX_CONNECTIONS: usize = 128;
 /// How long an induced slow call waits on its stalled lock file: over every latency SLO
 /// threshold (0.1 s, 0.2 s, 0.5 s, 2 s).
 const STALL: Duration = Duration::from_millis(2500);
@@ -974,6 +978,90 @@ async fn sse_over_cap(ctx: &Ctx, token: &str) -> u16 {
     resp.status().as_u16()
 }
 
+/// Both listeners held at their cap by connections that never make a request, and more
+/// refused every round, until stopped: what a flood of idle connections (or a client that leaks
+/// them) does.
+struct ConnectionFlood {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: a gRPC connection the server keeps past
+/// its 10 s preface timeout.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Whether the server has closed `stream` (what it sent before is read and dropped).
+fn closed(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+impl ConnectionFlood {
+    fn start(ctx: &Ctx) -> ConnectionFlood {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let http = ctx.server.http_addr.expect("http_addr");
+        let tasks = [(http, &b""[..]), (ctx.server.grpc_addr, H2_HELLO)]
+            .into_iter()
+            .map(|(addr, hello)| tokio::spawn(Self::keep_full(addr, hello, stopped.clone())))
+            .collect();
+        ConnectionFlood { stop, tasks }
+    }
+
+    /// Each round opens one connection more than the places left (the cap less those held),
+    /// keeps the ones the server keeps and lets go of the ones it closed: at the cap, at least
+    /// one refusal a round. Silent HTTP connections are closed after 30 s (head timeout); the
+    /// next rounds take their places again.
+    async fn keep_full(addr: SocketAddr, hello: &'static [u8], mut stopped: tokio::sync::watch::Receiver<bool>) {
+        use tokio::io::AsyncWriteExt;
+        let mut held: Vec<tokio::net::TcpStream> = Vec::new();
+        while !*stopped.borrow() {
+            held.retain(|s| !closed(s));
+            let mut fresh = Vec::new();
+            for _ in 0..(MAX_CONNECTIONS + 1).saturating_sub(held.len()).max(1) {
+                if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await
+                    && stream.write_all(hello).await.is_ok()
+                {
+                    fresh.push(stream);
+                }
+            }
+            // A refused connection is closed at once; this is ample for the server to get to it.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = stopped.changed() => {}
+            }
+            held.extend(fresh.into_iter().filter(|s| !closed(s)));
+        }
+    }
+
+    /// Stops the flood, closes its connections and waits until the server has given their places
+    /// back (the late checks connect again). The connections refused meanwhile.
+    async fn stop(self, ctx: &Ctx) -> f64 {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("flood task");
+        }
+        let deadline = Instant::now() + STREAM_CLOSE_BOUND;
+        for listener in ["http", "grpc"] {
+            let of_listener = |l: &BTreeMap<String, String>| l.get("listener").is_some_and(|v| v == listener);
+            while ctx.figure("listener_active_connections", of_listener).await >= MAX_CONNECTIONS as f64 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{listener}: the flood's connections still held after {STREAM_CLOSE_BOUND:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        ctx.figure("listener_refused_connections_total", |_| true).await
+    }
+}
+
 /// Slow calls: HTTP/JSON and NDJSON `change.show` whose lock read stalls for [`STALL`].
 async fn slow_calls(ctx: &Ctx) {
     // stall-grpc: for the call held in flight later, while the workspace cannot be written.
@@ -1146,7 +1234,8 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
         .args(["--max-streams", &MAX_STREAMS.to_string()])
         // The floods below need every wrong token answered 401 and every stream over the
         // global cap refused 503, whoever asks: no throttle of failures, no per-principal share.
-        .args(["--auth-failures-per-minute", "0", "--max-streams-per-principal", "0"]);
+        .args(["--auth-failures-per-minute", "0", "--max-streams-per-principal", "0"])
+        .args(["--max-connections", &MAX_CONNECTIONS.to_string()]);
     for (i, t) in FLOOD_TOKENS.iter().enumerate() {
         builder = builder.args(["--auth-token".to_string(), format!("flood{}={t}", i + 1)]);
     }
@@ -1271,6 +1360,8 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
     });
     let held_writer = held_lock.wait_for_reader().await;
     prom.add_dead_collector().await;
+    // Last, as nothing after it may open a connection until it stops: both listeners full.
+    let connection_flood = ConnectionFlood::start(&ctx);
     report.say(format!("faults induced and held after {:?}", fault_start.elapsed()));
 
     // The fault sweep: every expression but the late and the not-inducible ones, selectors
@@ -1332,6 +1423,8 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
     ));
 
     // Release what is held.
+    let refused = connection_flood.stop(&ctx).await;
+    report.say(format!("connection flood: {refused} connections refused over the two listeners"));
     drop(held_writer);
     let shown = held_call.await.expect("held call task").expect("the held call ended");
     shown.expect("the held show succeeds once its lock read ends");

@@ -76,13 +76,14 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+    use crate::connections::Listener;
 
     #[tokio::test]
     async fn a_connection_is_served_once_its_preface_arrives_and_dropped_if_it_never_does() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut incoming =
-            std::pin::pin!(connections(listener, Duration::from_millis(300), ConnectionLimit::new("test", 8)));
+            std::pin::pin!(connections(listener, Duration::from_millis(300), ConnectionLimit::new(Listener::Grpc, 8)));
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut half = TcpStream::connect(addr).await.unwrap();

@@ -697,7 +697,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn metrics(t: &TestMeter) -> Arc<Metrics> {
-        Arc::new(Metrics::new(&t.meter(), 1, Some(Arc::new(HealthFlags::default()))))
+        Arc::new(Metrics::new(&t.meter(), 1, Some(Arc::new(HealthFlags::default())), &[]))
     }
 
     fn frame(payload: &[u8]) -> Bytes {

@@ -30,7 +30,9 @@ use std::{
 
 use opentelemetry::{
     InstrumentationScope, KeyValue,
-    metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, ObservableUpDownCounter},
+    metrics::{
+        Counter, Histogram, Meter, MeterProvider as _, ObservableCounter, ObservableGauge, ObservableUpDownCounter,
+    },
 };
 use opentelemetry_sdk::{
     Resource,
@@ -38,6 +40,8 @@ use opentelemetry_sdk::{
     metrics::{PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
 };
 use task_mcp_gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS, LiveCounts, Transport};
+
+use crate::connections::ConnectionLimit;
 
 /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise; also the meter
 /// (instrumentation scope) name, which the contract's `otel_scope_name` is.
@@ -388,6 +392,7 @@ pub struct Metrics {
     _observed: Vec<ObservableGauge<i64>>,
     _tool_active: ObservableUpDownCounter<i64>,
     _observed_f64: Vec<ObservableGauge<f64>>,
+    _connections: ConnectionInstruments,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -399,8 +404,14 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Creates every instrument from `meter`. `max_streams` is the configured
     /// cap on open streams; `health` the readiness flags to observe (`None`:
-    /// no readiness checks here, as in `task-mcp gateway`).
-    pub fn new(meter: &Meter, max_streams: usize, health: Option<Arc<HealthFlags>>) -> Metrics {
+    /// no readiness checks here, as in `task-mcp gateway`); `listeners` the
+    /// connection caps of the listeners this process serves.
+    pub fn new(
+        meter: &Meter,
+        max_streams: usize,
+        health: Option<Arc<HealthFlags>>,
+        listeners: &[ConnectionLimit],
+    ) -> Metrics {
         let gateway = Arc::new(GatewayMetrics::new(meter, max_streams));
         let process = Arc::new(ProcessStats::new());
         let (cpu, mem, limit, uptime) = (process.clone(), process.clone(), process.clone(), process);
@@ -493,6 +504,56 @@ impl Metrics {
             tool_active,
             _observed: observed,
             _observed_f64: observed_f64,
+            _connections: ConnectionInstruments::new(meter, listeners),
+        }
+    }
+}
+
+/// `listener.*`: the open connections, the cap and the refusals of each listener, read from
+/// the limits themselves at each collection, so that accepting or refusing a connection records
+/// nothing through the SDK. Each series exists from the start (the refusals at 0), so a rate
+/// sees the first refusal too.
+struct ConnectionInstruments {
+    _open: ObservableUpDownCounter<i64>,
+    _max: ObservableGauge<i64>,
+    _refused: ObservableCounter<u64>,
+}
+
+impl ConnectionInstruments {
+    fn new(meter: &Meter, listeners: &[ConnectionLimit]) -> Self {
+        let attributes = |limit: &ConnectionLimit| [KeyValue::new("listener", limit.listener().as_str())];
+        let (open, max, refused) = (listeners.to_vec(), listeners.to_vec(), listeners.to_vec());
+        ConnectionInstruments {
+            _open: meter
+                .i64_observable_up_down_counter("listener.active_connections")
+                .with_unit("{connection}")
+                .with_description("Open connections of each listener.")
+                .with_callback(move |o| {
+                    for limit in &open {
+                        o.observe(i64::try_from(limit.open()).unwrap_or(i64::MAX), &attributes(limit));
+                    }
+                })
+                .build(),
+            _max: meter
+                .i64_observable_gauge("listener.max_connections")
+                .with_unit("{connection}")
+                .with_description("Configured limit on the open connections of each listener, for saturation.")
+                .with_callback(move |o| {
+                    for limit in &max {
+                        o.observe(i64::try_from(limit.max()).unwrap_or(i64::MAX), &attributes(limit));
+                    }
+                })
+                .build(),
+            _refused: meter
+                .u64_observable_counter("listener.refused_connections")
+                .with_unit("{connection}")
+                .with_description("Connections closed at once because their listener was full.")
+                .with_callback(move |o| {
+                    for limit in &refused {
+                        o.observe(limit.refused(), &attributes(limit));
+                    }
+                })
+                .build(),
         }
     }
 }
@@ -638,6 +699,7 @@ pub(crate) use task_mcp_gateway::metrics::testing;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connections::Listener;
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -685,11 +747,19 @@ mod tests {
     fn process_and_health_gauges_report_on_collection() {
         let t = testing::TestMeter::new();
         let health = Arc::new(HealthFlags::default());
-        let _m = Metrics::new(&t.meter(), 42, Some(health.clone()));
+        let limit = ConnectionLimit::new(Listener::Grpc, 3);
+        let _m = Metrics::new(&t.meter(), 42, Some(health.clone()), std::slice::from_ref(&limit));
+        let mut held: Vec<_> = (0..3).filter_map(|_| limit.admit()).collect();
+        assert!(held.len() == 3 && limit.admit().is_none());
+        held.truncate(1);
         health.set_workspace(false);
         assert_eq!(t.value("health.check.status", &["check=workspace"]), Some(0.0));
         assert_eq!(t.value("health.check.status", &["check=upstream"]), Some(1.0));
         assert_eq!(t.value("streaming.max_connections", &[]), Some(42.0));
+        // Three admitted, one refused, two closed again.
+        assert_eq!(t.value("listener.active_connections", &["listener=grpc"]), Some(1.0));
+        assert_eq!(t.value("listener.max_connections", &["listener=grpc"]), Some(3.0));
+        assert_eq!(t.value("listener.refused_connections", &["listener=grpc"]), Some(1.0));
         assert!(t.value("process.uptime", &[]).is_some());
         if cfg!(target_os = "linux") {
             assert!(t.value("process.memory", &["type=rss"]).unwrap() > 0.0);
@@ -703,7 +773,8 @@ mod tests {
     #[test]
     fn prometheus_names_match_the_contract_and_target_info_is_trimmed() {
         let export = MetricsExport::start(None, true).unwrap();
-        let metrics = Metrics::new(&export.meter(), 10, Some(Arc::new(HealthFlags::default())));
+        let limits = [ConnectionLimit::new(Listener::Grpc, 4), ConnectionLimit::new(Listener::Http, 4)];
+        let metrics = Metrics::new(&export.meter(), 10, Some(Arc::new(HealthFlags::default())), &limits);
         metrics.tool_executions.add(1, &[KeyValue::new("tool.name", "change.open")]);
         metrics.gateway.auth(task_mcp_gateway::metrics::Transport::Http, task_mcp_gateway::metrics::AuthResult::Valid);
         let text = encode(export.registry().unwrap()).unwrap();
@@ -716,6 +787,9 @@ mod tests {
             "process_uptime_seconds{",
             "health_check_status{",
             "streaming_max_connections{",
+            "listener_active_connections{",
+            "listener_max_connections{",
+            "listener_refused_connections_total{",
             "target_info{",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");

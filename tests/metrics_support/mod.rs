@@ -22,6 +22,9 @@ pub const SLOW_TOKEN: &str = "slowtok";
 pub const BURST: u32 = 100;
 /// The stream cap: two streams open at once fill it.
 pub const MAX_STREAMS: usize = 2;
+/// The connection cap of each listener: well above what the workload opens at once, and filled
+/// on purpose at its start (one connection refused on each listener).
+pub const MAX_CONNECTIONS: usize = 16;
 
 // ------------------------------------------------------------------ contract
 
@@ -109,14 +112,16 @@ pub fn prometheus_name(instrument: &str, unit: &str, monotonic_counter: bool) ->
 
 /// The server both tests run: two principals, a rate limit the `slow` one
 /// exhausts, a stream cap of two that `ops` alone fills (no per-principal share,
-/// which would otherwise give each principal one), and whatever `configure` adds.
+/// which would otherwise give each principal one), a connection cap the workload
+/// fills once, and whatever `configure` adds.
 pub fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Server {
     let builder = Server::builder()
         .auth_token(&format!("ops={TOKEN}"))
         .args(["--auth-token", &format!("slow={SLOW_TOKEN}")])
         .rate_limit(1, BURST)
         .args(["--max-streams", &MAX_STREAMS.to_string()])
-        .args(["--max-streams-per-principal", "0"]);
+        .args(["--max-streams-per-principal", "0"])
+        .args(["--max-connections", &MAX_CONNECTIONS.to_string()]);
     configure(builder).start()
 }
 
@@ -181,6 +186,10 @@ async fn mcp_stream(http: &reqwest::Client, url: &str, session: &str) -> reqwest
 /// Runs the scripted workload over gRPC, HTTP/JSON and MCP. What it implies
 /// is [`expected`]; every step asserts its own answer so a failure is local.
 pub async fn run(server: &Server) -> Outcome {
+    // First, while no other connection is open: each listener filled to its cap, and one more.
+    fill_and_overflow(server, "http", b"").await;
+    fill_and_overflow(server, "grpc", H2_HELLO).await;
+
     let http = http();
     let base = server.http_base();
     let mcp_url = server.mcp_url();
@@ -318,6 +327,57 @@ pub async fn run(server: &Server) -> Outcome {
     Outcome { slow_admitted }
 }
 
+/// The HTTP/2 client preface and an empty SETTINGS frame: a gRPC connection the server keeps.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Opens [`MAX_CONNECTIONS`] connections to `listener`, each sending `hello`, and one more,
+/// which the full listener closes at once (accepts are in order, so it is the last); then
+/// closes them all and waits until the server has given their places back, so that no later
+/// connection of the workload is refused. A silent HTTP connection is kept 30 s for its request
+/// head, a gRPC one that said hello until it fails a keep-alive ping: both far longer than this
+/// takes.
+async fn fill_and_overflow(server: &Server, listener: &str, hello: &[u8]) {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+    let addr = match listener {
+        "http" => server.http_addr.expect("the listening line names http_addr"),
+        _ => server.grpc_addr,
+    };
+    wait_until_connections_close(server, listener).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut stream = bounded("connect", TcpStream::connect(addr)).await.expect("connect");
+        stream.write_all(hello).await.expect("hello");
+        held.push(stream);
+    }
+    let mut over = bounded("connect", TcpStream::connect(addr)).await.expect("connect over the cap");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(20), over.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{listener}: a connection over the cap was not closed: {read:?}");
+    drop(held);
+    wait_until_connections_close(server, listener).await;
+}
+
+/// The server notices closed connections when it next reads them; wait (bounded) until the
+/// built-in metrics endpoint (both tests' servers have one) shows none open on `listener`.
+async fn wait_until_connections_close(server: &Server, listener: &str) {
+    let url = format!("http://{}/metrics", server.metrics_addr.expect("the listening line names metrics_addr"));
+    let prefix = format!("listener_active_connections{{listener=\"{listener}\"");
+    let http = http();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = http.get(&url).send().await.expect("GET /metrics").text().await.expect("metrics text");
+        let open = text.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.rsplit(' ').next());
+        if open == Some("0") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listener}: connections still open after 15 s: {open:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What the workload could not fix in advance.
 pub struct Outcome {
     /// gRPC ListChanges calls of `slow` admitted before the refusal.
@@ -382,6 +442,11 @@ pub fn expected(outcome: &Outcome) -> Vec<(&'static str, Labels, f64)> {
         ("streaming_rejections_total", vec![("transport", "mcp"), ("reason", "capacity")], 1.0),
         ("streaming_rejections_total", vec![("transport", "grpc"), ("reason", "capacity")], 1.0),
         ("streaming_max_connections", vec![], MAX_STREAMS as f64),
+        // One connection over the cap on each listener, at the start.
+        ("listener_refused_connections_total", vec![("listener", "http")], 1.0),
+        ("listener_refused_connections_total", vec![("listener", "grpc")], 1.0),
+        ("listener_max_connections", vec![("listener", "http")], MAX_CONNECTIONS as f64),
+        ("listener_max_connections", vec![("listener", "grpc")], MAX_CONNECTIONS as f64),
         ("streaming_active_connections", vec![("transport", "grpc"), ("stream_type", "grpc")], 0.0),
         ("streaming_active_connections", vec![("transport", "mcp"), ("stream_type", "sse")], 0.0),
         ("streaming_active_connections", vec![("transport", "http"), ("stream_type", "ndjson")], 0.0),
