@@ -162,6 +162,13 @@ pub struct GatewayFlags {
     /// at most 32,768 (the soft open-file limit is first raised to the hard one).
     #[arg(long, env = "TASK_MCP_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one())]
     pub max_connections: Option<usize>,
+
+    /// How long the gateway waits for the service to start answering a call (504
+    /// DEADLINE_EXCEEDED, reason UPSTREAM_TIMED_OUT, beyond); the call is then cancelled at the
+    /// service. A unary call must be answered within it; a stream must have started (progress
+    /// and change feeds then run as long as they need). A caller's shorter deadline wins.
+    #[arg(long, env = "TASK_MCP_UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_timeout_seconds: u64,
 }
 
 /// The `TASK_MCP_*` variables among `names` that no flag reads. A misspelt one
@@ -314,6 +321,7 @@ impl GatewayFlags {
             conformance_fixtures: self.conformance_fixtures,
             max_sessions_per_principal: share(self.max_sessions_per_principal, self.max_sessions),
             max_streams_per_principal: share(self.max_streams_per_principal, self.max_streams),
+            upstream_timeout: Duration::from_secs(self.upstream_timeout_seconds),
             ..task_mcp_gateway::GatewayConfig::default()
         }
     }
@@ -367,9 +375,14 @@ mod tests {
 
     #[test]
     fn a_limit_of_zero_is_refused_at_start() {
-        for flag in
-            ["--max-body-bytes", "--max-sessions", "--session-idle-seconds", "--max-streams", "--max-connections"]
-        {
+        for flag in [
+            "--max-body-bytes",
+            "--max-sessions",
+            "--session-idle-seconds",
+            "--max-streams",
+            "--max-connections",
+            "--upstream-timeout-seconds",
+        ] {
             let err = Cli::try_parse_from(["task-mcp", "serve", flag, "0"]).expect_err(flag);
             assert!(err.to_string().contains(flag), "{flag}: {err}");
             assert!(Cli::try_parse_from(["task-mcp", "serve", flag, "1"]).is_ok(), "{flag} 1");

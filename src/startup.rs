@@ -438,7 +438,7 @@ fn gateway_state(
     config: task_mcp_gateway::GatewayConfig,
     metrics: Arc<task_mcp_gateway::metrics::GatewayMetrics>,
 ) -> Result<Arc<task_mcp_gateway::AppState>, StartupError> {
-    let upstream = Upstream::new(upstream).map_err(StartupError::Gateway)?;
+    let upstream = Upstream::new(upstream, config.upstream_timeout).map_err(StartupError::Gateway)?;
     Ok(task_mcp_gateway::AppState::with_metrics(config, Arc::new(upstream), access, metrics))
 }
 

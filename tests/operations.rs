@@ -68,6 +68,13 @@ async fn open_change(http: &reqwest::Client, base: &str, slug: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Opens `slug` on the service's gRPC face, past any gateway.
+async fn open_over_grpc(server: &Server, slug: &str) {
+    let mut changes = server.changes().await;
+    let open = OpenChangeRequest { title: "T".into(), slug: slug.into(), owner: "alice".into(), ..Default::default() };
+    common::ok("OpenChange", bounded("OpenChange", changes.open_change(open)).await);
+}
+
 /// Waits until the server's log has a line satisfying `found`; that line.
 async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + EXIT_BOUND;
@@ -284,6 +291,192 @@ async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
     let answer = common::mcp::sse_messages(&text).into_iter().find(|m| m["id"] == "dies").unwrap_or(Value::Null);
     assert_eq!(answer["error"]["code"], -32000, "{text}");
     assert_eq!(answer["error"]["data"]["code"], "UNAVAILABLE", "{text}");
+}
+
+/// A gRPC service that takes calls and never answers them: a hung process, or one stuck at its
+/// disk. HTTP/2 itself is served (the connection's pings are answered, streams accepted), as the
+/// runtime of a hung service still does, so no keep-alive ever ends such a call. Each call the
+/// client resets is reported as its path and the reset's reason.
+async fn a_service_that_never_answers() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, h2::Reason)>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (resets, reported) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let resets = resets.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else { return };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let resets = resets.clone();
+                    tokio::spawn(async move {
+                        let path = request.uri().path().to_string();
+                        if let Ok(reason) = std::future::poll_fn(|cx| respond.poll_reset(cx)).await {
+                            let _ = resets.send((path, reason));
+                        }
+                        drop(request);
+                    });
+                }
+            });
+        }
+    });
+    (url, reported)
+}
+
+/// Waits for the hung service to see a call to `method` reset by its client; the reason.
+async fn reset_of(resets: &mut tokio::sync::mpsc::UnboundedReceiver<(String, h2::Reason)>, method: &str) -> h2::Reason {
+    bounded(&format!("the reset of {method}"), async {
+        loop {
+            let (path, reason) = resets.recv().await.expect("the hung service runs");
+            if path.ends_with(method) {
+                return reason;
+            }
+        }
+    })
+    .await
+}
+
+/// An operator audit: a service that accepts connections but never answers held HTTP/JSON calls
+/// until the connection's keep-alive ended (about 38 s) and MCP calls until their client gave up,
+/// while `/health/ready` had long called the upstream unhealthy; the calls piled up at the service.
+/// Now the gateway waits `--upstream-timeout-seconds` for an answer to start, answers 504
+/// DEADLINE_EXCEEDED (an `isError` result over MCP) naming the flag, and resets the call.
+#[tokio::test]
+async fn through_the_gateway_a_service_that_never_answers_is_504_at_the_bound_and_the_call_is_reset() {
+    let (upstream, mut resets) = a_service_that_never_answers().await;
+    let gateway = Gateway::start(&upstream, &["--upstream-timeout-seconds", "1", "--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+
+    let asked = Instant::now();
+    let (status, body) = rest(&http, &base, "change.show", json!({"slug": "any"}), &[]).await;
+    assert_eq!((status, body["code"].as_str()), (504, Some("DEADLINE_EXCEEDED")), "{body}");
+    assert_eq!(body["reason"], "UPSTREAM_TIMED_OUT", "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("--upstream-timeout-seconds"), "{body}");
+    // Timers never fire early; how much later is the machine's business.
+    assert!(asked.elapsed() >= Duration::from_secs(1), "answered before the bound: {:?}", asked.elapsed());
+    assert_eq!(reset_of(&mut resets, "/ShowChange").await, h2::Reason::CANCEL);
+
+    // A streamed call waits for its head the same way (the first event decides its status).
+    let res = bounded(
+        "an NDJSON change.archive",
+        http.post(format!("{base}/v1/tools/change.archive"))
+            .header("accept", "application/x-ndjson")
+            .json(&json!({"slug": "any", "owner": "alice"}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 504);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["reason"], "UPSTREAM_TIMED_OUT", "{body}");
+    assert_eq!(reset_of(&mut resets, "/ArchiveChangeStream").await, h2::Reason::CANCEL);
+
+    let mut mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "hung").await;
+    let result = bounded("tools/call", mcp.call("change.show", json!({"slug": "any"}))).await;
+    assert_eq!(result["isError"], true, "{result}");
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("UPSTREAM_TIMED_OUT") && text.contains("--upstream-timeout-seconds"), "{result}");
+    assert_eq!(reset_of(&mut resets, "/ShowChange").await, h2::Reason::CANCEL);
+}
+
+/// In `serve` the gateway calls the service in-process, and a stuck disk hangs a call there just
+/// the same (here: a change whose turn another process holds). The same bound and answer apply,
+/// and the call is dropped at the service rather than left waiting.
+#[tokio::test]
+async fn in_serve_a_call_stuck_at_the_service_is_504_at_the_bound_and_dropped() {
+    let server = Server::builder().args(["--upstream-timeout-seconds", "1"]).start();
+    let (http, base) = (client(), server.http_base());
+    // Set up on the gRPC face, which the gateway's bound does not apply to: only the calls
+    // under test depend on the bound, however slow a loaded machine is.
+    open_over_grpc(&server, "stuck").await;
+    let _turn = hold_turn(&server, "stuck");
+    let archive = json!({"slug": "stuck", "owner": "alice"});
+
+    let (status, body) = rest(&http, &base, "change.archive", archive.clone(), &[]).await;
+    assert_eq!((status, body["code"].as_str()), (504, Some("DEADLINE_EXCEEDED")), "{body}");
+    assert_eq!(body["reason"], "UPSTREAM_TIMED_OUT", "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("--upstream-timeout-seconds"), "{body}");
+
+    let mut mcp = Mcp::connect(http.clone(), server.mcp_url(), None, "2025-11-25", "stuck").await;
+    let result = bounded("tools/call", mcp.call("change.archive", archive)).await;
+    assert_eq!(result["isError"], true, "{result}");
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("UPSTREAM_TIMED_OUT") && text.contains("--upstream-timeout-seconds"), "{result}");
+
+    // Both calls have left the service: none is still in flight waiting for the turn.
+    let url = format!("http://{}/metrics", server.metrics_addr.expect("a metrics listener"));
+    let deadline = Instant::now() + EXIT_BOUND;
+    loop {
+        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
+        let archiving = text
+            .lines()
+            .filter(|l| l.starts_with("tool_active_executions{") && l.contains("tool_name=\"change.archive\""))
+            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+            .sum::<f64>();
+        if archiving == 0.0 && text.contains("tool_active_executions{") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the archives are still in flight at the service:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bound is on the start of an answer only: a stream that has started (an archive's progress,
+/// the change feed behind MCP notifications, which is quiet for as long as nothing changes) runs
+/// and idles for as long as it needs, well past the bound.
+#[tokio::test]
+async fn through_the_gateway_a_stream_that_started_answering_outlives_the_bound() {
+    let service = Server::start();
+    // Not 1 s: the calls that open the streams must start answering within the bound, on a
+    // loaded machine too. The streams are then held well past it.
+    let gateway =
+        Gateway::start(&service.endpoint(), &["--upstream-timeout-seconds", "2", "--rate-limit-per-second", "0"], &[]);
+    let (http, base) = (client(), format!("http://{}", gateway.http_addr));
+
+    // The change feed: subscribed, then quiet for two bounds. No event ever names the ghost:
+    // only the re-read hint of a feed that was cut and reopened would.
+    let mut mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "quiet").await;
+    let (ghost, later) = ("change://ghost/proposal", "change://after-quiet/proposal");
+    for uri in [ghost, later] {
+        mcp.request("resources/subscribe", json!({"uri": uri})).await;
+    }
+    let mut stream = mcp.open_stream().await;
+
+    // A progress stream whose archive waits for its turn, also past the bound.
+    open_over_grpc(&service, "slow-archive").await;
+    let turn = hold_turn(&service, "slow-archive");
+    let archive = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let res = http
+                .post(format!("{base}/v1/tools/change.archive"))
+                .header("accept", "application/x-ndjson")
+                .json(&json!({"slug": "slow-archive", "owner": "alice"}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }
+    });
+    until_executing(&service, "change.archive").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    drop(turn);
+    let (status, body) = bounded("the NDJSON answer", archive).await.unwrap();
+    let last: Value = body.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(last["result"]["receipt"]["slug"], "slow-archive", "{body}");
+
+    open_over_grpc(&service, "after-quiet").await;
+    let mut seen = String::new();
+    loop {
+        let messages = common::mcp::sse_messages(&seen);
+        assert!(!messages.iter().any(|m| m["params"]["uri"] == ghost), "the feed was cut and reopened: {seen}");
+        if messages.iter().any(|m| m["method"] == "notifications/resources/updated" && m["params"]["uri"] == later) {
+            break;
+        }
+        let chunk = bounded("an SSE chunk", stream.chunk()).await.expect("the stream reads");
+        seen.push_str(std::str::from_utf8(&chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"))).unwrap());
+    }
+    assert!(!gateway.logs().contains("change feed lost"), "{}", gateway.logs());
 }
 
 // ------------------------------------------------------------------ logs

@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     pub max_sessions_per_principal: usize,
     /// Open streams one principal may hold; 0: no share (only `max_streams` bounds it).
     pub max_streams_per_principal: usize,
+    /// How long a call may wait for the service to start answering (its response head);
+    /// a caller's shorter deadline wins.
+    pub upstream_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +55,7 @@ impl Default for GatewayConfig {
             conformance_fixtures: false,
             max_sessions_per_principal: 0,
             max_streams_per_principal: 0,
+            upstream_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -738,7 +738,9 @@ pub(crate) mod fake {
                 Ok::<_, tonic::codegen::StdError>(response)
             }
         });
-        let upstream = Arc::new(Upstream::new(UpstreamService::new(service)).unwrap());
+        let upstream = Arc::new(
+            Upstream::new(UpstreamService::new(service), crate::GatewayConfig::default().upstream_timeout).unwrap(),
+        );
         Fake { state: AppState::new(config, upstream, access), seen, health }
     }
 

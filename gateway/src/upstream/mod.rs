@@ -139,11 +139,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(service: UpstreamService) -> Result<Self, String> {
+    /// `answer_within`: how long any call may wait for the service to start answering (its
+    /// response head), `--upstream-timeout-seconds`.
+    pub fn new(service: UpstreamService, answer_within: Duration) -> Result<Self, String> {
         let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
             .map_err(|e| format!("decoding the embedded protobuf descriptors: {e}"))?;
         let registry = Registry::from_pool(&pool)?;
-        let service = Transport(service);
+        let service = Transport { service, answer_within };
         let grpc = tonic::client::Grpc::new(service.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Upstream { service, grpc, pool, registry: Arc::new(registry) })
     }
@@ -514,8 +516,19 @@ fn not_ready(err: TransportError) -> Status {
 /// tonic's `Into<StdError>` bound ("implementation of `From` is not general
 /// enough"), which breaks every `tokio::spawn` of a call. A plain struct has
 /// no lifetime to lose.
+///
+/// Every call also gets `answer_within` to see the service's response head. A service that
+/// accepts calls and never answers them (a hung handler, a stuck disk) still answers HTTP/2
+/// pings, so nothing else ends such a call: not the keep-alive, and not a caller who sent no
+/// deadline. The head is the one moment common to every call shape: a unary call's head comes
+/// with its answer, a server stream's as soon as its handler returns the stream (tonic's server,
+/// over TCP and in-process alike), so the bound never cuts a progress stream or a change feed
+/// that has started, however long it then runs or idles.
 #[derive(Clone)]
-pub(crate) struct Transport(UpstreamService);
+pub(crate) struct Transport {
+    service: UpstreamService,
+    answer_within: Duration,
+}
 
 /// A failure to hand a request to the service, as the status tonic reports:
 /// tonic finds it in the source chain.
@@ -541,10 +554,63 @@ fn transport_error(err: tonic::codegen::StdError) -> TransportError {
     TransportError(Status::try_from_error(err).unwrap_or_else(|err| Status::unavailable(err.to_string())))
 }
 
-type TransportFuture = futures_util::future::MapErr<
-    <UpstreamService as tower::Service<http::Request<tonic::body::Body>>>::Future,
-    fn(tonic::codegen::StdError) -> TransportError,
->;
+/// The service kept a call past `--upstream-timeout-seconds` without answering. DEADLINE_EXCEEDED
+/// (504, a tool error over MCP) as when a caller's own deadline passes, and not UNAVAILABLE: the
+/// service took the call and may yet carry it out, so it is not safe to retry blindly as a call
+/// that never reached a service is. The reason tells it from the caller's deadline, and the
+/// message names the knob.
+fn not_answered(within: Duration) -> TransportError {
+    let seconds = within.as_secs().to_string();
+    let metadata: std::collections::HashMap<String, String> =
+        [("flag".to_string(), UPSTREAM_TIMEOUT_FLAG.to_string()), ("timeoutSeconds".to_string(), seconds.clone())]
+            .into_iter()
+            .collect();
+    let details = tonic_types::ErrorDetails::with_error_info(UPSTREAM_TIMED_OUT, "task-mcp", metadata);
+    TransportError(<Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::DeadlineExceeded,
+        format!("the service did not start answering within {seconds} s ({UPSTREAM_TIMEOUT_FLAG})"),
+        details,
+    ))
+}
+
+/// The reason of a call the service did not answer within `--upstream-timeout-seconds`.
+const UPSTREAM_TIMED_OUT: &str = "UPSTREAM_TIMED_OUT";
+const UPSTREAM_TIMEOUT_FLAG: &str = "--upstream-timeout-seconds";
+
+pin_project_lite::pin_project! {
+    /// A call to the service until its response head, or until `answer_within` passed first.
+    /// Dropped then, the call is cancelled: over TCP its HTTP/2 stream is reset, in-process
+    /// the handler's future is dropped, so the calls of a hung service do not pile up.
+    pub(crate) struct TransportFuture {
+        #[pin]
+        call: <UpstreamService as tower::Service<http::Request<tonic::body::Body>>>::Future,
+        // Armed by the first poll that finds no answer: a call answered at once (in-process,
+        // from memory) costs no timer.
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        within: Duration,
+    }
+}
+
+impl Future for TransportFuture {
+    type Output = Result<http::Response<tonic::body::Body>, TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        // The answer first: one that is there when the timer fires is still taken.
+        if let std::task::Poll::Ready(answer) = this.call.poll(cx) {
+            return std::task::Poll::Ready(answer.map_err(transport_error));
+        }
+        let mut timer = this.timer;
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep(*this.within)));
+        }
+        match timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(Err(not_answered(*this.within))),
+            _ => std::task::Poll::Pending,
+        }
+    }
+}
 
 impl tower::Service<http::Request<tonic::body::Body>> for Transport {
     type Response = http::Response<tonic::body::Body>;
@@ -552,11 +618,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for Transport {
     type Future = TransportFuture;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(transport_error)
+        self.service.poll_ready(cx).map_err(transport_error)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        futures_util::TryFutureExt::map_err(self.0.call(request), transport_error as fn(_) -> _)
+        TransportFuture { call: self.service.call(request), timer: None, within: self.answer_within }
     }
 }
 
@@ -691,6 +757,9 @@ mod tests {
     use tonic_prost::ProstCodec;
 
     use super::*;
+
+    /// Longer than anything the fake takes (its ShowChange sleeps 30 s, for caller deadlines).
+    const NO_HURRY: Duration = Duration::from_secs(60);
 
     fn pool() -> DescriptorPool {
         DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).unwrap()
@@ -902,6 +971,11 @@ mod tests {
     }
 
     fn fake() -> Fake {
+        fake_answering_within(NO_HURRY)
+    }
+
+    /// The fake behind an `Upstream` that waits `within` for the head of an answer.
+    fn fake_answering_within(within: Duration) -> Fake {
         let seen: Seen = Arc::default();
         let cancelled = Arc::new(tokio::sync::Notify::new());
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -919,9 +993,13 @@ mod tests {
                     }
                     "/taskmcp.v1.Changes/ShowChange" => {
                         let codec = ProstCodec::<pb::ShowChangeResponse, pb::ShowChangeRequest>::default();
-                        let slow = tower::service_fn(|_: Request<pb::ShowChangeRequest>| async {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            Ok::<_, Status>(Response::new(pb::ShowChangeResponse::default()))
+                        let slow = tower::service_fn(move |_: Request<pb::ShowChangeRequest>| {
+                            let flag = DropFlag(cancelled.clone());
+                            async move {
+                                let _flag = flag;
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                Ok::<_, Status>(Response::new(pb::ShowChangeResponse::default()))
+                            }
                         });
                         tonic::server::Grpc::new(codec).unary(slow, req).await
                     }
@@ -980,7 +1058,7 @@ mod tests {
                 Ok::<_, tonic::codegen::StdError>(response)
             }
         });
-        let upstream = Upstream::new(UpstreamService::new(service)).unwrap();
+        let upstream = Upstream::new(UpstreamService::new(service), within).unwrap();
         Fake { seen, cancelled, health, upstream }
     }
 
@@ -1147,6 +1225,49 @@ mod tests {
         assert_eq!(err.code, Code::DeadlineExceeded);
     }
 
+    /// A service that takes a call and never answers it (its handler hangs; HTTP/2 pings, which
+    /// the transport answers, would keep it so forever).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_not_answered_within_the_bound_is_504_naming_the_flag_and_cancelled() {
+        let fake = fake_answering_within(Duration::from_secs(2));
+        let cancelled = fake.cancelled.notified();
+        let args = json!({"slug": "s"});
+        let show = fake.upstream.call_tool(tool(&fake, "change.show"), &args, CallContext::default());
+        let err = tokio::time::timeout(Duration::from_secs(10), show).await.expect("the bound fired").unwrap_err();
+        let CallError::Upstream(err) = err else { panic!("{err:?}") };
+        assert_eq!((err.code, err.reason.as_str()), (Code::DeadlineExceeded, "UPSTREAM_TIMED_OUT"), "{err:?}");
+        assert_eq!(err.http_status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(err.mcp_failure(), crate::error::McpFailure::ToolError);
+        assert!(err.message.contains("--upstream-timeout-seconds") && err.message.contains("2 s"), "{err:?}");
+        assert_eq!(err.metadata["timeoutSeconds"], "2");
+        tokio::time::timeout(Duration::from_secs(1), cancelled).await.expect("the handler was not dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_shorter_deadline_wins_over_the_bound() {
+        let fake = fake_answering_within(Duration::from_secs(2));
+        let ctx = CallContext { timeout: Some(Duration::from_millis(500)), ..Default::default() };
+        let err = fake.upstream.call_tool(tool(&fake, "change.show"), &json!({"slug": "s"}), ctx).await.unwrap_err();
+        let CallError::Upstream(err) = err else { panic!("{err:?}") };
+        assert_eq!((err.code, err.reason.as_str()), (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"), "{err:?}");
+        assert!(!err.message.contains("--upstream-timeout-seconds"), "{err:?}");
+    }
+
+    /// The bound is on the head of the answer: a stream that started answering may then be
+    /// quiet for as long as it likes (a slow archive step, a change feed with nothing to say).
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_started_is_not_cut_by_the_bound() {
+        let fake = fake_answering_within(Duration::from_secs(2));
+        let mut events = fake.upstream.call_tool_streaming(
+            tool(&fake, "change.archive"),
+            &json!({"slug": "hang"}),
+            CallContext::default(),
+        );
+        assert!(matches!(events.next().await, Some(Ok(ToolEvent::Progress { .. }))));
+        let quiet = tokio::time::timeout(Duration::from_secs(60), events.next()).await;
+        assert!(quiet.is_err(), "the stream ended after its head had come: {quiet:?}");
+    }
+
     #[tokio::test]
     async fn streaming_form_yields_progress_then_the_result() {
         let fake = fake();
@@ -1280,7 +1401,7 @@ mod tests {
         let failing = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
             Err::<http::Response<tonic::body::Body>, tonic::codegen::StdError>("connection refused".into())
         });
-        let upstream = Upstream::new(UpstreamService::new(failing)).unwrap();
+        let upstream = Upstream::new(UpstreamService::new(failing), NO_HURRY).unwrap();
         let tool = upstream.registry().get("change.list").unwrap().clone();
         let Err(CallError::Upstream(err)) = upstream.call_tool(&tool, &Value::Null, CallContext::default()).await
         else {
