@@ -11,6 +11,7 @@ pub mod headers;
 pub mod health;
 pub mod mcp;
 pub mod metrics;
+pub mod proxies;
 pub mod rest;
 pub mod schema;
 pub mod security;
@@ -20,6 +21,7 @@ pub mod wire_json;
 pub use access::{Access, Admission};
 pub use app::{AppState, router};
 pub use config::GatewayConfig;
+pub use proxies::{TrustedProxies, TrustedRange};
 
 /// Generated from `../proto` (clients only).
 #[allow(clippy::large_enum_variant)]
