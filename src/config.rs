@@ -107,6 +107,19 @@ pub struct AccessSettings {
     /// 0 disables.
     #[arg(long, env = "TASK_MCP_AUTH_FAILURES_PER_MINUTE", default_value_t = 30, value_name = "N")]
     pub auth_failures_per_minute: u32,
+
+    /// Reverse proxy whose `X-Forwarded-For` names the client (a CIDR range or an address);
+    /// repeatable. A request from one is keyed on the rightmost address in the header that is
+    /// not itself a trusted proxy, for the failed-authentication budget. Trust only proxies
+    /// that append to or overwrite the header. Without any, the TCP peer is the client.
+    #[arg(long = "trusted-proxy", env = "TASK_MCP_TRUSTED_PROXIES", value_delimiter = ',', value_name = "CIDR")]
+    pub trusted_proxies: Vec<task_mcp_gateway::TrustedRange>,
+}
+
+impl AccessSettings {
+    pub fn trusted_proxies(&self) -> task_mcp_gateway::TrustedProxies {
+        task_mcp_gateway::TrustedProxies::new(self.trusted_proxies.iter().copied())
+    }
 }
 
 /// The gateway's limits and policies.
@@ -400,6 +413,20 @@ mod tests {
         let set =
             parse(&["--max-sessions-per-principal", "9", "--max-streams-per-principal", "0"]).gateway.to_config(3);
         assert_eq!((set.max_sessions_per_principal, set.max_streams_per_principal), (9, 0));
+    }
+
+    #[test]
+    fn trusted_proxies_repeat_and_a_bad_one_is_refused_naming_the_flag() {
+        let s = parse(&["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.0.2.7"]);
+        let shown: Vec<String> = s.access.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert!(parse(&[]).access.trusted_proxies().is_empty());
+        for bad in ["10.0.0.0/40", "proxy.internal"] {
+            let err = Cli::try_parse_from(["task-mcp", "serve", "--trusted-proxy", bad]).expect_err(bad);
+            assert!(err.to_string().contains("--trusted-proxy"), "{bad}: {err}");
+        }
+        let gateway = ["task-mcp", "gateway", "--upstream", "http://127.0.0.1:1", "--trusted-proxy", "fd00::/8"];
+        assert!(Cli::try_parse_from(gateway).is_ok(), "the gateway subcommand takes it too");
     }
 
     #[test]

@@ -56,8 +56,10 @@ const MAX_TRACKED_ADDRESSES: usize = 65_536;
 ///
 /// Addresses, not principals (a failure has none). An IPv6 client is its /64, the block one host
 /// is usually given; an IPv4-mapped address is its IPv4 address. Behind a proxy every client
-/// shares the proxy's address: one client's failures then throttle all of them, so a deployment
-/// behind a proxy should raise the budget or set it to 0 (the proxy throttles instead).
+/// shares the proxy's address, and one client's failures would throttle all of them: the faces
+/// pass the client the proxy names instead when it is trusted (`--trusted-proxy`,
+/// `task_mcp_gateway::TrustedProxies`). Behind a proxy that names nobody, raise the budget or
+/// set it to 0 (the proxy throttles instead).
 pub struct AuthFailureThrottle {
     /// Between two failures; `None`: throttling is off.
     interval: Option<Duration>,

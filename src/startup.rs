@@ -242,7 +242,10 @@ impl Application {
         let gateway = gateway_state(
             in_process,
             access,
-            self.settings.gateway.to_config(principals),
+            task_mcp_gateway::GatewayConfig {
+                trusted_proxies: self.settings.access.trusted_proxies(),
+                ..self.settings.gateway.to_config(principals)
+            },
             self.metrics.gateway.clone(),
         )?;
         let router = http_router(gateway.clone());
@@ -266,6 +269,7 @@ impl Application {
             .layer(crate::grpc::deadline::DeadlineLayer)
             .layer(
                 layers::AuthThrottleLayer::new(&self.tokens, self.throttle.clone())
+                    .trusting(self.settings.access.trusted_proxies())
                     .counting(self.metrics.gateway.clone()),
             )
             .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
@@ -615,7 +619,11 @@ impl GatewayApplication {
         let limit = ConnectionLimit::new(Listener::Http, max_connections);
         let metrics =
             Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None, std::slice::from_ref(&limit)));
-        let state = gateway_state(service, access, settings.gateway.to_config(principals), metrics.gateway.clone())?;
+        let config = task_mcp_gateway::GatewayConfig {
+            trusted_proxies: settings.access.trusted_proxies(),
+            ..settings.gateway.to_config(principals)
+        };
+        let state = gateway_state(service, access, config, metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
         Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit })
     }

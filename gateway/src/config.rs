@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     /// How long a call may wait for the service to start answering (its response head);
     /// a caller's shorter deadline wins.
     pub upstream_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client, for what keys on the client address.
+    pub trusted_proxies: crate::TrustedProxies,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +58,7 @@ impl Default for GatewayConfig {
             max_sessions_per_principal: 0,
             max_streams_per_principal: 0,
             upstream_timeout: Duration::from_secs(30),
+            trusted_proxies: crate::TrustedProxies::default(),
         }
     }
 }

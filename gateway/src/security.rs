@@ -65,7 +65,7 @@ use tower_http::{
 };
 
 use crate::{
-    Access, Admission, AppState, GatewayConfig, headers,
+    Access, Admission, AppState, GatewayConfig, TrustedProxies, headers,
     health::{Rejection, StatsRef},
     metrics::{AuthResult, GatewayMetrics, Transport},
 };
@@ -131,7 +131,11 @@ where
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(MapResponseLayer::new(security_headers as fn(Response) -> Response))
             .option_layer(cors(&config.allowed_origins))
-            .option_layer(access.map(|access| AuthThrottleLayer { access, stats: stats.clone() })),
+            .option_layer(access.map(|access| AuthThrottleLayer {
+                access,
+                proxies: config.trusted_proxies.clone(),
+                stats: stats.clone(),
+            })),
     )
 }
 
@@ -536,10 +540,13 @@ pub fn authorize(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Pri
 /// credentials and was answered 401 is one failure ([`Access::auth_failed`]). Outside
 /// [`protect`] so that `/health/metrics`, which authenticates in its handler, cannot serve as an
 /// unthrottled oracle; `/health/live` and `/health/ready` pass untouched, so probes are never
-/// throttled. The address is the TCP peer's (`ConnectInfo`), never a header a client writes.
+/// throttled. The address is the TCP peer's (`ConnectInfo`), or behind a trusted proxy the
+/// client that proxy names in `X-Forwarded-For` ([`TrustedProxies::client`]); never a header
+/// an untrusted peer writes.
 #[derive(Clone)]
 pub struct AuthThrottleLayer<T> {
     pub access: Arc<dyn Access>,
+    pub proxies: TrustedProxies,
     pub stats: T,
 }
 
@@ -547,7 +554,12 @@ impl<S, T: Clone> Layer<S> for AuthThrottleLayer<T> {
     type Service = AuthThrottle<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthThrottle { inner, access: Arc::clone(&self.access), stats: self.stats.clone() }
+        AuthThrottle {
+            inner,
+            access: Arc::clone(&self.access),
+            proxies: self.proxies.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 
@@ -555,11 +567,12 @@ impl<S, T: Clone> Layer<S> for AuthThrottleLayer<T> {
 pub struct AuthThrottle<S, T> {
     inner: S,
     access: Arc<dyn Access>,
+    proxies: TrustedProxies,
     stats: T,
 }
 
-/// The client address of a request: the TCP peer the server recorded.
-fn client_address(req: &Request) -> Option<std::net::IpAddr> {
+/// The TCP peer the server recorded.
+fn peer_address(req: &Request) -> Option<std::net::IpAddr> {
     req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
 }
 
@@ -578,10 +591,11 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let probe = matches!(req.uri().path(), "/health/live" | "/health/ready");
-        let client = client_address(&req).filter(|_| !probe && self.access.auth_enabled());
-        let Some(client) = client else {
+        let peer = peer_address(&req).filter(|_| !probe && self.access.auth_enabled());
+        let Some(peer) = peer else {
             return Either::Right(AuthThrottleFuture { inner: self.inner.call(req), failed: None });
         };
+        let client = self.proxies.client(peer, req.headers());
         if let Some(wait) = self.access.auth_throttled(client) {
             let refusal = Refusal::AuthThrottled(wait);
             let path = req.uri().path();

@@ -12,7 +12,10 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use task_mcp_gateway::metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport};
+use task_mcp_gateway::{
+    TrustedProxies,
+    metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport},
+};
 
 use crate::{
     auth::Tokens,
@@ -116,12 +119,24 @@ where
 #[derive(Clone)]
 pub struct AuthThrottleLayer {
     throttle: Option<Arc<AuthFailureThrottle>>,
+    proxies: TrustedProxies,
     metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl AuthThrottleLayer {
     pub fn new(tokens: &Tokens, throttle: Arc<AuthFailureThrottle>) -> Self {
-        AuthThrottleLayer { throttle: (!tokens.is_empty()).then_some(throttle), metrics: None }
+        AuthThrottleLayer {
+            throttle: (!tokens.is_empty()).then_some(throttle),
+            proxies: TrustedProxies::default(),
+            metrics: None,
+        }
+    }
+
+    /// Calls from these peers are keyed on the client their `x-forwarded-for` names (Envoy and
+    /// ingress controllers add it to gRPC calls as to any HTTP request).
+    pub fn trusting(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 
     /// Counts a refusal as `auth.attempts` with reason `throttled` (transport `grpc`).
@@ -134,7 +149,12 @@ impl AuthThrottleLayer {
 impl<S> Layer<S> for AuthThrottleLayer {
     type Service = AuthThrottle<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthThrottle { inner, throttle: self.throttle.clone(), metrics: self.metrics.clone() }
+        AuthThrottle {
+            inner,
+            throttle: self.throttle.clone(),
+            proxies: self.proxies.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -142,6 +162,7 @@ impl<S> Layer<S> for AuthThrottleLayer {
 pub struct AuthThrottle<S> {
     inner: S,
     throttle: Option<Arc<AuthFailureThrottle>>,
+    proxies: TrustedProxies,
     metrics: Option<Arc<GatewayMetrics>>,
 }
 
@@ -172,7 +193,7 @@ where
         if req.uri().path().starts_with(HEALTH_PREFIX) {
             return Box::pin(inner.call(req));
         }
-        let client = client.ip();
+        let client = self.proxies.client(client.ip(), req.headers());
         if let Err(retry_after) = throttle.check(client) {
             if let Some(metrics) = &self.metrics {
                 metrics.auth(Transport::Grpc, AuthResult::Throttled);
