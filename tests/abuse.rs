@@ -340,3 +340,97 @@ async fn open_and_refused_connections_are_counted_per_listener() {
         assert_eq!(refused, 1.0, "{listener}");
     }
 }
+
+/// Two clients behind one reverse proxy. The test's connections come from loopback, which plays
+/// the proxy; each request names its client in `X-Forwarded-For` as the proxy would.
+const CLIENT_A: &str = "203.0.113.7";
+const CLIENT_B: &str = "198.51.100.9";
+
+async fn get_tools_via_proxy(server: &Server, forwarded_for: &str, token: &str) -> u16 {
+    let request = http()
+        .get(format!("{}/v1/tools", server.http_base()))
+        .header("x-forwarded-for", forwarded_for)
+        .bearer_auth(token)
+        .send();
+    request.await.expect("GET /v1/tools").status().as_u16()
+}
+
+/// ListChanges with a token and `x-forwarded-for` metadata, the gRPC face behind a proxy.
+async fn list_via_proxy(server: &Server, forwarded_for: &str, token: &str) -> Result<(), tonic::Status> {
+    let mut changes = task_mcp::pb::changes_client::ChangesClient::new(server.channel().await);
+    let mut request = tonic::Request::new(ListChangesRequest::default());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII"));
+    request.metadata_mut().insert("x-forwarded-for", forwarded_for.parse().expect("ASCII"));
+    bounded("ListChanges", changes.list_changes(request)).await.map(|_| ())
+}
+
+/// Client A, with a stale token after a rotation, tries until it is refused (429).
+async fn stale_client_until_throttled(server: &Server) {
+    for _ in 0..20 {
+        match get_tools_via_proxy(server, CLIENT_A, "stale-token").await {
+            401 => continue,
+            429 => return,
+            other => panic!("a stale token got {other}"),
+        }
+    }
+    panic!("20 stale tokens from one client and never throttled");
+}
+
+/// The throttle keyed on the TCP peer: behind a reverse proxy (the README's deployment, TLS at
+/// the proxy) one client with a stale token locked out every client within a minute. With the
+/// proxy trusted, only that client is refused, and prepending another client's address does
+/// not pass its failures on. Without `--trusted-proxy` the same sequence refuses B too (the
+/// check bites, and the header is ignored by default).
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_clients_failures_throttle_only_that_client() {
+    let behind = two_tenants(&["--auth-failures-per-minute", "3", "--trusted-proxy", "127.0.0.1/32"]);
+    stale_client_until_throttled(&behind).await;
+    assert_eq!(get_tools_via_proxy(&behind, CLIENT_B, TOKEN_B).await, 200, "B is refused for A's failures");
+    assert_eq!(get_tools_via_proxy(&behind, CLIENT_A, TOKEN_A).await, 429, "A, throttled, with a valid token");
+    // A writes B's address first; the proxy appends A's. Still A: refused, and its guesses are
+    // not counted against B.
+    let spoofed = format!("{CLIENT_B}, {CLIENT_A}");
+    assert_eq!(get_tools_via_proxy(&behind, &spoofed, TOKEN_A).await, 429, "A passed as B by prepending it");
+    for _ in 0..5 {
+        assert_eq!(get_tools_via_proxy(&behind, &spoofed, "stale-token").await, 429);
+    }
+    assert_eq!(get_tools_via_proxy(&behind, CLIENT_B, TOKEN_B).await, 200, "A's spoofed guesses were B's");
+    let throttled = metric(&behind, "auth_attempts_total{outcome=\"failure\",reason=\"throttled\"").await;
+    assert!(throttled >= 7.0, "A's refusals are counted as throttled attempts: {throttled}");
+
+    let untrusted = two_tenants(&["--auth-failures-per-minute", "3"]);
+    stale_client_until_throttled(&untrusted).await;
+    assert_eq!(get_tools_via_proxy(&untrusted, CLIENT_B, TOKEN_B).await, 429, "without --trusted-proxy all share");
+}
+
+/// The same over gRPC, whose proxies (Envoy, ingress-nginx) send `x-forwarded-for` too, and the
+/// budget is one per client across both ports.
+#[tokio::test]
+async fn behind_a_trusted_proxy_grpc_failures_throttle_only_that_client() {
+    async fn a_guesses_then_b_calls(server: &Server) -> Result<(), tonic::Status> {
+        let mut throttled = false;
+        for _ in 0..20 {
+            match list_via_proxy(server, CLIENT_A, "stale-token").await {
+                Err(status) if status.code() == Code::Unauthenticated => continue,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    throttled = true;
+                    break;
+                }
+                other => panic!("a stale token over gRPC: {other:?}"),
+            }
+        }
+        assert!(throttled, "20 stale tokens over gRPC and never throttled");
+        list_via_proxy(server, CLIENT_B, TOKEN_B).await
+    }
+    let behind = two_tenants(&["--auth-failures-per-minute", "3", "--trusted-proxy", "127.0.0.1"]);
+    let b = a_guesses_then_b_calls(&behind).await;
+    assert!(b.is_ok(), "B refused over gRPC for A's failures: {:?}", b.err());
+    let a = list_via_proxy(&behind, &format!("{CLIENT_B},{CLIENT_A}"), TOKEN_A).await.expect_err("A is throttled");
+    assert_eq!(a.code(), Code::ResourceExhausted, "A passed as B by prepending it: {a:?}");
+    assert_eq!(get_tools_via_proxy(&behind, CLIENT_A, TOKEN_A).await, 429, "one budget per client for both ports");
+    assert_eq!(get_tools_via_proxy(&behind, CLIENT_B, TOKEN_B).await, 200);
+
+    let untrusted = two_tenants(&["--auth-failures-per-minute", "3"]);
+    let b = a_guesses_then_b_calls(&untrusted).await.expect_err("without --trusted-proxy all share");
+    assert_eq!(b.code(), Code::ResourceExhausted, "{b:?}");
+}
