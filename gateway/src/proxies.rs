@@ -59,50 +59,49 @@ fn v4_mapped_to_v4(net: IpNet) -> IpNet {
     net
 }
 
-/// The configured proxies; none by default, and then the peer is the client.
+/// The configured proxies; none by default, and then the peer is the client. `None` rather than
+/// an empty list so that the layers holding it, cloned per request, copy nothing shared.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Arc<[IpNet]>);
+pub struct TrustedProxies(Option<Arc<[IpNet]>>);
 
 impl TrustedProxies {
     pub fn new(ranges: impl IntoIterator<Item = TrustedRange>) -> Self {
-        TrustedProxies(ranges.into_iter().map(|r| r.0).collect())
+        let ranges: Arc<[IpNet]> = ranges.into_iter().map(|r| r.0).collect();
+        TrustedProxies((!ranges.is_empty()).then_some(ranges))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn trusts(&self, addr: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&addr))
+        self.0.is_none()
     }
 
     /// The client address of a request that came from `peer` with these headers. With no
     /// trusted proxy, or an untrusted peer, the headers are not read.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if self.is_empty() {
+        let Some(ranges) = &self.0 else {
             return peer;
-        }
+        };
+        let trusts = |addr: IpAddr| ranges.iter().any(|net| net.contains(&addr));
         let peer = peer.to_canonical();
-        if !self.trusts(peer) {
+        if !trusts(peer) {
             return peer;
         }
-        self.rightmost_untrusted(headers).unwrap_or(peer)
+        rightmost_untrusted(headers, trusts).unwrap_or(peer)
     }
+}
 
-    /// Header lines are one list in their order (RFC 9110 §5.3), so the walk starts at the end
-    /// of the last line. Any entry that is not an address ends it with `None`: past a hop
-    /// nothing can be read reliably.
-    fn rightmost_untrusted(&self, headers: &HeaderMap) -> Option<IpAddr> {
-        for line in headers.get_all("x-forwarded-for").iter().rev() {
-            for entry in line.to_str().ok()?.rsplit(',') {
-                let addr = parse_entry(entry.trim())?.to_canonical();
-                if !self.trusts(addr) {
-                    return Some(addr);
-                }
+/// Header lines are one list in their order (RFC 9110 §5.3), so the walk starts at the end of
+/// the last line. Any entry that is not an address ends it with `None`: past a hop nothing can be
+/// read reliably.
+fn rightmost_untrusted(headers: &HeaderMap, trusts: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in line.to_str().ok()?.rsplit(',') {
+            let addr = parse_entry(entry.trim())?.to_canonical();
+            if !trusts(addr) {
+                return Some(addr);
             }
         }
-        None
     }
+    None
 }
 
 /// An `X-Forwarded-For` entry: an address, or one with a port (`192.0.2.7:4711`,
