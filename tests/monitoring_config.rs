@@ -618,7 +618,7 @@ fn alertmanager_config_passes_amtool_check_config() {
     let out = run(Command::new(tool("amtool")).arg("check-config").arg(am_config()));
     assert_ok("amtool check-config", &out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("SUCCESS") && stdout.contains("5 inhibit rules"), "{}", text(&out));
+    assert!(stdout.contains("SUCCESS") && stdout.contains("6 inhibit rules"), "{}", text(&out));
     let config = read(&am_config());
     for forbidden in
         ["api_url:", "routing_key:", "service_key:", "auth_password:", "slack_api_url:", "smtp_auth_password:"]
@@ -829,6 +829,10 @@ fn inhibitions_silence_what_they_should_in_a_running_alertmanager() {
         ("TaskMcpNotReady", vec![("job", "task-mcp"), ("instance", "d"), ("check", "workspace")], true),
         // Another replica's readiness is its own: one instance down does not silence it.
         ("TaskMcpNotReady", vec![("job", "task-mcp"), ("instance", "e"), ("check", "workspace")], false),
+        // Refusals on a listener silence "near the cap" on that listener only.
+        ("TaskMcpConnectionsRefused", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "http")], false),
+        ("TaskMcpConnectionCapacityHigh", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "http")], true),
+        ("TaskMcpConnectionCapacityHigh", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "grpc")], false),
     ];
     let mut alerts = Vec::new();
     for (name, extra, _) in &cases {
@@ -844,13 +848,14 @@ fn inhibitions_silence_what_they_should_in_a_running_alertmanager() {
     let (status, body) = http(am.port, "POST", "/api/v2/alerts", &Value::Array(alerts).to_string());
     assert_eq!(status, 200, "POST /api/v2/alerts: {body}");
     let key = |labels: &Value| {
-        format!("{} {}", labels["alertname"].as_str().unwrap(), labels["instance"].as_str().unwrap_or(""))
+        let label = |name: &str| labels[name].as_str().unwrap_or("").to_string();
+        format!("{} {} {}", label("alertname"), label("instance"), label("listener"))
     };
     let want: BTreeMap<String, bool> = cases
         .iter()
         .map(|(n, extra, s)| {
-            let inst = extra.iter().find(|(k, _)| *k == "instance").map_or("", |(_, v)| v);
-            (format!("{n} {inst}"), *s)
+            let label = |name: &str| extra.iter().find(|(k, _)| *k == name).map_or("", |(_, v)| v);
+            (format!("{n} {} {}", label("instance"), label("listener")), *s)
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(15);
