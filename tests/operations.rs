@@ -76,6 +76,18 @@ async fn open_over_grpc(server: &Server, slug: &str) {
 }
 
 /// Waits until the server's log has a line satisfying `found`; that line.
+/// `change.archive` over HTTP/JSON with NDJSON progress, in a task: its status and whole body.
+fn spawn_ndjson_archive(http: &reqwest::Client, base: &str, slug: &str) -> tokio::task::JoinHandle<(u16, String)> {
+    let request = http
+        .post(format!("{base}/v1/tools/change.archive"))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"slug": slug, "owner": "alice"}));
+    tokio::spawn(async move {
+        let res = request.send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap_or_default())
+    })
+}
+
 async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + EXIT_BOUND;
     loop {
@@ -244,19 +256,7 @@ async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
         open_change(&http, &base, slug).await;
     }
     let turns = [hold_turn(&service, "dies-ndjson"), hold_turn(&service, "dies-mcp")];
-    let ndjson = tokio::spawn({
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let res = http
-                .post(format!("{base}/v1/tools/change.archive"))
-                .header("accept", "application/x-ndjson")
-                .json(&json!({"slug": "dies-ndjson", "owner": "alice"}))
-                .send()
-                .await
-                .unwrap();
-            (res.status().as_u16(), res.text().await.unwrap_or_default())
-        }
-    });
+    let ndjson = spawn_ndjson_archive(&http, &base, "dies-ndjson");
     let mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "dies").await;
     let streamed = tokio::spawn(async move {
         let res = mcp
@@ -444,19 +444,7 @@ async fn through_the_gateway_a_stream_that_started_answering_outlives_the_bound(
     // A progress stream whose archive waits for its turn, also past the bound.
     open_over_grpc(&service, "slow-archive").await;
     let turn = hold_turn(&service, "slow-archive");
-    let archive = tokio::spawn({
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let res = http
-                .post(format!("{base}/v1/tools/change.archive"))
-                .header("accept", "application/x-ndjson")
-                .json(&json!({"slug": "slow-archive", "owner": "alice"}))
-                .send()
-                .await
-                .unwrap();
-            (res.status().as_u16(), res.text().await.unwrap_or_default())
-        }
-    });
+    let archive = spawn_ndjson_archive(&http, &base, "slow-archive");
     until_executing(&service, "change.archive").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     drop(turn);
