@@ -103,17 +103,26 @@ async fn log_line(logs: impl Fn() -> String, what: &str, found: impl Fn(&Value) 
 /// Waits until the server's Prometheus endpoint shows a `tool` execution in flight: the call
 /// has reached the handler (and waits there for its turn).
 async fn until_executing(server: &Server, tool: &str) {
+    until_in_flight(server, tool, |n| n >= 1.0, &format!("no {tool} in flight")).await;
+}
+
+/// Polls the server's Prometheus endpoint until the `tool` executions in flight (summed over
+/// transports, once the series exists) satisfy `done`; `what` words the failure.
+async fn until_in_flight(server: &Server, tool: &str, done: impl Fn(f64) -> bool, what: &str) {
     let url = format!("http://{}/metrics", server.metrics_addr.expect("a metrics listener"));
     let wanted = format!("tool_name=\"{tool}\"");
     let deadline = Instant::now() + EXIT_BOUND;
     loop {
         let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
-        let executing =
-            text.lines().any(|l| l.starts_with("tool_active_executions{") && l.contains(&wanted) && l.ends_with(" 1"));
-        if executing {
+        let series: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("tool_active_executions{") && l.contains(&wanted))
+            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+            .collect();
+        if !series.is_empty() && done(series.iter().sum()) {
             return;
         }
-        assert!(Instant::now() < deadline, "no {tool} in flight:\n{text}");
+        assert!(Instant::now() < deadline, "{what}:\n{text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -266,21 +275,7 @@ async fn through_the_gateway_a_service_dying_mid_call_is_503_unavailable() {
         res.text().await.unwrap_or_default()
     });
     // Both calls are in the service's handlers, waiting for their turn, when it dies.
-    let url = format!("http://{}/metrics", service.metrics_addr.unwrap());
-    let deadline = Instant::now() + EXIT_BOUND;
-    loop {
-        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
-        let archiving = text
-            .lines()
-            .filter(|l| l.starts_with("tool_active_executions{") && l.contains("tool_name=\"change.archive\""))
-            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
-            .sum::<f64>();
-        if archiving >= 2.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the archives never reached the service:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_in_flight(&service, "change.archive", |n| n >= 2.0, "the archives never reached the service").await;
     service.kill();
     drop(turns);
 
@@ -403,21 +398,7 @@ async fn in_serve_a_call_stuck_at_the_service_is_504_at_the_bound_and_dropped() 
     assert!(text.starts_with("UPSTREAM_TIMED_OUT") && text.contains("--upstream-timeout-seconds"), "{result}");
 
     // Both calls have left the service: none is still in flight waiting for the turn.
-    let url = format!("http://{}/metrics", server.metrics_addr.expect("a metrics listener"));
-    let deadline = Instant::now() + EXIT_BOUND;
-    loop {
-        let text = bounded("GET /metrics", client().get(&url).send()).await.unwrap().text().await.unwrap();
-        let archiving = text
-            .lines()
-            .filter(|l| l.starts_with("tool_active_executions{") && l.contains("tool_name=\"change.archive\""))
-            .map(|l| l.rsplit(' ').next().unwrap_or("0").parse::<f64>().unwrap_or(0.0))
-            .sum::<f64>();
-        if archiving == 0.0 && text.contains("tool_active_executions{") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the archives are still in flight at the service:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_in_flight(&server, "change.archive", |n| n == 0.0, "the archives are still in flight at the service").await;
 }
 
 /// The bound is on the start of an answer only: a stream that has started (an archive's progress,
