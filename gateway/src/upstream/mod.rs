@@ -341,12 +341,7 @@ impl Upstream {
         }))
     }
 
-    /// `grpc.health.v1` Check of the whole server (service `""`): true iff SERVING.
-    pub async fn serving(&self) -> Result<bool, CallError> {
-        self.serving_of("").await
-    }
-
-    /// `grpc.health.v1` Check of one service name: true iff SERVING.
+    /// `grpc.health.v1` Check of one service name (`""`: the whole server): true iff SERVING.
     pub async fn serving_of(&self, service: &str) -> Result<bool, CallError> {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
         let mut client = HealthClient::new(self.service.clone());
@@ -1391,9 +1386,9 @@ mod tests {
     #[tokio::test]
     async fn serving_follows_grpc_health() {
         let fake = fake();
-        assert!(fake.upstream.serving().await.unwrap());
+        assert!(fake.upstream.serving_of("").await.unwrap());
         fake.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-        assert!(!fake.upstream.serving().await.unwrap());
+        assert!(!fake.upstream.serving_of("").await.unwrap());
     }
 
     #[tokio::test]
@@ -1421,7 +1416,7 @@ mod tests {
         assert_send(&fake.upstream.read_resource("x", CallContext::default()));
         assert_send(&fake.upstream.list_resources(0, String::new(), CallContext::default()));
         assert_send(&fake.upstream.slugs_with_prefix("x", CallContext::default()));
-        assert_send(&fake.upstream.serving());
+        assert_send(&fake.upstream.serving_of(""));
         fn assert_sync<T: Send + Sync>() {}
         assert_sync::<Upstream>();
     }
@@ -1444,7 +1439,7 @@ mod tests {
                 while events.next().await.is_some() {}
                 fake.upstream.read_resource("change://a/proposal", ctx.clone()).await.ok()?;
                 fake.upstream.slugs_with_prefix("a", ctx.clone()).await.ok()?;
-                fake.upstream.serving().await.ok()?;
+                fake.upstream.serving_of("").await.ok()?;
                 Some(value)
             })
         };
