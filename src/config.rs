@@ -182,6 +182,20 @@ pub struct GatewayFlags {
     /// and change feeds then run as long as they need). A caller's shorter deadline wins.
     #[arg(long, env = "TASK_MCP_UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout_seconds: u64,
+
+    /// The tool names MCP `tools/list` shows. `dotted`: the names the proto declares
+    /// (`change.open`). `underscored`: `change_open`, for Claude's apps (claude.ai, Claude
+    /// Desktop) and OpenAI's function calling, which accept only `^[a-zA-Z0-9_-]{1,64}$` and
+    /// refuse a server's whole tool set over one dotted name. Calls accept either form.
+    #[arg(long, env = "TASK_MCP_TOOL_NAMES", value_enum, default_value_t = ToolNamesFlag::Dotted, value_name = "STYLE")]
+    pub tool_names: ToolNamesFlag,
+}
+
+/// `--tool-names`, mapped onto the gateway's [`task_mcp_gateway::ToolNames`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolNamesFlag {
+    Dotted,
+    Underscored,
 }
 
 /// The `TASK_MCP_*` variables among `names` that no flag reads. A misspelt one
@@ -335,6 +349,10 @@ impl GatewayFlags {
             max_sessions_per_principal: share(self.max_sessions_per_principal, self.max_sessions),
             max_streams_per_principal: share(self.max_streams_per_principal, self.max_streams),
             upstream_timeout: Duration::from_secs(self.upstream_timeout_seconds),
+            tool_names: match self.tool_names {
+                ToolNamesFlag::Dotted => task_mcp_gateway::ToolNames::Dotted,
+                ToolNamesFlag::Underscored => task_mcp_gateway::ToolNames::Underscored,
+            },
             ..task_mcp_gateway::GatewayConfig::default()
         }
     }

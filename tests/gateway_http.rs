@@ -1242,3 +1242,72 @@ async fn a_malformed_legacy_post_is_a_parse_error_and_an_unknown_method_is_metho
     let unknown = mcp.request("no/such", json!({})).await;
     assert_eq!(unknown["error"]["code"], -32601, "unknown method in a session: {unknown}");
 }
+
+/// What Claude's apps and OpenAI's function calling accept as a tool name, `^[a-zA-Z0-9_-]{1,64}$`.
+fn strict_clients_accept(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+async fn listed_names(mcp: &mut Mcp) -> Vec<String> {
+    let listed = mcp.request("tools/list", json!({})).await;
+    let tools = listed["result"]["tools"].as_array().unwrap_or_else(|| panic!("tools/list: {listed}"));
+    tools.iter().map(|t| t["name"].as_str().expect("a tool has a name").to_string()).collect()
+}
+
+#[tokio::test]
+async fn underscored_tool_names_are_listed_on_request_and_either_form_calls_the_same_tool() {
+    // Default: the proto's names, the contract; an underscored name still calls its tool.
+    let server = Server::start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let dotted = listed_names(&mut mcp).await;
+    assert!(dotted.iter().any(|n| n == "change.open"), "{dotted:?}");
+    let opened = mcp.call("change_open", json!({"title": "By alias", "slug": "by-alias"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+    assert_eq!(opened["structuredContent"]["change"]["slug"], "by-alias");
+
+    // `--tool-names underscored`: every listed name passes the strict clients' check, and
+    // they are the proto's names (as REST's tool list keeps them) with `.` written `_`.
+    let server = Server::builder().args(["--tool-names", "underscored"]).start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let listed = listed_names(&mut mcp).await;
+    let refused: Vec<&String> = listed.iter().filter(|n| !strict_clients_accept(n)).collect();
+    assert!(refused.is_empty(), "names a strict client refuses: {refused:?}");
+    let rest_tools: Value =
+        client().get(format!("{}/v1/tools", base(&server))).send().await.unwrap().json().await.unwrap();
+    let mut expected: Vec<String> = rest_tools["tools"]
+        .as_array()
+        .expect("GET /v1/tools lists tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").replace('.', "_"))
+        .collect();
+    expected.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    assert_eq!(listed.len(), dotted.len());
+
+    let opened = mcp.call("change_open", json!({"title": "Underscored", "slug": "underscored"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+    let shown = mcp.call("change.show", json!({"slug": "underscored"})).await;
+    assert_eq!(shown["structuredContent"]["change"]["title"], "Underscored", "{shown}");
+    let unknown = mcp.request("tools/call", json!({"name": "change_opens", "arguments": {}})).await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+
+    // What operators see keeps the proto's name: the metric's `tool_name` label.
+    let metrics_addr = server.metrics_addr.expect("the listening line names metrics_addr");
+    let text = bounded_metrics(&format!("http://{metrics_addr}/metrics")).await;
+    assert!(text.contains("tool_name=\"change.open\""), "no change.open series:\n{text}");
+    assert!(!text.contains("change_open"), "an underscored name reached the metrics:\n{text}");
+}
+
+/// The Prometheus text at `url`, once it counts a tool execution (the export is periodic).
+async fn bounded_metrics(url: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = client().get(url).send().await.expect("GET /metrics").text().await.expect("metrics text");
+        if text.contains("tool_name=") || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -38,6 +38,21 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Peers whose `X-Forwarded-For` names the client, for what keys on the client address.
     pub trusted_proxies: crate::TrustedProxies,
+    /// How `tools/list` names the tools to MCP clients (calls accept both forms).
+    pub tool_names: ToolNames,
+}
+
+/// The names `tools/list` gives MCP clients. A call may use either form whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ToolNames {
+    /// The names the proto declares (`change.open`): the contract scripts and dashboards use,
+    /// and valid MCP (the 2025-11-25 spec allows `.` in a tool name).
+    #[default]
+    Dotted,
+    /// Every `.` and `/` as `_` (`change_open`). Claude's apps and OpenAI's function calling
+    /// accept only `^[a-zA-Z0-9_-]{1,64}$`, and Claude withholds a server's whole tool set
+    /// over a single name that does not match.
+    Underscored,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +74,7 @@ impl Default for GatewayConfig {
             max_streams_per_principal: 0,
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: crate::TrustedProxies::default(),
+            tool_names: ToolNames::default(),
         }
     }
 }

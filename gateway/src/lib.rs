@@ -20,7 +20,7 @@ pub mod wire_json;
 
 pub use access::{Access, Admission};
 pub use app::{AppState, router};
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, ToolNames};
 pub use proxies::{TrustedProxies, TrustedRange};
 
 /// Generated from `../proto` (clients only).

@@ -15,7 +15,7 @@ use super::{
     session::Session,
 };
 use crate::{
-    AppState,
+    AppState, ToolNames,
     error::{McpFailure, UpstreamError},
     upstream::{CallContext, CallError, Matches, ToolDef, ToolEvent},
     wire_json::JsonText,
@@ -115,9 +115,9 @@ fn with_cursor(mut result: Value, next: Option<String>) -> Value {
     result
 }
 
-pub fn tool_json(tool: &ToolDef, version: &str) -> Value {
+pub fn tool_json(tool: &ToolDef, version: &str, names: ToolNames) -> Value {
     let mut t = json!({
-        "name": tool.name,
+        "name": tool.listed_name(names),
         "description": tool.description,
         "inputSchema": tool.input_schema,
         "annotations": {
@@ -138,8 +138,9 @@ pub fn tool_json(tool: &ToolDef, version: &str) -> Value {
 }
 
 fn tools_list(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
+    let names = ctx.state.config.tool_names;
     let mut tools: Vec<Value> =
-        ctx.state.upstream.registry().tools().iter().map(|t| tool_json(t, &ctx.protocol_version)).collect();
+        ctx.state.upstream.registry().tools().iter().map(|t| tool_json(t, &ctx.protocol_version, names)).collect();
     if ctx.state.config.conformance_fixtures {
         tools.extend(fixtures::tools());
     }

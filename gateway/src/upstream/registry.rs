@@ -1,6 +1,8 @@
 //! The tool registry: every RPC with the `(taskmcp.v1.tool)` option becomes a tool, named,
 //! described and given its schemas from the descriptors alone.
 
+use std::collections::HashMap;
+
 use prost_reflect::{DescriptorPool, Kind, MessageDescriptor, MethodDescriptor};
 use serde_json::Value;
 
@@ -13,7 +15,11 @@ const TOOL_EXTENSION: &str = "taskmcp.v1.tool";
 /// One tool, derived from an RPC carrying the `(taskmcp.v1.tool)` option.
 #[derive(Debug, Clone)]
 pub struct ToolDef {
+    /// The name the proto declares (`change.open`).
     pub name: String,
+    /// The name with every `.` and `/` as `_` (`change_open`), for clients that accept no
+    /// others (see [`crate::ToolNames`]); the same as `name` when it has none.
+    pub underscored_name: String,
     pub title: Option<String>,
     /// The RPC's doc comment.
     pub description: String,
@@ -33,6 +39,16 @@ pub struct ToolDef {
     pub output: OutputEncoder,
 }
 
+impl ToolDef {
+    /// The name `tools/list` shows under `names`.
+    pub fn listed_name(&self, names: crate::ToolNames) -> &str {
+        match names {
+            crate::ToolNames::Dotted => &self.name,
+            crate::ToolNames::Underscored => &self.underscored_name,
+        }
+    }
+}
+
 /// Tools sorted by name (a deterministic `tools/list`).
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -44,15 +60,19 @@ impl Registry {
         &self.tools
     }
 
+    /// The tool called `name` or, failing that, whose underscored name is `name`: a client
+    /// shown either form can call with it, whatever `tools/list` showed (no two tools share a
+    /// name in either form, see [`Registry::from_pool`]).
     pub fn get(&self, name: &str) -> Option<&ToolDef> {
-        self.tools.iter().find(|t| t.name == name)
+        self.tools.iter().find(|t| t.name == name).or_else(|| self.tools.iter().find(|t| t.underscored_name == name))
     }
 
     /// Every RPC of `pool` with the `(taskmcp.v1.tool)` option, as a tool, with
     /// its streaming form attached when the pool has one.
     ///
     /// Fails on a contract the gateway could not serve faithfully: a bad or
-    /// duplicate tool name, or the option on a streaming RPC.
+    /// duplicate tool name (in either form: `a.b` and `a_b` would be one tool to a client
+    /// shown underscored names), or the option on a streaming RPC.
     pub fn from_pool(pool: &DescriptorPool) -> Result<Registry, String> {
         let extension = pool
             .get_extension_by_name(TOOL_EXTENSION)
@@ -84,6 +104,7 @@ impl Registry {
                     .or_else(|| (!tool.title.is_empty()).then(|| tool.title.clone()))
                     .unwrap_or_else(|| format!("Calls the RPC `{}`.", method.full_name()));
                 tools.push(ToolDef {
+                    underscored_name: underscored(&tool.name),
                     name: tool.name,
                     title: (!tool.title.is_empty()).then_some(tool.title),
                     description,
@@ -100,12 +121,15 @@ impl Registry {
             }
         }
         tools.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = tools.windows(2).find(|w| w[0].name == w[1].name) {
+        if let Some((a, b, form)) = name_clash(tools.iter().map(|t| (t.name.as_str(), t.underscored_name.as_str()))) {
+            let (a, b) = (&tools[a], &tools[b]);
             return Err(format!(
-                "tool name `{}` is declared by both {} and {}",
-                pair[0].name,
-                pair[0].method.full_name(),
-                pair[1].method.full_name()
+                "tool name `{form}` is declared by both {} (`{}`) and {} (`{}`){}",
+                a.method.full_name(),
+                a.name,
+                b.method.full_name(),
+                b.name,
+                if a.name == b.name { "" } else { " once `.` and `/` are written `_`" }
             ));
         }
         for stream in streams {
@@ -113,6 +137,27 @@ impl Registry {
         }
         Ok(Registry { tools })
     }
+}
+
+/// The first name two tools share, in either of their forms (`(name, underscored)` each), with
+/// the two tools' positions.
+fn name_clash<'a>(tools: impl Iterator<Item = (&'a str, &'a str)>) -> Option<(usize, usize, &'a str)> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, (name, underscored)) in tools.enumerate() {
+        let forms = if name == underscored { &[name][..] } else { &[name, underscored][..] };
+        for &form in forms {
+            if let Some(first) = seen.insert(form, i) {
+                return Some((first, i, form));
+            }
+        }
+    }
+    None
+}
+
+/// `name` with every `.` and `/` written `_`: what `^[a-zA-Z0-9_-]{1,64}$` accepts, given a
+/// name [`validate_tool_name`] passed.
+fn underscored(name: &str) -> String {
+    name.replace(['.', '/'], "_")
 }
 
 /// A tool name as MCP clients accept it: `^[A-Za-z0-9_./-]{1,64}$`.
@@ -176,5 +221,26 @@ mod tests {
         assert!(validate_tool_name(&"x".repeat(65)).is_err());
         assert!(validate_tool_name("has space").is_err());
         assert!(validate_tool_name("émoji").is_err());
+    }
+
+    #[test]
+    fn underscored_names_are_what_the_strictest_clients_accept() {
+        assert_eq!(underscored("change.open"), "change_open");
+        assert_eq!(underscored("a/b.c-d_e"), "a_b_c-d_e");
+        assert_eq!(underscored("plain"), "plain");
+    }
+
+    #[test]
+    fn two_tools_may_not_share_a_name_in_either_form() {
+        let clash = |names: &[&'static str]| {
+            let pairs: Vec<(&str, String)> = names.iter().map(|n| (*n, underscored(n))).collect();
+            name_clash(pairs.iter().map(|(n, u)| (*n, u.as_str()))).map(|(a, b, form)| (a, b, form.to_string()))
+        };
+        assert_eq!(clash(&["change.open", "change.show", "task.update"]), None);
+        assert_eq!(clash(&["plain", "other"]), None);
+        assert_eq!(clash(&["a.b", "a.b"]), Some((0, 1, "a.b".into())));
+        // One tool to a client shown underscored names, two to the gateway.
+        assert_eq!(clash(&["a.b", "a_b"]), Some((0, 1, "a_b".into())));
+        assert_eq!(clash(&["a_b", "a/b"]), Some((0, 1, "a_b".into())));
     }
 }
