@@ -1,6 +1,6 @@
 //! MCP methods, the same for every transport and era. Transports build a
 //! `RequestContext` and call `handle`; this module calls the service.
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{Arc, LazyLock, atomic::Ordering};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
@@ -77,17 +77,31 @@ pub fn server_info(state: &AppState) -> Value {
     json!({"name": state.config.server_name, "title": "Task MCP", "version": state.config.server_version})
 }
 
-pub const INSTRUCTIONS: &str = "Manage spec-driven changes in an OpenSpec workspace: change.open scaffolds a change \
+/// What `initialize` and `server/discover` tell the model about the tools, naming them as
+/// `tools/list` does.
+pub fn instructions(names: ToolNames) -> &'static str {
+    const DOTTED: &str = "Manage spec-driven changes in an OpenSpec workspace: change.open scaffolds a change \
 and takes its lock, change.show and change.list read, task.update ticks checklist items, change.validate checks \
 structure, change.archive validates and archives with a receipt. Read parts of a change as change://<slug>/proposal, \
 /tasks, /delta/<path>, /receipt.";
+    /// The tools `DOTTED` names.
+    const NAMED: [&str; 6] =
+        ["change.open", "change.show", "change.list", "task.update", "change.validate", "change.archive"];
+    static UNDERSCORED: LazyLock<String> = LazyLock::new(|| {
+        NAMED.iter().fold(DOTTED.to_string(), |text, name| text.replace(name, &name.replace('.', "_")))
+    });
+    match names {
+        ToolNames::Dotted => DOTTED,
+        ToolNames::Underscored => &UNDERSCORED,
+    }
+}
 
 pub fn initialize_result(state: &AppState, version: &str) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": capabilities(),
         "serverInfo": server_info(state),
-        "instructions": INSTRUCTIONS,
+        "instructions": instructions(state.config.tool_names),
     })
 }
 
@@ -541,6 +555,31 @@ fn call_error(err: CallError) -> RpcError {
                 _ => jsonrpc::SERVER_ERROR,
             };
             RpcError::new(code, u.message.clone()).with_data(u.rest_body())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::DescriptorPool;
+
+    use super::*;
+    use crate::upstream::Registry;
+
+    #[test]
+    fn the_instructions_name_every_tool_as_tools_list_does() {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("embedded descriptors");
+        let registry = Registry::from_pool(&pool).expect("registry");
+        for names in [ToolNames::Dotted, ToolNames::Underscored] {
+            let text = instructions(names);
+            for tool in registry.tools() {
+                let (listed, other) = match names {
+                    ToolNames::Dotted => (&tool.name, &tool.underscored_name),
+                    ToolNames::Underscored => (&tool.underscored_name, &tool.name),
+                };
+                assert!(text.contains(listed.as_str()), "{names:?}: {listed} is not named in {text:?}");
+                assert!(!text.contains(other.as_str()), "{names:?}: {other} is named in {text:?}");
+            }
         }
     }
 }
