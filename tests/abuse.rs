@@ -434,3 +434,83 @@ async fn behind_a_trusted_proxy_grpc_failures_throttle_only_that_client() {
     let b = a_guesses_then_b_calls(&untrusted).await.expect_err("without --trusted-proxy all share");
     assert_eq!(b.code(), Code::ResourceExhausted, "{b:?}");
 }
+
+/// The log lines of requests the HTTP face refused, once the one of the request `last_id` is
+/// among them (the server's output reaches the test through a pipe, after the answers).
+async fn refusal_lines(server: &Server, last_id: &str) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = server
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["message"] == "request refused")
+            .collect();
+        if lines.iter().any(|l| l["request_id"] == last_id) || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An operator asking "why is this client refused?" finds one line per refusal naming the
+/// reason, the client and the request id; a flood of bad requests does not flood the log.
+#[tokio::test]
+async fn each_refusal_is_logged_with_its_reason_and_client_within_a_budget() {
+    let server = two_tenants(&["--auth-failures-per-minute", "0"]);
+    let base = server.http_base();
+    let expect = [
+        (get_tools(&server, None).await, "MISSING_TOKEN", 401, "INFO"),
+        (get_tools(&server, Some("Bearer stale")).await, "INVALID_TOKEN", 401, "WARN"),
+        (
+            http().get(format!("{base}/v1/tools")).header("origin", "http://evil.example").send().await.unwrap(),
+            "ORIGIN_NOT_ALLOWED",
+            403,
+            "WARN",
+        ),
+        (
+            http()
+                .post(format!("{base}/v1/tools/change.show"))
+                .bearer_auth(TOKEN_A)
+                .body(vec![b' '; 2 * 1024 * 1024])
+                .send()
+                .await
+                .unwrap(),
+            "BODY_TOO_LARGE",
+            413,
+            "WARN",
+        ),
+    ];
+    let last_id = expect[expect.len() - 1].0.headers()["x-request-id"].to_str().unwrap();
+    let lines = refusal_lines(&server, last_id).await;
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    for ((response, reason, status, level), line) in expect.iter().zip(&lines) {
+        assert_eq!(response.status().as_u16(), *status, "{reason}");
+        let request_id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(line["reason"], *reason, "{line}");
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["level"], *level, "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert_eq!(line["request_id"], request_id, "{line}");
+        assert_eq!(line["not_logged"], 0, "{line}");
+    }
+
+    // A flood: at most ten lines a second, and the next line written counts the rest.
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        assert_eq!(get_tools(&server, Some("Bearer stale")).await.status(), 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = get_tools(&server, Some("Bearer stale")).await;
+    // Lines come in order; the last is the one after the pause.
+    let last_id = last.headers()["x-request-id"].to_str().unwrap();
+    let mut lines = refusal_lines(&server, last_id).await.split_off(expect.len());
+    let after_pause = lines.pop().expect("the line after the pause");
+    let flood = lines.len();
+    assert!(flood as u64 <= 10 * seconds, "{flood} lines for 300 refusals in about {seconds} s");
+    // Every refusal is either a line or counted by a later one.
+    let counted: u64 = lines.iter().chain([&after_pause]).map(|l| l["not_logged"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(flood as u64 + counted, 300, "{flood} lines, {counted} counted as not logged");
+    assert!(after_pause["not_logged"].as_u64() > Some(0), "{after_pause}");
+}

@@ -100,9 +100,12 @@ where
     // request) a route once per `layer` call.
     router.layer(
         ServiceBuilder::new()
-            .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()))
-            .layer(CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone()))
-            .layer(BodyCapLayer { max: config.max_body_bytes, stats })
+            .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()).behind(&config.trusted_proxies))
+            .layer(
+                CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone())
+                    .behind(&config.trusted_proxies),
+            )
+            .layer(BodyCapLayer { max: config.max_body_bytes, stats, proxies: config.trusted_proxies.clone() })
             .layer(DefaultBodyLimit::disable()),
     )
 }
@@ -256,6 +259,79 @@ pub fn retry_after_secs(after: Duration) -> u64 {
     secs.max(1)
 }
 
+// ---------------------------------------------------------------------------
+// One log line per refusal, within a budget
+
+/// Refusal lines written per second at most. One client sent 14,600 wrong tokens a second in
+/// the abuse audit: a line for each would turn a flood of requests into a flood of log, so the
+/// rest are counted, and the next line written says how many were not.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
+
+/// The budget of [`REFUSAL_LINES_PER_SECOND`], in windows of one second.
+#[derive(Debug, Default)]
+struct LineBudget {
+    window: Option<std::time::Instant>,
+    written: u32,
+    skipped: u64,
+}
+
+impl LineBudget {
+    /// `Some(lines skipped since the last one written)` when a line may be written at `now`.
+    fn take(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.window.is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1)) {
+            self.window = Some(now);
+            self.written = 0;
+        }
+        if self.written >= REFUSAL_LINES_PER_SECOND {
+            self.skipped += 1;
+            return None;
+        }
+        self.written += 1;
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+static REFUSAL_LINES: std::sync::Mutex<LineBudget> =
+    std::sync::Mutex::new(LineBudget { window: None, written: 0, skipped: 0 });
+
+/// What a refusal's log line says about the request, taken when the request is refused (or,
+/// for a body cut off while it streams in, when it arrives).
+pub struct Refused {
+    method: Method,
+    uri: Uri,
+    /// The client: the TCP peer, or the one a trusted proxy names.
+    client: Option<std::net::IpAddr>,
+    request_id: Option<HeaderValue>,
+}
+
+impl Refused {
+    pub fn of(req: &Request, proxies: &TrustedProxies) -> Refused {
+        Refused {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            client: peer_address(req).map(|peer| proxies.client(peer, req.headers())),
+            request_id: req.headers().get(headers::X_REQUEST_ID).cloned(),
+        }
+    }
+
+    /// Logs `refusal`: at `warn`, but a missing token at `info` (MCP clients ask without one
+    /// first, to learn that a token is needed).
+    pub fn log(&self, refusal: Refusal) {
+        let budget =
+            REFUSAL_LINES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(std::time::Instant::now());
+        let Some(not_logged) = budget else { return };
+        let client = self.client.map(tracing::field::display);
+        let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
+        let (reason, status, method, path) =
+            (refusal.reason(), refusal.status().as_u16(), self.method.as_str(), self.uri.path());
+        if refusal == Refusal::MissingToken {
+            tracing::info!(reason, status, method, path, client, request_id, not_logged, "request refused");
+        } else {
+            tracing::warn!(reason, status, method, path, client, request_id, not_logged, "request refused");
+        }
+    }
+}
+
 /// Paths whose clients speak JSON-RPC and expect JSON-RPC error bodies.
 pub fn is_mcp_path(path: &str) -> bool {
     ["/mcp", "/sse", "/messages"]
@@ -286,11 +362,18 @@ pub trait Check: Clone + Send + Sync + 'static {
 pub struct CheckLayer<C, T> {
     check: C,
     stats: T,
+    proxies: TrustedProxies,
 }
 
 impl<C, T> CheckLayer<C, T> {
     pub fn new(check: C, stats: T) -> Self {
-        CheckLayer { check, stats }
+        CheckLayer { check, stats, proxies: TrustedProxies::default() }
+    }
+
+    /// Behind `proxies`, a refusal's log line names the client they name.
+    pub fn behind(mut self, proxies: &TrustedProxies) -> Self {
+        self.proxies = proxies.clone();
+        self
     }
 }
 
@@ -298,7 +381,7 @@ impl<S, C: Clone, T: Clone> Layer<S> for CheckLayer<C, T> {
     type Service = CheckService<S, C, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService { inner, check: self.check.clone(), stats: self.stats.clone() }
+        CheckService { inner, check: self.check.clone(), stats: self.stats.clone(), proxies: self.proxies.clone() }
     }
 }
 
@@ -307,6 +390,7 @@ pub struct CheckService<S, C, T> {
     inner: S,
     check: C,
     stats: T,
+    proxies: TrustedProxies,
 }
 
 impl<S, C, T> Service<Request> for CheckService<S, C, T>
@@ -328,6 +412,7 @@ where
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(refusal) => {
                 self.stats.stats().reject(refusal.kind());
+                Refused::of(&req, &self.proxies).log(refusal);
                 Either::Left(ready(Ok(refusal.response(is_mcp_path(req.uri().path())))))
             }
         }
@@ -601,8 +686,8 @@ where
             let path = req.uri().path();
             self.stats.metrics().auth(Transport::of_path(path), AuthResult::Throttled);
             self.stats.stats().reject(refusal.kind());
-            tracing::info!(%client, path, "rejected: too many failed authentications");
-            return Either::Left(ready(Ok(refusal.response(is_mcp_path(path)))));
+            Refused::of(&req, &self.proxies).log(refusal);
+            return Either::Left(ready(Ok(refusal.response(is_mcp_path(req.uri().path())))));
         }
         // Only a request that presented credentials can fail: one without is a client
         // discovering that a token is needed, not a guess.
@@ -648,13 +733,15 @@ where
 pub struct BodyCapLayer<T> {
     pub max: usize,
     pub stats: T,
+    /// For the refusal's log line (see [`CheckLayer::behind`]).
+    pub proxies: TrustedProxies,
 }
 
 impl<S, T: Clone> Layer<S> for BodyCapLayer<T> {
     type Service = BodyCap<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BodyCap { inner, max: self.max, stats: self.stats.clone() }
+        BodyCap { inner, max: self.max, stats: self.stats.clone(), proxies: self.proxies.clone() }
     }
 }
 
@@ -663,6 +750,7 @@ pub struct BodyCap<S, T> {
     inner: S,
     max: usize,
     stats: T,
+    proxies: TrustedProxies,
 }
 
 impl<S, T> Service<Request> for BodyCap<S, T>
@@ -687,10 +775,13 @@ where
         } else {
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         };
+        // Only a body without a declared length can overflow once admitted (below).
+        let refused = declared.is_none().then(|| Refused::of(&req, &self.proxies));
         let req = match declared {
             Some(len) if len > self.max as u64 => {
                 let refusal = Refusal::BodyTooLarge(self.max);
                 self.stats.stats().reject(refusal.kind());
+                Refused::of(&req, &self.proxies).log(refusal);
                 return Either::Left(ready(Ok(refusal.response(mcp))));
             }
             // hyper (HTTP/1 and h2 alike) refuses a body longer than its
@@ -707,6 +798,7 @@ where
             mcp,
             max: self.max,
             stats: Some(self.stats.clone()),
+            refused,
         })
     }
 }
@@ -720,6 +812,7 @@ pin_project! {
         mcp: bool,
         max: usize,
         stats: Option<T>,
+        refused: Option<Refused>,
     }
 }
 
@@ -742,6 +835,9 @@ where
         }
         if let Some(stats) = this.stats.take() {
             stats.stats().reject(Rejection::PayloadTooLarge);
+        }
+        if let Some(refused) = this.refused.take() {
+            refused.log(Refusal::BodyTooLarge(*this.max));
         }
         let ours =
             res.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
@@ -1221,6 +1317,20 @@ mod tests {
     }
 
     #[test]
+    fn refusal_lines_stay_within_their_budget_and_the_next_one_counts_the_rest() {
+        let mut budget = LineBudget::default();
+        let start = std::time::Instant::now();
+        let written: Vec<Option<u64>> = (0..REFUSAL_LINES_PER_SECOND + 5).map(|_| budget.take(start)).collect();
+        assert!(written[..REFUSAL_LINES_PER_SECOND as usize].iter().all(|w| *w == Some(0)), "{written:?}");
+        assert!(written[REFUSAL_LINES_PER_SECOND as usize..].iter().all(Option::is_none), "{written:?}");
+        // Still the same second: nothing more.
+        assert_eq!(budget.take(start + Duration::from_millis(999)), None);
+        // The next second's first line says six were not written.
+        assert_eq!(budget.take(start + Duration::from_secs(1)), Some(6));
+        assert_eq!(budget.take(start + Duration::from_secs(1)), Some(0));
+    }
+
+    #[test]
     fn host_port_splitting() {
         assert_eq!(split_host_port("a.b:80"), Some(("a.b", Some("80"))));
         assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
@@ -1335,7 +1445,11 @@ mod tests {
     // -- Body cap -------------------------------------------------------------
 
     fn capped(max: usize, stats: Arc<crate::health::Stats>) -> Router {
-        tiny().layer(ServiceBuilder::new().layer(BodyCapLayer { max, stats }).layer(DefaultBodyLimit::disable()))
+        tiny().layer(
+            ServiceBuilder::new()
+                .layer(BodyCapLayer { max, stats, proxies: TrustedProxies::default() })
+                .layer(DefaultBodyLimit::disable()),
+        )
     }
 
     #[tokio::test]
