@@ -1,6 +1,13 @@
 //! Bearer tokens and the principals they name. Shared by the gRPC layer and, later,
 //! the HTTP gateway: both ask `Tokens::authenticate` and act on the answer.
-use std::{fmt, path::Path};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Duration,
+};
+
+use tokio_util::sync::CancellationToken;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -37,8 +44,20 @@ struct Entry {
 
 /// The configured tokens, kept only as SHA-256 digests so that comparing equal
 /// length digests in constant time reveals nothing about any token's length or prefix.
+///
+/// The `--auth-token-file` part can be reloaded ([`Tokens::reload`]), so tokens rotate without
+/// a restart, which would end every MCP session. Whether authentication is on is decided at
+/// start and no reload changes it.
 #[derive(Default)]
-pub struct Tokens(Vec<Entry>);
+pub struct Tokens {
+    enabled: bool,
+    entries: RwLock<Vec<Entry>>,
+    /// `--auth-token` values: kept to be merged with every reload of the file.
+    specs: Vec<String>,
+    file: Option<PathBuf>,
+    /// The file's content as last loaded, so that a periodic check reloads only on a change.
+    loaded: Mutex<Option<Vec<u8>>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenConfigError {
@@ -46,53 +65,77 @@ pub enum TokenConfigError {
     File { path: String, source: std::io::Error },
     #[error("empty token in {origin}")]
     Empty { origin: String },
+    /// Taken for a mistake (a file caught half-written, a secret not mounted): a reload never
+    /// takes every token of the file away.
+    #[error("{path} names no token; the tokens in force stay")]
+    WouldDisable { path: String },
+    #[error("authentication was off at start: restart with tokens to turn it on")]
+    WasOff,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    pub tokens: usize,
+    pub principals: usize,
 }
 
 impl Tokens {
     /// `specs` are `TOKEN` or `NAME=TOKEN`; a file holds one spec per line, `#` comments allowed.
     pub fn from_config(specs: &[String], file: Option<&Path>) -> Result<Self, TokenConfigError> {
-        let mut tokens = Tokens::default();
-        for spec in specs {
-            tokens.add(spec, "--auth-token")?;
-        }
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| TokenConfigError::File { path: path.display().to_string(), source })?;
-            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-                tokens.add(line, &path.display().to_string())?;
-            }
-        }
-        Ok(tokens)
+        let text = file.map(read_file).transpose()?;
+        let entries = parse(specs, file.zip(text.as_deref()))?;
+        Ok(Tokens {
+            enabled: !entries.is_empty(),
+            entries: RwLock::new(entries),
+            specs: specs.to_vec(),
+            file: file.map(Path::to_path_buf),
+            loaded: Mutex::new(text),
+        })
     }
 
-    fn add(&mut self, spec: &str, origin: &str) -> Result<(), TokenConfigError> {
-        let spec = spec.trim();
-        let (name, token) = match spec.split_once('=') {
-            Some((name, token)) if !name.is_empty() => (Some(name.to_string()), token),
-            _ => (None, spec),
-        };
-        if token.is_empty() {
-            return Err(TokenConfigError::Empty { origin: origin.to_string() });
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Unnamed tokens get a name derived from the digest, never from the token itself.
-        let name = name.unwrap_or_else(|| format!("token-{}", hex8(&digest)));
-        self.0.push(Entry { digest, principal: Principal(name) });
-        Ok(())
+    /// The file `reload` reads, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
+    /// Reads `--auth-token-file` again and, when it parses and names a token, serves its
+    /// tokens (with the `--auth-token` ones) from the next request on. On any error the
+    /// tokens in force stay. `None`: `only_if_changed` and the file is as last loaded, or there
+    /// is no file.
+    pub fn reload(&self, only_if_changed: bool) -> Result<Option<Reloaded>, TokenConfigError> {
+        let Some(path) = &self.file else { return Ok(None) };
+        let text = read_file(path)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if only_if_changed && loaded.as_deref() == Some(text.as_slice()) {
+            return Ok(None);
+        }
+        if !self.enabled {
+            return Err(TokenConfigError::WasOff);
+        }
+        let entries = parse(&self.specs, Some((path.as_path(), text.as_slice())))?;
+        if entries.len() == self.specs.len() {
+            return Err(TokenConfigError::WouldDisable { path: path.display().to_string() });
+        }
+        let reloaded = Reloaded { tokens: entries.len(), principals: principal_count(&entries) };
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = entries;
+        *loaded = Some(text);
+        Ok(Some(reloaded))
+    }
+
+    /// Whether no token is configured (every caller is `anonymous`); fixed at start.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.enabled
     }
 
     /// How many principals the tokens name (several tokens may name one).
     pub fn principal_count(&self) -> usize {
-        self.0.iter().map(|e| &e.principal).collect::<std::collections::HashSet<_>>().len()
+        principal_count(&self.entries.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Checks an `Authorization` header value. `None` means unauthenticated.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
-        if self.0.is_empty() {
+        if !self.enabled {
             return Some(Principal::anonymous());
         }
         // RFC 9110 §11.1: the scheme name is case-insensitive (`BEARER`, `bearer`, `Bearer`).
@@ -105,13 +148,96 @@ impl Tokens {
         // Compare against every entry without an early exit, so timing does not
         // reveal which (or whether an earlier) entry matched.
         let mut found = None;
-        for entry in &self.0 {
+        for entry in self.entries.read().unwrap_or_else(PoisonError::into_inner).iter() {
             if bool::from(entry.digest.ct_eq(&digest)) {
                 found = Some(entry.principal.clone());
             }
         }
         found
     }
+}
+
+/// Reloads `tokens`' file on SIGHUP and, every `every` (not at all for zero), when its content
+/// changed, until `stop`. Each outcome is logged; a failure that repeats, once. Without a file
+/// there is nothing to do, and SIGHUP keeps its default action.
+pub async fn reload_on_change(tokens: Arc<Tokens>, every: Duration, stop: CancellationToken) {
+    let Some(path) = tokens.file().map(|p| p.display().to_string()) else { return };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; the token file is reloaded only when it changes");
+            None
+        }
+    };
+    let mut tick = (!every.is_zero()).then(|| {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
+    let mut last_failure: Option<String> = None;
+    loop {
+        let trigger = tokio::select! {
+            () = stop.cancelled() => return,
+            Some(()) = async { hangup.as_mut()?.recv().await } => "SIGHUP",
+            Some(_) = async { Some(tick.as_mut()?.tick().await) } => "changed",
+            else => return,
+        };
+        match tokens.reload(trigger == "changed") {
+            Ok(None) => {}
+            Ok(Some(Reloaded { tokens, principals })) => {
+                last_failure = None;
+                tracing::info!(path, trigger, tokens, principals, "auth tokens reloaded");
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if trigger == "SIGHUP" || last_failure.as_ref() != Some(&error) {
+                    tracing::error!(path, trigger, %error, "auth token reload failed; the tokens in force stay");
+                }
+                last_failure = Some(error);
+            }
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TokenConfigError> {
+    std::fs::read(path).map_err(|source| TokenConfigError::File { path: path.display().to_string(), source })
+}
+
+/// The entries of `specs` and of a file's `(path, content)`.
+fn parse(specs: &[String], file: Option<(&Path, &[u8])>) -> Result<Vec<Entry>, TokenConfigError> {
+    let mut entries = Vec::new();
+    for spec in specs {
+        entries.push(entry(spec, "--auth-token")?);
+    }
+    if let Some((path, bytes)) = file {
+        let text = std::str::from_utf8(bytes).map_err(|e| TokenConfigError::File {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            entries.push(entry(line, &path.display().to_string())?);
+        }
+    }
+    Ok(entries)
+}
+
+fn entry(spec: &str, origin: &str) -> Result<Entry, TokenConfigError> {
+    let spec = spec.trim();
+    let (name, token) = match spec.split_once('=') {
+        Some((name, token)) if !name.is_empty() => (Some(name.to_string()), token),
+        _ => (None, spec),
+    };
+    if token.is_empty() {
+        return Err(TokenConfigError::Empty { origin: origin.to_string() });
+    }
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Unnamed tokens get a name derived from the digest, never from the token itself.
+    let name = name.unwrap_or_else(|| format!("token-{}", hex8(&digest)));
+    Ok(Entry { digest, principal: Principal(name) })
+}
+
+fn principal_count(entries: &[Entry]) -> usize {
+    entries.iter().map(|e| &e.principal).collect::<std::collections::HashSet<_>>().len()
 }
 
 fn hex8(digest: &[u8; 32]) -> String {
@@ -159,5 +285,53 @@ mod tests {
         let t = Tokens::from_config(&[], Some(&path)).unwrap();
         assert_eq!(t.authenticate(Some("Bearer abc123")).unwrap().as_str(), "bob");
         assert!(Tokens::from_config(&["name=".into()], None).is_err());
+    }
+
+    #[test]
+    fn the_file_reloads_merged_with_the_flags_and_a_bad_file_keeps_the_tokens_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let who = |t: &Tokens, token: &str| t.authenticate(Some(&format!("Bearer {token}"))).map(|p| p.0);
+        std::fs::write(&path, "alice=old\n").unwrap();
+        let t = Tokens::from_config(&["ops=flag-token".into()], Some(&path)).unwrap();
+        assert_eq!(t.reload(true).unwrap(), None, "unchanged: nothing to do");
+
+        std::fs::write(&path, "alice=new\nbob=b0b\n").unwrap();
+        assert_eq!(t.reload(true).unwrap(), Some(Reloaded { tokens: 3, principals: 3 }));
+        assert_eq!(who(&t, "old"), None, "the rotated token is refused");
+        assert_eq!(who(&t, "new").as_deref(), Some("alice"));
+        assert_eq!(who(&t, "flag-token").as_deref(), Some("ops"), "the flags' tokens stay");
+        assert_eq!(t.principal_count(), 3);
+        assert_eq!(t.reload(true).unwrap(), None);
+        assert!(t.reload(false).unwrap().is_some(), "SIGHUP reloads even an unchanged file");
+
+        let cases: [(&[u8], &str); 3] =
+            [(b"# nothing\n", "no token"), (b"carol=\n", "an empty token"), (b"alice=\xff\n", "not UTF-8")];
+        for (content, what) in cases {
+            std::fs::write(&path, content).unwrap();
+            assert!(t.reload(true).is_err(), "{what} must be refused");
+            assert_eq!(who(&t, "new").as_deref(), Some("alice"), "{what}: the tokens in force stay");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(t.reload(false), Err(TokenConfigError::File { .. })));
+        assert_eq!(who(&t, "b0b").as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn a_reload_never_turns_authentication_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# none yet\n").unwrap();
+        let t = Tokens::from_config(&[], Some(&path)).unwrap();
+        assert!(t.is_empty());
+        std::fs::write(&path, "alice=a\n").unwrap();
+        assert!(matches!(t.reload(true), Err(TokenConfigError::WasOff)));
+        assert_eq!(t.authenticate(None), Some(Principal::anonymous()));
+    }
+
+    #[test]
+    fn without_a_file_there_is_nothing_to_reload() {
+        let t = Tokens::from_config(&["a=1".into()], None).unwrap();
+        assert_eq!(t.reload(false).unwrap(), None);
     }
 }

@@ -86,9 +86,16 @@ pub struct AccessSettings {
     )]
     pub auth_tokens: Vec<String>,
 
-    /// File with one `TOKEN` or `NAME=TOKEN` per line (`#` comments allowed).
+    /// File with one `TOKEN` or `NAME=TOKEN` per line (`#` comments allowed). Reloaded on
+    /// SIGHUP, and when the periodic check of --auth-token-reload-seconds finds it changed, so
+    /// tokens rotate without a restart.
     #[arg(long, env = "TASK_MCP_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
+
+    /// How often the token file is checked for a change, which is then loaded; 0: only on
+    /// SIGHUP.
+    #[arg(long, env = "TASK_MCP_AUTH_TOKEN_RELOAD_SECONDS", default_value_t = 10, value_name = "SECONDS")]
+    pub auth_token_reload_seconds: u64,
 
     /// Allow binding a non-loopback address with no tokens configured.
     #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value_parser = BoolishValueParser::new())]

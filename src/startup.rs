@@ -211,6 +211,11 @@ impl Application {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
         let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
+        tokio::spawn(crate::auth::reload_on_change(
+            self.tokens.clone(),
+            Duration::from_secs(self.settings.access.auth_token_reload_seconds),
+            self.state.shutdown.clone(),
+        ));
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
 
         // The gateway calls the same routes in-process. It has already admitted
@@ -580,6 +585,7 @@ pub struct GatewayApplication {
     _metrics: Arc<Metrics>,
     /// The HTTP listener's connection cap, which the metrics observe.
     limit: ConnectionLimit,
+    tokens: Arc<Tokens>,
 }
 
 impl GatewayApplication {
@@ -610,7 +616,7 @@ impl GatewayApplication {
         );
         let throttle = Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute));
         let principals = tokens.principal_count();
-        let access = Arc::new(ServiceAccess { tokens, limiter, throttle });
+        let access = Arc::new(ServiceAccess { tokens: tokens.clone(), limiter, throttle });
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
@@ -625,13 +631,18 @@ impl GatewayApplication {
         };
         let state = gateway_state(service, access, config, metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
-        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit })
+        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit, tokens })
     }
 
     /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,
     /// whatever the upstream says), then the listener closes and calls get the grace period.
     pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
         tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
+        tokio::spawn(crate::auth::reload_on_change(
+            self.tokens.clone(),
+            Duration::from_secs(self.settings.access.auth_token_reload_seconds),
+            self.state.shutdown.clone(),
+        ));
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(self.limit));
         tokio::pin!(http);

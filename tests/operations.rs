@@ -569,3 +569,104 @@ fn start_up_failures_name_the_flag_or_path_to_fix() {
     assert!(stderr[0].contains(&file.display().to_string()), "{stderr:?}");
     assert!(!stderr[0].contains("internal error"), "{stderr:?}");
 }
+
+/// Writes `content` to `path` as Kubernetes updates a mounted secret: whole, by a rename.
+fn replace_file(path: &std::path::Path, content: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// The status of `GET /v1/tools` with `token`, and of a gRPC `ListChanges` with it.
+async fn admitted(server: &Server, token: &str) -> (u16, bool) {
+    let http = client()
+        .get(format!("{}/v1/tools", server.http_base()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let mut changes = server.changes_with(common::Auth::bearer(token)).await;
+    let grpc = bounded("ListChanges", changes.list_changes(task_mcp::pb::ListChangesRequest::default())).await;
+    (http, grpc.is_ok())
+}
+
+/// Polls until `token` is admitted on both faces (`true`) or refused on both (`false`).
+async fn until_admitted(server: &Server, token: &str, admitted_now: bool) {
+    let deadline = Instant::now() + EXIT_BOUND;
+    let want = if admitted_now { (200, true) } else { (401, false) };
+    loop {
+        let seen = admitted(server, token).await;
+        if seen == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{token}: {seen:?}, want {want:?}\n{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rotating a token must not need a restart, which would end every MCP session: the token file
+/// is reloaded on SIGHUP, and when it changes; a session goes on under the principal's new
+/// token; a file that names no token is refused and the tokens in force stay.
+#[tokio::test]
+async fn tokens_rotate_without_a_restart_and_sessions_survive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    replace_file(&file, "alice=old-token-aaaa\n");
+    let file_arg = file.to_str().unwrap();
+
+    // The test's refused calls must not get its address throttled.
+    let flags = |reload: &'static str| {
+        ["--auth-token-file", file_arg, "--auth-token-reload-seconds", reload, "--auth-failures-per-minute", "0"]
+    };
+    // SIGHUP only: a change alone is not loaded.
+    let server = Server::builder().args(flags("0")).start();
+    assert_eq!(admitted(&server, "old-token-aaaa").await, (200, true));
+    let mut mcp = Mcp::connect(client(), server.mcp_url(), Some("old-token-aaaa"), "2025-11-25", "rotation-test").await;
+    assert!(mcp.request("tools/list", json!({})).await["result"]["tools"].is_array());
+    replace_file(&file, "alice=new-token-bbbb\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admitted(&server, "old-token-aaaa").await, (200, true), "reloaded without a signal");
+    server.signal(libc::SIGHUP);
+    until_admitted(&server, "new-token-bbbb", true).await;
+    until_admitted(&server, "old-token-aaaa", false).await;
+    log_line(
+        || server.logs(),
+        "\"auth tokens reloaded\"",
+        |l| l["message"] == "auth tokens reloaded" && l["trigger"] == "SIGHUP" && l["principals"] == 1,
+    )
+    .await;
+    // The session is alice's, whichever of her tokens she shows.
+    let listed = client()
+        .post(server.mcp_url())
+        .bearer_auth("new-token-bbbb")
+        .header("mcp-session-id", &mcp.session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("accept", common::mcp::ACCEPT_BOTH)
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200, "the session survives the rotation");
+    assert!(listed.json::<Value>().await.unwrap()["result"]["tools"].is_array());
+
+    // Checked every second: a change is loaded with no signal; an empty file is not.
+    let server = Server::builder().args(flags("1")).start();
+    replace_file(&file, "alice=third-token-cccc\nbob=bob-token-dddd\n");
+    until_admitted(&server, "third-token-cccc", true).await;
+    until_admitted(&server, "bob-token-dddd", true).await;
+    until_admitted(&server, "new-token-bbbb", false).await;
+    replace_file(&file, "# emptied by mistake\n");
+    log_line(
+        || server.logs(),
+        "\"auth token reload failed\"",
+        |l| {
+            l["message"].as_str().is_some_and(|m| m.starts_with("auth token reload failed"))
+                && l["trigger"] == "changed"
+        },
+    )
+    .await;
+    assert_eq!(admitted(&server, "third-token-cccc").await, (200, true), "the tokens in force stay");
+    assert_eq!(server.logs().matches("auth token reload failed").count(), 1, "a failure that repeats is logged once");
+}
