@@ -72,11 +72,23 @@ pub enum Error {
     #[error("the caller went away before anything was written")]
     CallerGone,
     /// The workspace on disk is in a state the server cannot work with: a folder it may not
-    /// write, a full or read-only disk, a symlink where the archive folder belongs. An
-    /// operator fixes it, not the client, so the code is INTERNAL; but unlike `Internal` it is
-    /// named, with the path inside the workspace (never the host's).
+    /// write, a read-only disk, a symlink where the archive folder belongs. An operator fixes
+    /// it, not the client, so the code is INTERNAL; but unlike `Internal` it is named, with the
+    /// path inside the workspace (never the host's).
     #[error("workspace unusable at {path}: {why}")]
     WorkspaceUnusable { path: String, why: String },
+    /// The workspace's file system is full, or its quota spent (ENOSPC, EDQUOT). Every write is
+    /// built aside and committed by one rename, and what a failed one built is removed, so the
+    /// call left the change as it was and succeeds once space is freed; reads go on working.
+    /// The code is RESOURCE_EXHAUSTED, the one gRPC names for "the entire file system is out
+    /// of space": not INTERNAL (nothing is broken, and the message is worth showing), nor
+    /// FAILED_PRECONDITION (nothing about the request is wrong). A rate limit shares the code,
+    /// so the reason tells them apart: the gateway answers this one with HTTP 507 Insufficient
+    /// Storage rather than 429, and the metrics count it as the server's error, not the caller's.
+    #[error(
+        "workspace full at {path}: {why}; the call was not carried out: free space on the workspace's file system (or raise its quota), then retry"
+    )]
+    WorkspaceFull { path: String, why: String },
     /// Anything the client could not have caused. The message is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,22 +103,28 @@ impl Error {
         Error::Internal(format!("{context}: {err}"))
     }
 
-    /// An I/O failure on `path`: those an operator must fix (permissions, a read-only or full
-    /// disk) as `WorkspaceUnusable`, naming the path's last two parts; the rest as internal.
+    /// An I/O failure on `path`: a full disk or a spent quota as `WorkspaceFull`, the other
+    /// faults an operator must fix (permissions, a read-only disk) as `WorkspaceUnusable`, each
+    /// naming the path's last two parts; the rest as internal.
     pub fn io(context: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
+        let tail = || {
+            let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
+            tail.reverse();
+            tail.join("/")
+        };
         let why = match err.kind() {
-            K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded => {
-                format!("{context}: {}", err.kind())
+            K::StorageFull | K::QuotaExceeded => {
+                tracing::error!(context, path = %path.display(), error = %err, "workspace full");
+                return Error::WorkspaceFull { path: tail(), why: format!("{context}: {}", err.kind()) };
             }
+            K::PermissionDenied | K::ReadOnlyFilesystem => format!("{context}: {}", err.kind()),
             // The build-aside area, the drafts or the archive mounted apart (see `CROSS_DEVICE`).
             K::CrossesDevices => format!("{context}: {}", crate::workspace::fsutil::CROSS_DEVICE),
             _ => return Error::internal(context, err),
         };
-        let mut tail: Vec<_> = path.iter().rev().take(2).map(|p| p.to_string_lossy()).collect();
-        tail.reverse();
         tracing::error!(context, path = %path.display(), error = %err, "workspace unusable");
-        Error::WorkspaceUnusable { path: tail.join("/"), why }
+        Error::WorkspaceUnusable { path: tail(), why }
     }
 
     /// The stable, machine-readable reason code (`ErrorInfo.reason`).
@@ -132,6 +150,8 @@ impl Error {
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::CallerGone => "CANCELLED",
             Error::WorkspaceUnusable { .. } => "WORKSPACE_UNUSABLE",
+            // The gateway tells it from a rate limit by this reason (HTTP 507, not 429).
+            Error::WorkspaceFull { .. } => task_mcp_gateway::error::WORKSPACE_FULL,
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -155,7 +175,7 @@ impl Error {
             | Error::FileUnreadable { .. }
             | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
             Error::Unauthenticated => Code::Unauthenticated,
-            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::RateLimited { .. } | Error::WorkspaceFull { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::CallerGone => Code::Cancelled,
             Error::WorkspaceUnusable { .. } | Error::Internal(_) => Code::Internal,
@@ -209,7 +229,7 @@ impl Error {
             Error::RateLimited { retry_after } => {
                 vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
             }
-            Error::WorkspaceUnusable { path, .. } => vec![kv("path", path.clone())],
+            Error::WorkspaceUnusable { path, .. } | Error::WorkspaceFull { path, .. } => vec![kv("path", path.clone())],
             Error::Unauthenticated | Error::ShuttingDown | Error::CallerGone | Error::Internal(_) => vec![],
         }
     }
@@ -322,6 +342,23 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         let retry = status.get_details_retry_info().expect("retry info");
         assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn a_full_disk_or_spent_quota_is_named_resource_exhausted_not_internal() {
+        for raw in [libc::ENOSPC, libc::EDQUOT] {
+            let err = Error::io(
+                "write tasks",
+                std::path::Path::new("/srv/openspec/changes/x/tasks.md"),
+                std::io::Error::from_raw_os_error(raw),
+            );
+            assert!(matches!(&err, Error::WorkspaceFull { path, .. } if path == "x/tasks.md"), "{err:?}");
+            let status = err.into_status();
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert_eq!(status.get_details_error_info().expect("error info").reason, "WORKSPACE_FULL");
+            assert!(status.message().contains("free space on the workspace's file system"), "{}", status.message());
+            assert!(!status.message().contains("/srv"), "the host's path leaked: {}", status.message());
+        }
     }
 
     #[test]

@@ -531,8 +531,16 @@ pub(crate) async fn accept_failed(listener: &str, err: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Readiness: the overall health (service "") follows workspace writability,
-/// so the gateway's `/health/ready` and gRPC probes both see a full disk.
+/// Readiness: the overall health (service "") follows workspace writability, so the gateway's
+/// `/health/ready` and gRPC probes both see a workspace that cannot be written (permissions, a
+/// read-only mount, a folder gone), and a rollout onto a broken mount never takes traffic.
+///
+/// A full disk (or spent quota) is the exception: only the workspace's own status turns
+/// NOT_SERVING, and the service stays ready. Reads are served, and each write is refused with
+/// `WORKSPACE_FULL` and changes nothing; no other instance would do better (they share the
+/// workspace, or serve another); failing readiness would have load balancers turn a disk that
+/// refuses writes into a service that refuses everything. Nor could readiness follow it
+/// faithfully: a probe file of two bytes fits where a change does not.
 fn spawn_writable_probe(
     workspace: Arc<Workspace>,
     health: HealthReporter,
@@ -543,21 +551,30 @@ fn spawn_writable_probe(
         loop {
             let ws = workspace.clone();
             let writable = tokio::task::spawn_blocking(move || ws.check_writable()).await;
-            let status = match writable {
-                Ok(Ok(())) => ServingStatus::Serving,
+            // The service's status and the workspace's.
+            let (service, workspace_status) = match writable {
+                Ok(Ok(())) => (ServingStatus::Serving, ServingStatus::Serving),
+                Ok(Err(e @ Error::WorkspaceFull { .. })) => {
+                    tracing::error!(
+                        error = %e,
+                        "the workspace's file system is full: writes are refused until space is freed; \
+                         reads are served, and the service stays ready"
+                    );
+                    (ServingStatus::Serving, ServingStatus::NotServing)
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "workspace is not writable; reporting NOT_SERVING");
-                    ServingStatus::NotServing
+                    (ServingStatus::NotServing, ServingStatus::NotServing)
                 }
-                Err(_) => ServingStatus::NotServing,
+                Err(_) => (ServingStatus::NotServing, ServingStatus::NotServing),
             };
-            // The metrics' view: both checks follow writability while serving.
-            flags.set_workspace(status == ServingStatus::Serving);
-            flags.set_upstream(status == ServingStatus::Serving);
-            if last != Some(status) {
-                health.set_service_status("", status).await;
-                health.set_service_status(WORKSPACE_HEALTH, status).await;
-                last = Some(status);
+            // The metrics' view: both checks are readiness's, which a full disk passes.
+            flags.set_workspace(service == ServingStatus::Serving);
+            flags.set_upstream(service == ServingStatus::Serving);
+            if last != Some((service, workspace_status)) {
+                health.set_service_status("", service).await;
+                health.set_service_status(WORKSPACE_HEALTH, workspace_status).await;
+                last = Some((service, workspace_status));
             }
             tokio::time::sleep(WRITABLE_PROBE).await;
         }

@@ -112,8 +112,18 @@ pub enum McpFailure {
     Protocol(i64),
 }
 
+/// The service's reason for a full workspace disk (RESOURCE_EXHAUSTED, like a rate limit).
+pub const WORKSPACE_FULL: &str = "WORKSPACE_FULL";
+
 impl UpstreamError {
+    /// The standard table, but for a full workspace disk: 507 Insufficient Storage (RFC 4918),
+    /// the status for "the server is unable to store what the request needs", where the table's
+    /// 429 would tell the client it sent too much, and hide a fault of the server's among the
+    /// 4xx that no server-error alert counts.
     pub fn http_status(&self) -> StatusCode {
+        if self.code == Code::ResourceExhausted && self.reason == WORKSPACE_FULL {
+            return StatusCode::INSUFFICIENT_STORAGE;
+        }
         http_status(self.code)
     }
 
@@ -150,6 +160,23 @@ mod tests {
         assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
         assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
+    }
+
+    #[test]
+    fn a_full_workspace_disk_is_507_where_a_rate_limit_is_429() {
+        let exhausted = |reason: &str| {
+            let details = tonic_types::ErrorDetails::with_error_info(
+                reason,
+                "task-mcp",
+                std::collections::HashMap::<String, String>::new(),
+            );
+            UpstreamError::from(tonic::Status::with_error_details(Code::ResourceExhausted, "m", details))
+        };
+        let full = exhausted(WORKSPACE_FULL);
+        assert_eq!(full.http_status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(full.rest_body()["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(full.mcp_failure(), McpFailure::Protocol(-32000));
+        assert_eq!(exhausted("RATE_LIMITED").http_status(), StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]

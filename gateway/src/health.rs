@@ -32,8 +32,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `grpc.health.v1` service name under which the service reports whether its workspace can
 /// be written (its overall status, service `""`, folds that in). Drains leave it alone, so it
-/// names the workspace as the reason a service is not serving, and nothing else.
+/// names the workspace as the reason a service is not serving, and nothing else. A full disk is
+/// the one fault the overall status does not fold in: NOT_SERVING here while the service is
+/// SERVING means the workspace's file system is full, and the service stays ready (reads are
+/// served; each write is refused with `WORKSPACE_FULL` and changes nothing).
 pub const WORKSPACE_HEALTH: &str = "taskmcp.v1.Workspace";
+
+/// The workspace check of a ready service whose workspace's file system is full.
+const WORKSPACE_FULL: &str =
+    "full: writes are refused (WORKSPACE_FULL) until space is freed on the workspace's file system; reads are served";
 
 /// Why a request was turned away before (or instead of) reaching a handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +227,9 @@ impl Check {
 /// Readiness: the upstream's `grpc.health.v1` status is SERVING, which the service reports only
 /// while its workspace can be written. When it is not, the workspace's own status
 /// ([`WORKSPACE_HEALTH`]) tells which of the two is at fault, so the body names the failing
-/// check: an operator of `serve` otherwise reads "upstream: not serving" about a full disk.
+/// check: an operator of `serve` otherwise reads "upstream: not serving" about a read-only
+/// mount. A serving upstream whose workspace is not is ready with its disk full, which the
+/// body says (200, `degraded`).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     // A stopping server is not ready whatever its upstream says: in split mode the upstream
     // stays SERVING, and load balancers must see the 503 before the listener closes.
@@ -242,7 +251,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     };
     let upstream = check("").await;
     let workspace = match upstream {
-        Check::Ok => Check::Ok,
+        Check::Ok => match check(WORKSPACE_HEALTH).await {
+            Check::NotServing => Check::NotServing,
+            // Writable, or an upstream that does not report its workspace: ready as it says.
+            _ => Check::Ok,
+        },
         Check::NotServing => match check(WORKSPACE_HEALTH).await {
             // Serving overall it is not, but not for its workspace: a drain, say.
             Check::Ok => Check::Ok,
@@ -257,6 +270,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 fn readiness_response(upstream: &Check, workspace: &Check) -> Response {
     if *upstream == Check::Ok {
+        if *workspace == Check::NotServing {
+            let checks = json!({ "upstream": "ok", "workspace": WORKSPACE_FULL });
+            return json_value(StatusCode::OK, &json!({ "status": "degraded", "checks": checks }));
+        }
         let checks = json!({ "upstream": "ok", "workspace": "ok" });
         return json_value(StatusCode::OK, &json!({ "status": "ok", "checks": checks }));
     }
@@ -388,11 +405,18 @@ mod tests {
         assert_eq!(v["checks"]["upstream"], "not serving");
         assert_eq!(v["failing"], json!(["upstream"]));
 
-        let full_disk = readiness_response(&Check::NotServing, &Check::NotServing);
-        assert_eq!(full_disk.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let v = body_json(full_disk).await;
+        let unwritable = readiness_response(&Check::NotServing, &Check::NotServing);
+        assert_eq!(unwritable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body_json(unwritable).await;
         assert_eq!(v["failing"], json!(["workspace"]));
         assert_eq!(v["checks"]["upstream"], "ok");
+
+        // Serving, with its workspace's disk full: ready, and saying so.
+        let full_disk = readiness_response(&Check::Ok, &Check::NotServing);
+        assert_eq!(full_disk.status(), StatusCode::OK);
+        let v = body_json(full_disk).await;
+        assert_eq!(v["status"], "degraded");
+        assert!(v["checks"]["workspace"].as_str().is_some_and(|w| w.starts_with("full")), "{v}");
     }
 
     mod through_the_router {
@@ -421,8 +445,14 @@ mod tests {
 
             // The workspace's own status names it as the reason.
             fake.health.set_service_status(WORKSPACE_HEALTH, tonic_health::ServingStatus::NotServing).await;
-            let v = body_json(app.oneshot(get("/health/ready")).await.unwrap()).await;
+            let v = body_json(app.clone().oneshot(get("/health/ready")).await.unwrap()).await;
             assert_eq!(v["failing"], json!(["workspace"]), "{v}");
+
+            // Serving again with the workspace still not: its disk is full, and it stays ready.
+            fake.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            let res = app.oneshot(get("/health/ready")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(body_json(res).await["status"], "degraded");
         }
 
         #[tokio::test]

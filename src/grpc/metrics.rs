@@ -61,7 +61,7 @@ const EXTRA_METHODS: [&str; 4] = [
 ];
 
 /// The contract's `error.type` values that are service reasons.
-const REASONS: [&str; 21] = [
+const REASONS: [&str; 22] = [
     "INVALID_SLUG",
     "INVALID_ARGUMENT",
     "INVALID_PATH",
@@ -81,6 +81,7 @@ const REASONS: [&str; 21] = [
     "RATE_LIMITED",
     "SHUTTING_DOWN",
     "WORKSPACE_UNUSABLE",
+    "WORKSPACE_FULL",
     "INTERNAL",
     "UNAVAILABLE",
 ];
@@ -339,9 +340,11 @@ fn code_name(code: i32) -> &'static str {
     usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
 }
 
-/// Faults of ours (or of the call's circumstances) rather than of the request.
-fn is_server_fault(code: i32) -> bool {
-    matches!(
+/// Faults of ours (or of the call's circumstances) rather than of the request, by the code and
+/// the call's `error.type`: a full workspace disk shares RESOURCE_EXHAUSTED with a client's rate
+/// limit, but only an operator can free the space.
+fn is_server_fault(code: i32, error_type: &str) -> bool {
+    let by_code = matches!(
         Code::from(code),
         Code::Unknown
             | Code::DeadlineExceeded
@@ -349,13 +352,14 @@ fn is_server_fault(code: i32) -> bool {
             | Code::Internal
             | Code::Unavailable
             | Code::DataLoss
-    )
+    );
+    by_code || error_type == task_mcp_gateway::error::WORKSPACE_FULL
 }
 
-fn outcome(code: i32) -> &'static str {
+fn outcome(code: i32, error_type: &str) -> &'static str {
     if code == 0 {
         "success"
-    } else if is_server_fault(code) {
+    } else if is_server_fault(code, error_type) {
         "server_error"
     } else {
         "client_error"
@@ -422,19 +426,19 @@ impl CallRecord {
                 KeyValue::new("rpc.response.status_code", code_name(code)),
             ]
         };
-        let execution_attributes = |tool, code, headers| {
+        let execution_attributes = |tool, code, error_type| {
             [
                 KeyValue::new("tool.name", tool),
                 KeyValue::new("transport", transport),
-                KeyValue::new("outcome", outcome(code)),
-                KeyValue::new("error.type", error_type(code, headers)),
+                KeyValue::new("outcome", outcome(code, error_type)),
+                KeyValue::new("error.type", error_type),
             ]
         };
-        let duration_attributes = |tool, code| {
+        let duration_attributes = |tool, code, error_type| {
             [
                 KeyValue::new("tool.name", tool),
                 KeyValue::new("transport", transport),
-                KeyValue::new("outcome", outcome(code)),
+                KeyValue::new("outcome", outcome(code, error_type)),
             ]
         };
         let bound = self.shared.succeeded.get(self.info.index);
@@ -445,8 +449,8 @@ impl CallRecord {
             {
                 let (executions, duration) = slot.get_or_init(|| {
                     (
-                        m.tool_executions.bind(&execution_attributes(tool, 0, None)),
-                        m.tool_duration.bind(&duration_attributes(tool, 0)),
+                        m.tool_executions.bind(&execution_attributes(tool, 0, "none")),
+                        m.tool_duration.bind(&duration_attributes(tool, 0, "none")),
                     )
                 });
                 executions.add(1);
@@ -456,18 +460,19 @@ impl CallRecord {
         }
         m.rpc_duration.record(elapsed, &rpc_attributes(code));
         if let Some(tool) = self.info.tool {
-            m.tool_executions.add(1, &execution_attributes(tool, code, headers));
-            m.tool_duration.record(elapsed, &duration_attributes(tool, code));
+            let error_type = error_type(code, headers);
+            m.tool_executions.add(1, &execution_attributes(tool, code, error_type));
+            m.tool_duration.record(elapsed, &duration_attributes(tool, code, error_type));
         }
     }
 
-    /// How a stream that ended with `code` closed.
-    fn close_reason(&self, code: i32) -> CloseReason {
+    /// How a stream that ended with `code` (and `error_type`) closed.
+    fn close_reason(&self, code: i32, error_type: &str) -> CloseReason {
         let draining = self.shared.gate.as_ref().is_some_and(|g| g.shutdown.is_cancelled());
         match Code::from(code) {
             Code::Ok if draining => CloseReason::Shutdown,
             Code::Cancelled => CloseReason::ClientClosed,
-            _ if is_server_fault(code) => {
+            _ if is_server_fault(code, error_type) => {
                 if draining {
                     CloseReason::Shutdown
                 } else {
@@ -682,7 +687,7 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for MeteredBody<B> {
 fn end(call: &mut Option<CallRecord>, stream: &mut Option<StreamState>, code: i32, headers: Option<&HeaderMap>) {
     if let Some(mut call) = call.take() {
         if let Some(mut stream) = stream.take() {
-            stream.recorder.close(call.close_reason(code));
+            stream.recorder.close(call.close_reason(code, error_type(code, headers)));
         }
         call.finish(code, headers);
     }
@@ -903,10 +908,18 @@ mod tests {
 
     #[test]
     fn outcomes_and_error_types() {
-        assert_eq!(outcome(0), "success");
-        assert_eq!(outcome(Code::InvalidArgument as i32), "client_error");
-        assert_eq!(outcome(Code::Unavailable as i32), "server_error");
-        assert_eq!(outcome(Code::DeadlineExceeded as i32), "server_error");
+        assert_eq!(outcome(0, "none"), "success");
+        assert_eq!(outcome(Code::InvalidArgument as i32, "INVALID_SLUG"), "client_error");
+        assert_eq!(outcome(Code::Unavailable as i32, "UNAVAILABLE"), "server_error");
+        assert_eq!(outcome(Code::DeadlineExceeded as i32, "DEADLINE_EXCEEDED"), "server_error");
+        // One code, two parties: the client's rate limit, the operator's full disk.
+        assert_eq!(outcome(Code::ResourceExhausted as i32, "RATE_LIMITED"), "client_error");
+        let mut full = HeaderMap::new();
+        let why = "write tasks: no storage space".to_string();
+        Error::WorkspaceFull { path: "x/tasks.md".into(), why }.into_status().add_header(&mut full).unwrap();
+        let full_type = error_type(Code::ResourceExhausted as i32, Some(&full));
+        assert_eq!(full_type, "WORKSPACE_FULL");
+        assert_eq!(outcome(Code::ResourceExhausted as i32, full_type), "server_error");
         assert_eq!(error_type(Code::DeadlineExceeded as i32, None), "DEADLINE_EXCEEDED");
         assert_eq!(error_type(Code::Internal as i32, None), "INTERNAL");
         let mut h = HeaderMap::new();

@@ -372,7 +372,8 @@ impl HealthFlags {
         self.upstream.store(serving, Ordering::Relaxed);
     }
 
-    /// The workspace can be written.
+    /// The workspace check of readiness passes: the workspace can be written, or its disk is
+    /// full, which keeps the service ready (see `startup::spawn_writable_probe`).
     pub fn set_workspace(&self, writable: bool) {
         self.workspace.store(writable, Ordering::Relaxed);
     }

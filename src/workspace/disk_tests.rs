@@ -919,3 +919,32 @@ fn a_task_list_deleted_and_written_again_meanwhile_never_fails_a_read_as_interna
     flicker.join().unwrap();
     assert!(failures.is_empty(), "{} reads failed, e.g. {:?}", failures.len(), failures.first());
 }
+
+#[test]
+fn a_takeover_that_cannot_be_recorded_leaves_the_change_free_not_held_by_the_failed_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slug, alice) = open(dir.path(), "lapsed");
+    let change = dir.path().join("changes/lapsed");
+    let tasks = fs::read(change.join("tasks.md")).unwrap();
+    let meta = fs::read(change.join(META_FILE)).unwrap();
+    // The disk fills between placing the lock and recording the takeover in the metadata.
+    let hook: FaultHook = Arc::new(|point| match point {
+        "takeover.before_record" => Err(io::Error::from(io::ErrorKind::StorageFull)),
+        _ => Ok(()),
+    });
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap().with_fault_hook(hook);
+    let bob = Owner::parse("bob").unwrap();
+    let reopen = || ws.open_change(open_request("lapsed", "bob"), &|| false).err();
+    let tick = || ws.update_tasks(&slug, Holder::anonymous(&bob), &[("1.1".into(), true)], &|| false).err();
+    for (call, attempt) in [("reopen", &reopen as &dyn Fn() -> Option<Error>), ("tick", &tick)] {
+        expire_lock(dir.path(), "lapsed", &alice);
+        let err = attempt().unwrap_or_else(|| panic!("{call} went ahead"));
+        assert!(matches!(&err, Error::WorkspaceFull { .. }), "{call}: {err:?}");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{call}");
+        assert_eq!(lock::read(&change).unwrap(), None, "{call}: the failed caller holds the change");
+        assert_eq!(fs::read(change.join("tasks.md")).unwrap(), tasks, "{call}");
+        assert_eq!(fs::read(change.join(META_FILE)).unwrap(), meta, "{call}: a takeover recorded");
+        let names: Vec<_> = fs::read_dir(&change).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!names.iter().any(|n| fsutil::is_temp_name(&n.to_string_lossy())), "{call}: {names:?}");
+    }
+}

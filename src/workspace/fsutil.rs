@@ -85,18 +85,19 @@ pub struct Replaced {
 /// Replaces `path` atomically: readers see the old or the new content, never a mix. The new
 /// file keeps the old one's permissions: a `tasks.md` made private stays private.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<Replaced> {
-    replace(path, bytes, None).map(|replaced| replaced.unwrap_or(Replaced { synced: Ok(()) }))
+    replace(TempFile::beside(path, bytes)?, path, None).map(|replaced| replaced.unwrap_or(Replaced { synced: Ok(()) }))
 }
 
-/// `atomic_write`, done only if the file at `path` is still `expected` right before the
-/// rename; `Ok(None)`: it was not, and nothing was written. A write landing between that
-/// look and the rename is still lost: the window is two system calls, not a read and a parse.
-pub fn atomic_write_if(path: &Path, bytes: &[u8], expected: FileId) -> io::Result<Option<Replaced>> {
-    replace(path, bytes, Some(expected))
+/// `atomic_write` of `temp`, the new content already written aside (`TempFile::beside(path, ..)`:
+/// what can fail for want of space has failed by then), done only if the file at `path` is
+/// still `expected` right before the rename; `Ok(None)`: it was not, and nothing was written.
+/// A write landing between that look and the rename is still lost: the window is two system
+/// calls, not a read and a parse.
+pub fn replace_if(temp: TempFile, path: &Path, expected: FileId) -> io::Result<Option<Replaced>> {
+    replace(temp, path, Some(expected))
 }
 
-fn replace(path: &Path, bytes: &[u8], expected: Option<FileId>) -> io::Result<Option<Replaced>> {
-    let temp = TempFile::beside(path, bytes)?;
+fn replace(temp: TempFile, path: &Path, expected: Option<FileId>) -> io::Result<Option<Replaced>> {
     if let Ok(old) = path.symlink_metadata()
         && old.is_file()
     {

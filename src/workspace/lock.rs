@@ -247,6 +247,14 @@ fn set_aside_if(lock_path: &Path, judged: impl Fn(&[u8]) -> bool) -> Result<bool
     Ok(ours)
 }
 
+/// Removes `record`, which this call placed in `dir`, if it is still the lock there: a call that
+/// took a lock and then failed (a full disk) leaves the change as free as it found it. A lock
+/// another process placed since stays. Needs no space: a rename and an unlink. `false`: the
+/// lock was no longer ours, nothing was removed.
+pub fn withdraw(dir: &Path, record: &LockRecord) -> Result<bool> {
+    set_aside_if(&dir.join(LOCK_FILE), |moved| parse(moved).is_some_and(|m| m.nonce == record.nonce))
+}
+
 /// Removes the lock file if present.
 pub fn release(dir: &Path) -> Result<()> {
     match fs::remove_file(dir.join(LOCK_FILE)) {
@@ -323,6 +331,20 @@ mod tests {
         assert!(set_aside_if(&lock_path, |moved| moved == b"{not json").unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the judged record is gone");
         assert!(!set_aside_if(&lock_path, |_| true).unwrap(), "nothing to set aside");
+    }
+
+    #[test]
+    fn a_lock_is_withdrawn_only_while_it_is_the_one_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let placed = acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::DEFAULT, now).unwrap();
+        // Replaced since (taken again by its owner): not ours to remove.
+        let again = acquire(dir.path(), "s", Holder::anonymous(&owner("a")), Ttl::DEFAULT, now).unwrap();
+        assert!(!withdraw(dir.path(), placed.record()).unwrap());
+        assert_eq!(read(dir.path()).unwrap().as_ref(), Some(again.record()), "the newer lock stays");
+        assert!(withdraw(dir.path(), again.record()).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the change is free, nothing set aside is left");
+        assert!(!withdraw(dir.path(), again.record()).unwrap(), "nothing to withdraw");
     }
 
     #[test]

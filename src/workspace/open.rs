@@ -25,20 +25,11 @@ impl Workspace {
     }
 
     fn reopen(&self, req: &OpenRequest, dir: &Path) -> Result<Opened> {
-        let acquired = lock::acquire(dir, req.slug.as_str(), req.holder(), req.ttl, now())?;
+        let acquired = self.take_lock(dir, &req.slug, req.holder(), req.ttl)?;
         let takeover = match &acquired {
-            Acquired::TakenOver { lock, previous } => {
-                tracing::warn!(
-                    slug = %req.slug, from = %previous.owner, to = %lock.owner,
-                    expired_at = %crate::error::fmt_time(previous.expires_at()),
-                    "expired lock taken over"
-                );
-                self.record_takeover(dir, previous, lock)?;
-                Some(previous.clone())
-            }
+            Acquired::TakenOver { previous, .. } => Some(previous.clone()),
             _ => None,
         };
-        self.own_writes.note(&dir.join(lock::LOCK_FILE));
         let summary = self.summarize_draft(&req.slug, dir)?;
         self.emit(EventKind::Updated, req.slug.as_str(), vec![]);
         Ok(Opened {
@@ -48,6 +39,40 @@ impl Workspace {
             takeover,
             files: self.listed_files(&req.slug),
         })
+    }
+
+    /// `lock::acquire`, with the takeover of an expired lock recorded in the change's metadata.
+    /// A takeover that cannot be recorded (a full disk) is withdrawn: the call fails with the
+    /// change free, as the expired lock left it, not held by a caller who was told it failed.
+    pub(super) fn take_lock(&self, dir: &Path, slug: &Slug, holder: Holder<'_>, ttl: Ttl) -> Result<Acquired> {
+        let acquired = lock::acquire(dir, slug.as_str(), holder, ttl, now())?;
+        self.own_writes.note(&dir.join(lock::LOCK_FILE));
+        if let Acquired::TakenOver { lock, previous } = &acquired {
+            tracing::warn!(
+                slug = %slug, from = %previous.owner, to = %lock.owner,
+                expired_at = %crate::error::fmt_time(previous.expires_at()),
+                "expired lock taken over"
+            );
+            let recorded = self
+                .fault("takeover.before_record")
+                .map_err(|e| Error::io("write meta", &dir.join(META_FILE), e))
+                .and_then(|()| self.record_takeover(dir, previous, lock));
+            if let Err(e) = recorded {
+                self.withdraw_lock(dir, slug, lock);
+                return Err(e);
+            }
+        }
+        Ok(acquired)
+    }
+
+    /// Withdraws `lock`, placed by this call where there was none or an expired one, because the
+    /// call failed after placing it (see `lock::withdraw`). One that cannot be withdrawn is
+    /// logged, and lapses at the end of its TTL like the lock of a client that went away.
+    pub(super) fn withdraw_lock(&self, dir: &Path, slug: &Slug, lock: &LockRecord) {
+        match lock::withdraw(dir, lock) {
+            Ok(_) => self.own_writes.note(&dir.join(lock::LOCK_FILE)),
+            Err(e) => tracing::error!(slug = %slug, error = %e, "a failed call could not withdraw the lock it took"),
+        }
     }
 
     pub(super) fn record_takeover(&self, dir: &Path, previous: &LockRecord, lock: &LockRecord) -> Result<()> {

@@ -20,23 +20,54 @@ impl Workspace {
             return Err(Error::CallerGone);
         }
         let (dir, _turn) = turn.ok_or_else(|| Error::ChangeNotFound { slug: slug.to_string() })?;
-        let held = refuse_unless_holder(&dir, slug, holder)?;
+        // A lock the tick places where there was none or an expired one is withdrawn if the
+        // tick then fails: a failed call leaves no lock behind.
+        let mut placed = None;
+        let ticked = self.tick(&dir, slug, holder, updates, caller_gone, &mut placed);
+        if ticked.is_err()
+            && let Some(lock) = &placed
+        {
+            self.withdraw_lock(&dir, slug, lock);
+        }
+        ticked
+    }
+
+    /// The ticks of `update_tasks`, in the change's turn; `placed`: the lock it placed, if any.
+    fn tick(
+        &self,
+        dir: &Path,
+        slug: &Slug,
+        holder: Holder<'_>,
+        updates: &[(String, bool)],
+        caller_gone: &dyn Fn() -> bool,
+        placed: &mut Option<LockRecord>,
+    ) -> Result<(Vec<TaskItem>, Vec<String>)> {
+        let held = refuse_unless_holder(dir, slug, holder)?;
         let ttl = held.and_then(|l| Ttl::parse(l.ttl_seconds).ok()).unwrap_or(Ttl::DEFAULT);
+        let path = dir.join("tasks.md");
         let mut lock_taken = false;
         // Servers take turns, people do not: a save that lands between our read and our rename
         // sends us back to read again.
         for _ in 0..EDIT_ATTEMPTS {
-            let (text, read_as) = self.read_whole_tasks(&dir, slug, updates, caller_gone)?;
+            let (text, read_as) = self.read_whole_tasks(dir, slug, updates, caller_gone)?;
             // Everything that can refuse the call runs before anything is written.
             let (new_text, changed) = checklist::apply(&text, slug.as_str(), updates)?;
             if changed.is_empty() {
                 return Ok((checklist::parse(&new_text).items, changed));
             }
+            // Written aside before the lock is touched: on a full disk the tick fails here, the
+            // lock and the task list as they were.
+            let aside = fsutil::TempFile::beside(&path, new_text.as_bytes())
+                .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
+            // Holding the lock is required to tick; a free or expired lock is taken by the caller.
             if !lock_taken {
-                self.take_lock_to_tick(&dir, slug, holder, ttl)?;
+                match self.take_lock(dir, slug, holder, ttl)? {
+                    Acquired::New(lock) | Acquired::TakenOver { lock, .. } => *placed = Some(lock),
+                    Acquired::Refreshed(_) => {}
+                }
                 lock_taken = true;
             }
-            if self.write_tasks_if(&dir, &new_text, read_as)? {
+            if self.write_tasks_if(dir, aside, read_as)? {
                 self.emit(EventKind::TasksUpdated, slug.as_str(), vec![ResourceUri::tasks(slug.as_str())]);
                 return Ok((checklist::parse(&new_text).items, changed));
             }
@@ -80,22 +111,12 @@ impl Workspace {
         }
     }
 
-    /// Holding the lock is required to tick; a free or expired lock is taken by the caller.
-    fn take_lock_to_tick(&self, dir: &Path, slug: &Slug, holder: Holder<'_>, ttl: Ttl) -> Result<()> {
-        match lock::acquire(dir, slug.as_str(), holder, ttl, now())? {
-            Acquired::TakenOver { lock, previous } => self.record_takeover(dir, &previous, &lock)?,
-            Acquired::New(_) | Acquired::Refreshed(_) => {}
-        }
-        self.own_writes.note(&dir.join(lock::LOCK_FILE));
-        Ok(())
-    }
-
-    /// Replaces `tasks.md` with `text` if it is still the file read as `read_as`; `false`:
-    /// it changed, nothing was written.
-    fn write_tasks_if(&self, dir: &Path, text: &str, read_as: fsutil::FileId) -> Result<bool> {
+    /// Puts `aside`, the new `tasks.md` of the draft in `dir`, in place if the file is still the
+    /// one read as `read_as`; `false`: it changed, nothing was written.
+    fn write_tasks_if(&self, dir: &Path, aside: fsutil::TempFile, read_as: fsutil::FileId) -> Result<bool> {
         let path = dir.join("tasks.md");
-        let written = fsutil::atomic_write_if(&path, text.as_bytes(), read_as)
-            .map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
+        let written =
+            fsutil::replace_if(aside, &path, read_as).map_err(|e| write_error("write tasks", dir, "tasks.md", e))?;
         let Some(replaced) = written else { return Ok(false) };
         self.own_writes.note(&path);
         self.settle_commit("write tasks", &path, self.fault("tasks.after_rename").and(replaced.synced));

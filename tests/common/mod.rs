@@ -108,6 +108,7 @@ pub struct ServerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     nofile: Option<(u64, u64)>,
+    wrapper: Vec<String>,
 }
 
 /// The server exited (or never said it was listening) before it was ready.
@@ -175,6 +176,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the binary through `command` (a program and its arguments; the binary and its own
+    /// arguments follow them), e.g. `unshare --mount` to give the server a mount namespace of
+    /// its own. The wrapper must `exec` the binary, so that the process spawned (its pid, the
+    /// signals, the kill on drop) is the server.
+    pub fn wrapped_in<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.wrapper = command.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Starts the server and waits for it to listen; panics with its logs if it cannot.
     pub fn start(self) -> Server {
         match self.try_start() {
@@ -196,7 +210,15 @@ impl ServerBuilder {
                 (Some(dir), path)
             }
         };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_task-mcp"));
+        let binary = env!("CARGO_BIN_EXE_task-mcp");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("serve")
             .arg("--workspace")
             .arg(&workspace)
@@ -377,6 +399,7 @@ impl Server {
             args: Vec::new(),
             env: Vec::new(),
             nofile: None,
+            wrapper: Vec::new(),
         }
     }
 
