@@ -264,6 +264,8 @@ fn walkthrough(transport: Transport) {
     for capability in ["tools", "resources"] {
         assert!(init["capabilities"][capability].is_object(), "no {capability} capability:\n{}", show(&init));
     }
+    // Nothing offered that is not there: the only prompts are the conformance fixtures'.
+    assert!(init["capabilities"].get("prompts").is_none(), "prompts offered, none served:\n{}", show(&init));
 
     // tools/list with --strict: every tool with an object inputSchema, and no
     // schema the Inspector calls unportable (it would list them under

@@ -63,14 +63,20 @@ async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Res
     }
 }
 
-pub fn capabilities() -> Value {
-    json!({
+/// What the server offers. Prompts only with the conformance fixtures, which are the only
+/// prompts there are: a client shown the capability would look for some (the MCP Inspector
+/// lists them).
+pub fn capabilities(state: &AppState) -> Value {
+    let mut capabilities = json!({
         "tools": {"listChanged": false},
         "resources": {"subscribe": true, "listChanged": true},
-        "prompts": {"listChanged": false},
         "logging": {},
         "completions": {},
-    })
+    });
+    if state.config.conformance_fixtures {
+        capabilities["prompts"] = json!({"listChanged": false});
+    }
+    capabilities
 }
 
 pub fn server_info(state: &AppState) -> Value {
@@ -99,7 +105,7 @@ structure, change.archive validates and archives with a receipt. Read parts of a
 pub fn initialize_result(state: &AppState, version: &str) -> Value {
     json!({
         "protocolVersion": version,
-        "capabilities": capabilities(),
+        "capabilities": capabilities(state),
         "serverInfo": server_info(state),
         "instructions": instructions(state.config.tool_names),
     })
