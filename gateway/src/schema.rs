@@ -4,22 +4,50 @@
 //! The schemas describe the proto3 JSON mapping exactly as the gateway
 //! transcodes it (prost-reflect's serde): lowerCamelCase property names
 //! (`json_name`), enums as value names, 64-bit integers as strings (numbers are
-//! accepted on input), bytes as base64, `Timestamp` as RFC 3339. Every proto3
-//! field is optional, so no schema has a `required` list.
+//! accepted on input), bytes as base64, `Timestamp` as RFC 3339.
+//!
+//! Request schemas ([`input_schema`]) also say what the server refuses: a
+//! field's `(taskmcp.v1.rules)` option (proto/taskmcp/v1/options.proto) becomes
+//! `required` on its message's object (in field order) and `pattern`,
+//! `minLength`/`maxLength`, `maximum` or `minItems`/`maxItems` on its property,
+//! at any depth (the items of `task.update`'s `updates` have their own
+//! `required`). The option is the only source: a proto3 field without it is
+//! optional and bounded by its type alone. Response schemas leave the rules
+//! out: they bound what a client may send, not what the server returns (a
+//! receipt read back from disk is whatever the file holds).
 use std::collections::{BTreeMap, HashMap};
 
-use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{
+    DescriptorPool, EnumDescriptor, ExtensionDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor,
+};
 use serde_json::{Map, Value, json};
+
+use crate::pb::FieldRules;
 
 /// The dialect announced by the top-level tool schemas.
 pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 
-/// The JSON Schema of a message (no `$schema` keyword: usable nested).
+/// The field option that states a request field's rules.
+pub const RULES_EXTENSION: &str = "taskmcp.v1.rules";
+
+/// The JSON Schema of a message as the server sends it (no `$schema` keyword:
+/// usable nested; no request rules).
 ///
 /// Messages are inlined; a message that contains itself (directly or not) is
 /// emitted once under `$defs` and referenced with `$ref`, so recursion ends.
 pub fn message_schema(desc: &MessageDescriptor) -> Value {
-    let mut builder = Builder::default();
+    schema_of(desc, false)
+}
+
+/// The JSON Schema of a request message: [`message_schema`] plus the rules of
+/// its fields (`required`, `pattern`, lengths, `maximum`, item counts).
+pub fn request_schema(desc: &MessageDescriptor) -> Value {
+    schema_of(desc, true)
+}
+
+fn schema_of(desc: &MessageDescriptor, with_rules: bool) -> Value {
+    let rules = with_rules.then(|| desc.parent_pool().get_extension_by_name(RULES_EXTENSION)).flatten();
+    let mut builder = Builder { rules, ..Builder::default() };
     let mut root = builder.message(desc);
     let mut defs = Map::new();
     // Each recursive type gets one definition; building a definition may
@@ -41,9 +69,18 @@ pub fn message_schema(desc: &MessageDescriptor) -> Value {
     root
 }
 
-/// A top-level tool schema: [`message_schema`] plus the `$schema` dialect.
+/// A tool's `inputSchema`: [`request_schema`] plus the `$schema` dialect.
+pub fn input_schema(desc: &MessageDescriptor) -> Value {
+    with_dialect(request_schema(desc))
+}
+
+/// A top-level schema without request rules (a tool's `outputSchema`):
+/// [`message_schema`] plus the `$schema` dialect.
 pub fn tool_schema(desc: &MessageDescriptor) -> Value {
-    let schema = message_schema(desc);
+    with_dialect(message_schema(desc))
+}
+
+fn with_dialect(schema: Value) -> Value {
     match schema {
         Value::Object(obj) => {
             // `$schema` first, for readers of `tools/list`.
@@ -103,8 +140,114 @@ fn is_list_item(line: &str) -> bool {
     digits > 0 && matches!(line.as_bytes().get(digits..digits + 2), Some(b". ") | Some(b") "))
 }
 
+/// The `(taskmcp.v1.rules)` of `field`, if it has them.
+pub fn field_rules(extension: &ExtensionDescriptor, field: &FieldDescriptor) -> Option<FieldRules> {
+    let options = field.options();
+    if !options.has_extension(extension) {
+        return None;
+    }
+    options.get_extension(extension).as_message()?.transcode_to().ok()
+}
+
+/// Every misapplied rule in `pool`, as `field: what is wrong`: a rule the
+/// field's type cannot carry (a `pattern` on a number, `max_items` on a single
+/// value), bounds the wrong way round, an unanchored pattern. Such a rule
+/// could not be published faithfully, so [`request_schema`] leaves it out; the
+/// gateway's tests run this over the contract so that none is written.
+pub fn misapplied_rules(pool: &DescriptorPool) -> Vec<String> {
+    let Some(extension) = pool.get_extension_by_name(RULES_EXTENSION) else {
+        return Vec::new();
+    };
+    let mut wrong = Vec::new();
+    for message in pool.all_messages() {
+        for field in message.fields() {
+            let Some(rules) = field_rules(&extension, &field) else { continue };
+            let applies = Applies::of(&field);
+            let mut say = |what: &str| wrong.push(format!("{}: {what}", field.full_name()));
+            let string_rules = !rules.pattern.is_empty() || rules.min_length.is_some() || rules.max_length.is_some();
+            if string_rules && !applies.string {
+                say("pattern, min_length and max_length are for singular string fields");
+            }
+            if rules.maximum.is_some() && !applies.int32 {
+                say("maximum is for singular 32-bit integer fields");
+            }
+            if (rules.min_items.is_some() || rules.max_items.is_some()) && !applies.list {
+                say("min_items and max_items are for repeated fields");
+            }
+            let anchored = rules.pattern.starts_with('^') && rules.pattern.ends_with('$');
+            if !rules.pattern.is_empty() && !anchored {
+                say("a pattern must be anchored with ^ and $ (JSON Schema matches it anywhere in the value)");
+            }
+            if let (Some(min), Some(max)) = (rules.min_length, rules.max_length)
+                && min > max
+            {
+                say("min_length is above max_length");
+            }
+            if let (Some(min), Some(max)) = (rules.min_items, rules.max_items)
+                && min > max
+            {
+                say("min_items is above max_items");
+            }
+        }
+    }
+    wrong
+}
+
+/// Which rules a field's type can carry.
+struct Applies {
+    string: bool,
+    int32: bool,
+    list: bool,
+}
+
+impl Applies {
+    fn of(field: &FieldDescriptor) -> Applies {
+        let single = !field.is_list() && !field.is_map();
+        Applies {
+            string: single && matches!(field.kind(), Kind::String),
+            int32: single
+                && matches!(field.kind(), Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32),
+            list: field.is_list(),
+        }
+    }
+}
+
+/// Puts the rules the field's type can carry on its schema.
+fn apply_rules(schema: &mut Value, field: &FieldDescriptor, rules: &FieldRules) {
+    let Value::Object(obj) = schema else { return };
+    let applies = Applies::of(field);
+    if applies.string {
+        if !rules.pattern.is_empty() {
+            obj.insert("pattern".into(), json!(rules.pattern));
+        }
+        if let Some(min) = rules.min_length {
+            obj.insert("minLength".into(), json!(min));
+        }
+        if let Some(max) = rules.max_length {
+            obj.insert("maxLength".into(), json!(max));
+        }
+    }
+    if applies.int32
+        && let Some(max) = rules.maximum
+    {
+        // Never above the type's own bound.
+        let type_max = obj.get("maximum").and_then(Value::as_i64).unwrap_or(i64::MAX);
+        obj.insert("maximum".into(), json!(i64::from(max).min(type_max)));
+    }
+    if applies.list {
+        if let Some(min) = rules.min_items {
+            obj.insert("minItems".into(), json!(min));
+        }
+        if let Some(max) = rules.max_items {
+            obj.insert("maxItems".into(), json!(max));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Builder {
+    /// The `(taskmcp.v1.rules)` extension when request rules are wanted.
+    rules: Option<ExtensionDescriptor>,
     /// Comments by file name, then by path: built once per file, since every
     /// field looks one up.
     comments: HashMap<String, HashMap<Vec<i32>, String>>,
@@ -150,8 +293,16 @@ impl Builder {
     fn message_body(&mut self, desc: &MessageDescriptor) -> Value {
         let file = desc.parent_file();
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in desc.fields() {
-            let schema = self.field(&file, &field);
+            let rules = self.rules.as_ref().and_then(|ext| field_rules(ext, &field));
+            let mut schema = self.field(&file, &field);
+            if let Some(rules) = &rules {
+                apply_rules(&mut schema, &field, rules);
+                if rules.required {
+                    required.push(Value::String(field.json_name().to_string()));
+                }
+            }
             properties.insert(field.json_name().to_string(), schema);
         }
         let mut description: Vec<String> = self.comment(&file, desc.path()).into_iter().collect();
@@ -168,6 +319,9 @@ impl Builder {
             schema.insert("description".into(), Value::String(description.join("\n\n")));
         }
         schema.insert("properties".into(), Value::Object(properties));
+        if !required.is_empty() {
+            schema.insert("required".into(), Value::Array(required));
+        }
         schema.insert("additionalProperties".into(), Value::Bool(false));
         Value::Object(schema)
     }
@@ -374,8 +528,106 @@ mod tests {
         assert_eq!(
             props["slug"]["description"],
             "The change's identifier: 3 to 64 characters of lowercase letters, digits and inner hyphens, \
-             starting and ending with a letter or digit (e.g. `add-login-throttle`)."
+             starting and ending with a letter or digit, not `archive` (e.g. `add-login-throttle`)."
         );
+        // The message schema (a response's view) carries no request rules.
+        assert!(props["slug"].get("pattern").is_none() && props["slug"].get("maxLength").is_none());
+        assert_eq!(props["ttlSeconds"]["maximum"], u32::MAX);
+    }
+
+    fn request_of(name: &str) -> Value {
+        request_schema(&pool().get_message_by_name(name).unwrap())
+    }
+
+    #[test]
+    fn request_rules_become_required_and_bounds() {
+        let s = request_of("taskmcp.v1.OpenChangeRequest");
+        // In field order; the other fields stay optional.
+        assert_eq!(s["required"], json!(["title", "slug"]));
+        let props = &s["properties"];
+        assert_eq!(props["slug"]["minLength"], 3);
+        assert_eq!(props["slug"]["maxLength"], 64);
+        assert_eq!(props["slug"]["pattern"], "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$");
+        assert_eq!(props["title"]["minLength"], 1);
+        assert_eq!(props["title"]["maxLength"], 200);
+        assert_eq!(props["rationale"]["maxLength"], 8192);
+        assert!(props["rationale"].get("minLength").is_none());
+        assert_eq!(props["owner"]["maxLength"], 128);
+        // 0 is the default: the rule lowers the type's maximum and keeps its minimum.
+        assert_eq!(props["ttlSeconds"]["maximum"], 86_400);
+        assert_eq!(props["ttlSeconds"]["minimum"], 0);
+        // Descriptions and types are the message schema's.
+        assert_eq!(props["title"]["type"], "string");
+        assert_eq!(props["title"]["description"], "Human title, one line, 1 to 200 characters.");
+
+        // Nested: the items of a list, and an optional message.
+        let s = request_of("taskmcp.v1.UpdateTasksRequest");
+        assert_eq!(s["required"], json!(["slug", "updates"]));
+        let updates = &s["properties"]["updates"];
+        assert_eq!((updates["minItems"].clone(), updates["maxItems"].clone()), (json!(1), json!(500)));
+        assert_eq!(updates["items"]["required"], json!(["id"]));
+        assert_eq!(updates["items"]["properties"]["id"]["maxLength"], 64);
+        let s = request_of("taskmcp.v1.ArchiveChangeRequest");
+        assert_eq!(s["required"], json!(["slug"]));
+        assert_eq!(s["properties"]["tests"]["properties"]["note"]["maxLength"], 2048);
+        assert!(s["properties"]["tests"].get("required").is_none());
+
+        // No rules, no keywords: the list request has only its type bounds and the page size.
+        let s = request_of("taskmcp.v1.ListChangesRequest");
+        assert!(s.get("required").is_none());
+        assert_eq!(s["properties"]["pageSize"]["maximum"], 200);
+        let token = s["properties"]["pageToken"].as_object().unwrap();
+        assert_eq!(token.keys().collect::<Vec<_>>(), ["description", "type"], "an opaque token has no rules");
+    }
+
+    #[test]
+    fn input_schemas_have_rules_and_output_schemas_do_not() {
+        let pool = pool();
+        let input = input_schema(&pool.get_message_by_name("taskmcp.v1.ShowChangeRequest").unwrap());
+        assert_eq!(input["$schema"], DIALECT);
+        assert_eq!(input["required"], json!(["slug"]));
+        // The receipt's test summary, read back from disk, is not held to the request's bound.
+        let output = tool_schema(&pool.get_message_by_name("taskmcp.v1.ArchiveChangeResponse").unwrap());
+        let note = &output["properties"]["receipt"]["properties"]["tests"]["properties"]["note"];
+        assert_eq!(note["type"], "string");
+        assert!(note.get("maxLength").is_none() && note.get("pattern").is_none(), "{note}");
+    }
+
+    #[test]
+    fn the_contract_has_no_misapplied_rule() {
+        assert_eq!(misapplied_rules(&pool()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn misapplied_rules_are_found_and_left_out_of_the_schema() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+        let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+        let mut compiler = protox::Compiler::new([dir, proto]).unwrap();
+        compiler.include_imports(true);
+        compiler.open_file("rules.proto").unwrap();
+        // Decoded from the encoded set: a prost_types round trip would drop the option.
+        let pool = DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).unwrap();
+        let mut wrong = misapplied_rules(&pool);
+        wrong.sort();
+        assert_eq!(
+            wrong,
+            [
+                "rules.test.Wrong.count: pattern, min_length and max_length are for singular string fields",
+                "rules.test.Wrong.name: a pattern must be anchored with ^ and $ (JSON Schema matches it anywhere in the value)",
+                "rules.test.Wrong.name: min_length is above max_length",
+                "rules.test.Wrong.names: pattern, min_length and max_length are for singular string fields",
+                "rules.test.Wrong.size: maximum is for singular 32-bit integer fields",
+                "rules.test.Wrong.tag: min_items and max_items are for repeated fields",
+            ]
+        );
+        let s = request_schema(&pool.get_message_by_name("rules.test.Wrong").unwrap());
+        let props = &s["properties"];
+        assert_eq!(s["required"], json!(["count"]), "required applies to any field");
+        assert!(props["count"].get("pattern").is_none());
+        assert!(props["names"].get("maxLength").is_none() && props["names"]["items"].get("maxLength").is_none());
+        assert!(props["size"].get("maximum").is_none());
+        assert!(props["tag"].get("maxItems").is_none());
+        assert_eq!(props["names"]["maxItems"], 3, "a rule that applies is kept beside one that does not");
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Registry {
                     name: tool.name,
                     title: (!tool.title.is_empty()).then_some(tool.title),
                     description,
-                    input_schema: schema::tool_schema(&method.input()),
+                    input_schema: schema::input_schema(&method.input()),
                     output_schema: schema::tool_schema(&method.output()),
                     read_only: tool.read_only,
                     destructive: tool.destructive,
