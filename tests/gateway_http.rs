@@ -1311,3 +1311,46 @@ async fn bounded_metrics(url: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The workflow's prompts name the tools as `tools/list` does, and their `slug` completes from
+/// the workspace as a resource template's does.
+#[tokio::test]
+async fn workflow_prompts_name_the_tools_as_listed_and_complete_slugs() {
+    let server = Server::builder().args(["--tool-names", "underscored"]).start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let opened = mcp.call("change_open", json!({"title": "Prompted", "slug": "prompted-change"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+
+    let listed = mcp.request("prompts/list", json!({})).await;
+    let names: Vec<&str> =
+        listed["result"]["prompts"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["propose", "apply", "archive"], "{listed}");
+    for (prompt, argument, value) in [
+        ("propose", "request", "Throttle logins"),
+        ("apply", "slug", "prompted-change"),
+        ("archive", "slug", "prompted-change"),
+    ] {
+        let got = mcp.request("prompts/get", json!({"name": prompt, "arguments": {argument: value}})).await;
+        let text = got["result"]["messages"][0]["content"]["text"].as_str().unwrap_or_else(|| panic!("{got}"));
+        assert!(text.contains(value), "{prompt}: {text}");
+        assert!(!text.contains("`change.") && !text.contains("`task."), "{prompt} names a dotted tool: {text}");
+        assert!(text.contains("`change_"), "{prompt} names no tool: {text}");
+    }
+    let missing = mcp.request("prompts/get", json!({"name": "apply", "arguments": {}})).await;
+    assert_eq!(missing["error"]["code"], -32602, "{missing}");
+
+    let completed = mcp
+        .request(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "archive"}, "argument": {"name": "slug", "value": "promp"}}),
+        )
+        .await;
+    assert_eq!(completed["result"]["completion"]["values"], json!(["prompted-change"]), "{completed}");
+    let request = mcp
+        .request(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "propose"}, "argument": {"name": "request", "value": "promp"}}),
+        )
+        .await;
+    assert_eq!(request["result"]["completion"]["values"], json!([]), "free text completes to nothing: {request}");
+}

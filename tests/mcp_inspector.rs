@@ -264,8 +264,6 @@ fn walkthrough(transport: Transport) {
     for capability in ["tools", "resources"] {
         assert!(init["capabilities"][capability].is_object(), "no {capability} capability:\n{}", show(&init));
     }
-    // Nothing offered that is not there: the only prompts are the conformance fixtures'.
-    assert!(init["capabilities"].get("prompts").is_none(), "prompts offered, none served:\n{}", show(&init));
 
     // tools/list with --strict: every tool with an object inputSchema, and no
     // schema the Inspector calls unportable (it would list them under
@@ -383,6 +381,26 @@ fn walkthrough(transport: Transport) {
         ],
         "{}",
         show(&templates)
+    );
+
+    // The workflow's prompts: listed, and `apply` gets a message naming the change and the tools.
+    let prompts = inspector.result(&["--method", "prompts/list"]);
+    let prompt_names: Vec<&str> =
+        prompts["prompts"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(prompt_names, ["propose", "apply", "archive"], "{}", show(&prompts));
+    let apply = inspector.result(&[
+        "--method",
+        "prompts/get",
+        "--prompt-name",
+        "apply",
+        "--prompt-args",
+        &format!("slug={SLUG}"),
+    ]);
+    let text = apply["messages"][0]["content"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("`{SLUG}`")) && text.contains("`change.show`") && text.contains("`task.update`"),
+        "{}",
+        show(&apply)
     );
 
     // A tool error reaches the user as isError with the reason (exit 5).

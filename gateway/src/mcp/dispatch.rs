@@ -10,7 +10,7 @@ use super::{
     context::RequestContext,
     fixtures,
     jsonrpc::{self, RpcError},
-    protocol,
+    prompts, protocol,
     reply::Reply,
     session::Session,
 };
@@ -53,7 +53,7 @@ async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Res
         "resources/subscribe" => subscribe(ctx, params, true).await,
         "resources/unsubscribe" => subscribe(ctx, params, false).await,
         "prompts/list" => {
-            let (items, next) = page(&prompts(ctx), params)?;
+            let (items, next) = page(&prompt_list(ctx), params)?;
             Ok(with_cursor(json!({"prompts": items}), next))
         }
         "prompts/get" => prompts_get(ctx, params),
@@ -63,20 +63,14 @@ async fn handle_inner(ctx: &RequestContext, method: &str, params: &Value) -> Res
     }
 }
 
-/// What the server offers. Prompts only with the conformance fixtures, which are the only
-/// prompts there are: a client shown the capability would look for some (the MCP Inspector
-/// lists them).
-pub fn capabilities(state: &AppState) -> Value {
-    let mut capabilities = json!({
+pub fn capabilities() -> Value {
+    json!({
         "tools": {"listChanged": false},
         "resources": {"subscribe": true, "listChanged": true},
+        "prompts": {"listChanged": false},
         "logging": {},
         "completions": {},
-    });
-    if state.config.conformance_fixtures {
-        capabilities["prompts"] = json!({"listChanged": false});
-    }
-    capabilities
+    })
 }
 
 pub fn server_info(state: &AppState) -> Value {
@@ -105,7 +99,7 @@ structure, change.archive validates and archives with a receipt. Read parts of a
 pub fn initialize_result(state: &AppState, version: &str) -> Value {
     json!({
         "protocolVersion": version,
-        "capabilities": capabilities(state),
+        "capabilities": capabilities(),
         "serverInfo": server_info(state),
         "instructions": instructions(state.config.tool_names),
     })
@@ -477,6 +471,9 @@ fn notify_updated(session: &Session, uri: &str) {
 fn prompts_get(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
     let name =
         params.get("name").and_then(Value::as_str).ok_or_else(|| RpcError::invalid_params("name is required"))?;
+    if let Some(result) = prompts::get(name, params, ctx.state.upstream.registry(), ctx.state.config.tool_names) {
+        return result;
+    }
     if ctx.state.config.conformance_fixtures
         && let Some(result) = fixtures::get_prompt_with_params(name, params)
     {
@@ -494,9 +491,13 @@ fn set_level(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
     }
 }
 
-/// The server's prompts: the conformance fixtures' only, when they are served.
-fn prompts(ctx: &RequestContext) -> Vec<Value> {
-    if ctx.state.config.conformance_fixtures { fixtures::prompts() } else { vec![] }
+/// The workflow's prompts, and the conformance fixtures' when they are served.
+fn prompt_list(ctx: &RequestContext) -> Vec<Value> {
+    let mut list = prompts::list();
+    if ctx.state.config.conformance_fixtures {
+        list.extend(fixtures::prompts());
+    }
+    list
 }
 
 async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcError> {
@@ -512,7 +513,7 @@ async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcErro
         Some("ref/resource") if reference.get("uri").is_some_and(Value::is_string) => {}
         Some("ref/prompt") => {
             let prompt = reference.get("name").and_then(Value::as_str).unwrap_or("");
-            if !prompts(ctx).iter().any(|p| p["name"] == prompt) {
+            if !prompt_list(ctx).iter().any(|p| p["name"] == prompt) {
                 return Err(RpcError::invalid_params(format!("Unknown prompt: {prompt}")));
             }
         }
@@ -522,7 +523,12 @@ async fn complete(ctx: &RequestContext, params: &Value) -> Result<Value, RpcErro
         Some("ref/resource") => reference.get("uri").and_then(Value::as_str).unwrap_or(""),
         _ => "",
     };
-    let found = if template.starts_with("change://{slug}") && name == "slug" {
+    let prompt = match reference.get("type").and_then(Value::as_str) {
+        Some("ref/prompt") => reference.get("name").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
+    };
+    let slug = (template.starts_with("change://{slug}") && name == "slug") || prompts::completes_slug(prompt, name);
+    let found = if slug {
         ctx.state.upstream.slugs_with_prefix(value, ctx.call.clone()).await.map_err(call_error)?
     } else if template == DELTA_TEMPLATE && name == "path" {
         // The slug comes from the arguments the client has already resolved (`context`).

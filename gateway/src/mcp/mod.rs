@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod fixtures;
 pub mod jsonrpc;
 pub mod legacy;
+pub mod prompts;
 pub mod protocol;
 pub mod reply;
 pub mod session;

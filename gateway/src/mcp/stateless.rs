@@ -191,7 +191,7 @@ fn decorate(method: &str, mut result: Value) -> Value {
 fn discover(state: &AppState) -> Value {
     json!({
         "supportedVersions": protocol::all_versions(),
-        "capabilities": dispatch::capabilities(state),
+        "capabilities": dispatch::capabilities(),
         "serverInfo": dispatch::server_info(state),
         "instructions": dispatch::instructions(state.config.tool_names),
         "_meta": {"io.modelcontextprotocol/serverInfo": dispatch::server_info(state)},
