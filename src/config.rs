@@ -205,6 +205,13 @@ pub enum ToolNamesFlag {
     Underscored,
 }
 
+/// Whether `name` is one of the variables Kubernetes gives every pod for a Service named
+/// `task-mcp` (`TASK_MCP_SERVICE_HOST`, `TASK_MCP_PORT_8080_TCP`, ...): the pod did not misspell
+/// them, and no flag's variable has those shapes.
+fn is_service_link(name: &str) -> bool {
+    name == "TASK_MCP_PORT" || name.starts_with("TASK_MCP_PORT_") || name.starts_with("TASK_MCP_SERVICE_")
+}
+
 /// The `TASK_MCP_*` variables among `names` that no flag reads. A misspelt one
 /// (`TASK_MCP_MAX_SESSION`) would otherwise leave the default in force without a word.
 pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -217,7 +224,7 @@ pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String>
     let mut read = BTreeSet::new();
     known(&Cli::command(), &mut read);
     let mut unknown: Vec<String> =
-        names.into_iter().filter(|n| n.starts_with("TASK_MCP_") && !read.contains(n)).collect();
+        names.into_iter().filter(|n| n.starts_with("TASK_MCP_") && !read.contains(n) && !is_service_link(n)).collect();
     unknown.sort();
     unknown
 }
@@ -409,6 +416,28 @@ mod tests {
             ["TASK_MCP_MAX_SESSION", "TASK_MCP_MAX_SESSIONS", "TASK_MCP_UPSTREAM", "PATH", "TASK_MCP_LOGFORMAT"];
         let unknown = unknown_variables(names.map(String::from));
         assert_eq!(unknown, ["TASK_MCP_LOGFORMAT", "TASK_MCP_MAX_SESSION"]);
+    }
+
+    #[test]
+    fn the_variables_kubernetes_gives_a_pod_for_the_service_are_not_misspellings() {
+        let injected = [
+            "TASK_MCP_SERVICE_HOST",
+            "TASK_MCP_SERVICE_PORT",
+            "TASK_MCP_SERVICE_PORT_HTTP",
+            "TASK_MCP_PORT",
+            "TASK_MCP_PORT_8080_TCP",
+            "TASK_MCP_PORT_8080_TCP_PROTO",
+            "TASK_MCP_PORT_8080_TCP_PORT",
+            "TASK_MCP_PORT_8080_TCP_ADDR",
+        ];
+        assert!(unknown_variables(injected.map(String::from)).is_empty());
+        // Every flag's variable is out of that shape, so none can hide a misspelling of one.
+        let mut read = Vec::new();
+        for cmd in Cli::command().get_subcommands() {
+            read.extend(cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        }
+        assert!(!read.is_empty());
+        assert!(read.iter().all(|n| !is_service_link(n)), "{read:?}");
     }
 
     #[test]

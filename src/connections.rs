@@ -133,6 +133,30 @@ pub fn default_max_connections() -> usize {
     usize::try_from(per_listener).unwrap_or(16)
 }
 
+/// Warns when `--max-connections` on `listeners` listeners needs more descriptors than the
+/// open-file limit holds (after [`raise_open_file_limit`]): the cap exists so that a flood of
+/// connections cannot leave the process without a descriptor for its workspace, and a cap above
+/// the limit brings that failure back. The default always fits.
+pub fn warn_if_over_open_file_limit(listeners: u64, max_connections: usize) {
+    let Some(limit) = open_file_limit() else { return };
+    let needed = descriptors_needed(listeners, max_connections);
+    if needed > limit.rlim_cur {
+        tracing::warn!(
+            max_connections,
+            listeners,
+            needed,
+            open_file_limit = limit.rlim_cur,
+            "--max-connections needs more open files than the process may have: a flood of connections can \
+             leave it none for the workspace; lower the cap or raise the limit (LimitNOFILE=, ulimit -n)"
+        );
+    }
+}
+
+/// Descriptors `listeners` full listeners take, with [`RESERVED_DESCRIPTORS`] kept back.
+fn descriptors_needed(listeners: u64, max_connections: usize) -> u64 {
+    listeners.saturating_mul(u64::try_from(max_connections).unwrap_or(u64::MAX)).saturating_add(RESERVED_DESCRIPTORS)
+}
+
 /// Raises the soft open-file limit to the hard one, as servers do (Go's runtime does it for
 /// every program): systemd and most shells start services at a soft 1,024 under a hard limit of
 /// 524,288, and 1,024 descriptors is about 380 connections per listener once the rest is kept
@@ -239,5 +263,15 @@ mod tests {
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
         assert!(max >= 16);
         assert!(max * 2 + RESERVED_DESCRIPTORS <= limit.rlim_cur.max(16 * 2 + RESERVED_DESCRIPTORS));
+    }
+
+    #[test]
+    fn descriptors_needed_count_both_listeners_and_the_reserve() {
+        assert_eq!(descriptors_needed(2, 16_384), 2 * 16_384 + RESERVED_DESCRIPTORS);
+        assert_eq!(descriptors_needed(1, 100), 100 + RESERVED_DESCRIPTORS);
+        assert_eq!(descriptors_needed(2, usize::MAX), u64::MAX);
+        // The default fits the limit it was derived from.
+        let soft = open_file_limit().map_or(1024, |l| l.rlim_cur);
+        assert!(descriptors_needed(2, default_max_connections()) <= soft.max(2 * 16 + RESERVED_DESCRIPTORS));
     }
 }

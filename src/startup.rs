@@ -159,6 +159,7 @@ impl Application {
         let health_flags = Arc::new(HealthFlags::default());
         let max_connections =
             settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        crate::connections::warn_if_over_open_file_limit(2, max_connections);
         let grpc_limit = ConnectionLimit::new(Listener::Grpc, max_connections);
         let http_limit = ConnectionLimit::new(Listener::Http, max_connections);
         let metrics = Arc::new(Metrics::new(
@@ -341,11 +342,12 @@ impl Application {
             grace: self.settings.shutdown_grace(),
         };
         stop.log_start();
-        // Not ready from now on, on every probe: gRPC health, and `/health/ready` (which asks it).
+        // Not ready from now on, on every probe: `/health/ready` first, so that it names the
+        // drain rather than the service it is about to see NOT_SERVING, then gRPC health.
+        gateway.draining.cancel();
         probe.abort();
         self.health_flags.set_upstream(false);
         set_health(&health, ServingStatus::NotServing).await;
-        gateway.draining.cancel();
         let close = || {
             // The gateway first: cancelling the service ends its change feeds, and a gateway
             // stream that saw its feed end before the gateway knew of the drain answered an
@@ -639,6 +641,7 @@ impl GatewayApplication {
         export.log_status();
         let max_connections =
             settings.gateway.max_connections.unwrap_or_else(crate::connections::default_max_connections);
+        crate::connections::warn_if_over_open_file_limit(1, max_connections);
         let limit = ConnectionLimit::new(Listener::Http, max_connections);
         let metrics =
             Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None, std::slice::from_ref(&limit)));

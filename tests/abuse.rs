@@ -514,3 +514,26 @@ async fn each_refusal_is_logged_with_its_reason_and_client_within_a_budget() {
     assert_eq!(flood as u64 + counted, 300, "{flood} lines, {counted} counted as not logged");
     assert!(after_pause["not_logged"].as_u64() > Some(0), "{after_pause}");
 }
+
+/// A cap set above what the open-file limit allows brings back the failure the cap prevents
+/// (a flood leaves no descriptor for the workspace): the server says so at start. The default,
+/// derived from the limit, fits it.
+#[tokio::test]
+async fn a_connection_cap_above_the_open_file_limit_is_named_at_start() {
+    let warned = |server: &Server| server.logs().contains("--max-connections needs more open files");
+    let fitting = Server::builder().nofile(512).start();
+    fitting.assert_serving().await;
+    assert!(!warned(&fitting), "the default cap was warned about:\n{}", fitting.logs());
+
+    let over = Server::builder().nofile(512).args(["--max-connections", "1000"]).start();
+    over.assert_serving().await;
+    let line = over
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("--max-connections needs more open files")))
+        .unwrap_or_else(|| panic!("no warning for a cap of 1000 under 512 open files:\n{}", over.logs()));
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["needed"], 2 * 1000 + 256, "{line}");
+    assert_eq!(line["open_file_limit"], 512, "{line}");
+}
