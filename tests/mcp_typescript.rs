@@ -14,7 +14,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -29,19 +29,7 @@ fn repo() -> &'static Path {
 
 /// .tools/bin/node22 and the SDK in .tools/ts-sdk; a missing one fails with the fix.
 fn tools() -> (PathBuf, PathBuf) {
-    let node = repo().join(".tools/bin/node22");
-    let node_runs = Command::new(&node)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        node_runs,
-        "{} is missing or does not run: run scripts/install-test-tools (scripts/test does it for you); \
-         it installs Node 22 from npm into .tools/node",
-        node.display()
-    );
+    let node = common::node22();
     let sdk = repo().join(".tools/ts-sdk");
     let package = sdk.join("node_modules/@modelcontextprotocol/sdk/package.json");
     assert!(

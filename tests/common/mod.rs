@@ -636,6 +636,24 @@ pub struct ToolRun {
     pub elapsed: Duration,
 }
 
+/// `.tools/bin/node22`, checked to run; a missing one fails with the fix.
+pub fn node22() -> PathBuf {
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/node22");
+    let runs = Command::new(&node)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "{} is missing or does not run: run scripts/install-test-tools (scripts/test does it for you); \
+         it installs Node 22 from npm into .tools/node",
+        node.display()
+    );
+    node
+}
+
 /// Runs `cmd` (stdin closed, stdout and stderr to files in `dir`, read back at
 /// the end) and kills it after `bound`: a failure bound that turns a hang into
 /// a report, not a speed check.
