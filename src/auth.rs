@@ -157,18 +157,43 @@ impl Tokens {
     }
 }
 
-/// Reloads `tokens`' file on SIGHUP and, every `every` (not at all for zero), when its content
-/// changed, until `stop`. Each outcome is logged; a failure that repeats, once. Without a file
-/// there is nothing to do, and SIGHUP keeps its default action.
-pub async fn reload_on_change(tokens: Arc<Tokens>, every: Duration, stop: CancellationToken) {
+/// Reloads a token file on SIGHUP and, every `every` (not at all for zero), when its content
+/// changed. Made when the server is built, so that SIGHUP reloads from then on instead of
+/// stopping a server that is still starting; [`TokenReloader::run`] then serves the triggers.
+pub struct TokenReloader {
+    tokens: Arc<Tokens>,
+    every: Duration,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl TokenReloader {
+    /// `None` without a token file: nothing to reload, and SIGHUP keeps its default action.
+    pub fn listen(tokens: Arc<Tokens>, every: Duration) -> Option<TokenReloader> {
+        tokens.file()?;
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; the token file is reloaded only when it changes");
+                None
+            }
+        };
+        Some(TokenReloader { tokens, every, hangup })
+    }
+
+    /// Reloads on each trigger until `stop`. Each outcome is logged; a failure that repeats,
+    /// once.
+    pub async fn run(self, stop: CancellationToken) {
+        reload_on_change(self.tokens, self.every, self.hangup, stop).await;
+    }
+}
+
+async fn reload_on_change(
+    tokens: Arc<Tokens>,
+    every: Duration,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    stop: CancellationToken,
+) {
     let Some(path) = tokens.file().map(|p| p.display().to_string()) else { return };
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; the token file is reloaded only when it changes");
-            None
-        }
-    };
     let mut tick = (!every.is_zero()).then(|| {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,7 +20,7 @@ use tower_http::{
 
 use crate::{
     access::ServiceAccess,
-    auth::{TokenConfigError, Tokens},
+    auth::{TokenConfigError, TokenReloader, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
     connections::{ConnectionLimit, Listener},
     error::Error,
@@ -125,6 +125,7 @@ pub struct Application {
     health_flags: Arc<HealthFlags>,
     state: AppState,
     tokens: Arc<Tokens>,
+    token_reloader: Option<TokenReloader>,
     limiter: Arc<RateLimiter>,
     throttle: Arc<AuthFailureThrottle>,
     _watch: WatchGuard,
@@ -133,7 +134,9 @@ pub struct Application {
 impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let tokens = load_tokens(&settings.access, &settings.public_addrs())?;
+        let tokens = Arc::new(load_tokens(&settings.access, &settings.public_addrs())?);
+        let token_reloader =
+            TokenReloader::listen(tokens.clone(), Duration::from_secs(settings.access.auth_token_reload_seconds));
         // The operator's spelling of the path: the workspace may be set in a variable
         // they no longer have in front of them.
         let workspace_err = |source: Error| {
@@ -180,7 +183,8 @@ impl Application {
                 settings.access.rate_limit_burst,
             )),
             throttle: Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute)),
-            tokens: Arc::new(tokens),
+            tokens,
+            token_reloader,
             state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
             grpc_listener,
@@ -208,15 +212,16 @@ impl Application {
     /// `/health/ready` 503) while the listeners still accept for `--shutdown-delay-seconds`;
     /// then streams end, new connections are refused, and in-flight calls get the grace
     /// period to finish. A second `signal()` stops at once.
-    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
+    pub async fn run_until_stopped<F: Future<Output = ()>>(
+        mut self,
+        signal: impl Fn() -> F,
+    ) -> Result<(), StartupError> {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
         let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
-        tokio::spawn(crate::auth::reload_on_change(
-            self.tokens.clone(),
-            Duration::from_secs(self.settings.access.auth_token_reload_seconds),
-            self.state.shutdown.clone(),
-        ));
+        if let Some(reloader) = self.token_reloader.take() {
+            tokio::spawn(reloader.run(self.state.shutdown.clone()));
+        }
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
 
         // The gateway calls the same routes in-process. It has already admitted
@@ -604,13 +609,15 @@ pub struct GatewayApplication {
     _metrics: Arc<Metrics>,
     /// The HTTP listener's connection cap, which the metrics observe.
     limit: ConnectionLimit,
-    tokens: Arc<Tokens>,
+    token_reloader: Option<TokenReloader>,
 }
 
 impl GatewayApplication {
     pub async fn build(settings: GatewaySettings) -> Result<Self, StartupError> {
         let public: Vec<SocketAddr> = [settings.http_listen].into_iter().filter(|a| !a.ip().is_loopback()).collect();
         let tokens = Arc::new(load_tokens(&settings.access, &public)?);
+        let token_reloader =
+            TokenReloader::listen(tokens.clone(), Duration::from_secs(settings.access.auth_token_reload_seconds));
         let limiter =
             Arc::new(RateLimiter::new(settings.access.rate_limit_per_second, settings.access.rate_limit_burst));
         let upstream_err = |reason: String| StartupError::Upstream { url: settings.upstream.0.clone(), reason };
@@ -635,7 +642,7 @@ impl GatewayApplication {
         );
         let throttle = Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute));
         let principals = tokens.principal_count();
-        let access = Arc::new(ServiceAccess { tokens: tokens.clone(), limiter, throttle });
+        let access = Arc::new(ServiceAccess { tokens, limiter, throttle });
         let export =
             MetricsExport::start(OtlpConfig::from_env(), false).map_err(|e| StartupError::Metrics(e.to_string()))?;
         export.log_status();
@@ -651,18 +658,28 @@ impl GatewayApplication {
         };
         let state = gateway_state(service, access, config, metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
-        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit, tokens })
+        Ok(GatewayApplication {
+            settings,
+            listener,
+            http_addr,
+            state,
+            export,
+            _metrics: metrics,
+            limit,
+            token_reloader,
+        })
     }
 
     /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,
     /// whatever the upstream says), then the listener closes and calls get the grace period.
-    pub async fn run_until_stopped<F: Future<Output = ()>>(self, signal: impl Fn() -> F) -> Result<(), StartupError> {
+    pub async fn run_until_stopped<F: Future<Output = ()>>(
+        mut self,
+        signal: impl Fn() -> F,
+    ) -> Result<(), StartupError> {
         tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
-        tokio::spawn(crate::auth::reload_on_change(
-            self.tokens.clone(),
-            Duration::from_secs(self.settings.access.auth_token_reload_seconds),
-            self.state.shutdown.clone(),
-        ));
+        if let Some(reloader) = self.token_reloader.take() {
+            tokio::spawn(reloader.run(self.state.shutdown.clone()));
+        }
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(self.limit));
         tokio::pin!(http);

@@ -265,6 +265,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         },
         _ => Check::Unknown,
     };
+    // A drain that began while the checks ran is what made the service stop serving: say so,
+    // not "upstream" (a probe sent just before SIGTERM reached the process would otherwise).
+    if state.draining.is_cancelled() {
+        return draining_response();
+    }
     readiness_response(&upstream, &workspace)
 }
 
