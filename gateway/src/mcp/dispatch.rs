@@ -1,6 +1,6 @@
 //! MCP methods, the same for every transport and era. Transports build a
 //! `RequestContext` and call `handle`; this module calls the service.
-use std::sync::{Arc, LazyLock, atomic::Ordering};
+use std::sync::{Arc, atomic::Ordering};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
@@ -17,7 +17,7 @@ use super::{
 use crate::{
     AppState, ToolNames,
     error::{McpFailure, UpstreamError},
-    upstream::{CallContext, CallError, Matches, ToolDef, ToolEvent},
+    upstream::{CallContext, CallError, Matches, Registry, ToolDef, ToolEvent},
     wire_json::JsonText,
 };
 
@@ -79,21 +79,12 @@ pub fn server_info(state: &AppState) -> Value {
 
 /// What `initialize` and `server/discover` tell the model about the tools, naming them as
 /// `tools/list` does.
-pub fn instructions(names: ToolNames) -> &'static str {
-    const DOTTED: &str = "Manage spec-driven changes in an OpenSpec workspace: change.open scaffolds a change \
+pub fn instructions(registry: &Registry, names: ToolNames) -> String {
+    const TEXT: &str = "Manage spec-driven changes in an OpenSpec workspace: change.open scaffolds a change \
 and takes its lock, change.show and change.list read, task.update ticks checklist items, change.validate checks \
 structure, change.archive validates and archives with a receipt. Read parts of a change as change://<slug>/proposal, \
 /tasks, /delta/<path>, /receipt.";
-    /// The tools `DOTTED` names.
-    const NAMED: [&str; 6] =
-        ["change.open", "change.show", "change.list", "task.update", "change.validate", "change.archive"];
-    static UNDERSCORED: LazyLock<String> = LazyLock::new(|| {
-        NAMED.iter().fold(DOTTED.to_string(), |text, name| text.replace(name, &name.replace('.', "_")))
-    });
-    match names {
-        ToolNames::Dotted => DOTTED,
-        ToolNames::Underscored => &UNDERSCORED,
-    }
+    registry.name_tools(TEXT, names)
 }
 
 pub fn initialize_result(state: &AppState, version: &str) -> Value {
@@ -101,7 +92,7 @@ pub fn initialize_result(state: &AppState, version: &str) -> Value {
         "protocolVersion": version,
         "capabilities": capabilities(),
         "serverInfo": server_info(state),
-        "instructions": instructions(state.config.tool_names),
+        "instructions": instructions(state.upstream.registry(), state.config.tool_names),
     })
 }
 
@@ -576,14 +567,13 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     use super::*;
-    use crate::upstream::Registry;
 
     #[test]
     fn the_instructions_name_every_tool_as_tools_list_does() {
         let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("embedded descriptors");
         let registry = Registry::from_pool(&pool).expect("registry");
         for names in [ToolNames::Dotted, ToolNames::Underscored] {
-            let text = instructions(names);
+            let text = instructions(&registry, names);
             for tool in registry.tools() {
                 let (listed, other) = match names {
                     ToolNames::Dotted => (&tool.name, &tool.underscored_name),

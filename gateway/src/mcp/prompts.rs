@@ -114,13 +114,7 @@ pub fn get(name: &str, params: &Value, registry: &Registry, names: ToolNames) ->
             return Some(Err(RpcError::invalid_params(format!("argument {:?} must be a string", prompt.argument))));
         }
     };
-    let text = registry
-        .tools()
-        .iter()
-        .fold(prompt.text.to_string(), |text, tool| {
-            text.replace(&format!("`{}`", tool.name), &format!("`{}`", tool.listed_name(names)))
-        })
-        .replace("{argument}", value);
+    let text = registry.name_tools(prompt.text, names).replace("{argument}", value);
     Some(Ok(json!({
         "description": prompt.description,
         "messages": [{"role": "user", "content": {"type": "text", "text": text}}],

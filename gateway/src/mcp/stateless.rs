@@ -193,7 +193,7 @@ fn discover(state: &AppState) -> Value {
         "supportedVersions": protocol::all_versions(),
         "capabilities": dispatch::capabilities(),
         "serverInfo": dispatch::server_info(state),
-        "instructions": dispatch::instructions(state.config.tool_names),
+        "instructions": dispatch::instructions(state.upstream.registry(), state.config.tool_names),
         "_meta": {"io.modelcontextprotocol/serverInfo": dispatch::server_info(state)},
     })
 }

@@ -67,6 +67,12 @@ impl Registry {
         self.tools.iter().find(|t| t.name == name).or_else(|| self.tools.iter().find(|t| t.underscored_name == name))
     }
 
+    /// `text` (written with the proto's names) with every tool named as `tools/list` shows it
+    /// under `names`: what the server tells a model must name the tools the model was shown.
+    pub fn name_tools(&self, text: &str, names: crate::ToolNames) -> String {
+        self.tools.iter().fold(text.to_string(), |text, tool| text.replace(&tool.name, tool.listed_name(names)))
+    }
+
     /// Every RPC of `pool` with the `(taskmcp.v1.tool)` option, as a tool, with
     /// its streaming form attached when the pool has one.
     ///
