@@ -5,7 +5,7 @@ use std::sync::Arc;
 use task_mcp_gateway::{Access, Admission};
 
 use crate::{
-    auth::Tokens,
+    auth::{Denied, Tokens},
     rate_limit::{AuthFailureThrottle, RateLimiter},
 };
 
@@ -18,8 +18,10 @@ pub struct ServiceAccess {
 
 impl Access for ServiceAccess {
     fn admit(&self, authorization: Option<&str>) -> Admission {
-        let Some(principal) = self.tokens.authenticate(authorization) else {
-            return Admission::Unauthenticated;
+        let principal = match self.tokens.check(authorization) {
+            Ok(principal) => principal,
+            Err(Denied::Invalid) => return Admission::Unauthenticated,
+            Err(Denied::InsufficientScope) => return Admission::InsufficientScope,
         };
         match self.limiter.check(&principal) {
             Ok(()) => Admission::Allowed { principal: principal.as_str().to_string() },

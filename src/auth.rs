@@ -1,5 +1,7 @@
-//! Bearer tokens and the principals they name. Shared by the gRPC layer and, later,
-//! the HTTP gateway: both ask `Tokens::authenticate` and act on the answer.
+//! Bearer tokens and the principals they name. Shared by the gRPC layer and the HTTP
+//! gateway: both ask `Tokens::check` and act on the answer. A token is one configured here
+//! (`--auth-token`, `--auth-token-file`) or, with `--oauth-issuer`, an access token that
+//! authorization server issued for this server ([`crate::oauth`]).
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -10,6 +12,9 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use sha2::{Digest, Sha256};
+
+pub use crate::oauth::Denied;
+use crate::oauth::Verifier;
 use subtle::ConstantTimeEq;
 
 /// Who is calling. With no tokens configured every caller is `anonymous`.
@@ -19,6 +24,11 @@ pub struct Principal(String);
 impl Principal {
     pub fn anonymous() -> Self {
         Principal("anonymous".into())
+    }
+
+    /// The principal an OAuth access token's `sub` names.
+    pub fn from_subject(subject: &str) -> Self {
+        Principal(subject.into())
     }
 
     #[cfg(test)]
@@ -57,6 +67,8 @@ pub struct Tokens {
     file: Option<PathBuf>,
     /// The file's content as last loaded, so that a periodic check reloads only on a change.
     loaded: Mutex<Option<Vec<u8>>>,
+    /// Access tokens of an authorization server, besides the configured ones.
+    oauth: Option<Arc<Verifier>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +103,21 @@ impl Tokens {
             specs: specs.to_vec(),
             file: file.map(Path::to_path_buf),
             loaded: Mutex::new(text),
+            oauth: None,
         })
+    }
+
+    /// Accepts the access tokens `verifier` accepts too; authentication is then on even with
+    /// no configured token.
+    pub fn with_oauth(mut self, verifier: Arc<Verifier>) -> Self {
+        self.enabled = true;
+        self.oauth = Some(verifier);
+        self
+    }
+
+    /// The OAuth verifier, when `--oauth-issuer` is set.
+    pub fn oauth(&self) -> Option<&Verifier> {
+        self.oauth.as_deref()
     }
 
     /// The file `reload` reads, if any.
@@ -133,15 +159,20 @@ impl Tokens {
         principal_count(&self.entries.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Checks an `Authorization` header value. `None` means unauthenticated.
+    /// Checks an `Authorization` header value. `None` means not admitted.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
+        self.check(header).ok()
+    }
+
+    /// Checks an `Authorization` header value: the caller's principal, or why not.
+    pub fn check(&self, header: Option<&str>) -> Result<Principal, Denied> {
         if !self.enabled {
-            return Some(Principal::anonymous());
+            return Ok(Principal::anonymous());
         }
         // RFC 9110 §11.1: the scheme name is case-insensitive (`BEARER`, `bearer`, `Bearer`).
-        let (scheme, token) = header?.split_once(' ')?;
+        let (scheme, token) = header.and_then(|h| h.split_once(' ')).ok_or(Denied::Invalid)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
+            return Err(Denied::Invalid);
         }
         let token = token.trim();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -153,7 +184,11 @@ impl Tokens {
                 found = Some(entry.principal.clone());
             }
         }
-        found
+        match (found, &self.oauth) {
+            (Some(principal), _) => Ok(principal),
+            (None, Some(oauth)) => oauth.verify(token),
+            (None, None) => Err(Denied::Invalid),
+        }
     }
 }
 

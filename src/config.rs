@@ -101,6 +101,38 @@ pub struct AccessSettings {
     #[arg(long, env = "TASK_MCP_ALLOW_UNAUTHENTICATED_PUBLIC", value_parser = BoolishValueParser::new())]
     pub allow_unauthenticated_public: bool,
 
+    /// OAuth 2.1 authorization server whose access tokens (JWTs) are accepted besides the
+    /// configured tokens, e.g. `https://auth.example.com/realms/dev`. Its keys are found by
+    /// RFC 8414 or OpenID Connect discovery at start. Needs --oauth-resource.
+    #[arg(long, env = "TASK_MCP_OAUTH_ISSUER", value_name = "URL", requires = "oauth_resource")]
+    pub oauth_issuer: Option<String>,
+
+    /// This server's resource identifier: the public URL of its MCP endpoint, e.g.
+    /// `https://mcp.example.com/mcp`. Tokens must name it in `aud`; clients find the issuer in
+    /// its RFC 9728 metadata, `/.well-known/oauth-protected-resource`.
+    #[arg(long, env = "TASK_MCP_OAUTH_RESOURCE", value_name = "URL", requires = "oauth_issuer")]
+    pub oauth_resource: Option<String>,
+
+    /// A scope every access token must hold (403 `insufficient_scope` otherwise); repeatable.
+    #[arg(
+        long = "oauth-scope",
+        env = "TASK_MCP_OAUTH_SCOPES",
+        value_delimiter = ',',
+        value_name = "SCOPE",
+        requires = "oauth_issuer"
+    )]
+    pub oauth_scopes: Vec<String>,
+
+    /// The issuer's JWK set, when its metadata does not name one (skips discovery).
+    #[arg(long, env = "TASK_MCP_OAUTH_JWKS_URI", value_name = "URL", requires = "oauth_issuer")]
+    pub oauth_jwks_uri: Option<String>,
+
+    /// How often the issuer's keys are fetched again (a token naming an unknown key also
+    /// triggers a fetch, at most every 10 s).
+    #[arg(long, env = "TASK_MCP_OAUTH_KEYS_REFRESH_SECONDS", default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(10..))]
+    pub oauth_keys_refresh_seconds: u64,
+
     /// Sustained calls per second per principal; 0 disables rate limiting.
     #[arg(long, env = "TASK_MCP_RATE_LIMIT_PER_SECOND", default_value_t = 50, value_name = "N")]
     pub rate_limit_per_second: u32,
@@ -124,6 +156,26 @@ pub struct AccessSettings {
 }
 
 impl AccessSettings {
+    /// The RFC 9728 metadata the gateway serves, when `--oauth-issuer` is set.
+    pub fn protected_resource(&self) -> Option<task_mcp_gateway::ProtectedResource> {
+        Some(task_mcp_gateway::ProtectedResource {
+            resource: self.oauth_resource.clone()?,
+            authorization_servers: vec![self.oauth_issuer.clone()?],
+            scopes: self.oauth_scopes.clone(),
+        })
+    }
+
+    /// The OAuth resource-server settings, when `--oauth-issuer` is set.
+    pub fn oauth(&self) -> Option<crate::oauth::OAuthConfig> {
+        Some(crate::oauth::OAuthConfig {
+            issuer: self.oauth_issuer.clone()?,
+            resource: self.oauth_resource.clone()?,
+            scopes: self.oauth_scopes.clone(),
+            jwks_uri: self.oauth_jwks_uri.clone(),
+            refresh: Duration::from_secs(self.oauth_keys_refresh_seconds),
+        })
+    }
+
     pub fn trusted_proxies(&self) -> task_mcp_gateway::TrustedProxies {
         task_mcp_gateway::TrustedProxies::new(self.trusted_proxies.iter().copied())
     }

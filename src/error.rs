@@ -62,6 +62,9 @@ pub enum Error {
     ResourceTooLarge { uri: String, size: u64, limit: u64 },
     #[error("missing or invalid bearer token")]
     Unauthenticated,
+    /// A genuine OAuth access token that lacks a scope every call needs.
+    #[error("the access token lacks a required scope (required: {required})")]
+    InsufficientScope { required: String },
     #[error("rate limit exceeded; retry in {retry_after:?}")]
     RateLimited { retry_after: Duration },
     #[error("server is shutting down")]
@@ -146,6 +149,7 @@ impl Error {
             Error::ConcurrentEdit { .. } => "CONCURRENT_EDIT",
             Error::ResourceTooLarge { .. } => "RESOURCE_TOO_LARGE",
             Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::InsufficientScope { .. } => "INSUFFICIENT_SCOPE",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::CallerGone => "CANCELLED",
@@ -175,6 +179,7 @@ impl Error {
             | Error::FileUnreadable { .. }
             | Error::ResourceTooLarge { .. } => Code::FailedPrecondition,
             Error::Unauthenticated => Code::Unauthenticated,
+            Error::InsufficientScope { .. } => Code::PermissionDenied,
             Error::RateLimited { .. } | Error::WorkspaceFull { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::CallerGone => Code::Cancelled,
@@ -230,6 +235,7 @@ impl Error {
                 vec![kv("retry_after_ms", retry_after.as_millis().to_string())]
             }
             Error::WorkspaceUnusable { path, .. } | Error::WorkspaceFull { path, .. } => vec![kv("path", path.clone())],
+            Error::InsufficientScope { required } => vec![kv("required_scopes", required.clone())],
             Error::Unauthenticated | Error::ShuttingDown | Error::CallerGone | Error::Internal(_) => vec![],
         }
     }

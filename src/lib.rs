@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod grpc;
+pub mod oauth;
 pub mod rate_limit;
 pub mod startup;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use tower_http::{
 use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, TokenReloader, Tokens},
+    oauth::KeyRefresher,
     config::{AccessSettings, GatewaySettings, Settings},
     connections::{ConnectionLimit, Listener},
     error::Error,
@@ -65,6 +66,8 @@ pub enum StartupError {
     PublicWithoutAuth { addrs: String },
     #[error(transparent)]
     Tokens(#[from] TokenConfigError),
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
     #[error("workspace {path}: {reason}")]
     Workspace { path: String, reason: String },
     #[error("{flag} {addr}: cannot listen: {source}")]
@@ -81,9 +84,37 @@ pub enum StartupError {
     Metrics(String),
 }
 
-/// Loads the tokens and refuses a public bind without them unless overridden.
-fn load_tokens(access: &AccessSettings, public: &[SocketAddr]) -> Result<Tokens, StartupError> {
-    let tokens = Tokens::from_config(&access.auth_tokens, access.auth_token_file.as_deref())?;
+/// The credentials a caller may present, and what keeps them current.
+struct Credentials {
+    tokens: Arc<Tokens>,
+    token_reloader: Option<TokenReloader>,
+    key_refresher: Option<KeyRefresher>,
+}
+
+impl Credentials {
+    /// Starts the reloads; they end with `stop`.
+    fn spawn_refreshers(&mut self, stop: &tokio_util::sync::CancellationToken) {
+        if let Some(reloader) = self.token_reloader.take() {
+            tokio::spawn(reloader.run(stop.clone()));
+        }
+        if let Some(refresher) = self.key_refresher.take() {
+            tokio::spawn(refresher.run(stop.clone()));
+        }
+    }
+}
+
+/// Loads the tokens and the OAuth issuer's keys, and refuses a public bind without either
+/// unless overridden.
+async fn load_credentials(access: &AccessSettings, public: &[SocketAddr]) -> Result<Credentials, StartupError> {
+    let mut tokens = Tokens::from_config(&access.auth_tokens, access.auth_token_file.as_deref())?;
+    let mut key_refresher = None;
+    if let Some(config) = access.oauth() {
+        let (verifier, refresher) = crate::oauth::start(&config).await?;
+        tokens = tokens.with_oauth(verifier);
+        key_refresher = Some(refresher);
+    }
+    let tokens = Arc::new(tokens);
+    let token_reloader = TokenReloader::listen(tokens.clone(), Duration::from_secs(access.auth_token_reload_seconds));
     if tokens.is_empty() {
         if public.is_empty() {
             tracing::warn!("no auth tokens configured: every caller is `anonymous`; listening on loopback only");
@@ -97,7 +128,16 @@ fn load_tokens(access: &AccessSettings, public: &[SocketAddr]) -> Result<Tokens,
             return Err(StartupError::PublicWithoutAuth { addrs });
         }
     }
-    Ok(tokens)
+    Ok(Credentials { tokens, token_reloader, key_refresher })
+}
+
+/// How callers authenticate, for the "listening" line.
+fn auth_mode(tokens: &Tokens) -> &'static str {
+    match (tokens.is_empty(), tokens.oauth().is_some()) {
+        (true, _) => "none",
+        (false, true) => "bearer+oauth",
+        (false, false) => "bearer",
+    }
 }
 
 /// Binds `addr`; a failure names the flag that set it (three listeners may share a message
@@ -125,7 +165,7 @@ pub struct Application {
     health_flags: Arc<HealthFlags>,
     state: AppState,
     tokens: Arc<Tokens>,
-    token_reloader: Option<TokenReloader>,
+    credentials: Credentials,
     limiter: Arc<RateLimiter>,
     throttle: Arc<AuthFailureThrottle>,
     _watch: WatchGuard,
@@ -134,9 +174,8 @@ pub struct Application {
 impl Application {
     /// Validates the settings, opens the workspace and binds the listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let tokens = Arc::new(load_tokens(&settings.access, &settings.public_addrs())?);
-        let token_reloader =
-            TokenReloader::listen(tokens.clone(), Duration::from_secs(settings.access.auth_token_reload_seconds));
+        let credentials = load_credentials(&settings.access, &settings.public_addrs()).await?;
+        let tokens = credentials.tokens.clone();
         // The operator's spelling of the path: the workspace may be set in a variable
         // they no longer have in front of them.
         let workspace_err = |source: Error| {
@@ -184,7 +223,7 @@ impl Application {
             )),
             throttle: Arc::new(AuthFailureThrottle::new(settings.access.auth_failures_per_minute)),
             tokens,
-            token_reloader,
+            credentials,
             state: AppState { workspace, shutdown: tokio_util::sync::CancellationToken::new() },
             settings,
             grpc_listener,
@@ -219,9 +258,7 @@ impl Application {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
         let (health, routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
-        if let Some(reloader) = self.token_reloader.take() {
-            tokio::spawn(reloader.run(self.state.shutdown.clone()));
-        }
+        self.credentials.spawn_refreshers(&self.state.shutdown);
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
 
         // The gateway calls the same routes in-process. It has already admitted
@@ -255,6 +292,7 @@ impl Application {
             access,
             task_mcp_gateway::GatewayConfig {
                 trusted_proxies: self.settings.access.trusted_proxies(),
+                oauth: self.settings.access.protected_resource(),
                 ..self.settings.gateway.to_config(principals)
             },
             self.metrics.gateway.clone(),
@@ -304,7 +342,7 @@ impl Application {
             http_addr = %self.http_addr,
             metrics_addr = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             workspace = %self.state.workspace.root().display(),
-            auth = if self.tokens.is_empty() { "none" } else { "bearer" },
+            auth = auth_mode(&self.tokens),
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
@@ -609,15 +647,14 @@ pub struct GatewayApplication {
     _metrics: Arc<Metrics>,
     /// The HTTP listener's connection cap, which the metrics observe.
     limit: ConnectionLimit,
-    token_reloader: Option<TokenReloader>,
+    credentials: Credentials,
 }
 
 impl GatewayApplication {
     pub async fn build(settings: GatewaySettings) -> Result<Self, StartupError> {
         let public: Vec<SocketAddr> = [settings.http_listen].into_iter().filter(|a| !a.ip().is_loopback()).collect();
-        let tokens = Arc::new(load_tokens(&settings.access, &public)?);
-        let token_reloader =
-            TokenReloader::listen(tokens.clone(), Duration::from_secs(settings.access.auth_token_reload_seconds));
+        let credentials = load_credentials(&settings.access, &public).await?;
+        let tokens = credentials.tokens.clone();
         let limiter =
             Arc::new(RateLimiter::new(settings.access.rate_limit_per_second, settings.access.rate_limit_burst));
         let upstream_err = |reason: String| StartupError::Upstream { url: settings.upstream.0.clone(), reason };
@@ -654,6 +691,7 @@ impl GatewayApplication {
             Arc::new(Metrics::new(&export.meter(), settings.gateway.max_streams, None, std::slice::from_ref(&limit)));
         let config = task_mcp_gateway::GatewayConfig {
             trusted_proxies: settings.access.trusted_proxies(),
+            oauth: settings.access.protected_resource(),
             ..settings.gateway.to_config(principals)
         };
         let state = gateway_state(service, access, config, metrics.gateway.clone())?;
@@ -666,7 +704,7 @@ impl GatewayApplication {
             export,
             _metrics: metrics,
             limit,
-            token_reloader,
+            credentials,
         })
     }
 
@@ -677,9 +715,7 @@ impl GatewayApplication {
         signal: impl Fn() -> F,
     ) -> Result<(), StartupError> {
         tracing::info!(target: LIFECYCLE, http_addr = %self.http_addr, upstream = %self.settings.upstream, "listening");
-        if let Some(reloader) = self.token_reloader.take() {
-            tokio::spawn(reloader.run(self.state.shutdown.clone()));
-        }
+        self.credentials.spawn_refreshers(&self.state.shutdown);
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let http = serve_http(self.listener, http_router(self.state.clone()), wait_for(drain_rx), Some(self.limit));
         tokio::pin!(http);

@@ -9,6 +9,8 @@ pub enum Admission {
     Allowed { principal: String },
     /// No or wrong bearer token: 401 with `WWW-Authenticate`.
     Unauthenticated,
+    /// A genuine OAuth access token without a required scope: 403 `insufficient_scope`.
+    InsufficientScope,
     /// Over the principal's rate: 429 with `Retry-After` (seconds, rounded up).
     RateLimited { retry_after: std::time::Duration },
 }

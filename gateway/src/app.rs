@@ -58,7 +58,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new().merge(mcp::routes()).merge(rest::routes());
     let protected = security::protect(protected, &state);
     // Any other path gets a REST error body, not axum's empty 404.
-    let all = Router::new().merge(protected).merge(health::routes()).fallback(rest::unknown_path);
+    let all = Router::new()
+        .merge(protected)
+        .merge(health::routes())
+        .merge(crate::protected_resource::routes(state.config.oauth.as_ref()))
+        .fallback(rest::unknown_path);
     security::outer(all, &state).with_state(state)
 }
 

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: crate::TrustedProxies,
     /// How `tools/list` names the tools to MCP clients (calls accept both forms).
     pub tool_names: ToolNames,
+    /// OAuth: the metadata to serve and to name in challenges (RFC 9728); `None` without.
+    pub oauth: Option<crate::ProtectedResource>,
 }
 
 /// The names `tools/list` gives MCP clients. A call may use either form whatever this says.
@@ -75,6 +77,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: crate::TrustedProxies::default(),
             tool_names: ToolNames::default(),
+            oauth: None,
         }
     }
 }

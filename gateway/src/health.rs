@@ -314,7 +314,7 @@ struct Metrics {
 
 async fn metrics(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
     if let Err(refusal) = crate::security::authorize(&state, &uri, &headers) {
-        return refusal.response(false);
+        return refusal.response_for(false, state.config.oauth.as_ref());
     }
     let body = Metrics {
         uptime_seconds: state.started.elapsed().as_secs(),

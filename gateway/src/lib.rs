@@ -11,6 +11,7 @@ pub mod headers;
 pub mod health;
 pub mod mcp;
 pub mod metrics;
+pub mod protected_resource;
 pub mod proxies;
 pub mod rest;
 pub mod schema;
@@ -21,6 +22,7 @@ pub mod wire_json;
 pub use access::{Access, Admission};
 pub use app::{AppState, router};
 pub use config::{GatewayConfig, ToolNames};
+pub use protected_resource::ProtectedResource;
 pub use proxies::{TrustedProxies, TrustedRange};
 
 /// Generated from `../proto` (clients only).

@@ -196,6 +196,8 @@ pub enum AuthResult {
     Invalid,
     /// Not looked at: the client address failed too often lately.
     Throttled,
+    /// A valid OAuth access token without a scope the server requires.
+    InsufficientScope,
 }
 
 impl AuthResult {
@@ -219,6 +221,7 @@ impl AuthResult {
             AuthResult::Malformed => ("failure", "malformed"),
             AuthResult::Invalid => ("failure", "invalid"),
             AuthResult::Throttled => ("failure", "throttled"),
+            AuthResult::InsufficientScope => ("failure", "insufficient_scope"),
         }
     }
 }

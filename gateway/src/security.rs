@@ -65,7 +65,7 @@ use tower_http::{
 };
 
 use crate::{
-    Access, Admission, AppState, GatewayConfig, TrustedProxies, headers,
+    Access, Admission, AppState, GatewayConfig, ProtectedResource, TrustedProxies, headers,
     health::{Rejection, StatsRef},
     metrics::{AuthResult, GatewayMetrics, Transport},
 };
@@ -102,7 +102,10 @@ where
         ServiceBuilder::new()
             .layer(CheckLayer::new(HostOriginCheck::new(config), stats.clone()).behind(&config.trusted_proxies))
             .layer(
-                CheckLayer::new(AuthCheck { access, metrics: stats.metrics() }, stats.clone())
+                CheckLayer::new(
+                    AuthCheck { access, metrics: stats.metrics(), oauth: config.oauth.clone().map(Arc::new) },
+                    stats.clone(),
+                )
                     .behind(&config.trusted_proxies),
             )
             .layer(BodyCapLayer { max: config.max_body_bytes, stats, proxies: config.trusted_proxies.clone() })
@@ -152,6 +155,8 @@ pub enum Refusal {
     OriginNotAllowed,
     MissingToken,
     InvalidToken,
+    /// A valid OAuth access token without a scope the server requires.
+    InsufficientScope,
     RateLimited(Duration),
     /// The client address failed authentication too often lately ([`AuthThrottleLayer`]).
     AuthThrottled(Duration),
@@ -161,7 +166,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn kind(self) -> Rejection {
         match self {
-            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => Rejection::Forbidden,
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed | Refusal::InsufficientScope => Rejection::Forbidden,
             Refusal::MissingToken | Refusal::InvalidToken => Rejection::Unauthenticated,
             Refusal::RateLimited(_) | Refusal::AuthThrottled(_) => Rejection::RateLimited,
             Refusal::BodyTooLarge(_) => Rejection::PayloadTooLarge,
@@ -170,7 +175,7 @@ impl Refusal {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed | Refusal::InsufficientScope => StatusCode::FORBIDDEN,
             Refusal::MissingToken | Refusal::InvalidToken => StatusCode::UNAUTHORIZED,
             Refusal::RateLimited(_) | Refusal::AuthThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,7 +185,7 @@ impl Refusal {
     /// gRPC code name for the REST body: what the gRPC face says in the same case.
     fn code(self) -> &'static str {
         match self {
-            Refusal::HostNotAllowed | Refusal::OriginNotAllowed => "PERMISSION_DENIED",
+            Refusal::HostNotAllowed | Refusal::OriginNotAllowed | Refusal::InsufficientScope => "PERMISSION_DENIED",
             Refusal::MissingToken | Refusal::InvalidToken => "UNAUTHENTICATED",
             Refusal::RateLimited(_) | Refusal::AuthThrottled(_) | Refusal::BodyTooLarge(_) => "RESOURCE_EXHAUSTED",
         }
@@ -192,6 +197,7 @@ impl Refusal {
             Refusal::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             Refusal::MissingToken => "MISSING_TOKEN",
             Refusal::InvalidToken => "INVALID_TOKEN",
+            Refusal::InsufficientScope => "INSUFFICIENT_SCOPE",
             Refusal::RateLimited(_) => "RATE_LIMITED",
             Refusal::AuthThrottled(_) => "AUTH_THROTTLED",
             Refusal::BodyTooLarge(_) => "BODY_TOO_LARGE",
@@ -204,6 +210,7 @@ impl Refusal {
             Refusal::OriginNotAllowed => "Origin not allowed".into(),
             Refusal::MissingToken => "a bearer token is required".into(),
             Refusal::InvalidToken => "the bearer token is not valid".into(),
+            Refusal::InsufficientScope => "the access token lacks a scope this server requires".into(),
             Refusal::RateLimited(after) => {
                 format!("rate limit exceeded; retry after {} s", retry_after_secs(after))
             }
@@ -217,6 +224,12 @@ impl Refusal {
     /// The error response: JSON-RPC on the MCP paths, REST elsewhere, plus the
     /// headers the status calls for.
     pub fn response(self, mcp: bool) -> Response {
+        self.response_for(mcp, None)
+    }
+
+    /// [`Refusal::response`]; with OAuth, the bearer challenges name the resource's metadata
+    /// and the scopes to ask for (RFC 9728 §5.1, RFC 6750 §3).
+    pub fn response_for(self, mcp: bool, oauth: Option<&ProtectedResource>) -> Response {
         let message = self.message();
         let body = if mcp {
             json!({
@@ -236,14 +249,23 @@ impl Refusal {
         };
         let mut res = json_response(self.status(), &body);
         let headers = res.headers_mut();
-        match self {
-            Refusal::MissingToken => {
+        match (self, oauth) {
+            (Refusal::MissingToken, Some(oauth)) => {
+                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(None));
+            }
+            (Refusal::InvalidToken, Some(oauth)) => {
+                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some("invalid_token")));
+            }
+            (Refusal::InsufficientScope, Some(oauth)) => {
+                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some("insufficient_scope")));
+            }
+            (Refusal::MissingToken, None) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
             }
-            Refusal::InvalidToken => {
+            (Refusal::InvalidToken, None) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE_INVALID));
             }
-            Refusal::RateLimited(after) | Refusal::AuthThrottled(after) => {
+            (Refusal::RateLimited(after) | Refusal::AuthThrottled(after), _) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
             }
             _ => {}
@@ -355,6 +377,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 /// it. Synchronous, so the layer needs no boxed future.
 pub trait Check: Clone + Send + Sync + 'static {
     fn check(&self, req: &mut Request) -> Result<(), Refusal>;
+
+    /// The answer to a refusal; `mcp`: the path speaks JSON-RPC.
+    fn respond(&self, refusal: Refusal, mcp: bool) -> Response {
+        refusal.response(mcp)
+    }
 }
 
 /// Runs a [`Check`]; a refusal is counted and answered in the handler's place.
@@ -413,7 +440,7 @@ where
             Err(refusal) => {
                 self.stats.stats().reject(refusal.kind());
                 Refused::of(&req, &self.proxies).log(refusal);
-                Either::Left(ready(Ok(refusal.response(is_mcp_path(req.uri().path())))))
+                Either::Left(ready(Ok(self.check.respond(refusal, is_mcp_path(req.uri().path())))))
             }
         }
     }
@@ -562,6 +589,8 @@ pub struct AuthCheck {
     pub access: Arc<dyn Access>,
     /// `auth.attempts` and `rate_limit.hits`, labelled with the path's transport.
     pub metrics: Arc<GatewayMetrics>,
+    /// With OAuth, what the challenges name.
+    pub oauth: Option<Arc<ProtectedResource>>,
 }
 
 /// Whether an `Authorization` value uses the Bearer scheme (the scheme name is case-insensitive).
@@ -582,6 +611,7 @@ fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &Hea
         let result = match admission {
             Admission::Allowed { .. } | Admission::RateLimited { .. } => AuthResult::Valid,
             Admission::Unauthenticated => AuthResult::of_refused(sent),
+            Admission::InsufficientScope => AuthResult::InsufficientScope,
         };
         metrics.auth(transport, result);
     }
@@ -591,6 +621,7 @@ fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &Hea
         // all, or another scheme such as Basic).
         Admission::Unauthenticated if !sent.is_some_and(is_bearer) => Err(Refusal::MissingToken),
         Admission::Unauthenticated => Err(Refusal::InvalidToken),
+        Admission::InsufficientScope => Err(Refusal::InsufficientScope),
         Admission::RateLimited { retry_after } => {
             metrics.rate_limited(transport);
             Err(Refusal::RateLimited(retry_after))
@@ -603,6 +634,10 @@ impl Check for AuthCheck {
         let principal = admit(self.access.as_ref(), &self.metrics, req.uri(), req.headers())?;
         req.extensions_mut().insert(principal);
         Ok(())
+    }
+
+    fn respond(&self, refusal: Refusal, mcp: bool) -> Response {
+        refusal.response_for(mcp, self.oauth.as_deref())
     }
 }
 

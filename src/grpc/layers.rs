@@ -18,7 +18,7 @@ use task_mcp_gateway::{
 };
 
 use crate::{
-    auth::Tokens,
+    auth::{Denied, Tokens},
     error::Error,
     rate_limit::{AuthFailureThrottle, RateLimiter},
 };
@@ -90,22 +90,31 @@ where
             return Box::pin(inner.call(req));
         }
         let sent = req.headers().get(http::header::AUTHORIZATION);
-        let principal = self.tokens.authenticate(sent.and_then(|v| v.to_str().ok()));
+        let principal = self.tokens.check(sent.and_then(|v| v.to_str().ok()));
         if let Some(metrics) = &self.metrics
             && !self.tokens.is_empty()
-            && (principal.is_none() || Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc)
+            && (principal.is_err() || Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc)
         {
-            let result = if principal.is_some() { AuthResult::Valid } else { AuthResult::of_refused(sent) };
+            let result = match principal {
+                Ok(_) => AuthResult::Valid,
+                Err(Denied::Invalid) => AuthResult::of_refused(sent),
+                Err(Denied::InsufficientScope) => AuthResult::InsufficientScope,
+            };
             metrics.auth(Transport::Grpc, result);
         }
         match principal {
-            Some(principal) => {
+            Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(inner.call(req))
             }
-            None => {
+            Err(Denied::Invalid) => {
                 tracing::info!(path = req.uri().path(), "rejected: unauthenticated");
                 Box::pin(async { Ok(reject(Error::Unauthenticated)) })
+            }
+            Err(Denied::InsufficientScope) => {
+                let required = self.tokens.oauth().map(|o| o.scopes().join(" ")).unwrap_or_default();
+                tracing::info!(path = req.uri().path(), required, "rejected: insufficient scope");
+                Box::pin(async { Ok(reject(Error::InsufficientScope { required })) })
             }
         }
     }

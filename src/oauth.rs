@@ -1,0 +1,517 @@
+//! OAuth 2.1 resource server, as the MCP authorization spec (2025-06-18 on) asks of an HTTP
+//! server: access tokens are JWTs (RFC 9068) that one authorization server signed for this
+//! server. A token is accepted when its signature verifies against a key the issuer publishes,
+//! its `iss` is the issuer, its `aud` names `--oauth-resource` (RFC 8707: a token minted for
+//! another server is refused, never passed through), it has not expired, and it holds every
+//! `--oauth-scope`. Its `sub` becomes the principal.
+//!
+//! The keys are fetched at start (a wrong issuer or an unreachable one stops the start, where
+//! the operator sees it), then again every `--oauth-keys-refresh-seconds` and soon after a
+//! token names a key this server has not seen, which is how an issuer's key rotation reaches
+//! it. A failed refresh keeps the keys in force.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse},
+};
+use reqwest::Url;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+
+/// How long a fetch of the issuer's metadata or keys may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest metadata or key document read (real ones are a few KiB).
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Unknown key ids trigger a fetch at most this often, so tokens naming made-up keys cannot
+/// turn this server into a load on the authorization server.
+const MIN_REFETCH: Duration = Duration::from_secs(10);
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+/// Verified tokens remembered, so that a client's next call costs a hash, not a signature check.
+const MAX_CACHED: usize = 10_000;
+
+/// What `--oauth-*` configures.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub issuer: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub refresh: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{flag} {value}: {reason}")]
+    Config { flag: &'static str, value: String, reason: String },
+    #[error("discovering the authorization server {issuer}: {reason}")]
+    Discovery { issuer: String, reason: String },
+    #[error("fetching the signing keys at {url}: {reason}")]
+    Keys { url: String, reason: String },
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Not a token this server accepts (signature, issuer, audience, expiry, unknown key).
+    Invalid,
+    /// A genuine token without every required scope: 403 `insufficient_scope`, not 401.
+    InsufficientScope,
+}
+
+/// Checks access tokens against the issuer's keys.
+pub struct Verifier {
+    issuer: String,
+    resource: String,
+    scopes: Vec<String>,
+    keys: RwLock<KeySet>,
+    /// SHA-256 of a token → what checking it found; emptied whenever the keys change, so a
+    /// key the issuer withdraws stops being honoured with the next refresh.
+    cache: Mutex<HashMap<[u8; 32], Accepted>>,
+    /// Signalled when a token names a key id the key set lacks.
+    unknown_key: Notify,
+}
+
+#[derive(Clone)]
+struct Accepted {
+    principal: Principal,
+    expires: u64,
+    scoped: bool,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<Key>,
+    /// The document they came from, to tell a changed set from a re-fetched one.
+    source: Vec<u8>,
+}
+
+struct Key {
+    id: Option<String>,
+    decoding: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    scope: Option<String>,
+    /// Some issuers (Okta, Entra ID) name the scopes `scp`, as a string or a list.
+    #[serde(default)]
+    scp: Option<ScopeClaim>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Claims {
+    fn scopes(&self) -> HashSet<&str> {
+        let mut all: HashSet<&str> = self.scope.iter().flat_map(|s| s.split_ascii_whitespace()).collect();
+        match &self.scp {
+            Some(ScopeClaim::Text(text)) => all.extend(text.split_ascii_whitespace()),
+            Some(ScopeClaim::List(list)) => all.extend(list.iter().map(String::as_str)),
+            None => {}
+        }
+        all
+    }
+}
+
+impl Verifier {
+    /// A token's principal, or why it is refused.
+    pub fn verify(&self, token: &str) -> Result<Principal, Denied> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        let hit = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&digest).cloned();
+        let accepted = match hit {
+            Some(hit) if hit.expires > now => hit,
+            _ => {
+                let accepted = self.check(token, now)?;
+                self.remember(digest, accepted.clone(), now);
+                accepted
+            }
+        };
+        if accepted.scoped { Ok(accepted.principal) } else { Err(Denied::InsufficientScope) }
+    }
+
+    fn check(&self, token: &str, now: u64) -> Result<Accepted, Denied> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::Invalid)?;
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let key = match &header.kid {
+            Some(kid) => keys.keys.iter().find(|k| k.id.as_deref() == Some(kid.as_str())),
+            // Without a key id, only an issuer that publishes a single key is unambiguous.
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        };
+        let Some(key) = key else {
+            if header.kid.is_some() {
+                self.unknown_key.notify_one();
+            }
+            return Err(Denied::Invalid);
+        };
+        // The algorithm is the key's, never the token's choice: a token cannot ask for `none`,
+        // or for HMAC with the public key as the secret.
+        if !key.algorithms.contains(&header.alg) {
+            return Err(Denied::Invalid);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.resource]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        let claims = match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
+            Ok(data) => data.claims,
+            Err(error) => {
+                tracing::debug!(%error, kid = ?header.kid, "access token refused");
+                return Err(Denied::Invalid);
+            }
+        };
+        let held = claims.scopes();
+        let scoped = self.scopes.iter().all(|s| held.contains(s.as_str()));
+        // Remembered until `exp` at most; past it, a new check applies the leeway.
+        Ok(Accepted { principal: Principal::from_subject(&claims.sub), expires: claims.exp.min(now + 3600), scoped })
+    }
+
+    fn remember(&self, digest: [u8; 32], accepted: Accepted, now: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, a| a.expires > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, accepted);
+    }
+
+    /// Serves `keys` from the next token on; `false` when they are the ones in force.
+    fn replace_keys(&self, keys: KeySet) -> bool {
+        let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if current.source == keys.source {
+            return false;
+        }
+        *current = keys;
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        true
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).keys.len()
+    }
+
+    /// The scopes every token must hold.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+}
+
+/// Fetches the issuer's keys: at start ([`start`]) and then on each trigger ([`KeyRefresher::run`]).
+pub struct KeyRefresher {
+    verifier: Arc<Verifier>,
+    client: reqwest::Client,
+    jwks_uri: Url,
+    every: Duration,
+}
+
+/// Checks the configuration, discovers the issuer's key set and fetches it. An error here is
+/// the operator's to fix before the server can take a token.
+pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher), OAuthError> {
+    let issuer = parse_url("--oauth-issuer", &config.issuer)?;
+    parse_url("--oauth-resource", &config.resource)?;
+    // Both travel in `WWW-Authenticate` quoted strings: RFC 6749 §3.3 scope characters only.
+    for (flag, value) in [("--oauth-resource", &config.resource)].into_iter().chain(config.scopes.iter().map(|s| ("--oauth-scope", s))) {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            return Err(OAuthError::Config { flag, value: value.clone(), reason: "must be printable ASCII without quotes, backslashes or spaces".into() });
+        }
+    }
+    let explicit = config.jwks_uri.as_deref().map(|u| parse_url("--oauth-jwks-uri", u)).transpose()?;
+    let client = reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        // Plain HTTP is allowed only for a loopback issuer (a local test server); otherwise no
+        // redirect may downgrade a fetch to it.
+        .https_only(issuer.scheme() == "https")
+        .user_agent(concat!("task-mcp/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| OAuthError::Discovery { issuer: config.issuer.clone(), reason: e.to_string() })?;
+    let jwks_uri = match explicit {
+        Some(uri) => uri,
+        None => discover(&client, &config.issuer, &issuer).await?,
+    };
+    let keys = fetch_keys(&client, &jwks_uri).await?;
+    let verifier = Arc::new(Verifier {
+        issuer: config.issuer.clone(),
+        resource: config.resource.clone(),
+        scopes: config.scopes.clone(),
+        keys: RwLock::new(KeySet::default()),
+        cache: Mutex::new(HashMap::new()),
+        unknown_key: Notify::new(),
+    });
+    verifier.replace_keys(keys);
+    tracing::info!(issuer = %config.issuer, jwks_uri = %jwks_uri, keys = verifier.key_count(), "oauth: signing keys loaded");
+    let every = config.refresh.max(MIN_REFETCH);
+    Ok((verifier.clone(), KeyRefresher { verifier, client, jwks_uri, every }))
+}
+
+impl KeyRefresher {
+    /// Fetches the keys every `every`, and after a token named an unknown key (at most once
+    /// per [`MIN_REFETCH`]), until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let url = self.jwks_uri.to_string();
+        let mut last_failure: Option<String> = None;
+        loop {
+            let trigger = tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.every) => "periodic",
+                () = self.verifier.unknown_key.notified() => "unknown key id",
+            };
+            match fetch_keys(&self.client, &self.jwks_uri).await {
+                Ok(keys) => {
+                    last_failure = None;
+                    if self.verifier.replace_keys(keys) {
+                        tracing::info!(jwks_uri = url, trigger, keys = self.verifier.key_count(), "oauth: signing keys changed");
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if last_failure.as_ref() != Some(&error) {
+                        tracing::warn!(jwks_uri = url, trigger, %error, "oauth: key refresh failed; the keys in force stay");
+                    }
+                    last_failure = Some(error);
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(MIN_REFETCH) => {}
+            }
+        }
+    }
+}
+
+/// An absolute `https` URL, or `http` to a loopback host.
+fn parse_url(flag: &'static str, value: &str) -> Result<Url, OAuthError> {
+    let bad = |reason: &str| OAuthError::Config { flag, value: value.to_string(), reason: reason.to_string() };
+    let url = Url::parse(value).map_err(|e| bad(&format!("not a URL: {e}")))?;
+    if url.fragment().is_some() || url.query().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(bad("must be https (plain http only to a loopback host, for testing)")),
+        _ => Err(bad("must be an https URL")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The `jwks_uri` of the issuer's metadata: RFC 8414 (`/.well-known/oauth-authorization-server`
+/// inserted before the issuer's path), then OpenID Connect discovery (appended to it), the order
+/// the MCP spec gives clients. The document must name the same issuer (RFC 8414 §3.3).
+async fn discover(client: &reqwest::Client, issuer_text: &str, issuer: &Url) -> Result<Url, OAuthError> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut oauth = issuer.clone();
+    oauth.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
+    let mut tried = Vec::new();
+    for url in [oauth, oidc] {
+        match fetch_json::<Metadata>(client, &url).await {
+            Ok(metadata) => {
+                if metadata.issuer != issuer_text {
+                    return Err(OAuthError::Discovery {
+                        issuer: issuer_text.to_string(),
+                        reason: format!("{url} names the issuer {:?}; it must be the same string", metadata.issuer),
+                    });
+                }
+                let Some(jwks_uri) = metadata.jwks_uri else {
+                    return Err(OAuthError::Discovery {
+                        issuer: issuer_text.to_string(),
+                        reason: format!("{url} has no jwks_uri; give --oauth-jwks-uri"),
+                    });
+                };
+                return parse_url("jwks_uri", &jwks_uri).map_err(|e| OAuthError::Discovery {
+                    issuer: issuer_text.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(reason) => tried.push(format!("{url}: {reason}")),
+        }
+    }
+    Err(OAuthError::Discovery { issuer: issuer_text.to_string(), reason: tried.join("; ") })
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+}
+
+async fn fetch_keys(client: &reqwest::Client, url: &Url) -> Result<KeySet, OAuthError> {
+    let keys_err = |reason: String| OAuthError::Keys { url: url.to_string(), reason };
+    let bytes = fetch(client, url).await.map_err(keys_err)?;
+    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| keys_err(format!("not a JWK set: {e}")))?;
+    let keys: Vec<Key> = set.keys.iter().filter_map(key).collect();
+    if keys.is_empty() {
+        return Err(keys_err("no signing key this server can use (RSA, EC P-256/P-384 or Ed25519)".into()));
+    }
+    Ok(KeySet { keys, source: bytes })
+}
+
+/// A published key this server can verify with, and the algorithms it may sign with.
+/// Encryption keys and symmetric keys are skipped: a public document cannot hold a secret.
+fn key(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Key> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))) {
+        return None;
+    }
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => &[Algorithm::EdDSA],
+        _ => return None,
+    };
+    // A key that names its algorithm signs with that one only (RFC 7517 §4.4); some issuers
+    // (Entra ID) name none, and then the key's family decides.
+    let algorithms = match jwk.common.key_algorithm.and_then(algorithm_of) {
+        Some(alg) if family.contains(&alg) => vec![alg],
+        Some(_) => return None,
+        None if jwk.common.key_algorithm.is_some() => return None,
+        None => family.to_vec(),
+    };
+    let decoding = DecodingKey::from_jwk(jwk).ok()?;
+    Some(Key { id: jwk.common.key_id.clone(), decoding, algorithms })
+}
+
+fn algorithm_of(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+async fn fetch_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &Url) -> Result<T, String> {
+    let bytes = fetch(client, url).await?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not the expected JSON: {e}"))
+}
+
+/// GET `url`: a 200 with a body of at most [`MAX_DOCUMENT_BYTES`].
+async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
+    let mut response = client
+        .get(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// reqwest's errors say "error sending request"; the cause (refused, TLS, DNS) is in the chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwk(json: serde_json::Value) -> jsonwebtoken::jwk::Jwk {
+        serde_json::from_value(json).unwrap()
+    }
+
+    const EC_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const EC_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    #[test]
+    fn a_key_signs_with_its_own_algorithm_only() {
+        let named = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256", "kid": "a"})));
+        assert_eq!(named.map(|k| k.algorithms), Some(vec![Algorithm::ES256]));
+        let mismatched = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "RS256"})));
+        assert!(mismatched.is_none(), "an EC key cannot verify RS256");
+        let encryption = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "use": "enc"})));
+        assert!(encryption.is_none());
+        let secret = key(&jwk(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})));
+        assert!(secret.is_none(), "a symmetric key in a public set is never trusted");
+    }
+
+    #[test]
+    fn urls_must_be_https_unless_loopback() {
+        assert!(parse_url("--oauth-issuer", "https://auth.example.com").is_ok());
+        assert!(parse_url("--oauth-issuer", "http://127.0.0.1:9000").is_ok());
+        assert!(parse_url("--oauth-issuer", "http://localhost:9000/realm").is_ok());
+        let err = parse_url("--oauth-issuer", "http://auth.example.com").unwrap_err().to_string();
+        assert!(err.contains("--oauth-issuer") && err.contains("https"), "{err}");
+        assert!(parse_url("--oauth-resource", "mcp.example.com/mcp").is_err());
+        assert!(parse_url("--oauth-resource", "https://mcp.example.com/mcp#x").is_err());
+    }
+
+    #[test]
+    fn scopes_are_read_from_scope_and_scp() {
+        let c: Claims = serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1, "scope": "a b"})).unwrap();
+        assert_eq!(c.scopes(), HashSet::from(["a", "b"]));
+        let c: Claims = serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1, "scp": ["a", "c"]})).unwrap();
+        assert_eq!(c.scopes(), HashSet::from(["a", "c"]));
+        let c: Claims = serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1, "scp": "d"})).unwrap();
+        assert_eq!(c.scopes(), HashSet::from(["d"]));
+    }
+}
