@@ -28,7 +28,7 @@
 //   --rotate          (needs --keys-file) puts a fresh key with a new kid at the FRONT
 //                     of the file before starting: oidc-provider signs with the first
 //                     matching key, so new tokens carry the new kid, and the old key
-//                     stays published in the JWKS.
+//                     stays published in the JWKS. With no file yet it only creates it.
 //   --client ID:SECRET[:SCOPES]
 //                     a confidential client (repeatable), grant client_credentials
 //                     only, no redirect URIs. The line is split at its FIRST TWO
@@ -204,8 +204,11 @@ const jwks = loadKeys();
 // Listen first, build the provider second: with --port 0 the issuer must carry
 // the port the kernel picked.
 const server = http.createServer();
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
+await new Promise((resolve) => {
+  server.once('error', (e) => {
+    process.stderr.write(`authorization_server.mjs: cannot listen on 127.0.0.1:${PORT}: ${e.message}\n`);
+    process.exit(1);
+  });
   server.listen(PORT, '127.0.0.1', resolve);
 });
 const ISSUER = `http://127.0.0.1:${server.address().port}`;
@@ -223,8 +226,9 @@ const provider = new Provider(ISSUER, {
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: (_ctx, _client, oneOf) => oneOf?.[0] ?? RESOURCES.keys().next().value,
-      useGrantedResource: () => true,
+      // A request without `resource` gets the first one; with none configured
+      // (yet: see stdin) oidc-provider falls back to an opaque, audience-less token.
+      defaultResource: () => RESOURCES.keys().next().value,
       getResourceServerInfo: (_ctx, resourceIndicator) => {
         const audience = configuredResource(resourceIndicator);
         if (!audience) throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
