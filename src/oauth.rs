@@ -233,9 +233,15 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
     let issuer = parse_url("--oauth-issuer", &config.issuer)?;
     parse_url("--oauth-resource", &config.resource)?;
     // Both travel in `WWW-Authenticate` quoted strings: RFC 6749 §3.3 scope characters only.
-    for (flag, value) in [("--oauth-resource", &config.resource)].into_iter().chain(config.scopes.iter().map(|s| ("--oauth-scope", s))) {
+    for (flag, value) in
+        [("--oauth-resource", &config.resource)].into_iter().chain(config.scopes.iter().map(|s| ("--oauth-scope", s)))
+    {
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-            return Err(OAuthError::Config { flag, value: value.clone(), reason: "must be printable ASCII without quotes, backslashes or spaces".into() });
+            return Err(OAuthError::Config {
+                flag,
+                value: value.clone(),
+                reason: "must be printable ASCII without quotes, backslashes or spaces".into(),
+            });
         }
     }
     let explicit = config.jwks_uri.as_deref().map(|u| parse_url("--oauth-jwks-uri", u)).transpose()?;
@@ -282,7 +288,12 @@ impl KeyRefresher {
                 Ok(keys) => {
                     last_failure = None;
                     if self.verifier.replace_keys(keys) {
-                        tracing::info!(jwks_uri = url, trigger, keys = self.verifier.key_count(), "oauth: signing keys changed");
+                        tracing::info!(
+                            jwks_uri = url,
+                            trigger,
+                            keys = self.verifier.key_count(),
+                            "oauth: signing keys changed"
+                        );
                     }
                 }
                 Err(error) => {
@@ -350,10 +361,8 @@ async fn discover(client: &reqwest::Client, issuer_text: &str, issuer: &Url) -> 
                         reason: format!("{url} has no jwks_uri; give --oauth-jwks-uri"),
                     });
                 };
-                return parse_url("jwks_uri", &jwks_uri).map_err(|e| OAuthError::Discovery {
-                    issuer: issuer_text.to_string(),
-                    reason: e.to_string(),
-                });
+                return parse_url("jwks_uri", &jwks_uri)
+                    .map_err(|e| OAuthError::Discovery { issuer: issuer_text.to_string(), reason: e.to_string() });
             }
             Err(reason) => tried.push(format!("{url}: {reason}")),
         }
@@ -484,11 +493,15 @@ mod tests {
 
     #[test]
     fn a_key_signs_with_its_own_algorithm_only() {
-        let named = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256", "kid": "a"})));
+        let named = key(&jwk(
+            serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256", "kid": "a"}),
+        ));
         assert_eq!(named.map(|k| k.algorithms), Some(vec![Algorithm::ES256]));
-        let mismatched = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "RS256"})));
+        let mismatched =
+            key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "RS256"})));
         assert!(mismatched.is_none(), "an EC key cannot verify RS256");
-        let encryption = key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "use": "enc"})));
+        let encryption =
+            key(&jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "use": "enc"})));
         assert!(encryption.is_none());
         let secret = key(&jwk(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})));
         assert!(secret.is_none(), "a symmetric key in a public set is never trusted");

@@ -21,7 +21,6 @@ use tower_http::{
 use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, TokenReloader, Tokens},
-    oauth::KeyRefresher,
     config::{AccessSettings, GatewaySettings, Settings},
     connections::{ConnectionLimit, Listener},
     error::Error,
@@ -32,6 +31,7 @@ use crate::{
         metrics::{GrpcMetricsLayer, StreamGate},
         resources::ResourcesService,
     },
+    oauth::KeyRefresher,
     pb::{changes_server::ChangesServer, resources_server::ResourcesServer},
     rate_limit::{AuthFailureThrottle, RateLimiter},
     telemetry::{
@@ -696,16 +696,7 @@ impl GatewayApplication {
         };
         let state = gateway_state(service, access, config, metrics.gateway.clone())?;
         let (listener, http_addr) = bind("--http-listen", settings.http_listen).await?;
-        Ok(GatewayApplication {
-            settings,
-            listener,
-            http_addr,
-            state,
-            export,
-            _metrics: metrics,
-            limit,
-            credentials,
-        })
+        Ok(GatewayApplication { settings, listener, http_addr, state, export, _metrics: metrics, limit, credentials })
     }
 
     /// As [`Application::run_until_stopped`]: readiness fails first (`/health/ready` 503,

@@ -50,9 +50,11 @@ impl ProtectedResource {
     /// The metadata's URL for `resource_metadata`: on the resource's own origin, at the path
     /// that names the resource.
     pub fn metadata_url(&self) -> String {
-        let origin = self.resource.parse::<Uri>().ok().and_then(|uri| {
-            Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?.as_str()))
-        });
+        let origin = self
+            .resource
+            .parse::<Uri>()
+            .ok()
+            .and_then(|uri| Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?.as_str())));
         let path = self.metadata_paths().pop().unwrap_or_else(|| WELL_KNOWN.to_string());
         format!("{}{path}", origin.unwrap_or_default())
     }
@@ -121,7 +123,10 @@ mod tests {
     #[test]
     fn the_metadata_path_inserts_the_well_known_prefix_before_the_resource_path() {
         let r = resource("https://mcp.example.com/mcp", &[]);
-        assert_eq!(r.metadata_paths(), ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"]);
+        assert_eq!(
+            r.metadata_paths(),
+            ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"]
+        );
         assert_eq!(r.metadata_url(), "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
         let root = resource("https://mcp.example.com:8443/", &[]);
         assert_eq!(root.metadata_paths(), ["/.well-known/oauth-protected-resource"]);

@@ -106,7 +106,7 @@ where
                     AuthCheck { access, metrics: stats.metrics(), oauth: config.oauth.clone().map(Arc::new) },
                     stats.clone(),
                 )
-                    .behind(&config.trusted_proxies),
+                .behind(&config.trusted_proxies),
             )
             .layer(BodyCapLayer { max: config.max_body_bytes, stats, proxies: config.trusted_proxies.clone() })
             .layer(DefaultBodyLimit::disable()),

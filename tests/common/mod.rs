@@ -103,6 +103,7 @@ impl fmt::Display for Logs {
 pub struct ServerBuilder {
     workspace: Option<PathBuf>,
     grpc_listen: String,
+    http_listen: String,
     rate_limit: Option<(u32, u32)>,
     auth_token: Option<String>,
     args: Vec<String>,
@@ -130,6 +131,12 @@ impl ServerBuilder {
     /// The `--grpc-listen` address; `127.0.0.1:0` by default.
     pub fn grpc_listen(mut self, addr: &str) -> Self {
         self.grpc_listen = addr.to_string();
+        self
+    }
+
+    /// The `--http-listen` address; `127.0.0.1:0` by default.
+    pub fn http_listen(mut self, addr: &str) -> Self {
+        self.http_listen = addr.to_string();
         self
     }
 
@@ -223,7 +230,7 @@ impl ServerBuilder {
             .arg("--workspace")
             .arg(&workspace)
             .args(["--grpc-listen", &self.grpc_listen])
-            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--http-listen", &self.http_listen])
             .args(["--metrics-listen", "127.0.0.1:0"]);
         if let Some((per_second, burst)) = self.rate_limit {
             cmd.args(["--rate-limit-per-second", &per_second.to_string()]);
@@ -394,6 +401,7 @@ impl Server {
         ServerBuilder {
             workspace: None,
             grpc_listen: "127.0.0.1:0".to_string(),
+            http_listen: "127.0.0.1:0".to_string(),
             rate_limit: Some((10_000, 10_000)),
             auth_token: None,
             args: Vec::new(),

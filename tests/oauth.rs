@@ -1,0 +1,410 @@
+//! task-mcp as an OAuth 2.1 resource server (`--oauth-issuer`), against a real authorization
+//! server: npm `oidc-provider` (panva's certified OpenID Provider, pinned in .tools/oidc by
+//! scripts/install-test-tools), run by tests/oauth/authorization_server.mjs on loopback. It
+//! issues client_credentials access tokens as ES256-signed JWTs for the resources it is given.
+//!
+//! What holds: its tokens open both faces (HTTP and gRPC) as their `sub`; a token for another
+//! resource, from another issuer, tampered with, or short of a required scope is refused (401,
+//! or 403 `insufficient_scope`; UNAUTHENTICATED or PERMISSION_DENIED); the RFC 9728 metadata
+//! and challenges lead the official Python SDK from a bare 401 to a working session; a key the
+//! issuer rotates in is fetched when a token first names it; a misconfigured issuer stops the
+//! start with the reason.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use base64::Engine;
+use common::{Auth, Server, StartFailure, assert_error, client_summary, run_bounded};
+use serde_json::{Value, json};
+use task_mcp::pb::ListChangesRequest;
+use tonic::Code;
+
+const SCOPES: &str = "changes:read changes:write";
+/// The default client of authorization_server.mjs, which may ask for every scope.
+const CLIENT: (&str, &str) = ("task-mcp-test", "test-secret");
+/// A client allowed `changes:read` only.
+const READER: (&str, &str) = ("reader", "reader-secret");
+/// A failure bound on the authorization server's start (Node loads oidc-provider).
+const START_BOUND: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One authorization_server.mjs process; killed on drop.
+struct AuthServer {
+    child: Child,
+    _stdin: ChildStdin,
+    issuer: String,
+    token_endpoint: String,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthServer {
+    fn start(args: &[&str]) -> AuthServer {
+        let node = common::node22();
+        let dir = tempfile::Builder::new().prefix("oauth-as-").tempdir().expect("tempdir");
+        let stderr = dir.path().join("stderr.txt");
+        let mut child = Command::new(node)
+            .arg(repo().join("tests/oauth/authorization_server.mjs"))
+            .args(["--oidc", &repo().join(".tools/oidc").display().to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start the authorization server (node22)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(START_BOUND).unwrap_or_default();
+        let first: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "the authorization server did not print its JSON line within {START_BOUND:?} (failure bound):\n{line}\n\
+                 --- stderr ---\n{}\n(is .tools/oidc installed? run scripts/install-test-tools)",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        });
+        AuthServer {
+            _stdin: child.stdin.take().expect("stdin"),
+            child,
+            issuer: first["issuer"].as_str().expect("issuer").to_string(),
+            token_endpoint: first["token_endpoint"].as_str().expect("token_endpoint").to_string(),
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("issuer port")
+    }
+
+    /// A client_credentials access token for `resource`, or the refusal's body.
+    async fn token(&self, client: (&str, &str), resource: &str, scope: &str) -> String {
+        let res = reqwest::Client::new()
+            .post(&self.token_endpoint)
+            .basic_auth(client.0, Some(client.1))
+            .form(&[("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)])
+            .send()
+            .await
+            .expect("token request");
+        let status = res.status();
+        let body: Value = res.json().await.expect("token response JSON");
+        assert_eq!(
+            status,
+            200,
+            "token request for {resource} ({scope}) refused: {body}\n--- AS stderr ---\n{}",
+            self.stderr_text()
+        );
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free a moment ago: the resource identifier names the server's port, which must be
+/// known before it starts. A start that loses the port to another process is retried.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a free port").port()
+}
+
+struct Setup {
+    auth: AuthServer,
+    server: Server,
+    resource: String,
+}
+
+/// An authorization server issuing tokens for this server's resource and for `other`, and
+/// task-mcp trusting it and requiring both scopes; `extra` goes to task-mcp.
+fn setup(as_args: &[&str], extra: &[&str]) -> Setup {
+    for attempt in 1..=3 {
+        let port = free_port();
+        let resource = format!("http://127.0.0.1:{port}/mcp");
+        let mut args = vec!["--resource", &resource, "--resource", "http://127.0.0.1:1/other", "--scopes", SCOPES];
+        args.extend(["--client", "task-mcp-test:test-secret", "--client", "reader:reader-secret:changes:read"]);
+        args.extend(as_args);
+        let auth = AuthServer::start(&args);
+        let started = Server::builder()
+            .http_listen(&format!("127.0.0.1:{port}"))
+            .args(["--oauth-issuer", &auth.issuer, "--oauth-resource", &resource])
+            .args(["--oauth-scope", "changes:read", "--oauth-scope", "changes:write"])
+            .args(extra.iter().copied())
+            .try_start();
+        match started {
+            Ok(server) => return Setup { auth, server, resource },
+            Err(StartFailure { logs, .. }) if logs.contains("Address already in use") && attempt < 3 => continue,
+            Err(failure) => panic!(
+                "task-mcp did not start with OAuth: {}\n--- server logs ---\n{}\n--- AS stderr ---\n{}",
+                failure.why,
+                failure.logs,
+                auth.stderr_text()
+            ),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+async fn post(url: &str, token: Option<&str>, body: Value) -> reqwest::Response {
+    let mut req = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.expect("POST")
+}
+
+fn challenge(res: &reqwest::Response) -> String {
+    res.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+fn jwt_part(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+#[tokio::test]
+async fn tokens_from_the_issuer_open_both_faces_and_every_other_token_is_refused() {
+    let Setup { auth, server, resource } = setup(&[], &["--auth-token", "ops=static-token"]);
+    let base = server.http_base();
+    let open_url = format!("{base}/v1/tools/change.open");
+
+    // No token: the challenge leads to the metadata, which leads to the issuer.
+    let bare = post(&open_url, None, json!({"slug": "bare", "title": "t"})).await;
+    assert_eq!(bare.status(), 401);
+    let metadata_url = format!("{base}/.well-known/oauth-protected-resource/mcp");
+    assert_eq!(
+        challenge(&bare),
+        format!("Bearer realm=\"task-mcp\", scope=\"{SCOPES}\", resource_metadata=\"{metadata_url}\"")
+    );
+    for url in [metadata_url.clone(), format!("{base}/.well-known/oauth-protected-resource")] {
+        let doc: Value = reqwest::get(&url).await.expect("GET metadata").json().await.expect("metadata JSON");
+        assert_eq!(doc["resource"], resource.as_str(), "{url}: {doc}");
+        assert_eq!(doc["authorization_servers"], json!([auth.issuer]), "{url}: {doc}");
+        assert_eq!(doc["scopes_supported"], json!(["changes:read", "changes:write"]), "{url}: {doc}");
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]), "{url}: {doc}");
+    }
+
+    // The issuer's token for this resource: HTTP and gRPC, as the client it was issued to.
+    let token = auth.token(CLIENT, &resource, SCOPES).await;
+    assert_eq!(jwt_part(&token, 1)["aud"], resource.as_str());
+    let opened =
+        post(&open_url, Some(&token), json!({"slug": "by-oauth", "title": "Opened with an access token"})).await;
+    assert_eq!(opened.status(), 200, "{}", opened.text().await.unwrap_or_default());
+    let mut grpc = server.changes_with(Auth::bearer(&token)).await;
+    let listed = grpc
+        .list_changes(ListChangesRequest { page_size: 10, ..Default::default() })
+        .await
+        .expect("ListChanges with the access token")
+        .into_inner();
+    assert!(listed.changes.iter().any(|c| c.slug == "by-oauth"), "{listed:?}");
+    let logs = server.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("call answered") && l.contains("\"principal\":\"task-mcp-test\"")),
+        "no call answered as the token's sub:\n{logs}"
+    );
+    // The configured tokens keep working beside the issuer's.
+    let ops =
+        post(&open_url, Some("static-token"), json!({"slug": "by-ops", "title": "Opened with a static token"})).await;
+    assert_eq!(ops.status(), 200, "{}", ops.text().await.unwrap_or_default());
+
+    // Refused with 401 `invalid_token`: a token for another resource (RFC 8707: never
+    // accepted, never passed through), one tampered with, one from another issuer.
+    let other_resource = auth.token(CLIENT, "http://127.0.0.1:1/other", SCOPES).await;
+    let mut tampered = token.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let stranger = AuthServer::start(&["--resource", &resource, "--scopes", SCOPES]);
+    let foreign = stranger.token(CLIENT, &resource, SCOPES).await;
+    for (what, bad) in [("another resource", &other_resource), ("tampered", &tampered), ("another issuer", &foreign)] {
+        let res = post(&open_url, Some(bad), json!({"slug": "refused", "title": "t"})).await;
+        assert_eq!(res.status(), 401, "{what}");
+        assert!(challenge(&res).contains("error=\"invalid_token\""), "{what}: {}", challenge(&res));
+        assert!(challenge(&res).contains(&format!("resource_metadata=\"{metadata_url}\"")), "{what}");
+        let body: Value = res.json().await.expect("JSON error");
+        assert_eq!(body["reason"], "INVALID_TOKEN", "{what}: {body}");
+        let mut client = server.changes_with(Auth::bearer(bad)).await;
+        let status = client.list_changes(ListChangesRequest::default()).await.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+
+    // A genuine token short of a scope: 403 `insufficient_scope` naming what to ask for.
+    let reader = auth.token(READER, &resource, "changes:read").await;
+    let res = post(&open_url, Some(&reader), json!({"slug": "refused", "title": "t"})).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        challenge(&res),
+        format!(
+            "Bearer realm=\"task-mcp\", error=\"insufficient_scope\", scope=\"{SCOPES}\", \
+             resource_metadata=\"{metadata_url}\""
+        )
+    );
+    let body: Value = res.json().await.expect("JSON error");
+    assert_eq!((&body["code"], &body["reason"]), (&json!("PERMISSION_DENIED"), &json!("INSUFFICIENT_SCOPE")), "{body}");
+    let mut client = server.changes_with(Auth::bearer(&reader)).await;
+    let status = client.list_changes(ListChangesRequest::default()).await.expect_err("reader over gRPC");
+    let info = assert_error(&status, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
+    assert_eq!(info.metadata.get("required_scopes").map(String::as_str), Some(SCOPES));
+    let on_disk = std::fs::read_dir(server.workspace.join("changes")).expect("changes dir");
+    let slugs: Vec<String> = on_disk.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    assert!(!slugs.iter().any(|s| s == "refused" || s == "bare"), "a refused call wrote: {slugs:?}");
+
+    // The refusals are counted by reason, as operators' dashboards read them.
+    let metrics_addr = server.metrics_addr.expect("metrics listener");
+    let exposition =
+        reqwest::get(format!("http://{metrics_addr}/metrics")).await.expect("scrape").text().await.expect("text");
+    for reason in ["insufficient_scope", "invalid"] {
+        assert!(
+            exposition
+                .lines()
+                .any(|l| l.starts_with("auth_attempts_total{") && l.contains(&format!("reason=\"{reason}\""))),
+            "no auth_attempts_total with reason {reason}:\n{exposition}"
+        );
+    }
+}
+
+#[test]
+fn the_python_sdk_goes_from_a_bare_401_to_a_session_with_the_issuers_token() {
+    let python = repo().join(".tools/venv/bin/python");
+    assert!(python.is_file(), "{} is missing: run scripts/install-test-tools", python.display());
+    let Setup { auth, server, resource } = setup(&[], &[]);
+    let out = tempfile::Builder::new().prefix("oauth-python-").tempdir().expect("tempdir");
+    let mut cmd = Command::new(&python);
+    cmd.arg(repo().join("tests/python/oauth_client.py"))
+        .args(["--url", &server.mcp_url(), "--issuer", &auth.issuer])
+        .args(["--client-id", CLIENT.0, "--client-secret", CLIENT.1])
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let bound = Duration::from_secs(120);
+    let run = run_bounded(cmd, bound, out.path());
+    let report = client_summary("Python SDK OAuth client", &run, bound);
+    let requests: Vec<(String, String, u64)> = report["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap_or_default().to_string(),
+                r["url"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let base = server.http_base();
+    // The discovery the SDK made, in order: refused, our metadata, the issuer's, a token, admitted.
+    let expected_prefix = [
+        ("POST", server.mcp_url(), 401),
+        ("GET", format!("{base}/.well-known/oauth-protected-resource/mcp"), 200),
+        ("GET", format!("{}/.well-known/oauth-authorization-server", auth.issuer), 200),
+        ("POST", auth.token_endpoint.clone(), 200),
+        ("POST", server.mcp_url(), 200),
+    ];
+    let seen: Vec<(&str, &str, u64)> = requests.iter().map(|(m, u, s)| (m.as_str(), u.as_str(), *s)).collect();
+    let want: Vec<(&str, &str, u64)> = expected_prefix.iter().map(|(m, u, s)| (*m, u.as_str(), *s)).collect();
+    assert!(seen.starts_with(&want), "the SDK's requests were:\n{seen:#?}\nexpected to begin with:\n{want:#?}");
+    assert!(report["tools"].as_array().is_some_and(|t| t.iter().any(|n| n == "change.open")), "{report}");
+    assert_eq!(report["open"]["isError"], false, "{report}");
+    assert_eq!(report["scope"], SCOPES, "the SDK asked for the scopes the challenge named: {report}");
+    assert!(server.workspace.join("changes/oauth-opened/proposal.md").is_file(), "the change is not on disk");
+    let _ = resource;
+}
+
+#[tokio::test]
+async fn a_key_the_issuer_rotates_in_is_fetched_when_a_token_first_names_it() {
+    let keys = tempfile::Builder::new().prefix("oauth-keys-").tempdir().expect("tempdir");
+    let keys_file = keys.path().join("keys.json").display().to_string();
+    let Setup { auth, server, resource } = setup(&["--keys-file", &keys_file], &[]);
+    let url = format!("{}/v1/tools/change.list", server.http_base());
+    let before = auth.token(CLIENT, &resource, SCOPES).await;
+    assert_eq!(post(&url, Some(&before), json!({})).await.status(), 200);
+
+    // The issuer restarts on the same port with a new signing key in front of the old one.
+    let port = auth.port().to_string();
+    drop(auth);
+    let rotated = AuthServer::start(&[
+        "--port",
+        &port,
+        "--keys-file",
+        &keys_file,
+        "--rotate",
+        "--resource",
+        &resource,
+        "--scopes",
+        SCOPES,
+    ]);
+    let after = rotated.token(CLIENT, &resource, SCOPES).await;
+    let (old_kid, new_kid) = (jwt_part(&before, 0)["kid"].clone(), jwt_part(&after, 0)["kid"].clone());
+    assert_ne!(old_kid, new_kid, "the rotation did not change the signing key");
+
+    // The first call names a key the server has not seen: refused, and the keys are fetched.
+    // A later one passes. Polled once a second, well inside the failed-authentication budget.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let status = post(&url, Some(&after), json!({})).await.status().as_u16();
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(statuses.last(), Some(&200), "the rotated key was never accepted: {statuses:?}\n{}", server.logs());
+    assert!(
+        server.logs().lines().any(|l| l.contains("oauth: signing keys changed") && l.contains("unknown key id")),
+        "no log line for the key change:\n{}",
+        server.logs()
+    );
+    // The old key is still published, so tokens it signed stay good until they expire.
+    assert_eq!(post(&url, Some(&before), json!({})).await.status(), 200);
+    let _ = rotated.stderr_text();
+}
+
+#[test]
+fn a_misconfigured_issuer_stops_the_start_with_the_reason() {
+    let auth = AuthServer::start(&["--resource", "http://127.0.0.1:1/mcp"]);
+    let localhost_alias = auth.issuer.replace("127.0.0.1", "localhost");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--oauth-issuer", "http://127.0.0.1:1", "--oauth-resource", "http://127.0.0.1:1/mcp"],
+            "discovering the authorization server http://127.0.0.1:1",
+        ),
+        (
+            &["--oauth-issuer", "http://auth.example.com", "--oauth-resource", "http://127.0.0.1:1/mcp"],
+            "--oauth-issuer http://auth.example.com: must be https",
+        ),
+        // The issuer's metadata names `http://127.0.0.1:PORT`, not the alias configured.
+        (
+            &["--oauth-issuer", &localhost_alias, "--oauth-resource", "http://127.0.0.1:1/mcp"],
+            "it must be the same string",
+        ),
+        (&["--oauth-issuer", &auth.issuer], "--oauth-resource"),
+    ];
+    for (args, expected) in cases {
+        let failure = match Server::builder().args(args.iter().copied()).try_start() {
+            Ok(_) => panic!("started with {args:?}"),
+            Err(failure) => failure,
+        };
+        assert!(failure.status.is_some_and(|s| !s.success()), "{args:?}: {failure:?}");
+        assert!(failure.logs.contains(expected), "{args:?}: the error does not say {expected:?}:\n{}", failure.logs);
+    }
+}
