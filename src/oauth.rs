@@ -158,6 +158,7 @@ impl Verifier {
             None => None,
         };
         let Some(key) = key else {
+            tracing::debug!(kid = ?header.kid, "access token refused: no published key of that id");
             if header.kid.is_some() {
                 self.unknown_key.notify_one();
             }
@@ -166,6 +167,7 @@ impl Verifier {
         // The algorithm is the key's, never the token's choice: a token cannot ask for `none`,
         // or for HMAC with the public key as the secret.
         if !key.algorithms.contains(&header.alg) {
+            tracing::debug!(kid = ?header.kid, alg = ?header.alg, "access token refused: not its key's algorithm");
             return Err(Denied::Invalid);
         }
         let mut validation = Validation::new(header.alg);

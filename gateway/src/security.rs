@@ -1380,8 +1380,10 @@ mod tests {
     // -- Authentication / rate limit -----------------------------------------
 
     fn auth_only(stats: Arc<crate::health::Stats>) -> Router {
-        tiny()
-            .layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess), metrics: GatewayMetrics::noop() }, stats))
+        tiny().layer(CheckLayer::new(
+            AuthCheck { access: Arc::new(FakeAccess), metrics: GatewayMetrics::noop(), oauth: None },
+            stats,
+        ))
     }
 
     #[tokio::test]
@@ -1444,8 +1446,10 @@ mod tests {
     async fn auth_attempts_and_rate_limit_hits_are_counted_by_path_transport() {
         let t = crate::metrics::testing::TestMeter::new();
         let metrics = Arc::new(GatewayMetrics::new(&t.meter(), 1));
-        let app = tiny()
-            .layer(CheckLayer::new(AuthCheck { access: Arc::new(FakeAccess), metrics: metrics.clone() }, stats()));
+        let app = tiny().layer(CheckLayer::new(
+            AuthCheck { access: Arc::new(FakeAccess), metrics: metrics.clone(), oauth: None },
+            stats(),
+        ));
         let cases: [(&str, &[(&str, &str)]); 5] = [
             ("/mcp", &[("authorization", "Bearer good")]),
             ("/mcp", &[]),
