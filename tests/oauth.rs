@@ -8,7 +8,7 @@
 //! or 403 `insufficient_scope`; UNAUTHENTICATED or PERMISSION_DENIED); the RFC 9728 metadata
 //! and challenges lead the official Python SDK from a bare 401 to a working session; a key the
 //! issuer rotates in is fetched when a token first names it; a misconfigured issuer stops the
-//! start with the reason.
+//! start with the reason; a separate gateway and its service both check the token.
 mod common;
 
 use std::{
@@ -407,4 +407,56 @@ fn a_misconfigured_issuer_stops_the_start_with_the_reason() {
         assert!(failure.status.is_some_and(|s| !s.success()), "{args:?}: {failure:?}");
         assert!(failure.logs.contains(expected), "{args:?}: the error does not say {expected:?}:\n{}", failure.logs);
     }
+}
+
+/// `task-mcp gateway` in front of a separate service: both take the same `--oauth-*` flags, the
+/// gateway admits the caller and the service checks the forwarded token again, as its own.
+#[tokio::test]
+async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
+    // Nothing here follows the metadata, so the resource need not be the gateway's real URL.
+    let resource = "http://127.0.0.1:1/mcp";
+    let auth = AuthServer::start(&[
+        "--resource",
+        resource,
+        "--scopes",
+        SCOPES,
+        "--client",
+        "task-mcp-test:test-secret",
+        "--client",
+        "reader:reader-secret:changes:read",
+    ]);
+    let oauth_flags = [
+        "--oauth-issuer",
+        &auth.issuer,
+        "--oauth-resource",
+        resource,
+        "--oauth-scope",
+        "changes:read",
+        "--oauth-scope",
+        "changes:write",
+    ];
+    let service = Server::builder().args(oauth_flags).start();
+    let gateway = common::Gateway::start(&service.endpoint(), &oauth_flags, &[]);
+    let url = format!("http://{}/v1/tools/change.open", gateway.http_addr);
+
+    let token = auth.token(CLIENT, resource, SCOPES).await;
+    let res = post(&url, Some(&token), json!({"slug": "split-oauth", "title": "Through the gateway"})).await;
+    assert_eq!(res.status(), 200, "{}\n--- gateway ---\n{}", res.text().await.unwrap_or_default(), gateway.logs());
+    assert!(
+        service.logs().lines().any(|l| l.contains("OpenChange") && l.contains("\"principal\":\"task-mcp-test\"")),
+        "the service did not run the call as the token's sub:\n{}",
+        service.logs()
+    );
+    assert!(service.workspace.join("changes/split-oauth/proposal.md").is_file());
+
+    let reader = auth.token(READER, resource, "changes:read").await;
+    let res = post(&url, Some(&reader), json!({"slug": "split-refused", "title": "t"})).await;
+    assert_eq!(res.status(), 403);
+    assert!(challenge(&res).contains("error=\"insufficient_scope\""), "{}", challenge(&res));
+    let res = post(&url, None, json!({"slug": "split-refused", "title": "t"})).await;
+    assert_eq!(res.status(), 401);
+    assert!(
+        challenge(&res).contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\"")
+    );
+    assert!(!service.workspace.join("changes/split-refused").exists());
 }
