@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use sha2::{Digest, Sha256};
 
-pub use crate::oauth::Denied;
 use crate::oauth::Verifier;
+pub use crate::oauth::{Denied, Need};
 use subtle::ConstantTimeEq;
 
 /// Who is calling. With no tokens configured every caller is `anonymous`.
@@ -164,8 +164,14 @@ impl Tokens {
         self.check(header).ok()
     }
 
-    /// Checks an `Authorization` header value: the caller's principal, or why not.
+    /// Checks an `Authorization` header value for a call that only reads: the caller's
+    /// principal, or why not.
     pub fn check(&self, header: Option<&str>) -> Result<Principal, Denied> {
+        self.check_for(header, Need::Read)
+    }
+
+    /// [`Tokens::check`] for a call that needs `need`. A configured token may do everything.
+    pub fn check_for(&self, header: Option<&str>, need: Need) -> Result<Principal, Denied> {
         if !self.enabled {
             return Ok(Principal::anonymous());
         }
@@ -186,7 +192,7 @@ impl Tokens {
         }
         match (found, &self.oauth) {
             (Some(principal), _) => Ok(principal),
-            (None, Some(oauth)) => oauth.verify(token),
+            (None, Some(oauth)) => oauth.verify(token, need),
             (None, None) => Err(Denied::Invalid),
         }
     }

@@ -123,6 +123,17 @@ pub struct AccessSettings {
     )]
     pub oauth_scopes: Vec<String>,
 
+    /// A scope calls that change the workspace (open, tick, archive) need besides
+    /// --oauth-scope; repeatable. Without any, every call needs the same scopes.
+    #[arg(
+        long = "oauth-write-scope",
+        env = "TASK_MCP_OAUTH_WRITE_SCOPES",
+        value_delimiter = ',',
+        value_name = "SCOPE",
+        requires = "oauth_issuer"
+    )]
+    pub oauth_write_scopes: Vec<String>,
+
     /// The issuer's JWK set, when its metadata does not name one (skips discovery).
     #[arg(long, env = "TASK_MCP_OAUTH_JWKS_URI", value_name = "URL", requires = "oauth_issuer")]
     pub oauth_jwks_uri: Option<String>,
@@ -161,7 +172,8 @@ impl AccessSettings {
         Some(task_mcp_gateway::ProtectedResource {
             resource: self.oauth_resource.clone()?,
             authorization_servers: vec![self.oauth_issuer.clone()?],
-            scopes: self.oauth_scopes.clone(),
+            // What a client asks for up front: enough for every call.
+            scopes: self.oauth_scopes.iter().chain(&self.oauth_write_scopes).cloned().collect(),
         })
     }
 
@@ -171,6 +183,7 @@ impl AccessSettings {
             issuer: self.oauth_issuer.clone()?,
             resource: self.oauth_resource.clone()?,
             scopes: self.oauth_scopes.clone(),
+            write_scopes: self.oauth_write_scopes.clone(),
             jwks_uri: self.oauth_jwks_uri.clone(),
             refresh: Duration::from_secs(self.oauth_keys_refresh_seconds),
         })

@@ -3,7 +3,9 @@
 //! server. A token is accepted when its signature verifies against a key the issuer publishes,
 //! its `iss` is the issuer, its `aud` names `--oauth-resource` (RFC 8707: a token minted for
 //! another server is refused, never passed through), it has not expired, and it holds every
-//! `--oauth-scope`. Its `sub` becomes the principal.
+//! `--oauth-scope`. Its `sub` becomes the principal. A call that changes the workspace (a tool
+//! the proto does not mark `read_only`) needs every `--oauth-write-scope` as well, so an agent
+//! can be given a token that reads and cannot write.
 //!
 //! The keys are fetched at start (a wrong issuer or an unreachable one stops the start, where
 //! the operator sees it), then again every `--oauth-keys-refresh-seconds` and soon after a
@@ -45,6 +47,7 @@ pub struct OAuthConfig {
     pub issuer: String,
     pub resource: String,
     pub scopes: Vec<String>,
+    pub write_scopes: Vec<String>,
     pub jwks_uri: Option<String>,
     pub refresh: Duration,
 }
@@ -57,6 +60,13 @@ pub enum OAuthError {
     Discovery { issuer: String, reason: String },
     #[error("fetching the signing keys at {url}: {reason}")]
     Keys { url: String, reason: String },
+}
+
+/// What a call does with the workspace, which decides the scopes it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Write,
 }
 
 /// Why a token was not accepted.
@@ -73,6 +83,7 @@ pub struct Verifier {
     issuer: String,
     resource: String,
     scopes: Vec<String>,
+    write_scopes: Vec<String>,
     keys: RwLock<KeySet>,
     /// SHA-256 of a token → what checking it found; emptied whenever the keys change, so a
     /// key the issuer withdraws stops being honoured with the next refresh.
@@ -85,7 +96,10 @@ pub struct Verifier {
 struct Accepted {
     principal: Principal,
     expires: u64,
-    scoped: bool,
+    /// Holds every `--oauth-scope`.
+    reads: bool,
+    /// ... and every `--oauth-write-scope`.
+    writes: bool,
 }
 
 #[derive(Default)]
@@ -132,8 +146,8 @@ impl Claims {
 }
 
 impl Verifier {
-    /// A token's principal, or why it is refused.
-    pub fn verify(&self, token: &str) -> Result<Principal, Denied> {
+    /// A token's principal for a call that needs `need`, or why it is refused.
+    pub fn verify(&self, token: &str, need: Need) -> Result<Principal, Denied> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         let hit = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&digest).cloned();
@@ -145,7 +159,11 @@ impl Verifier {
                 accepted
             }
         };
-        if accepted.scoped { Ok(accepted.principal) } else { Err(Denied::InsufficientScope) }
+        let allowed = match need {
+            Need::Read => accepted.reads,
+            Need::Write => accepted.writes,
+        };
+        if allowed { Ok(accepted.principal) } else { Err(Denied::InsufficientScope) }
     }
 
     fn check(&self, token: &str, now: u64) -> Result<Accepted, Denied> {
@@ -184,9 +202,11 @@ impl Verifier {
             }
         };
         let held = claims.scopes();
-        let scoped = self.scopes.iter().all(|s| held.contains(s.as_str()));
+        let reads = self.scopes.iter().all(|s| held.contains(s.as_str()));
+        let writes = reads && self.write_scopes.iter().all(|s| held.contains(s.as_str()));
         // Remembered until `exp` at most; past it, a new check applies the leeway.
-        Ok(Accepted { principal: Principal::from_subject(&claims.sub), expires: claims.exp.min(now + 3600), scoped })
+        let expires = claims.exp.min(now + 3600);
+        Ok(Accepted { principal: Principal::from_subject(&claims.sub), expires, reads, writes })
     }
 
     fn remember(&self, digest: [u8; 32], accepted: Accepted, now: u64) {
@@ -215,9 +235,17 @@ impl Verifier {
         self.keys.read().unwrap_or_else(PoisonError::into_inner).keys.len()
     }
 
-    /// The scopes every token must hold.
-    pub fn scopes(&self) -> &[String] {
-        &self.scopes
+    /// The scopes a call that needs `need` requires.
+    pub fn required(&self, need: Need) -> Vec<String> {
+        match need {
+            Need::Read => self.scopes.clone(),
+            Need::Write => self.scopes.iter().chain(&self.write_scopes).cloned().collect(),
+        }
+    }
+
+    /// Whether some call needs more scopes than another.
+    pub fn has_write_scopes(&self) -> bool {
+        !self.write_scopes.is_empty()
     }
 }
 
@@ -235,8 +263,10 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
     let issuer = parse_url("--oauth-issuer", &config.issuer)?;
     parse_url("--oauth-resource", &config.resource)?;
     // Both travel in `WWW-Authenticate` quoted strings: RFC 6749 §3.3 scope characters only.
-    for (flag, value) in
-        [("--oauth-resource", &config.resource)].into_iter().chain(config.scopes.iter().map(|s| ("--oauth-scope", s)))
+    for (flag, value) in [("--oauth-resource", &config.resource)]
+        .into_iter()
+        .chain(config.scopes.iter().map(|s| ("--oauth-scope", s)))
+        .chain(config.write_scopes.iter().map(|s| ("--oauth-write-scope", s)))
     {
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
             return Err(OAuthError::Config {
@@ -264,6 +294,7 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
         issuer: config.issuer.clone(),
         resource: config.resource.clone(),
         scopes: config.scopes.clone(),
+        write_scopes: config.write_scopes.clone(),
         keys: RwLock::new(KeySet::default()),
         cache: Mutex::new(HashMap::new()),
         unknown_key: Notify::new(),

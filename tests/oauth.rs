@@ -137,8 +137,13 @@ struct Setup {
 }
 
 /// An authorization server issuing tokens for this server's resource and for `other`, and
-/// task-mcp trusting it and requiring both scopes; `extra` goes to task-mcp.
+/// task-mcp trusting it and requiring both scopes for every call; `extra` goes to task-mcp.
 fn setup(as_args: &[&str], extra: &[&str]) -> Setup {
+    setup_scoped(as_args, &["--oauth-scope", "changes:read", "--oauth-scope", "changes:write"], extra)
+}
+
+/// [`setup`] with task-mcp's scope flags given.
+fn setup_scoped(as_args: &[&str], scope_flags: &[&str], extra: &[&str]) -> Setup {
     for attempt in 1..=3 {
         let port = free_port();
         let resource = format!("http://127.0.0.1:{port}/mcp");
@@ -149,7 +154,7 @@ fn setup(as_args: &[&str], extra: &[&str]) -> Setup {
         let started = Server::builder()
             .http_listen(&format!("127.0.0.1:{port}"))
             .args(["--oauth-issuer", &auth.issuer, "--oauth-resource", &resource])
-            .args(["--oauth-scope", "changes:read", "--oauth-scope", "changes:write"])
+            .args(scope_flags.iter().copied())
             .args(extra.iter().copied())
             .try_start();
         match started {
@@ -282,6 +287,65 @@ async fn tokens_from_the_issuer_open_both_faces_and_every_other_token_is_refused
             "no auth_attempts_total with reason {reason}:\n{exposition}"
         );
     }
+}
+
+/// With `--oauth-write-scope`, a token holding only the read scope reads on every face and is
+/// refused every call that would change the workspace, before the change is touched.
+#[tokio::test]
+async fn a_token_without_the_write_scope_reads_and_cannot_write() {
+    let Setup { auth, server, resource } =
+        setup_scoped(&[], &["--oauth-scope", "changes:read", "--oauth-write-scope", "changes:write"], &[]);
+    let base = server.http_base();
+    let writer = auth.token(CLIENT, &resource, SCOPES).await;
+    let opened =
+        post(&format!("{base}/v1/tools/change.open"), Some(&writer), json!({"slug": "written", "title": "t"})).await;
+    assert_eq!(opened.status(), 200, "{}", opened.text().await.unwrap_or_default());
+
+    let reader = auth.token(READER, &resource, "changes:read").await;
+    // Reads pass: REST, gRPC, MCP.
+    let listed = post(&format!("{base}/v1/tools/change.list"), Some(&reader), json!({})).await;
+    assert_eq!(listed.status(), 200, "{}", listed.text().await.unwrap_or_default());
+    let mut grpc = server.changes_with(Auth::bearer(&reader)).await;
+    grpc.list_changes(ListChangesRequest::default()).await.expect("ListChanges with the read scope");
+    let mut mcp =
+        common::mcp::Mcp::connect(reqwest::Client::new(), server.mcp_url(), Some(&reader), "2025-11-25", "reader")
+            .await;
+    let shown = mcp.call("change.show", json!({"slug": "written"})).await;
+    assert_ne!(shown["isError"], true, "{shown}");
+
+    // Writes are refused, typed, on each face; nothing reaches the workspace.
+    let res =
+        post(&format!("{base}/v1/tools/change.open"), Some(&reader), json!({"slug": "read-only", "title": "t"})).await;
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.expect("JSON error");
+    assert_eq!((&body["code"], &body["reason"]), (&json!("PERMISSION_DENIED"), &json!("INSUFFICIENT_SCOPE")), "{body}");
+    let status = grpc
+        .open_change(task_mcp::pb::OpenChangeRequest {
+            slug: "read-only".into(),
+            title: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("OpenChange with the read scope");
+    let info = assert_error(&status, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
+    assert_eq!(info.metadata.get("required_scopes").map(String::as_str), Some(SCOPES));
+    let archive = mcp.call("change.archive", json!({"slug": "written"})).await;
+    assert_eq!(archive["isError"], true, "{archive}");
+    assert!(archive.to_string().contains("INSUFFICIENT_SCOPE"), "{archive}");
+    assert!(!server.workspace.join("changes/read-only").exists());
+    assert!(
+        server.workspace.join("changes/written/proposal.md").is_file(),
+        "the archive was refused, yet the change moved"
+    );
+
+    // The metadata asks for both scopes up front.
+    let doc: Value = reqwest::get(format!("{base}/.well-known/oauth-protected-resource/mcp"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(doc["scopes_supported"], json!(["changes:read", "changes:write"]));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! details as from a handler. Health checks pass through both: probes must work
 //! without credentials and must never be throttled into a false "down".
 use std::{
+    collections::HashSet,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -18,7 +19,7 @@ use task_mcp_gateway::{
 };
 
 use crate::{
-    auth::{Denied, Tokens},
+    auth::{Denied, Need, Tokens},
     error::Error,
     rate_limit::{AuthFailureThrottle, RateLimiter},
 };
@@ -35,11 +36,62 @@ fn reject<B: Default>(err: Error) -> Response<B> {
 pub struct AuthLayer {
     tokens: Arc<Tokens>,
     metrics: Option<Arc<GatewayMetrics>>,
+    writes: Writes,
+}
+
+/// Which calls need `--oauth-write-scope`: the tools the proto does not mark `read_only`
+/// (by their unary and streaming methods). Only worked out with write scopes configured.
+#[derive(Clone)]
+enum Writes {
+    /// No call needs more than another.
+    None,
+    Methods(Arc<HashSet<String>>),
+    /// The descriptors could not be read (they are compiled in, so never in practice): every
+    /// call needs the write scopes rather than none.
+    All,
+}
+
+impl Writes {
+    fn of(tokens: &Tokens) -> Writes {
+        if !tokens.oauth().is_some_and(crate::oauth::Verifier::has_write_scopes) {
+            return Writes::None;
+        }
+        match write_methods() {
+            Ok(methods) => Writes::Methods(Arc::new(methods)),
+            Err(error) => {
+                tracing::error!(%error, "cannot tell read from write calls: every call needs --oauth-write-scope");
+                Writes::All
+            }
+        }
+    }
+
+    fn need(&self, path: &str) -> Need {
+        match self {
+            Writes::None => Need::Read,
+            Writes::Methods(methods) if !methods.contains(path) => Need::Read,
+            Writes::Methods(_) | Writes::All => Need::Write,
+        }
+    }
+}
+
+/// The gRPC paths (`/taskmcp.v1.Changes/OpenChange`) of the tools that change the workspace.
+fn write_methods() -> Result<HashSet<String>, String> {
+    let pool = prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("decoding the descriptors: {e}"))?;
+    let registry = task_mcp_gateway::upstream::Registry::from_pool(&pool)?;
+    let path = |m: &prost_reflect::MethodDescriptor| format!("/{}/{}", m.parent_service().full_name(), m.name());
+    Ok(registry
+        .tools()
+        .iter()
+        .filter(|tool| !tool.read_only)
+        .flat_map(|tool| std::iter::once(path(&tool.method)).chain(tool.stream_method.as_ref().map(path)))
+        .collect())
 }
 
 impl AuthLayer {
     pub fn new(tokens: Arc<Tokens>) -> Self {
-        AuthLayer { tokens, metrics: None }
+        let writes = Writes::of(&tokens);
+        AuthLayer { tokens, metrics: None, writes }
     }
 
     /// Counts `auth.attempts` (transport `grpc`) when tokens are configured.
@@ -56,7 +108,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, tokens: self.tokens.clone(), metrics: self.metrics.clone() }
+        Auth { inner, tokens: self.tokens.clone(), metrics: self.metrics.clone(), writes: self.writes.clone() }
     }
 }
 
@@ -65,6 +117,7 @@ pub struct Auth<S> {
     inner: S,
     tokens: Arc<Tokens>,
     metrics: Option<Arc<GatewayMetrics>>,
+    writes: Writes,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Auth<S>
@@ -90,7 +143,8 @@ where
             return Box::pin(inner.call(req));
         }
         let sent = req.headers().get(http::header::AUTHORIZATION);
-        let principal = self.tokens.check(sent.and_then(|v| v.to_str().ok()));
+        let need = self.writes.need(req.uri().path());
+        let principal = self.tokens.check_for(sent.and_then(|v| v.to_str().ok()), need);
         if let Some(metrics) = &self.metrics
             && !self.tokens.is_empty()
             && (principal.is_err() || Transport::from_header(req.headers().get(TRANSPORT_HEADER)) == Transport::Grpc)
@@ -112,7 +166,7 @@ where
                 Box::pin(async { Ok(reject(Error::Unauthenticated)) })
             }
             Err(Denied::InsufficientScope) => {
-                let required = self.tokens.oauth().map(|o| o.scopes().join(" ")).unwrap_or_default();
+                let required = self.tokens.oauth().map(|o| o.required(need).join(" ")).unwrap_or_default();
                 tracing::info!(path = req.uri().path(), required, "rejected: insufficient scope");
                 Box::pin(async { Ok(reject(Error::InsufficientScope { required })) })
             }
