@@ -5,7 +5,7 @@ use std::sync::Arc;
 use task_mcp_gateway::{Access, Admission};
 
 use crate::{
-    auth::{Denied, Tokens},
+    auth::{Denied, Need, Tokens},
     rate_limit::{AuthFailureThrottle, RateLimiter},
 };
 
@@ -23,8 +23,12 @@ impl Access for ServiceAccess {
             Err(Denied::Invalid) => return Admission::Unauthenticated,
             Err(Denied::InsufficientScope) => return Admission::InsufficientScope,
         };
+        // A second look only when some call needs more scopes than this one (a cached token:
+        // a hash and a map lookup).
+        let can_write = !self.tokens.oauth().is_some_and(crate::oauth::Verifier::has_write_scopes)
+            || self.tokens.check_for(authorization, Need::Write).is_ok();
         match self.limiter.check(&principal) {
-            Ok(()) => Admission::Allowed { principal: principal.as_str().to_string() },
+            Ok(()) => Admission::Allowed { principal: principal.as_str().to_string(), can_write },
             Err(retry_after) => Admission::RateLimited { retry_after },
         }
     }
@@ -54,7 +58,7 @@ mod tests {
             throttle: Arc::new(AuthFailureThrottle::new(1)),
         };
         assert_eq!(access.admit(None), Admission::Unauthenticated);
-        assert_eq!(access.admit(Some("Bearer tok")), Admission::Allowed { principal: "ops".into() });
+        assert_eq!(access.admit(Some("Bearer tok")), Admission::Allowed { principal: "ops".into(), can_write: true });
         assert!(matches!(access.admit(Some("Bearer tok")), Admission::RateLimited { .. }));
         assert!(access.auth_enabled());
         let client = "192.0.2.1".parse().unwrap();

@@ -123,8 +123,8 @@ pub struct AccessSettings {
     )]
     pub oauth_scopes: Vec<String>,
 
-    /// A scope calls that change the workspace (open, tick, archive) need besides
-    /// --oauth-scope; repeatable. Without any, every call needs the same scopes.
+    /// A scope calls that change the workspace (open, tick, archive) need besides the
+    /// --oauth-scope ones (repeatable). Without any, every call needs the same scopes.
     #[arg(
         long = "oauth-write-scope",
         env = "TASK_MCP_OAUTH_WRITE_SCOPES",

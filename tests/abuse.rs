@@ -512,7 +512,9 @@ async fn each_refusal_is_logged_with_its_reason_and_client_within_a_budget() {
     // Every refusal is either a line or counted by a later one.
     let counted: u64 = lines.iter().chain([&after_pause]).map(|l| l["not_logged"].as_u64().unwrap_or(0)).sum();
     assert_eq!(flood as u64 + counted, 300, "{flood} lines, {counted} counted as not logged");
-    assert!(after_pause["not_logged"].as_u64() > Some(0), "{after_pause}");
+    // Which line carries a count depends on where the seconds fell (on a loaded machine the
+    // flood's last second may hold ten refusals or fewer, all logged); that some line does is not.
+    assert!(counted > 0, "no line counted a refusal it did not log: {after_pause}");
 }
 
 /// A cap set above what the open-file limit allows brings back the failure the cap prevents

@@ -313,10 +313,16 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
     let shown = mcp.call("change.show", json!({"slug": "written"})).await;
     assert_ne!(shown["isError"], true, "{shown}");
 
-    // Writes are refused, typed, on each face; nothing reaches the workspace.
+    // Writes are refused, typed, on each face; nothing reaches the workspace. Over HTTP the
+    // refusal is MCP's scope challenge, naming the scopes to ask for (step-up).
+    let step_up = format!(
+        "Bearer realm=\"task-mcp\", error=\"insufficient_scope\", scope=\"{SCOPES}\", \
+         resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp\""
+    );
     let res =
         post(&format!("{base}/v1/tools/change.open"), Some(&reader), json!({"slug": "read-only", "title": "t"})).await;
     assert_eq!(res.status(), 403);
+    assert_eq!(challenge(&res), step_up);
     let body: Value = res.json().await.expect("JSON error");
     assert_eq!((&body["code"], &body["reason"]), (&json!("PERMISSION_DENIED"), &json!("INSUFFICIENT_SCOPE")), "{body}");
     let status = grpc
@@ -329,9 +335,17 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
         .expect_err("OpenChange with the read scope");
     let info = assert_error(&status, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
     assert_eq!(info.metadata.get("required_scopes").map(String::as_str), Some(SCOPES));
-    let archive = mcp.call("change.archive", json!({"slug": "written"})).await;
-    assert_eq!(archive["isError"], true, "{archive}");
-    assert!(archive.to_string().contains("INSUFFICIENT_SCOPE"), "{archive}");
+    let archive = mcp
+        .post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                     "params": {"name": "change.archive", "arguments": {"slug": "written"}}}))
+        .await;
+    assert_eq!(archive.status(), 403);
+    assert_eq!(challenge(&archive), step_up);
+    let archive: Value = archive.json().await.expect("JSON-RPC error");
+    assert_eq!(archive["error"]["data"]["reason"], "INSUFFICIENT_SCOPE", "{archive}");
+    // The session goes on: a read after the refusal is answered.
+    let shown = mcp.call("change.show", json!({"slug": "written"})).await;
+    assert_ne!(shown["isError"], true, "{shown}");
     assert!(!server.workspace.join("changes/read-only").exists());
     assert!(
         server.workspace.join("changes/written/proposal.md").is_file(),

@@ -5,8 +5,9 @@
 /// The outcome of admitting one HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Go ahead as this principal.
-    Allowed { principal: String },
+    /// Go ahead as this principal. `can_write: false`: an OAuth token without the write
+    /// scopes, whose calls to tools that change the workspace get 403 `insufficient_scope`.
+    Allowed { principal: String, can_write: bool },
     /// No or wrong bearer token: 401 with `WWW-Authenticate`.
     Unauthenticated,
     /// A genuine OAuth access token without a required scope: 403 `insufficient_scope`.
@@ -36,7 +37,7 @@ pub struct OpenAccess;
 
 impl Access for OpenAccess {
     fn admit(&self, _authorization: Option<&str>) -> Admission {
-        Admission::Allowed { principal: "anonymous".into() }
+        Admission::Allowed { principal: "anonymous".into(), can_write: true }
     }
 
     fn auth_enabled(&self) -> bool {

@@ -341,12 +341,14 @@ async fn list_tools(State(state): State<Arc<AppState>>) -> Response {
 async fn call_tool(
     State(state): State<Arc<AppState>>,
     principal: Option<axum::Extension<crate::security::Principal>>,
+    read_only: Option<axum::Extension<crate::security::ReadOnly>>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let principal = principal.map(|p| p.0.0);
-    match call_tool_inner(&state, principal.as_deref(), name, &headers, body).await {
+    let read_only = read_only.map(|r| r.0);
+    match call_tool_inner(&state, principal.as_deref(), read_only, name, &headers, body).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
@@ -355,6 +357,7 @@ async fn call_tool(
 async fn call_tool_inner(
     state: &Arc<AppState>,
     principal: Option<&str>,
+    read_only: Option<crate::security::ReadOnly>,
     name: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     body: Body,
@@ -364,6 +367,10 @@ async fn call_tool_inner(
     let tool = state.upstream.registry().get(&name).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "UNKNOWN_TOOL", format!("no tool named {name:?}"))
     })?;
+    if let Some(refusal) = crate::security::write_refusal(read_only, tool) {
+        tracing::info!(principal, tool = tool.name, "refused: the access token may not write");
+        return Ok(refusal.response_for(false, state.config.oauth.as_ref()));
+    }
     let accept = headers.get(header::ACCEPT).map(|v| v.to_str().unwrap_or_default());
     let wire = negotiate(accept).ok_or_else(|| {
         ApiError::new(

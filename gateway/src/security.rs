@@ -74,6 +74,17 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal(pub String);
 
+/// Beside [`Principal`] when the caller's token reads and may not write: a call to a tool
+/// that is not read-only is refused at the edge with the step-up challenge (MCP's scope
+/// challenge), rather than failing inside the call. The service refuses it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOnly;
+
+/// The refusal of a tool call that `read_only` callers may not make, if this is one.
+pub fn write_refusal(read_only: Option<ReadOnly>, tool: &crate::upstream::ToolDef) -> Option<Refusal> {
+    (read_only.is_some() && !tool.read_only).then_some(Refusal::InsufficientScope)
+}
+
 /// JSON-RPC error code for transport-level refusals (403, 401, 429, 413).
 pub const TRANSPORT_ERROR: i64 = -32000;
 
@@ -601,7 +612,12 @@ fn is_bearer(value: &HeaderValue) -> bool {
 /// Asks `access` about the request's `Authorization` header, and counts the
 /// attempt (only when tokens are configured: without them no route is
 /// authenticated, so there is nothing to attempt) and a rate-limit refusal.
-fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &HeaderMap) -> Result<Principal, Refusal> {
+fn admit(
+    access: &dyn Access,
+    metrics: &GatewayMetrics,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Principal, Option<ReadOnly>), Refusal> {
     let sent = headers.get(header::AUTHORIZATION);
     // A non-UTF-8 header cannot be a valid token; with auth disabled it does
     // not matter, with auth enabled `None` is refused like any bad token.
@@ -616,7 +632,7 @@ fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &Hea
         metrics.auth(transport, result);
     }
     match admission {
-        Admission::Allowed { principal } => Ok(Principal(principal)),
+        Admission::Allowed { principal, can_write } => Ok((Principal(principal), (!can_write).then_some(ReadOnly))),
         // RFC 6750 §3.1: no `error` attribute when no bearer credentials were sent (none at
         // all, or another scheme such as Basic).
         Admission::Unauthenticated if !sent.is_some_and(is_bearer) => Err(Refusal::MissingToken),
@@ -631,8 +647,11 @@ fn admit(access: &dyn Access, metrics: &GatewayMetrics, uri: &Uri, headers: &Hea
 
 impl Check for AuthCheck {
     fn check(&self, req: &mut Request) -> Result<(), Refusal> {
-        let principal = admit(self.access.as_ref(), &self.metrics, req.uri(), req.headers())?;
+        let (principal, read_only) = admit(self.access.as_ref(), &self.metrics, req.uri(), req.headers())?;
         req.extensions_mut().insert(principal);
+        if let Some(read_only) = read_only {
+            req.extensions_mut().insert(read_only);
+        }
         Ok(())
     }
 
@@ -648,6 +667,7 @@ pub fn authorize(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Pri
     HostPolicy::new(&state.config)
         .check(uri, headers)
         .and_then(|()| admit(state.access.as_ref(), &state.metrics, uri, headers))
+        .map(|(principal, _)| principal)
         .inspect_err(|refusal| state.stats.reject(refusal.kind()))
 }
 
@@ -1162,7 +1182,7 @@ mod tests {
     impl Access for FakeAccess {
         fn admit(&self, authorization: Option<&str>) -> Admission {
             match authorization {
-                Some("Bearer good") => Admission::Allowed { principal: "alice".into() },
+                Some("Bearer good") => Admission::Allowed { principal: "alice".into(), can_write: true },
                 Some("Bearer slow") => Admission::RateLimited { retry_after: Duration::from_millis(1500) },
                 _ => Admission::Unauthenticated,
             }

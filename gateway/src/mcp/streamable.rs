@@ -21,13 +21,17 @@ use super::{
     stateless,
     transport::{self, ContextParts, header_str, rpc_error, transport_error},
 };
-use crate::{AppState, headers, security::Principal};
+use crate::{
+    AppState, headers,
+    security::{Principal, ReadOnly},
+};
 
 const BOTH: [&str; 2] = ["application/json", "text/event-stream"];
 
 pub async fn post(
     State(state): State<Arc<AppState>>,
     principal: Option<Extension<Principal>>,
+    read_only: Option<Extension<ReadOnly>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -58,6 +62,9 @@ pub async fn post(
             );
         }
     };
+    if let Some(refused) = write_refusal(&state, read_only.map(|r| r.0), &principal, &value) {
+        return refused;
+    }
     let header_version = header_str(&headers, headers::MCP_PROTOCOL_VERSION);
     if stateless::is_stateless(&value, header_version) {
         return stateless::post(state, principal, headers, value).await;
@@ -79,6 +86,25 @@ pub async fn post(
         Err(response) => return *response,
     };
     handle_message(state, session, principal, headers, message).await
+}
+
+/// MCP's scope challenge: a `tools/call` (alone or in a batch) of a tool that changes the
+/// workspace, by a caller whose token may only read, gets 403 with `error="insufficient_scope"`
+/// and the scopes to ask for, so the client can get a token that holds them and retry.
+fn write_refusal(state: &AppState, read_only: Option<ReadOnly>, principal: &str, value: &Value) -> Option<Response> {
+    read_only?;
+    let messages = match value {
+        Value::Array(batch) => batch.as_slice(),
+        single => std::slice::from_ref(single),
+    };
+    let registry = state.upstream.registry();
+    let tool = messages
+        .iter()
+        .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
+        .filter_map(|m| registry.get(m.get("params")?.get("name")?.as_str()?))
+        .find(|tool| crate::security::write_refusal(read_only, tool).is_some())?;
+    tracing::info!(principal, tool = tool.name, "refused: the access token may not write");
+    Some(crate::security::Refusal::InsufficientScope.response_for(true, state.config.oauth.as_ref()))
 }
 
 fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value) -> Response {
