@@ -19,7 +19,7 @@ use std::{
 
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
-    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm, PublicKeyUse},
 };
 use reqwest::Url;
 use serde::Deserialize;
@@ -404,6 +404,11 @@ async fn discover(client: &reqwest::Client, issuer_text: &str, issuer: &Url) -> 
 }
 
 #[derive(Deserialize)]
+struct RawKeySet {
+    keys: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
 struct Metadata {
     issuer: String,
     #[serde(default)]
@@ -413,12 +418,25 @@ struct Metadata {
 async fn fetch_keys(client: &reqwest::Client, url: &Url) -> Result<KeySet, OAuthError> {
     let keys_err = |reason: String| OAuthError::Keys { url: url.to_string(), reason };
     let bytes = fetch(client, url).await.map_err(keys_err)?;
-    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| keys_err(format!("not a JWK set: {e}")))?;
-    let keys: Vec<Key> = set.keys.iter().filter_map(key).collect();
-    if keys.is_empty() {
-        return Err(keys_err("no signing key this server can use (RSA, EC P-256/P-384 or Ed25519)".into()));
-    }
+    let keys = parse_keys(&bytes).map_err(keys_err)?;
     Ok(KeySet { keys, source: bytes })
+}
+
+/// The keys of a JWK set this server can verify with.
+fn parse_keys(bytes: &[u8]) -> Result<Vec<Key>, String> {
+    let set: RawKeySet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
+    // Key by key: a key of a type this build does not know (a new algorithm the issuer
+    // publishes beside its current ones) is skipped, not a reason to refuse the whole set.
+    let keys: Vec<Key> = set
+        .keys
+        .into_iter()
+        .filter_map(|raw| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(raw).ok())
+        .filter_map(|jwk| key(&jwk))
+        .collect();
+    if keys.is_empty() {
+        return Err("no signing key this server can use (RSA, EC P-256/P-384 or Ed25519)".into());
+    }
+    Ok(keys)
 }
 
 /// A published key this server can verify with, and the algorithms it may sign with.
@@ -538,6 +556,20 @@ mod tests {
         assert!(encryption.is_none());
         let secret = key(&jwk(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})));
         assert!(secret.is_none(), "a symmetric key in a public set is never trusted");
+    }
+
+    #[test]
+    fn a_key_of_an_unknown_type_is_skipped_not_fatal() {
+        let set = serde_json::json!({"keys": [
+            {"kty": "AKP", "alg": "ML-DSA-44", "kid": "pq", "pub": "AAAA"},
+            {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": EC_X, "y": EC_Y},
+            {"kty": "EC", "crv": "P-256", "kid": "good", "x": EC_X, "y": EC_Y, "alg": "ES256"},
+        ]});
+        let keys = parse_keys(set.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.iter().map(|k| k.id.as_deref()).collect::<Vec<_>>(), [Some("good")]);
+        let none = serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        assert!(parse_keys(none.to_string().as_bytes()).err().is_some_and(|e| e.contains("no signing key")));
+        assert!(parse_keys(b"[]").err().is_some_and(|e| e.contains("not a JWK set")));
     }
 
     #[test]
