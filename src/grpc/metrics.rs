@@ -61,7 +61,7 @@ const EXTRA_METHODS: [&str; 4] = [
 ];
 
 /// The contract's `error.type` values that are service reasons.
-const REASONS: [&str; 22] = [
+const REASONS: [&str; 23] = [
     "INVALID_SLUG",
     "INVALID_ARGUMENT",
     "INVALID_PATH",
@@ -78,6 +78,7 @@ const REASONS: [&str; 22] = [
     "FILE_UNREADABLE",
     "RESOURCE_TOO_LARGE",
     "UNAUTHENTICATED",
+    "INSUFFICIENT_SCOPE",
     "RATE_LIMITED",
     "SHUTTING_DOWN",
     "WORKSPACE_UNUSABLE",
@@ -920,6 +921,12 @@ mod tests {
         let full_type = error_type(Code::ResourceExhausted as i32, Some(&full));
         assert_eq!(full_type, "WORKSPACE_FULL");
         assert_eq!(outcome(Code::ResourceExhausted as i32, full_type), "server_error");
+        // A read-only OAuth token calling a tool that writes: the caller's to fix.
+        let mut scope = HeaderMap::new();
+        Error::InsufficientScope { required: "a b".into() }.into_status().add_header(&mut scope).unwrap();
+        let scope_type = error_type(Code::PermissionDenied as i32, Some(&scope));
+        assert_eq!(scope_type, "INSUFFICIENT_SCOPE");
+        assert_eq!(outcome(Code::PermissionDenied as i32, scope_type), "client_error");
         assert_eq!(error_type(Code::DeadlineExceeded as i32, None), "DEADLINE_EXCEEDED");
         assert_eq!(error_type(Code::Internal as i32, None), "INTERNAL");
         let mut h = HeaderMap::new();
