@@ -542,6 +542,146 @@ mod tests {
     const EC_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
     const EC_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
 
+    /// A verifier for `RESOURCE` from `ISSUER` that trusts one fresh P-256 key, and that key.
+    struct Signer {
+        verifier: Verifier,
+        key: jsonwebtoken::EncodingKey,
+        public: Vec<u8>,
+    }
+
+    const ISSUER: &str = "https://auth.example.com";
+    const RESOURCE: &str = "https://mcp.example.com/mcp";
+
+    fn signer(scopes: &[&str], write_scopes: &[&str]) -> Signer {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let jwk = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64(&public[1..33]), "y": b64(&public[33..65]),
+        }]});
+        let bytes = jwk.to_string().into_bytes();
+        let verifier = Verifier {
+            issuer: ISSUER.into(),
+            resource: RESOURCE.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            write_scopes: write_scopes.iter().map(|s| s.to_string()).collect(),
+            keys: RwLock::new(KeySet { keys: parse_keys(&bytes).unwrap(), source: bytes }),
+            cache: Mutex::new(HashMap::new()),
+            unknown_key: Notify::new(),
+        };
+        Signer { verifier, key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), public }
+    }
+
+    impl Signer {
+        fn sign(&self, claims: serde_json::Value) -> String {
+            let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+            header.kid = Some("k1".into());
+            jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+        }
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({"iss": ISSUER, "aud": RESOURCE, "sub": "agent", "exp": unix_now() + 300,
+                                       "scope": "changes:read changes:write"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn a_token_for_this_resource_from_the_issuer_names_its_subject() {
+        let s = signer(&["changes:read"], &[]);
+        let token = s.sign(claims(serde_json::json!({})));
+        assert_eq!(s.verifier.verify(&token, Need::Read), Ok(Principal::named("agent")));
+        // `aud` may be a list that names this resource among others.
+        let listed = s.sign(claims(serde_json::json!({"aud": ["https://other.example.com", RESOURCE]})));
+        assert_eq!(s.verifier.verify(&listed, Need::Write), Ok(Principal::named("agent")));
+    }
+
+    #[test]
+    fn expired_early_misaddressed_and_anonymous_tokens_are_refused() {
+        let s = signer(&[], &[]);
+        let now = unix_now();
+        for (what, extra) in [
+            ("expired beyond the leeway", serde_json::json!({"exp": now - LEEWAY_SECONDS - 60})),
+            ("not yet valid", serde_json::json!({"nbf": now + LEEWAY_SECONDS + 60})),
+            ("for another resource", serde_json::json!({"aud": "https://other.example.com/mcp"})),
+            ("from another issuer", serde_json::json!({"iss": "https://evil.example.com"})),
+            ("without a subject", serde_json::json!({"sub": null})),
+            ("without an expiry", serde_json::json!({"exp": null})),
+            ("without an audience", serde_json::json!({"aud": null})),
+        ] {
+            assert_eq!(s.verifier.verify(&s.sign(claims(extra)), Need::Read), Err(Denied::Invalid), "{what}");
+        }
+        // Within the leeway an expired token still passes (clock skew between hosts).
+        let skewed = s.sign(claims(serde_json::json!({"exp": now - 5})));
+        assert!(s.verifier.verify(&skewed, Need::Read).is_ok());
+    }
+
+    #[test]
+    fn a_token_cannot_pick_its_algorithm() {
+        let s = signer(&[], &[]);
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let payload = b64(claims(serde_json::json!({})).to_string().as_bytes());
+        // `alg: none`, unsigned.
+        let none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"k1"}"#));
+        assert_eq!(s.verifier.verify(&none, Need::Read), Err(Denied::Invalid));
+        // HS256 with the published public key as the HMAC secret (the classic confusion).
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims(serde_json::json!({})),
+            &jsonwebtoken::EncodingKey::from_secret(&s.public),
+        )
+        .unwrap();
+        assert_eq!(s.verifier.verify(&forged, Need::Read), Err(Denied::Invalid));
+        // A signature that does not verify.
+        let mut tampered = s.sign(claims(serde_json::json!({})));
+        tampered.replace_range(tampered.len() - 4.., "AAAA");
+        assert_eq!(s.verifier.verify(&tampered, Need::Read), Err(Denied::Invalid));
+    }
+
+    #[test]
+    fn scopes_decide_between_reading_and_writing() {
+        let s = signer(&["changes:read"], &["changes:write"]);
+        let reader = s.sign(claims(serde_json::json!({"scope": "changes:read"})));
+        assert!(s.verifier.verify(&reader, Need::Read).is_ok());
+        assert_eq!(s.verifier.verify(&reader, Need::Write), Err(Denied::InsufficientScope));
+        let nothing = s.sign(claims(serde_json::json!({"scope": null})));
+        assert_eq!(s.verifier.verify(&nothing, Need::Read), Err(Denied::InsufficientScope));
+        let okta = s.sign(claims(serde_json::json!({"scope": null, "scp": ["changes:read", "changes:write"]})));
+        assert!(s.verifier.verify(&okta, Need::Write).is_ok());
+        assert_eq!(s.verifier.required(Need::Write), ["changes:read", "changes:write"]);
+    }
+
+    #[test]
+    fn a_withdrawn_key_stops_a_cached_token_and_an_unknown_one_asks_for_a_fetch() {
+        use futures_util::FutureExt;
+        let s = signer(&[], &[]);
+        let token = s.sign(claims(serde_json::json!({})));
+        assert!(s.verifier.verify(&token, Need::Read).is_ok());
+        assert!(s.verifier.verify(&token, Need::Read).is_ok(), "served from the cache");
+        // The issuer rotates k1 out: the cached acceptance goes with it.
+        let other = signer(&[], &[]);
+        let keys = other.verifier.keys.read().unwrap().source.clone();
+        let mut rotated = parse_keys(&keys).unwrap();
+        rotated[0].id = Some("k2".into());
+        assert!(s.verifier.replace_keys(KeySet { keys: rotated, source: b"k2".to_vec() }));
+        assert_eq!(s.verifier.verify(&token, Need::Read), Err(Denied::Invalid));
+        assert!(s.verifier.unknown_key.notified().now_or_never().is_some(), "k1 is unknown now: fetch again");
+        assert!(!s.verifier.replace_keys(KeySet { keys: Vec::new(), source: b"k2".to_vec() }), "same document");
+    }
+
     #[test]
     fn a_key_signs_with_its_own_algorithm_only() {
         let named = key(&jwk(
