@@ -1033,6 +1033,8 @@ STREAMING_RPCS = (
 )
 REJECTED = 'http_response_status_code=~"401|403|404|405|413"'
 RSS = 'type="rss"'
+# The workspace's space check is no readiness check (a full disk keeps the service ready).
+NOT_SPACE = 'check!="workspace_space"'
 NOT_SUCCESS = 'outcome!="success"'
 FAILURE = 'outcome="failure"'
 CODE_4XX = 'http_response_status_code=~"4.."'
@@ -1104,9 +1106,9 @@ def build_dashboards(slos: Slos) -> dict[str, str]:
     d.row("Status")
     d.panel("stat", "Instances reporting", [(f"count({sel('process_uptime_seconds', *J)})", "instances")], w=4, h=5,
             thresholds=[("red", None), ("green", 1)], description="Processes whose telemetry reached Prometheus in the last 5 minutes.")
-    d.panel("stat", "Readiness", [(f"min({sel('health_check_status', *J)})", "ready")], w=4, h=5, thresholds=[("red", None), ("green", 1)],
+    d.panel("stat", "Readiness", [(f"min({sel('health_check_status', *J, NOT_SPACE)})", "ready")], w=4, h=5, thresholds=[("red", None), ("green", 1)],
             mappings=[{"type": "value", "options": {"0": {"text": "FAILING", "color": "red"}, "1": {"text": "OK", "color": "green"}}}],
-            description="Worst readiness check over all instances (1 OK, 0 failing).")
+            description="Worst readiness check over all instances (1 OK, 0 failing). A full workspace disk keeps the service ready (check workspace_space, on the infrastructure dashboard).")
     d.panel("stat", "Request rate", [(f"sum({r('http_server_requests_total', *J)}) + sum({r('rpc_server_call_duration_seconds_count', *J)})", "req/s")],
             unit="reqps", w=4, h=5, description="HTTP and gRPC requests per second (gateway calls count at both tiers).")
     d.panel("stat", "5xx ratio", [(ratio_or_zero("http_server_requests_total", (*J, 'http_response_status_code=~"5.."'), J), "5xx")],
@@ -1243,7 +1245,8 @@ def build_dashboards(slos: Slos) -> dict[str, str]:
         (f"max by (instance) ({sel('process_memory_limit_bytes', *J)})", "{{instance}} limit"),
     ], unit="bytes")
     d.panel("timeseries", "Uptime by instance", [(sel("process_uptime_seconds", *J), "{{instance}}")], unit="s")
-    d.panel("timeseries", "Readiness checks", [(f"min by (check) ({sel('health_check_status', *J)})", "{{check}}")], maxv=1)
+    d.panel("timeseries", "Readiness checks", [(f"min by (check) ({sel('health_check_status', *J)})", "{{check}}")], maxv=1,
+            description="Worst of each readiness check over the instances (1 pass, 0 fail), and workspace_space: 0 while the workspace's file system is full (writes refused with WORKSPACE_FULL, the service still ready).")
     d.panel("timeseries", "Scrape targets up", [('up{job=~"task-mcp|otel-collector|otel-collector-self"}', "{{job}} {{instance}}")], maxv=1)
     d.row("Saturation")
     d.panel("timeseries", "Saturation", [

@@ -586,6 +586,10 @@ pub(crate) async fn accept_failed(listener: &str, err: &std::io::Error) {
 /// workspace, or serve another); failing readiness would have load balancers turn a disk that
 /// refuses writes into a service that refuses everything. Nor could readiness follow it
 /// faithfully: a probe file of two bytes fits where a change does not.
+///
+/// What a full disk does fail is `health_check_status{check="workspace_space"}` (0 while the
+/// probe's write fails for lack of space, 1 otherwise, an unusable workspace included), which
+/// `TaskMcpWorkspaceFull` pages on; `check="workspace"` stays readiness's.
 fn spawn_writable_probe(
     workspace: Arc<Workspace>,
     health: HealthReporter,
@@ -596,6 +600,9 @@ fn spawn_writable_probe(
         loop {
             let ws = workspace.clone();
             let writable = tokio::task::spawn_blocking(move || ws.check_writable()).await;
+            // Full: the probe's write failed for lack of space (ENOSPC, EDQUOT), as every
+            // write answers WORKSPACE_FULL meanwhile.
+            let full = matches!(writable, Ok(Err(Error::WorkspaceFull { .. })));
             // The service's status and the workspace's.
             let (service, workspace_status) = match writable {
                 Ok(Ok(())) => (ServingStatus::Serving, ServingStatus::Serving),
@@ -613,9 +620,11 @@ fn spawn_writable_probe(
                 }
                 Err(_) => (ServingStatus::NotServing, ServingStatus::NotServing),
             };
-            // The metrics' view: both checks are readiness's, which a full disk passes.
+            // The metrics' view: both checks are readiness's, which a full disk passes; the
+            // space check is the one a full disk fails (and only a full disk).
             flags.set_workspace(service == ServingStatus::Serving);
             flags.set_upstream(service == ServingStatus::Serving);
+            flags.set_workspace_space(!full);
             if last != Some((service, workspace_status)) {
                 health.set_service_status("", service).await;
                 health.set_service_status(WORKSPACE_HEALTH, workspace_status).await;

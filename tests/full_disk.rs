@@ -8,9 +8,11 @@
 //! With the disk full every writing tool, over gRPC, HTTP and MCP, is refused with
 //! RESOURCE_EXHAUSTED and the reason WORKSPACE_FULL (HTTP 507) in words an operator can act on,
 //! and leaves the workspace byte for byte as it was; reads go on, and so does readiness, which
-//! names the full disk. With a few pages free, each write that fails part-way leaves nothing
-//! behind either: no change half made, no build-aside folder, no lock, no receipt. Once space
-//! is freed the same calls succeed, without a restart.
+//! names the full disk; the scraped `health_check_status{check="workspace_space"}` (the series
+//! `TaskMcpWorkspaceFull` pages on) is 0. With a few pages free, each write that fails part-way
+//! leaves nothing behind either: no change half made, no build-aside folder, no lock, no
+//! receipt. Once space is freed the same calls succeed, without a restart, and the space check
+//! is back to 1.
 mod common;
 
 use std::{
@@ -266,6 +268,33 @@ async fn tool_executions(http: &reqwest::Client, disk: &SmallDisk, labels: &[&st
         .sum()
 }
 
+/// The server's `health_check_status{check="<check>"}` as Prometheus scrapes it (GET /metrics).
+async fn health_check_status(http: &reqwest::Client, disk: &SmallDisk, check: &str) -> Option<f64> {
+    let url = format!("http://{}/metrics", disk.server.metrics_addr.expect("a metrics listener"));
+    let text = bounded("GET /metrics", http.get(&url).send()).await.expect("GET /metrics").text().await.unwrap();
+    let label = format!("check=\"{check}\"");
+    text.lines()
+        .filter(|l| l.starts_with("health_check_status{") && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
+/// Scrapes until the workspace's space check reads `wanted` (the probe runs every 5 s): a
+/// failure bound, not a timing check.
+async fn until_space_check(http: &reqwest::Client, disk: &SmallDisk, wanted: f64) {
+    let deadline = Instant::now() + PROBE_BOUND;
+    loop {
+        let seen = health_check_status(http, disk, "workspace_space").await;
+        if seen == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health_check_status{{check=\"workspace_space\"}} scraped as {seen:?}, not {wanted}, after {PROBE_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// With the disk full to the last page: every writing tool on every transport is refused as
 /// WORKSPACE_FULL (gRPC RESOURCE_EXHAUSTED, HTTP 507, an MCP error carrying the reason), the
 /// workspace stays byte for byte as it was, reads and listings answer as before, and the server
@@ -351,6 +380,10 @@ async fn a_full_disk_refuses_every_write_by_name_changes_nothing_and_serves_agai
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "degraded", "{body}");
     assert!(body["checks"]["workspace"].as_str().is_some_and(|w| w.starts_with("full")), "{body}");
+    // The metrics: the space check fails (TaskMcpWorkspaceFull pages on it); the readiness
+    // check of the workspace passes, as readiness does.
+    until_space_check(&http, &disk, 0.0).await;
+    assert_eq!(health_check_status(&http, &disk, "workspace").await, Some(1.0), "a full disk failed readiness's check");
     // Counted as the server's errors (which alerts page on), not the caller's.
     let full = ["tool_name=\"change.open\"", "error_type=\"WORKSPACE_FULL\"", "outcome=\"server_error\""];
     assert!(tool_executions(&http, &disk, &full).await >= 3.0, "change.open refusals not counted as server errors");
@@ -378,6 +411,7 @@ async fn a_full_disk_refuses_every_write_by_name_changes_nothing_and_serves_agai
     until_workspace_health(&disk, ServingStatus::Serving).await;
     let (status, body) = get_json(&http, format!("{}/health/ready", disk.server.http_base())).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    until_space_check(&http, &disk, 1.0).await;
 }
 
 /// Each write, tried with 0, 1, 2… pages free until it succeeds: every attempt that fails (on

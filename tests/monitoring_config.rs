@@ -833,6 +833,11 @@ fn inhibitions_silence_what_they_should_in_a_running_alertmanager() {
         ("TaskMcpConnectionsRefused", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "http")], false),
         ("TaskMcpConnectionCapacityHigh", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "http")], true),
         ("TaskMcpConnectionCapacityHigh", vec![("job", "task-mcp"), ("instance", "f"), ("listener", "grpc")], false),
+        // A full disk silences nothing (not even a warning of the same instance) and nothing
+        // silences it, a service down elsewhere included.
+        ("TaskMcpWorkspaceFull", vec![("job", "task-mcp"), ("instance", "g"), ("check", "workspace_space")], false),
+        ("TaskMcpNotReady", vec![("job", "task-mcp"), ("instance", "g"), ("check", "upstream")], false),
+        ("TaskMcpWorkspaceFull", vec![("job", "task-mcp"), ("instance", "d"), ("check", "workspace_space")], false),
     ];
     let mut alerts = Vec::new();
     for (name, extra, _) in &cases {

@@ -193,6 +193,19 @@ fn not_induced(rule: &Rule) -> Option<(&'static str, Vec<String>)> {
              with a tool call held on a stalled lock file",
             vec![e.split("\nunless\n").next().expect("in flight, unless finished").to_string()],
         )),
+        "TaskMcpWorkspaceFull" => {
+            let (gauge, threshold) = e.rsplit_once(" == ").expect("the space check compared with 0");
+            assert_eq!(threshold, "0", "{name}: {e}");
+            Some((
+                "needs the workspace's file system full, and the workspace here is a folder on the \
+                 runner's own disk, which the build, Prometheus and this test share: filling it \
+                 would break them, not the server alone. A disk of its own takes a small tmpfs \
+                 mounted in a private mount namespace, as root (tests/full_disk.rs does that, and \
+                 sees this series go to 0 and back). Probe: the space check, 1 here, also while the \
+                 workspace is unwritable (an unusable workspace is no full one: checked to stay silent)",
+                vec![gauge.to_string()],
+            ))
+        }
         "TaskMcpTrafficDrop" => Some(first_line(
             "compares with the same hour a week ago (offset 1w), which a fresh Prometheus does not have; \
              probe: this week's rate (its selectors, without the offset, are checked too)",
@@ -1421,6 +1434,10 @@ async fn every_rule_and_dashboard_expression_returns_data_from_the_live_server()
          each alert's two sli:<sli>:error_ratio_rate<window> operands and sli:<sli>:bad_rate5m > 0",
         latency_alerts.len()
     ));
+    // The workspace is unwritable (`.staging` a file), not full: the space check stays 1.
+    let full = &alerts["TaskMcpWorkspaceFull"];
+    let result = prom.api.query(&full.expr).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!has_data(&result), "TaskMcpWorkspaceFull: {} returned {result:?} for an unwritable workspace", full.expr);
 
     // Release what is held.
     let refused = connection_flood.stop(&ctx).await;

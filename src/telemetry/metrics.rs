@@ -358,11 +358,16 @@ pub fn encode(registry: &prometheus::Registry) -> Result<String, prometheus::Err
 pub struct HealthFlags {
     upstream: AtomicBool,
     workspace: AtomicBool,
+    workspace_space: AtomicBool,
 }
 
 impl Default for HealthFlags {
     fn default() -> Self {
-        HealthFlags { upstream: AtomicBool::new(true), workspace: AtomicBool::new(true) }
+        HealthFlags {
+            upstream: AtomicBool::new(true),
+            workspace: AtomicBool::new(true),
+            workspace_space: AtomicBool::new(true),
+        }
     }
 }
 
@@ -376,6 +381,13 @@ impl HealthFlags {
     /// full, which keeps the service ready (see `startup::spawn_writable_probe`).
     pub fn set_workspace(&self, writable: bool) {
         self.workspace.store(writable, Ordering::Relaxed);
+    }
+
+    /// The workspace's file system has room: false only while the probe's write fails for
+    /// lack of space (ENOSPC, EDQUOT: what makes writes answer `WORKSPACE_FULL`). Readiness
+    /// passes either way; `TaskMcpWorkspaceFull` alerts on it.
+    pub fn set_workspace_space(&self, has_room: bool) {
+        self.workspace_space.store(has_room, Ordering::Relaxed);
     }
 }
 
@@ -444,11 +456,14 @@ impl Metrics {
                 meter
                     .i64_observable_gauge("health.check.status")
                     .with_unit("{status}")
-                    .with_description("Result of each readiness check (1 pass, 0 fail).")
+                    .with_description(
+                        "Result of each readiness check and of the workspace's space check (1 pass, 0 fail).",
+                    )
                     .with_callback(move |o| {
                         let flag = |b: &AtomicBool| i64::from(b.load(Ordering::Relaxed));
                         o.observe(flag(&health.upstream), &[KeyValue::new("check", "upstream")]);
                         o.observe(flag(&health.workspace), &[KeyValue::new("check", "workspace")]);
+                        o.observe(flag(&health.workspace_space), &[KeyValue::new("check", "workspace_space")]);
                     })
                     .build(),
             );
@@ -753,9 +768,19 @@ mod tests {
         let mut held: Vec<_> = (0..3).filter_map(|_| limit.admit()).collect();
         assert!(held.len() == 3 && limit.admit().is_none());
         held.truncate(1);
+        assert_eq!(t.value("health.check.status", &["check=workspace_space"]), Some(1.0));
         health.set_workspace(false);
         assert_eq!(t.value("health.check.status", &["check=workspace"]), Some(0.0));
         assert_eq!(t.value("health.check.status", &["check=upstream"]), Some(1.0));
+        assert_eq!(t.value("health.check.status", &["check=workspace_space"]), Some(1.0));
+        // A full disk: readiness passes, the space check fails; each flag is its own.
+        health.set_workspace(true);
+        health.set_workspace_space(false);
+        assert_eq!(t.value("health.check.status", &["check=workspace_space"]), Some(0.0));
+        assert_eq!(t.value("health.check.status", &["check=workspace"]), Some(1.0));
+        assert_eq!(t.value("health.check.status", &["check=upstream"]), Some(1.0));
+        health.set_workspace_space(true);
+        assert_eq!(t.value("health.check.status", &["check=workspace_space"]), Some(1.0));
         assert_eq!(t.value("streaming.max_connections", &[]), Some(42.0));
         // Three admitted, one refused, two closed again.
         assert_eq!(t.value("listener.active_connections", &["listener=grpc"]), Some(1.0));

@@ -512,6 +512,7 @@ pub fn expected(outcome: &Outcome) -> Vec<(&'static str, Labels, f64)> {
         ("http_server_active_requests", vec![("http_request_method", "POST"), ("http_route", "/mcp")], 0.0),
         ("health_check_status", vec![("check", "upstream")], 1.0),
         ("health_check_status", vec![("check", "workspace")], 1.0),
+        ("health_check_status", vec![("check", "workspace_space")], 1.0),
     ]
 }
 
