@@ -6,9 +6,10 @@
 //! What holds: its tokens open both faces (HTTP and gRPC) as their `sub`; a token for another
 //! resource, from another issuer, tampered with, or short of a required scope is refused (401,
 //! or 403 `insufficient_scope`; UNAUTHENTICATED or PERMISSION_DENIED); the RFC 9728 metadata
-//! and challenges lead the official Python SDK from a bare 401 to a working session; a key the
-//! issuer rotates in is fetched when a token first names it; a misconfigured issuer stops the
-//! start with the reason; a separate gateway and its service both check the token.
+//! and challenges lead the official Python and TypeScript SDKs from a bare 401 to a working
+//! session; a key the issuer rotates in is fetched when a token first names it; a misconfigured
+//! issuer stops the start with the reason; a separate gateway and its service both check the
+//! token.
 mod common;
 
 use std::{
@@ -366,18 +367,47 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
 fn the_python_sdk_goes_from_a_bare_401_to_a_session_with_the_issuers_token() {
     let python = repo().join(".tools/venv/bin/python");
     assert!(python.is_file(), "{} is missing: run scripts/install-test-tools", python.display());
-    let Setup { auth, server, resource } = setup(&[], &[]);
-    let out = tempfile::Builder::new().prefix("oauth-python-").tempdir().expect("tempdir");
+    let setup = setup(&[], &[]);
     let mut cmd = Command::new(&python);
     cmd.arg(repo().join("tests/python/oauth_client.py"))
-        .args(["--url", &server.mcp_url(), "--issuer", &auth.issuer])
-        .args(["--client-id", CLIENT.0, "--client-secret", CLIENT.1])
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    sdk_discovers_and_calls("Python SDK OAuth client", cmd, &setup, "oauth-opened");
+}
+
+#[test]
+fn the_typescript_sdk_goes_from_a_bare_401_to_a_session_with_the_issuers_token() {
+    let sdk = repo().join(".tools/ts-sdk");
+    assert!(sdk.join("node_modules/@modelcontextprotocol/sdk").is_dir(), "run scripts/install-test-tools");
+    let setup = setup(&[], &[]);
+    let mut cmd = Command::new(common::node22());
+    // This SDK asks for the scopes it is configured with, not those of the challenge (see the script).
+    cmd.arg(repo().join("tests/typescript/oauth_client.mjs"))
+        .args(["--scope", SCOPES, "--sdk"])
+        .arg(&sdk)
+        .env_remove("NODE_OPTIONS");
+    sdk_discovers_and_calls("TypeScript SDK OAuth client", cmd, &setup, "oauth-opened-ts");
+}
+
+/// Runs an SDK's OAuth client script (tests/python/oauth_client.py, tests/typescript/
+/// oauth_client.mjs) with nothing but the MCP URL, its credentials and the issuer, and checks
+/// the discovery it made, in order: refused, our metadata, the issuer's, a token, admitted; then
+/// that the session opened the change `slug` with the scopes the challenge named.
+fn sdk_discovers_and_calls(what: &str, mut cmd: Command, setup: &Setup, slug: &str) {
+    let Setup { auth, server, .. } = setup;
+    cmd.args(["--url", &server.mcp_url(), "--issuer", &auth.issuer]).args([
+        "--client-id",
+        CLIENT.0,
+        "--client-secret",
+        CLIENT.1,
+        "--slug",
+        slug,
+    ]);
+    let out = tempfile::Builder::new().prefix("oauth-sdk-").tempdir().expect("tempdir");
     let bound = Duration::from_secs(120);
     let run = run_bounded(cmd, bound, out.path());
-    let report = client_summary("Python SDK OAuth client", &run, bound);
-    let requests: Vec<(String, String, u64)> = report["requests"]
+    let report = client_summary(what, &run, bound);
+    let seen: Vec<(String, String, u64)> = report["requests"]
         .as_array()
         .expect("requests")
         .iter()
@@ -390,22 +420,18 @@ fn the_python_sdk_goes_from_a_bare_401_to_a_session_with_the_issuers_token() {
         })
         .collect();
     let base = server.http_base();
-    // The discovery the SDK made, in order: refused, our metadata, the issuer's, a token, admitted.
-    let expected_prefix = [
-        ("POST", server.mcp_url(), 401),
-        ("GET", format!("{base}/.well-known/oauth-protected-resource/mcp"), 200),
-        ("GET", format!("{}/.well-known/oauth-authorization-server", auth.issuer), 200),
-        ("POST", auth.token_endpoint.clone(), 200),
-        ("POST", server.mcp_url(), 200),
+    let want = [
+        ("POST".to_string(), server.mcp_url(), 401),
+        ("GET".to_string(), format!("{base}/.well-known/oauth-protected-resource/mcp"), 200),
+        ("GET".to_string(), format!("{}/.well-known/oauth-authorization-server", auth.issuer), 200),
+        ("POST".to_string(), auth.token_endpoint.clone(), 200),
+        ("POST".to_string(), server.mcp_url(), 200),
     ];
-    let seen: Vec<(&str, &str, u64)> = requests.iter().map(|(m, u, s)| (m.as_str(), u.as_str(), *s)).collect();
-    let want: Vec<(&str, &str, u64)> = expected_prefix.iter().map(|(m, u, s)| (*m, u.as_str(), *s)).collect();
-    assert!(seen.starts_with(&want), "the SDK's requests were:\n{seen:#?}\nexpected to begin with:\n{want:#?}");
+    assert!(seen.starts_with(&want), "{what}: the requests were:\n{seen:#?}\nexpected to begin with:\n{want:#?}");
     assert!(report["tools"].as_array().is_some_and(|t| t.iter().any(|n| n == "change.open")), "{report}");
     assert_eq!(report["open"]["isError"], false, "{report}");
-    assert_eq!(report["scope"], SCOPES, "the SDK asked for the scopes the challenge named: {report}");
-    assert!(server.workspace.join("changes/oauth-opened/proposal.md").is_file(), "the change is not on disk");
-    let _ = resource;
+    assert_eq!(report["scope"], SCOPES, "{what} asked for the scopes the challenge named: {report}");
+    assert!(server.workspace.join(format!("changes/{slug}/proposal.md")).is_file(), "{slug} is not on disk");
 }
 
 #[tokio::test]
