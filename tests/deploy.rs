@@ -1312,13 +1312,28 @@ fn systemd_sandbox_admits_everything_the_server_and_its_git_do() {
     if let Some(user) = host.user {
         chown(&trace, user);
     }
-    let mut launch = host.launch(&unit);
+    // An OAuth issuer too, so that the sandbox must admit fetching its keys at start and checking
+    // its tokens (the unit's comment shows the settings).
+    let resource = "http://127.0.0.1:1/mcp";
+    let issuer = common::oauth::AuthServer::start(&["--resource", resource, "--scopes", "changes:read changes:write"]);
+    let mut launch = host.launch(&unit).args([
+        format!("--oauth-issuer={}", issuer.issuer),
+        format!("--oauth-resource={resource}"),
+        "--oauth-scope=changes:read".to_string(),
+    ]);
     launch.strace = Some(trace.clone());
     let mut server = launch.start();
 
     // A workload that touches what the server does in service: readiness (its probe file),
-    // a change opened and archived (git runs), a token reload, a drain.
+    // a call with an OAuth access token, a change opened and archived (git runs), a token
+    // reload, a drain.
     until_ok(server.http, "/health/ready", &[], Duration::from_secs(30));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let access_token = rt.block_on(issuer.token(("task-mcp-test", "test-secret"), resource, "changes:read"));
+    let oauth = bearer(&access_token);
+    let (status, body) =
+        http(server.http, "POST", "/v1/tools/change.list", &[("Authorization", oauth.as_str())], Some("{}"));
+    assert_eq!(status, 200, "the OAuth token was refused inside the sandbox: {body}");
     let auth = bearer(&token);
     let headers = [("Authorization", auth.as_str())];
     let (status, body) = http(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod mcp;
+pub mod oauth;
 
 use std::{
     collections::BTreeMap,
