@@ -85,11 +85,20 @@ pub struct Verifier {
     scopes: Vec<String>,
     write_scopes: Vec<String>,
     keys: RwLock<KeySet>,
-    /// SHA-256 of a token → what checking it found; emptied whenever the keys change, so a
-    /// key the issuer withdraws stops being honoured with the next refresh.
-    cache: Mutex<HashMap<[u8; 32], Accepted>>,
+    /// What checking recent tokens found; emptied whenever the keys change, so a key the
+    /// issuer withdraws stops being honoured with the next refresh.
+    cache: Mutex<Cache>,
     /// Signalled when a token names a key id the key set lacks.
     unknown_key: Notify,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// SHA-256 of a token → what checking it found.
+    entries: HashMap<[u8; 32], Accepted>,
+    /// Bumped with each change of keys: a check that began under older keys is not
+    /// remembered (it may have passed on a key withdrawn meanwhile).
+    generation: u64,
 }
 
 #[derive(Clone)]
@@ -150,12 +159,15 @@ impl Verifier {
     pub fn verify(&self, token: &str, need: Need) -> Result<Principal, Denied> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
-        let hit = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&digest).cloned();
+        let (hit, generation) = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            (cache.entries.get(&digest).cloned(), cache.generation)
+        };
         let accepted = match hit {
             Some(hit) if hit.expires > now => hit,
             _ => {
                 let accepted = self.check(token, now)?;
-                self.remember(digest, accepted.clone(), now);
+                self.remember(digest, accepted.clone(), now, generation);
                 accepted
             }
         };
@@ -209,15 +221,18 @@ impl Verifier {
         Ok(Accepted { principal: Principal::from_subject(&claims.sub), expires, reads, writes })
     }
 
-    fn remember(&self, digest: [u8; 32], accepted: Accepted, now: u64) {
+    fn remember(&self, digest: [u8; 32], accepted: Accepted, now: u64, generation: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, a| a.expires > now);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
+        if cache.generation != generation {
+            return;
+        }
+        if cache.entries.len() >= MAX_CACHED {
+            cache.entries.retain(|_, a| a.expires > now);
+            if cache.entries.len() >= MAX_CACHED {
+                cache.entries.clear();
             }
         }
-        cache.insert(digest, accepted);
+        cache.entries.insert(digest, accepted);
     }
 
     /// Serves `keys` from the next token on; `false` when they are the ones in force.
@@ -227,7 +242,9 @@ impl Verifier {
             return false;
         }
         *current = keys;
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.entries.clear();
+        cache.generation += 1;
         true
     }
 
@@ -296,7 +313,7 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
         scopes: config.scopes.clone(),
         write_scopes: config.write_scopes.clone(),
         keys: RwLock::new(KeySet::default()),
-        cache: Mutex::new(HashMap::new()),
+        cache: Mutex::new(Cache::default()),
         unknown_key: Notify::new(),
     });
     verifier.replace_keys(keys);
@@ -570,7 +587,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             write_scopes: write_scopes.iter().map(|s| s.to_string()).collect(),
             keys: RwLock::new(KeySet { keys: parse_keys(&bytes).unwrap(), source: bytes }),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
             unknown_key: Notify::new(),
         };
         Signer { verifier, key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), public }
@@ -680,6 +697,22 @@ mod tests {
         assert_eq!(s.verifier.verify(&token, Need::Read), Err(Denied::Invalid));
         assert!(s.verifier.unknown_key.notified().now_or_never().is_some(), "k1 is unknown now: fetch again");
         assert!(!s.verifier.replace_keys(KeySet { keys: Vec::new(), source: b"k2".to_vec() }), "same document");
+    }
+
+    #[test]
+    fn a_check_that_began_under_withdrawn_keys_is_not_remembered() {
+        let s = signer(&[], &[]);
+        let token = s.sign(claims(serde_json::json!({})));
+        let began = s.verifier.cache.lock().unwrap().generation;
+        let accepted = s.verifier.check(&token, unix_now()).expect("valid under the keys of its start");
+        // The keys change while the check runs: its result must not outlive them in the cache.
+        let keys = parse_keys(&s.verifier.keys.read().unwrap().source).unwrap();
+        assert!(s.verifier.replace_keys(KeySet { keys, source: b"rotated".to_vec() }));
+        s.verifier.remember([7; 32], accepted.clone(), unix_now(), began);
+        assert!(s.verifier.cache.lock().unwrap().entries.is_empty());
+        let now_generation = s.verifier.cache.lock().unwrap().generation;
+        s.verifier.remember([7; 32], accepted, unix_now(), now_generation);
+        assert_eq!(s.verifier.cache.lock().unwrap().entries.len(), 1);
     }
 
     #[test]
