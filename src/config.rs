@@ -138,6 +138,11 @@ pub struct AccessSettings {
     #[arg(long, env = "TASK_MCP_OAUTH_JWKS_URI", value_name = "URL", requires = "oauth_issuer")]
     pub oauth_jwks_uri: Option<String>,
 
+    /// How long the start waits for an issuer that does not answer yet (refused, timed out,
+    /// 5xx), retrying with backoff; 0: give up at once. A wrong issuer stops the start at once.
+    #[arg(long, env = "TASK_MCP_OAUTH_WAIT_SECONDS", default_value_t = 30, value_name = "SECONDS")]
+    pub oauth_wait_seconds: u64,
+
     /// How often the issuer's keys are fetched again (a token naming an unknown key also
     /// triggers a fetch, at most every 10 s).
     #[arg(long, env = "TASK_MCP_OAUTH_KEYS_REFRESH_SECONDS", default_value_t = 300, value_name = "SECONDS",
@@ -186,6 +191,7 @@ impl AccessSettings {
             write_scopes: self.oauth_write_scopes.clone(),
             jwks_uri: self.oauth_jwks_uri.clone(),
             refresh: Duration::from_secs(self.oauth_keys_refresh_seconds),
+            wait: Duration::from_secs(self.oauth_wait_seconds),
         })
     }
 

@@ -50,6 +50,9 @@ pub struct OAuthConfig {
     pub write_scopes: Vec<String>,
     pub jwks_uri: Option<String>,
     pub refresh: Duration,
+    /// How long the start waits for an issuer that does not answer (connection refused,
+    /// timeout, 5xx) before giving up.
+    pub wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +60,35 @@ pub enum OAuthError {
     #[error("{flag} {value}: {reason}")]
     Config { flag: &'static str, value: String, reason: String },
     #[error("discovering the authorization server {issuer}: {reason}")]
-    Discovery { issuer: String, reason: String },
+    Discovery { issuer: String, reason: String, transient: bool },
     #[error("fetching the signing keys at {url}: {reason}")]
-    Keys { url: String, reason: String },
+    Keys { url: String, reason: String, transient: bool },
+}
+
+impl OAuthError {
+    /// The issuer did not answer (refused, timed out, 5xx, 429): it may be starting too. Any
+    /// other failure is a configuration to fix, and waiting would not help.
+    fn is_transient(&self) -> bool {
+        matches!(self, OAuthError::Discovery { transient: true, .. } | OAuthError::Keys { transient: true, .. })
+    }
+}
+
+/// A failed GET: what went wrong, and whether trying again later may help.
+struct FetchError {
+    text: String,
+    transient: bool,
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FetchError {
+    fn permanent(text: String) -> Self {
+        FetchError { text, transient: false }
+    }
 }
 
 /// What a call does with the workspace, which decides the scopes it needs.
@@ -301,12 +330,34 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
         .https_only(issuer.scheme() == "https")
         .user_agent(concat!("task-mcp/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| OAuthError::Discovery { issuer: config.issuer.clone(), reason: e.to_string() })?;
-    let jwks_uri = match explicit {
-        Some(uri) => uri,
-        None => discover(&client, &config.issuer, &issuer).await?,
+        .map_err(|e| OAuthError::Discovery {
+            issuer: config.issuer.clone(),
+            reason: e.to_string(),
+            transient: false,
+        })?;
+    // An issuer that does not answer yet (it may be starting beside this server) is waited for,
+    // with backoff, up to `config.wait`; a wrong one stops the start at once.
+    let deadline = tokio::time::Instant::now() + config.wait;
+    let mut delay = Duration::from_millis(500);
+    let (jwks_uri, keys) = loop {
+        let attempt = async {
+            let jwks_uri = match &explicit {
+                Some(uri) => uri.clone(),
+                None => discover(&client, &config.issuer, &issuer).await?,
+            };
+            let keys = fetch_keys(&client, &jwks_uri).await?;
+            Ok::<_, OAuthError>((jwks_uri, keys))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(error) if error.is_transient() && tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(%error, retry_in = ?delay, "oauth: the authorization server does not answer yet; waiting for it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
     };
-    let keys = fetch_keys(&client, &jwks_uri).await?;
     let verifier = Arc::new(Verifier {
         issuer: config.issuer.clone(),
         resource: config.resource.clone(),
@@ -396,6 +447,7 @@ async fn discover(client: &reqwest::Client, issuer_text: &str, issuer: &Url) -> 
     let mut oidc = issuer.clone();
     oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
     let mut tried = Vec::new();
+    let mut transient = false;
     for url in [oauth, oidc] {
         match fetch_json::<Metadata>(client, &url).await {
             Ok(metadata) => {
@@ -403,21 +455,29 @@ async fn discover(client: &reqwest::Client, issuer_text: &str, issuer: &Url) -> 
                     return Err(OAuthError::Discovery {
                         issuer: issuer_text.to_string(),
                         reason: format!("{url} names the issuer {:?}; it must be the same string", metadata.issuer),
+                        transient: false,
                     });
                 }
                 let Some(jwks_uri) = metadata.jwks_uri else {
                     return Err(OAuthError::Discovery {
                         issuer: issuer_text.to_string(),
                         reason: format!("{url} has no jwks_uri; give --oauth-jwks-uri"),
+                        transient: false,
                     });
                 };
-                return parse_url("jwks_uri", &jwks_uri)
-                    .map_err(|e| OAuthError::Discovery { issuer: issuer_text.to_string(), reason: e.to_string() });
+                return parse_url("jwks_uri", &jwks_uri).map_err(|e| OAuthError::Discovery {
+                    issuer: issuer_text.to_string(),
+                    reason: e.to_string(),
+                    transient: false,
+                });
             }
-            Err(reason) => tried.push(format!("{url}: {reason}")),
+            Err(error) => {
+                transient |= error.transient;
+                tried.push(format!("{url}: {error}"));
+            }
         }
     }
-    Err(OAuthError::Discovery { issuer: issuer_text.to_string(), reason: tried.join("; ") })
+    Err(OAuthError::Discovery { issuer: issuer_text.to_string(), reason: tried.join("; "), transient })
 }
 
 #[derive(Deserialize)]
@@ -433,9 +493,9 @@ struct Metadata {
 }
 
 async fn fetch_keys(client: &reqwest::Client, url: &Url) -> Result<KeySet, OAuthError> {
-    let keys_err = |reason: String| OAuthError::Keys { url: url.to_string(), reason };
+    let keys_err = |e: FetchError| OAuthError::Keys { url: url.to_string(), reason: e.text, transient: e.transient };
     let bytes = fetch(client, url).await.map_err(keys_err)?;
-    let keys = parse_keys(&bytes).map_err(keys_err)?;
+    let keys = parse_keys(&bytes).map_err(|e| keys_err(FetchError::permanent(e)))?;
     Ok(KeySet { keys, source: bytes })
 }
 
@@ -506,26 +566,28 @@ fn algorithm_of(alg: KeyAlgorithm) -> Option<Algorithm> {
     })
 }
 
-async fn fetch_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &Url) -> Result<T, String> {
+async fn fetch_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &Url) -> Result<T, FetchError> {
     let bytes = fetch(client, url).await?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("not the expected JSON: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| FetchError::permanent(format!("not the expected JSON: {e}")))
 }
 
 /// GET `url`: a 200 with a body of at most [`MAX_DOCUMENT_BYTES`].
-async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
-    let mut response = client
-        .get(url.clone())
-        .header(http::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    if !response.status().is_success() {
-        return Err(format!("HTTP {}", response.status()));
+async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Vec<u8>, FetchError> {
+    // Not answering, or answering "later", may pass; a refusal of the request itself will not.
+    let unanswered = |e: reqwest::Error| FetchError { text: error_chain(&e), transient: !e.is_builder() };
+    let mut response =
+        client.get(url.clone()).header(http::header::ACCEPT, "application/json").send().await.map_err(unanswered)?;
+    let status = response.status();
+    if !status.is_success() {
+        let transient = status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+        return Err(FetchError { text: format!("HTTP {status}"), transient });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(unanswered)? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
+            return Err(FetchError::permanent(format!("larger than {MAX_DOCUMENT_BYTES} bytes")));
         }
         body.extend_from_slice(&chunk);
     }

@@ -394,7 +394,14 @@ fn a_misconfigured_issuer_stops_the_start_with_the_reason() {
     let localhost_alias = auth.issuer.replace("127.0.0.1", "localhost");
     let cases: [(&[&str], &str); 4] = [
         (
-            &["--oauth-issuer", "http://127.0.0.1:1", "--oauth-resource", "http://127.0.0.1:1/mcp"],
+            &[
+                "--oauth-issuer",
+                "http://127.0.0.1:1",
+                "--oauth-resource",
+                "http://127.0.0.1:1/mcp",
+                "--oauth-wait-seconds",
+                "0",
+            ],
             "discovering the authorization server http://127.0.0.1:1",
         ),
         (
@@ -468,4 +475,38 @@ async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
         challenge(&res).contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\"")
     );
     assert!(!service.workspace.join("changes/split-refused").exists());
+}
+
+/// An issuer that is not up yet (started beside the server, as in a pod or a compose file) is
+/// waited for within `--oauth-wait-seconds`, rather than stopping the start.
+#[tokio::test]
+async fn the_start_waits_for_an_issuer_that_is_not_up_yet() {
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let resource = "http://127.0.0.1:1/mcp";
+    let starting = {
+        let issuer = issuer.clone();
+        std::thread::spawn(move || {
+            Server::builder()
+                .args(["--oauth-issuer", &issuer, "--oauth-resource", resource, "--oauth-wait-seconds", "60"])
+                .try_start()
+        })
+    };
+    // The server is waiting by the time the issuer comes up.
+    std::thread::sleep(Duration::from_secs(2));
+    let port = port.to_string();
+    let auth = AuthServer::start(&["--port", &port, "--resource", resource, "--scopes", SCOPES]);
+    assert_eq!(auth.issuer, issuer);
+    let server = match starting.join().expect("the start thread") {
+        Ok(server) => server,
+        Err(failure) => panic!("task-mcp gave up on the issuer: {}\n{}", failure.why, failure.logs),
+    };
+    let logs = server.logs();
+    assert!(
+        logs.contains("oauth: the authorization server does not answer yet; waiting for it"),
+        "the wait left no line:\n{logs}"
+    );
+    let token = auth.token(CLIENT, resource, SCOPES).await;
+    let res = post(&format!("{}/v1/tools/change.list", server.http_base()), Some(&token), json!({})).await;
+    assert_eq!(res.status(), 200);
 }
