@@ -367,9 +367,8 @@ async fn call_tool_inner(
     let tool = state.upstream.registry().get(&name).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "UNKNOWN_TOOL", format!("no tool named {name:?}"))
     })?;
-    if let Some(refusal) = crate::security::write_refusal(read_only, tool) {
-        tracing::info!(principal, tool = tool.name, "refused: the access token may not write");
-        return Ok(refusal.response_for(false, state.config.oauth.as_ref()));
+    if let Some(refused) = crate::security::refuse_write(state, read_only, tool, principal, false) {
+        return Ok(refused);
     }
     let accept = headers.get(header::ACCEPT).map(|v| v.to_str().unwrap_or_default());
     let wire = negotiate(accept).ok_or_else(|| {

@@ -80,9 +80,21 @@ pub struct Principal(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOnly;
 
-/// The refusal of a tool call that `read_only` callers may not make, if this is one.
-pub fn write_refusal(read_only: Option<ReadOnly>, tool: &crate::upstream::ToolDef) -> Option<Refusal> {
-    (read_only.is_some() && !tool.read_only).then_some(Refusal::InsufficientScope)
+/// MCP's scope challenge for a call to `tool` by a caller whose token may only read, when the
+/// tool changes the workspace: 403 with `error="insufficient_scope"` and the scopes to ask for,
+/// so the client can get a token that holds them and retry. `None`: the call may go ahead.
+pub fn refuse_write(
+    state: &AppState,
+    read_only: Option<ReadOnly>,
+    tool: &crate::upstream::ToolDef,
+    principal: Option<&str>,
+    mcp: bool,
+) -> Option<Response> {
+    if read_only.is_none() || tool.read_only {
+        return None;
+    }
+    tracing::info!(principal, tool = tool.name, "refused: the access token may not write");
+    Some(Refusal::InsufficientScope.response_for(mcp, state.config.oauth.as_ref()))
 }
 
 /// JSON-RPC error code for transport-level refusals (403, 401, 429, 413).

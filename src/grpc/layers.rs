@@ -76,9 +76,7 @@ impl Writes {
 
 /// The gRPC paths (`/taskmcp.v1.Changes/OpenChange`) of the tools that change the workspace.
 fn write_methods() -> Result<HashSet<String>, String> {
-    let pool = prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET)
-        .map_err(|e| format!("decoding the descriptors: {e}"))?;
-    let registry = task_mcp_gateway::upstream::Registry::from_pool(&pool)?;
+    let (_, registry) = task_mcp_gateway::upstream::Registry::from_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)?;
     let path = |m: &prost_reflect::MethodDescriptor| format!("/{}/{}", m.parent_service().full_name(), m.name());
     Ok(registry
         .tools()

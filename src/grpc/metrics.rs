@@ -121,9 +121,8 @@ impl MethodTable {
     /// From the service's descriptors: every RPC, the tools of the registry
     /// the gateway also builds (so names agree), and the streaming kinds.
     pub fn from_descriptors() -> Result<Self, String> {
-        let pool = prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET)
-            .map_err(|e| format!("decoding the descriptors: {e}"))?;
-        let registry = task_mcp_gateway::upstream::Registry::from_pool(&pool)?;
+        let (pool, registry) =
+            task_mcp_gateway::upstream::Registry::from_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)?;
         let full = |m: &prost_reflect::MethodDescriptor| format!("{}/{}", m.parent_service().full_name(), m.name());
         // Leaked once: a few dozen short strings for the process's lifetime,
         // so every label is a `&'static str`.

@@ -88,9 +88,8 @@ pub async fn post(
     handle_message(state, session, principal, headers, message).await
 }
 
-/// MCP's scope challenge: a `tools/call` (alone or in a batch) of a tool that changes the
-/// workspace, by a caller whose token may only read, gets 403 with `error="insufficient_scope"`
-/// and the scopes to ask for, so the client can get a token that holds them and retry.
+/// MCP's scope challenge ([`crate::security::refuse_write`]) for a `tools/call`, alone or in a
+/// batch, that a caller whose token may only read may not make.
 fn write_refusal(state: &AppState, read_only: Option<ReadOnly>, principal: &str, value: &Value) -> Option<Response> {
     read_only?;
     let messages = match value {
@@ -98,13 +97,11 @@ fn write_refusal(state: &AppState, read_only: Option<ReadOnly>, principal: &str,
         single => std::slice::from_ref(single),
     };
     let registry = state.upstream.registry();
-    let tool = messages
+    messages
         .iter()
         .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
         .filter_map(|m| registry.get(m.get("params")?.get("name")?.as_str()?))
-        .find(|tool| crate::security::write_refusal(read_only, tool).is_some())?;
-    tracing::info!(principal, tool = tool.name, "refused: the access token may not write");
-    Some(crate::security::Refusal::InsufficientScope.response_for(true, state.config.oauth.as_ref()))
+        .find_map(|tool| crate::security::refuse_write(state, read_only, tool, Some(principal), true))
 }
 
 fn initialize(state: &Arc<AppState>, principal: &str, id: &Value, params: &Value) -> Response {

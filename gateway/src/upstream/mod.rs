@@ -142,9 +142,7 @@ impl Upstream {
     /// `answer_within`: how long any call may wait for the service to start answering (its
     /// response head), `--upstream-timeout-seconds`.
     pub fn new(service: UpstreamService, answer_within: Duration) -> Result<Self, String> {
-        let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
-            .map_err(|e| format!("decoding the embedded protobuf descriptors: {e}"))?;
-        let registry = Registry::from_pool(&pool)?;
+        let (pool, registry) = Registry::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?;
         let service = Transport { service, answer_within };
         let grpc = tonic::client::Grpc::new(service.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Upstream { service, grpc, pool, registry: Arc::new(registry) })

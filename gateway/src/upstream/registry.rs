@@ -79,6 +79,14 @@ impl Registry {
     /// Fails on a contract the gateway could not serve faithfully: a bad or
     /// duplicate tool name (in either form: `a.b` and `a_b` would be one tool to a client
     /// shown underscored names), or the option on a streaming RPC.
+    /// The descriptors compiled into a binary (`FILE_DESCRIPTOR_SET`) and their registry.
+    pub fn from_descriptor_set(bytes: &[u8]) -> Result<(DescriptorPool, Registry), String> {
+        let pool =
+            DescriptorPool::decode(bytes).map_err(|e| format!("decoding the embedded protobuf descriptors: {e}"))?;
+        let registry = Registry::from_pool(&pool)?;
+        Ok((pool, registry))
+    }
+
     pub fn from_pool(pool: &DescriptorPool) -> Result<Registry, String> {
         let extension = pool
             .get_extension_by_name(TOOL_EXTENSION)
