@@ -412,7 +412,8 @@ impl Application {
 /// Health, reflection and the two services as one set of routes, served over
 /// TCP and called in-process by the gateway.
 async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthReporter, Routes), StartupError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, _) = tonic_health::server::health_reporter();
+    let health_service = crate::grpc::health::Health::server(health.clone(), state.shutdown.clone());
     set_health(&health, ServingStatus::Serving).await;
     health.set_service_status(WORKSPACE_HEALTH, ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -192,3 +192,23 @@ fn grpcurl_with_a_token_server_needs_the_bearer_header_except_for_health() {
     assert_eq!(json["created"], true, "{json}");
     assert_eq!(json["change"]["slug"], "from-grpcurl");
 }
+
+/// The health protocol's Watch of a service the server does not know is SERVICE_UNKNOWN with the
+/// stream kept open (so a client learns when it appears), not an error ending the call; a
+/// known service streams its status as before.
+#[test]
+fn grpcurl_watch_of_an_unknown_service_reports_service_unknown_and_stays_open() {
+    let server = Server::start();
+    let addr = server.grpcurl_addr();
+    let watch = |service: &str| {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        // grpcurl's own deadline ends the watch: the stream does not end by itself.
+        let out = run(&["-max-time", "2", "-plaintext", "-d", &body, &addr, "grpc.health.v1.Health/Watch"]);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (stdout, stderr) = watch("no.such.Service");
+    assert!(stdout.contains("SERVICE_UNKNOWN"), "no SERVICE_UNKNOWN:\n{stdout}{stderr}");
+    assert!(stderr.contains("DeadlineExceeded") && !stderr.contains("NotFound"), "the watch ended early:\n{stderr}");
+    let (stdout, stderr) = watch("taskmcp.v1.Workspace");
+    assert!(stdout.contains("\"SERVING\""), "the workspace's status was not streamed:\n{stdout}{stderr}");
+}

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod content_type;
 pub mod convert;
 pub mod deadline;
+pub mod health;
 pub mod incoming;
 pub mod layers;
 pub mod metrics;
