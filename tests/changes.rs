@@ -1066,15 +1066,44 @@ async fn watch_changes_sees_open_tick_external_edit_and_archive() {
     next_event(&mut stream, "ARCHIVED", |e| e.kind == ChangeEventKind::Archived as i32 && e.slug == "watched").await;
 }
 
+/// `replay_ms` starts the feed in the past: the events of that window first, oldest first,
+/// then the live ones, none twice; without it only live ones. Over the cap it is refused.
+#[tokio::test]
+async fn watch_changes_replays_the_recent_past_when_asked_and_only_then() {
+    let server = Server::start();
+    let mut c = server.changes().await;
+    let mut r = server.resources().await;
+    open(&mut c, "earlier-a", "alice").await;
+    open(&mut c, "earlier-b", "alice").await;
+
+    let watch = |replay_ms: u32| WatchChangesRequest { replay_ms, ..Default::default() };
+    let mut replayed = bounded("WatchChanges", r.watch_changes(watch(10_000))).await.expect("watch").into_inner();
+    let mut live_only = bounded("WatchChanges", r.watch_changes(watch(0))).await.expect("watch").into_inner();
+    open(&mut c, "later", "alice").await;
+
+    let mut slugs = Vec::new();
+    while slugs.last().map(String::as_str) != Some("later") {
+        slugs.push(next_event(&mut replayed, "an event", |e| e.kind == ChangeEventKind::Opened as i32).await.slug);
+    }
+    assert_eq!(slugs, ["earlier-a", "earlier-b", "later"], "the window's events, then the live one, once each");
+    let first = next_event(&mut live_only, "an event", |_| true).await;
+    assert_eq!(first.slug, "later", "no replay without replay_ms: {first:?}");
+
+    let status = bounded("WatchChanges", r.watch_changes(watch(10_001))).await.expect_err("over the cap");
+    common::assert_error(&status, tonic::Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(status.message().contains("replay_ms"), "{}", status.message());
+}
+
 #[tokio::test]
 async fn watch_changes_with_a_slug_only_reports_that_change() {
     let server = Server::start();
     let mut c = server.changes().await;
     let mut r = server.resources().await;
-    let mut stream = bounded("WatchChanges", r.watch_changes(WatchChangesRequest { slug: "wanted".into() }))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream =
+        bounded("WatchChanges", r.watch_changes(WatchChangesRequest { slug: "wanted".into(), ..Default::default() }))
+            .await
+            .expect("watch")
+            .into_inner();
     open(&mut c, "unwanted", "alice").await;
     open(&mut c, "wanted", "alice").await;
     let first = next_event(&mut stream, "any event", |_| true).await;

@@ -249,7 +249,7 @@ async fn hostile_slugs_are_refused_by_every_rpc_and_leave_the_workspace_unchange
         expect_invalid_stream(
             &mut f,
             &format!("WatchChanges slug {what}"),
-            bounded(what, r.watch_changes(WatchChangesRequest { slug: slug.clone() })).await,
+            bounded(what, r.watch_changes(WatchChangesRequest { slug: slug.clone(), ..Default::default() })).await,
         )
         .await;
     }

@@ -448,6 +448,101 @@ async fn through_the_gateway_a_stream_that_started_answering_outlives_the_bound(
     assert!(!gateway.logs().contains("change feed lost"), "{}", gateway.logs());
 }
 
+/// A TCP relay to `upstream` whose client-to-upstream direction can be held: what the client
+/// sends meanwhile waits in the relay, as on a congested link. Dropping the sender ends nothing;
+/// the relay runs for the test's life.
+async fn holdable_relay(upstream: &str) -> (String, tokio::sync::watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = upstream.trim_start_matches("http://").to_string();
+    let (flowing, flow) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(service) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let ((mut from_client, mut to_client), (mut from_service, mut to_service)) =
+                (client.into_split(), service.into_split());
+            let mut flow = flow.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                    let flows = flow.wait_for(|on| *on).await.is_ok();
+                    if !flows || to_service.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_service, &mut to_client).await;
+            });
+        }
+    });
+    (url, flowing)
+}
+
+/// Reads `stream` until it carries `notifications/resources/list_changed`; whether it did
+/// within the bound.
+async fn hears_list_changed(stream: &mut reqwest::Response, seen: &mut String) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if common::mcp::sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
+                return;
+            }
+            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A client is told it is listening (a GET stream's first byte, a stateless
+/// `subscriptions/listen`'s acknowledgement) before the gateway's call for the change feed
+/// reaches the service. A change made in between went unannounced: the feed began after it. The
+/// feed now starts from the moment the client was told. Here the call is held on its way to a
+/// separate service while the change is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_before_the_change_feed_reaches_the_service_is_still_announced() {
+    let service = Server::start();
+    let (relay, flowing) = holdable_relay(&service.endpoint()).await;
+    let gateway = Gateway::start(&relay, &["--rate-limit-per-second", "0"], &[]);
+    let http = client();
+    let mut mcp = Mcp::connect(http.clone(), gateway.mcp_url(), None, "2025-11-25", "early").await;
+    let listed = mcp.request("resources/list", json!({})).await;
+    assert!(listed["result"]["resources"].is_array(), "the relay carries calls: {listed}");
+
+    flowing.send_replace(false);
+    let mut stream = mcp.open_stream().await;
+    open_over_grpc(&service, "opened-after-get").await;
+    flowing.send_replace(true);
+    let mut seen = String::new();
+    assert!(hears_list_changed(&mut stream, &mut seen).await, "GET /mcp: no list_changed: {seen}");
+
+    flowing.send_replace(false);
+    let listen = json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+        "notifications": {"resourcesListChanged": true},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let mut stream = http
+        .post(gateway.mcp_url())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(&listen)
+        .send()
+        .await
+        .expect("subscriptions/listen");
+    let mut seen = String::new();
+    while !seen.contains("notifications/subscriptions/acknowledged") {
+        let chunk = bounded("the acknowledgement", stream.chunk()).await.expect("reads").expect("an event");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    open_over_grpc(&service, "opened-after-listen").await;
+    flowing.send_replace(true);
+    assert!(hears_list_changed(&mut stream, &mut seen).await, "subscriptions/listen: no list_changed: {seen}");
+    assert!(!gateway.logs().contains("change feed lost"), "the feed was not cut: {}", gateway.logs());
+}
+
 // ------------------------------------------------------------------ logs
 
 /// A streamed call's line was written at its response head: `grpc_status` "0" and the time to

@@ -1,4 +1,4 @@
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream, wrappers::errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status};
@@ -8,6 +8,7 @@ use crate::{
     domain::{Slug, uri::ResourceUri},
     error::Error,
     pb::{self, resources_server::Resources},
+    workspace::{Event, MAX_REPLAY},
 };
 
 /// Chunk size of ReadResource: small enough to interleave with other streams on
@@ -80,12 +81,19 @@ impl Resources for ResourcesService {
         &self,
         req: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        let slug = req.into_inner().slug;
+        let pb::WatchChangesRequest { slug, replay_ms } = req.into_inner();
         if !slug.is_empty() {
             Slug::parse(&slug)?;
         }
-        let events = BroadcastStream::new(self.state.workspace.subscribe()).filter_map(move |item| match item {
-            Ok(event) if slug.is_empty() || event.slug == slug => Some(Ok(convert::event(&event))),
+        let replay = Duration::from_millis(replay_ms.into());
+        if replay > MAX_REPLAY {
+            return Err(Error::invalid("replay_ms", format!("{replay_ms} is over {}", MAX_REPLAY.as_millis())).into());
+        }
+        let wanted = move |event: &Event| slug.is_empty() || event.slug == slug;
+        let (past, live) = self.state.workspace.subscribe_since(replay);
+        let past: Vec<_> = past.iter().filter(|e| wanted(e)).map(|e| Ok(convert::event(e))).collect();
+        let live = BroadcastStream::new(live).filter_map(move |item| match item {
+            Ok(event) if wanted(&event) => Some(Ok(convert::event(&event))),
             Ok(_) => None,
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 // A slow consumer misses events rather than holding memory for it.
@@ -93,6 +101,7 @@ impl Resources for ResourcesService {
                 None
             }
         });
+        let events = tokio_stream::iter(past).chain(live);
         let shutdown = self.state.shutdown.clone();
         let until_drain = async_stream::stream! {
             tokio::pin!(events);

@@ -16,6 +16,7 @@
 //! the lock file, crash-safe file writes and the watcher with its parsed-change cache.
 mod archive;
 mod cache;
+mod events;
 pub mod fsutil;
 pub mod git;
 mod list;
@@ -26,6 +27,8 @@ mod resources;
 mod show;
 mod tasks;
 pub mod watch;
+
+pub use events::MAX_REPLAY;
 
 use std::{
     collections::HashMap,
@@ -279,7 +282,7 @@ pub struct Workspace {
     archive: PathBuf,
     staging: PathBuf,
     slug_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    events: broadcast::Sender<Event>,
+    events: events::Feed,
     own_writes: watch::OwnWrites,
     /// Set once `watch` has started; it also keeps the parsed-change cache.
     watcher: OnceLock<Arc<watch::Watcher>>,
@@ -296,14 +299,13 @@ impl Workspace {
         fs::create_dir_all(root.join("changes").join("archive")).map_err(io_err)?;
         fs::create_dir_all(root.join(".staging")).map_err(io_err)?;
         let root = root.canonicalize().map_err(io_err)?;
-        let (events, _) = broadcast::channel(1024);
         let ws = Workspace {
             changes: root.join("changes"),
             archive: root.join("changes").join("archive"),
             staging: root.join(".staging"),
             root,
             slug_locks: Mutex::new(HashMap::new()),
-            events,
+            events: events::Feed::default(),
             own_writes: watch::OwnWrites::default(),
             watcher: OnceLock::new(),
             fault_hook: None,
@@ -325,6 +327,12 @@ impl Workspace {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The events of the last `window` (at most [`MAX_REPLAY`]) and a receiver of every
+    /// later one, without a gap or an overlap between them.
+    pub fn subscribe_since(&self, window: std::time::Duration) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        self.events.subscribe_since(window)
     }
 
     /// Starts watching the disk for edits by other processes; events flow to
@@ -484,8 +492,7 @@ impl Workspace {
     }
 
     fn emit(&self, kind: EventKind, slug: &str, uris: Vec<String>) {
-        // No subscribers is fine: events are a convenience, not a log.
-        let _ = self.events.send(Event { kind, slug: slug.to_string(), at: now(), uris, external: false });
+        self.events.publish(Event { kind, slug: slug.to_string(), at: now(), uris, external: false });
     }
 
     fn draft_dir(&self, slug: &Slug) -> PathBuf {
@@ -557,8 +564,8 @@ impl Workspace {
         &self.own_writes
     }
 
-    pub(crate) fn sender(&self) -> &broadcast::Sender<Event> {
-        &self.events
+    pub(crate) fn publish(&self, event: Event) {
+        self.events.publish(event);
     }
 }
 

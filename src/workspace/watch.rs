@@ -443,7 +443,7 @@ fn flush(ws: &Workspace, paths: IndexSet<PathBuf>) {
         _ => !removed.contains(slug) || archived.contains(slug),
     });
     for ((slug, _), (kind, uris)) in merged {
-        let _ = ws.sender().send(Event { kind, slug, at: time::OffsetDateTime::now_utc(), uris, external: true });
+        ws.publish(Event { kind, slug, at: time::OffsetDateTime::now_utc(), uris, external: true });
     }
 }
 

@@ -1,6 +1,9 @@
 //! MCP methods, the same for every transport and era. Transports build a
 //! `RequestContext` and call `handle`; this module calls the service.
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
@@ -314,7 +317,8 @@ async fn subscribe(ctx: &RequestContext, params: &Value, on: bool) -> Result<Val
     };
     if on {
         session.subscribe(uri);
-        wait_until_open(ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone())).await;
+        // Waiting for the feed to open closes the gap a look back would cover.
+        wait_until_open(ensure_watch(ctx.state.clone(), session.clone(), ctx.call.clone(), None)).await;
     } else {
         session.unsubscribe(uri);
     }
@@ -342,11 +346,13 @@ pub fn updated_uris(uris: &[String]) -> impl Iterator<Item = &str> {
 ///
 /// Returns, when this call started the feed, a receiver that resolves once the
 /// feed follows events (or gave up opening). A subscription waits on it (see
-/// [`wait_until_open`]); a GET stream does not (see `streamable::get`).
+/// [`wait_until_open`]); a GET stream does not (see `streamable::get`): it passes
+/// `listening_since`, the moment it answers, and the feed starts with the events since.
 pub fn ensure_watch(
     state: Arc<AppState>,
     session: Arc<Session>,
     call: CallContext,
+    listening_since: Option<Instant>,
 ) -> Option<tokio::sync::oneshot::Receiver<()>> {
     if session.watching.swap(true, Ordering::AcqRel) {
         return None;
@@ -356,7 +362,7 @@ pub fn ensure_watch(
         tokio::select! {
             () = session.closed.cancelled() => {}
             () = state.shutdown.cancelled() => {}
-            () = follow_feed(&state, &session, call, opened) => {}
+            () = follow_feed(&state, &session, call, opened, listening_since) => {}
         }
         session.watching.store(false, Ordering::Release);
     });
@@ -388,14 +394,21 @@ const FEED_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 /// told to re-read (`list_changed`, and `updated` for every subscription).
 /// Returns only when the service refuses the session's credential, which no
 /// retry mends; a later subscription or GET starts the feed again.
-async fn follow_feed(state: &AppState, session: &Session, call: CallContext, opened: tokio::sync::oneshot::Sender<()>) {
+async fn follow_feed(
+    state: &AppState,
+    session: &Session,
+    call: CallContext,
+    opened: tokio::sync::oneshot::Sender<()>,
+    mut listening_since: Option<Instant>,
+) {
     let mut opened = Some(opened);
     let mut delay = FEED_RETRY_FIRST;
     let mut gap = false;
     loop {
         // Boxed: the opening call is large, and held inline it would stay in every listening
         // session's task for as long as the feed runs (a stream's memory: 20.85 KiB, not 17).
-        let why = match Box::pin(state.upstream.watch(call.clone())).await {
+        // Only the first attempt looks back: after a failed one the session is told to re-read.
+        let why = match Box::pin(state.upstream.watch(call.clone(), listening_since.take())).await {
             Ok(mut events) => {
                 if let Some(opened) = opened.take() {
                     let _ = opened.send(());

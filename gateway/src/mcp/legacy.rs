@@ -2,7 +2,7 @@
 //! stream and names the POST endpoint in an `endpoint` event; every answer
 //! travels on that stream as a `message` event. No peer SDK still offers it;
 //! older clients still need it.
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use axum::{
     Extension,
@@ -50,7 +50,7 @@ pub async fn get(
     let reader = session.notifications.claim();
     // Its one stream is where `list_changed` reaches a client that subscribed to nothing.
     // Not awaited, as on the Streamable HTTP GET (see there).
-    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers), Some(Instant::now()));
     tracing::info!(session = %session.id, "legacy SSE session opened");
     let options = SseOptions {
         prime: false,

@@ -1,6 +1,6 @@
 //! The stateless era (2026-07-28): POST only, no sessions, every request names
 //! its version in `_meta` and its method (and tool or resource) in headers.
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     http::{HeaderMap, HeaderName, StatusCode},
@@ -275,9 +275,12 @@ fn listen(state: Arc<AppState>, principal: &str, headers: HeaderMap, id: Value, 
     let cancel = state.shutdown.child_token();
     let (task_state, task_log, task_cancel) = (state.clone(), log.clone(), cancel.clone());
     let call = transport::call_context(&headers);
+    // The acknowledgement above may reach the client before the feed opens: the feed starts
+    // from this moment, so that a change in between is announced too.
+    let acknowledged = Instant::now();
     tokio::spawn(async move {
         let feed = async {
-            let mut events = task_state.upstream.watch(call).await?;
+            let mut events = task_state.upstream.watch(call, Some(acknowledged)).await?;
             while let Some(event) = events.next().await {
                 let event = event?;
                 for uri in dispatch::updated_uris(&event.uris) {

@@ -1,6 +1,6 @@
 //! Streamable HTTP with sessions (2025-03-26, 2025-06-18, 2025-11-25) on `/mcp`.
 //! Requests carrying the 2026-07-28 version go to `stateless`.
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Extension,
@@ -378,8 +378,9 @@ pub async fn get(
     // The standalone stream is where `list_changed` reaches a client that subscribed to nothing.
     // Not awaited, unlike a subscription: 10,000 streams opening at once, each holding its
     // handler until the feed is open, left 20.1 KiB per stream in RSS instead of 16.2 (the
-    // 20 KiB target); a change made in the moment after the first byte may go unannounced.
-    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers));
+    // 20 KiB target). The feed looks back to this moment instead, so that a change made
+    // between the first byte and the feed's opening is announced too.
+    dispatch::ensure_watch(state.clone(), session.clone(), transport::call_context(&headers), Some(Instant::now()));
     transport::sse_response(&state, slot, reader, cursor, options, Some(&session.id), None)
 }
 

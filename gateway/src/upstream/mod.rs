@@ -9,7 +9,14 @@
 //! tools are, use the generated typed clients.
 //!
 //! The registry is in `registry`, the codecs in `codec`; this file holds the calls.
-use std::{collections::BTreeSet, fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -316,10 +323,22 @@ impl Upstream {
     /// that reopens a broken feed knows when it is following events again.
     /// `ctx.timeout` is ignored: a subscription lasts until it is dropped, not
     /// as long as the request that started it was willing to wait.
-    pub async fn watch(&self, ctx: CallContext) -> Result<EventStream<pb::ChangeEvent>, CallError> {
+    ///
+    /// `listening_since`: when the client was told it is listening, if it was before this
+    /// call. The feed then starts with the events since (a little before, to cover the trip
+    /// to a separate service), so none in between is lost.
+    pub async fn watch(
+        &self,
+        ctx: CallContext,
+        listening_since: Option<Instant>,
+    ) -> Result<EventStream<pb::ChangeEvent>, CallError> {
         let ctx = CallContext { timeout: None, ..ctx };
         let mut grpc = tonic::client::Grpc::new(self.service.clone());
-        let request = request(pb::WatchChangesRequest::default(), &ctx);
+        let replay_ms = listening_since.map_or(0, |since| {
+            let window = (since.elapsed() + REPLAY_MARGIN).min(MAX_REPLAY);
+            u32::try_from(window.as_millis()).unwrap_or(u32::MAX)
+        });
+        let request = request(pb::WatchChangesRequest { replay_ms, ..Default::default() }, &ctx);
         grpc.ready().await.map_err(not_ready)?;
         let mut events = grpc
             .server_streaming(request, http::uri::PathAndQuery::from_static(WATCH_CHANGES), FeedCodec)
@@ -739,6 +758,12 @@ fn too_large(uri: &str, size: usize) -> Status {
 }
 
 const WATCH_CHANGES: &str = "/taskmcp.v1.Resources/WatchChanges";
+/// `WatchChangesRequest.replay_ms`'s maximum in the proto.
+const MAX_REPLAY: Duration = Duration::from_secs(10);
+/// Added to a feed's look back for the time the call takes to reach a separate service (whose
+/// clock starts the look back on arrival). Too much only repeats a notification the client may
+/// already have acted on; notifications say "re-read", so that costs a read.
+const REPLAY_MARGIN: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -1376,7 +1401,7 @@ mod tests {
     #[tokio::test]
     async fn watch_maps_events() {
         let fake = fake();
-        let events: Vec<_> = fake.upstream.watch(CallContext::default()).await.unwrap().collect().await;
+        let events: Vec<_> = fake.upstream.watch(CallContext::default(), None).await.unwrap().collect().await;
         let slugs: Vec<String> = events.into_iter().map(|e| e.unwrap().slug).collect();
         assert_eq!(slugs, ["add-a", "add-b"]);
     }
