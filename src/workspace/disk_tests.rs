@@ -88,6 +88,50 @@ fn a_missing_archive_folder_lists_as_empty_and_is_made_again_by_archive() {
     assert!(dir.path().join(&archived.receipt.archive_path).join("receipt.json").is_file());
 }
 
+/// `change.list` pages run through the drafts, then the archive, each in name order, and see
+/// what another process (another `Workspace`) adds between pages, though the folders' listings
+/// are kept between calls: the folders are stamped a minute old first, so the first page's
+/// listings are trusted and only the changes' new stamps can tell they are out of date.
+#[test]
+fn list_pages_cross_from_drafts_to_archive_and_see_what_another_process_adds_between_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    for slug in ["dd-d", "aa-a", "cc-c", "bb-b"] {
+        open(dir.path(), slug);
+    }
+    let ws = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let owner = Owner::parse("alice").unwrap();
+    for slug in ["cc-c", "aa-a"] {
+        archive(&ws, &Slug::parse(slug).unwrap(), &owner).unwrap();
+    }
+    let a_minute_ago = fs::FileTimes::new().set_modified(SystemTime::now() - Duration::from_secs(60));
+    for folder in ["changes", "changes/archive"] {
+        fs::File::open(dir.path().join(folder)).unwrap().set_times(a_minute_ago).unwrap();
+    }
+
+    let other = Workspace::open(dir.path(), 1 << 20).unwrap();
+    let (mut walked, mut totals, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = ws.list_changes(StatusFilter::All, 1, &token).unwrap();
+        walked.extend(page.items.iter().map(|s| s.slug.clone()));
+        totals.push(page.total);
+        match walked.len() {
+            1 => drop(open(dir.path(), "ca-c")),
+            4 => {
+                open(dir.path(), "zz-z");
+                archive(&other, &Slug::parse("zz-z").unwrap(), &owner).unwrap();
+            }
+            _ => {}
+        }
+        match page.next_page_token {
+            Some(next) => token = next,
+            None => break,
+        }
+        assert!(walked.len() < 10, "the walk does not end: {walked:?}");
+    }
+    assert_eq!(walked, ["bb-b", "ca-c", "dd-d", "aa-a", "cc-c", "zz-z"]);
+    assert_eq!(totals, [4, 5, 5, 5, 6, 6]);
+}
+
 #[test]
 fn a_slug_archived_twice_in_a_day_resolves_to_its_newest_archive_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,27 +6,29 @@ use super::*;
 impl Workspace {
     pub fn list_changes(&self, filter: StatusFilter, page_size: usize, page_token: &str) -> Result<Page> {
         let after = if page_token.is_empty() { None } else { Some(page_token::decode(page_token, filter.as_str())?) };
-        let mut keys: Vec<(String, Entry)> = Vec::new();
-        if filter != StatusFilter::Archived {
-            for slug in self.draft_slugs()? {
-                keys.push((format!("0:{slug}"), Entry::Draft(slug)));
-            }
-        }
-        if filter != StatusFilter::Draft {
-            for name in self.archive_names()? {
-                keys.push((format!("1:{name}"), Entry::Archived(name)));
-            }
-        }
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let total = keys.len();
-        let start = match &after {
-            Some(a) => keys.partition_point(|(k, _)| k <= a),
-            None => 0,
+        let drafts = if filter == StatusFilter::Archived { Arc::from([]) } else { self.draft_slugs()? };
+        let archived = if filter == StatusFilter::Draft { Arc::from([]) } else { self.archive_names()? };
+        // The order is by key: `0:<slug>` for the drafts, then `1:<folder>` for the archive,
+        // and a page token holds the last key served.
+        let key = |prefix: &str, name: &str| format!("{prefix}{name}");
+        // Whether the key `prefix` + `name` was served: at or before the token's.
+        let served = |prefix: &str, name: &str, after: &str| prefix.bytes().chain(name.bytes()).le(after.bytes());
+        let (first_draft, first_archived) = match &after {
+            Some(after) => (
+                drafts.partition_point(|slug| served("0:", slug.as_str(), after)),
+                archived.partition_point(|name| served("1:", name, after)),
+            ),
+            None => (0, 0),
         };
-        let page: Vec<_> = keys.iter().skip(start).take(page_size).collect();
-        let has_more = start + page.len() < total;
+        let remaining = drafts.len() - first_draft + archived.len() - first_archived;
+        let page: Vec<Entry> = drafts[first_draft..]
+            .iter()
+            .map(|slug| Entry::Draft(slug.clone()))
+            .chain(archived[first_archived..].iter().map(|name| Entry::Archived(name.clone())))
+            .take(page_size)
+            .collect();
         let mut items = Vec::with_capacity(page.len());
-        for (_, entry) in &page {
+        for entry in &page {
             // A change removed or broken mid-listing is skipped rather than failing the page.
             let summary = match entry {
                 Entry::Draft(slug) => Ok(self.list_draft(slug, &self.draft_dir(slug))),
@@ -37,41 +39,53 @@ impl Workspace {
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable change in listing"),
             }
         }
-        let next_page_token = match (has_more, page.last()) {
-            (true, Some((key, _))) => Some(page_token::encode(filter.as_str(), key)),
+        let next_page_token = match page.last() {
+            Some(last) if remaining > page.len() => {
+                let last = match last {
+                    Entry::Draft(slug) => key("0:", slug.as_str()),
+                    Entry::Archived(name) => key("1:", name),
+                };
+                Some(page_token::encode(filter.as_str(), &last))
+            }
             _ => None,
         };
-        Ok(Page { items, next_page_token, total })
+        Ok(Page { items, next_page_token, total: drafts.len() + archived.len() })
     }
 
-    pub(super) fn draft_slugs(&self) -> Result<Vec<Slug>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.changes).map_err(|e| Error::internal("list changes", e))?.flatten() {
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
-                && let Ok(slug) = Slug::parse(name)
-            {
-                out.push(slug);
+    /// The drafts' slugs, sorted.
+    pub(super) fn draft_slugs(&self) -> Result<Arc<[Slug]>> {
+        self.draft_listing.get(&self.changes, || {
+            let mut out = Vec::new();
+            for entry in fs::read_dir(&self.changes).map_err(|e| Error::internal("list changes", e))?.flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                    && let Ok(slug) = Slug::parse(name)
+                {
+                    out.push(slug);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    /// The dated folders of the archive; none while the archive folder is missing.
-    fn archive_names(&self) -> Result<Vec<String>> {
+    /// The dated folders of the archive, sorted; none while the archive folder is missing.
+    fn archive_names(&self) -> Result<Arc<[String]>> {
         if !self.archive_exists()? {
-            return Ok(Vec::new());
+            return Ok(Arc::from([]));
         }
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.archive).map_err(|e| Error::io("list archive", &self.archive, e))?.flatten() {
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
-                && archive_slug(name).is_some()
-            {
-                out.push(name.to_string());
+        self.archive_listing.get(&self.archive, || {
+            let mut out = Vec::new();
+            let entries = fs::read_dir(&self.archive).map_err(|e| Error::io("list archive", &self.archive, e))?;
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                    && archive_slug(name).is_some()
+                {
+                    out.push(name.to_string());
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Whether the archive folder is there. A symlink or a file in its place is refused:
@@ -138,7 +152,7 @@ impl Workspace {
     /// there is no receipt.
     pub(super) fn latest_archive(&self, slug: &Slug) -> Result<Option<(String, PathBuf)>> {
         let mut found = Vec::new();
-        for name in self.archive_names()? {
+        for name in self.archive_names()?.iter() {
             let (date, rest) = name.split_at(10);
             let rest = &rest[1..];
             let n = if rest == slug.as_str() {
@@ -150,13 +164,13 @@ impl Workspace {
                     _ => continue,
                 }
             };
-            let dir = self.archive.join(&name);
+            let dir = self.archive.join(name);
             let mine = match read_receipt(&dir) {
                 Some(receipt) => receipt.slug == slug.as_str(),
                 None => n == 1,
             };
             if mine {
-                found.push(((date.to_string(), n), name, dir));
+                found.push(((date.to_string(), n), name.clone(), dir));
             }
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));

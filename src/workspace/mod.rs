@@ -20,6 +20,7 @@ mod events;
 pub mod fsutil;
 pub mod git;
 mod list;
+mod listing;
 pub mod lock;
 mod open;
 pub mod paths;
@@ -283,6 +284,9 @@ pub struct Workspace {
     staging: PathBuf,
     slug_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     events: events::Feed,
+    /// The drafts' and the archive's folder names, kept while the folders do not change.
+    draft_listing: listing::Listing<Slug>,
+    archive_listing: listing::Listing<String>,
     own_writes: watch::OwnWrites,
     /// Set once `watch` has started; it also keeps the parsed-change cache.
     watcher: OnceLock<Arc<watch::Watcher>>,
@@ -306,6 +310,8 @@ impl Workspace {
             root,
             slug_locks: Mutex::new(HashMap::new()),
             events: events::Feed::default(),
+            draft_listing: Default::default(),
+            archive_listing: Default::default(),
             own_writes: watch::OwnWrites::default(),
             watcher: OnceLock::new(),
             fault_hook: None,

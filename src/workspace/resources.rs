@@ -66,7 +66,7 @@ impl Workspace {
         let wanted = if page_size == 0 { usize::MAX } else { page_size + 1 };
         let mut slugs = match only {
             Some(s) => vec![s.clone()],
-            None => self.draft_slugs()?,
+            None => self.draft_slugs()?.to_vec(),
         };
         // Every URI of a change starts with `change://<slug>/`, and no slug holds a `/`, so
         // sorting by that prefix puts whole changes in URI order.
