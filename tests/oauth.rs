@@ -259,6 +259,8 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
         .expect_err("OpenChange with the read scope");
     let info = assert_error(&status, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
     assert_eq!(info.metadata.get("required_scopes").map(String::as_str), Some(SCOPES));
+    let grpc_challenge = status.metadata().get("www-authenticate").and_then(|v| v.to_str().ok());
+    assert_eq!(grpc_challenge, Some(step_up.as_str()), "the gRPC refusal carries the same step-up challenge");
     let archive = mcp
         .post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                      "params": {"name": "change.archive", "arguments": {"slug": "written"}}}))
@@ -367,6 +369,8 @@ async fn an_expired_token_is_refused_on_every_face_and_its_session_goes_on_with_
     assert_eq!(body["reason"], "INVALID_TOKEN", "{body}");
     let status = grpc.list_changes(ListChangesRequest::default()).await.expect_err("gRPC past exp");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let grpc_challenge = status.metadata().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(grpc_challenge.contains("error=\"invalid_token\""), "gRPC: {status:?}");
     let res = mcp.post(list_call.clone()).await;
     assert_eq!(res.status(), 401, "MCP past exp");
     assert!(challenge(&res).contains("error=\"invalid_token\""), "MCP: {}", challenge(&res));
@@ -529,6 +533,89 @@ async fn a_key_the_issuer_rotates_in_is_fetched_when_a_token_first_names_it() {
     // The old key is still published, so tokens it signed stay good until they expire.
     assert_eq!(post(&url, Some(&before), json!({})).await.status(), 200);
     let _ = rotated.stderr_text();
+}
+
+/// `grpcurl -v` calling ListChanges with `authorization` (an `Authorization` value); everything
+/// it printed, and the `www-authenticate` values among the metadata the server answered with.
+fn grpcurl_list(server: &Server, protoset: &Path, authorization: Option<&str>) -> (String, Vec<String>) {
+    let mut cmd = Command::new(common::grpcurl());
+    cmd.args(["-max-time", "10", "-v", "-plaintext", "-protoset"]).arg(protoset);
+    if let Some(authorization) = authorization {
+        cmd.args(["-H", &format!("authorization: {authorization}")]);
+    }
+    let out =
+        cmd.args(["-d", "{}", &server.grpcurl_addr(), "taskmcp.v1.Changes/ListChanges"]).output().expect("run grpcurl");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // What grpcurl sent is printed first ("Request metadata to send:"); the answer after.
+    let answered = printed.split_once("Response headers received:").map_or("", |(_, answer)| answer);
+    let challenges =
+        answered.lines().filter_map(|l| l.strip_prefix("www-authenticate: ")).map(str::to_string).collect();
+    (printed, challenges)
+}
+
+/// With OAuth, the gRPC service's refusals carry the challenge the HTTP face sends for the same
+/// credentials, as `www-authenticate` metadata, value for value: no bearer token (no `error`),
+/// a token refused (`invalid_token`), a genuine token short of a scope (`insufficient_scope`,
+/// PERMISSION_DENIED). Read with the real grpcurl, as a gRPC client sees it.
+#[tokio::test]
+async fn grpc_refusals_carry_the_bearer_challenge_the_http_face_sends() {
+    let Setup { auth, server, resource } = setup(&[], &[]);
+    let url = format!("{}/v1/tools/change.list", server.http_base());
+    let dir = tempfile::Builder::new().prefix("oauth-grpcurl-").tempdir().expect("tempdir");
+    let protoset = dir.path().join("taskmcp.protoset");
+    std::fs::write(&protoset, task_mcp::pb::FILE_DESCRIPTOR_SET).expect("write the protoset");
+    let token = auth.token(CLIENT, &resource, SCOPES).await;
+    let mut tampered = token.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let reader = auth.token(READER, &resource, "changes:read").await;
+
+    let cases = [
+        ("no credentials", None, 401, "Unauthenticated", None),
+        ("Basic credentials", Some("Basic dGFzazpwdw==".to_string()), 401, "Unauthenticated", None),
+        ("a tampered token", Some(format!("Bearer {tampered}")), 401, "Unauthenticated", Some("invalid_token")),
+        (
+            "a token short of a scope",
+            Some(format!("Bearer {reader}")),
+            403,
+            "PermissionDenied",
+            Some("insufficient_scope"),
+        ),
+    ];
+    for (what, authorization, http_status, grpc_code, error) in cases {
+        let mut req = reqwest::Client::new().post(&url).json(&json!({}));
+        if let Some(authorization) = &authorization {
+            req = req.header("authorization", authorization);
+        }
+        let res = req.send().await.expect("POST");
+        assert_eq!(res.status(), http_status, "{what} over HTTP");
+        let http = challenge(&res);
+        match error {
+            Some(error) => assert!(http.contains(&format!("error=\"{error}\"")), "{what}: {http}"),
+            None => assert!(!http.contains("error="), "{what}: {http}"),
+        }
+        let (printed, grpc) = grpcurl_list(&server, &protoset, authorization.as_deref());
+        assert!(printed.contains(&format!("Code: {grpc_code}")), "{what}: grpcurl printed:\n{printed}");
+        assert_eq!(grpc, [http], "{what}: the gRPC challenge is not the HTTP one; grpcurl printed:\n{printed}");
+    }
+    // An accepted call carries none.
+    let (printed, grpc) = grpcurl_list(&server, &protoset, Some(&format!("Bearer {token}")));
+    assert!(printed.contains("Response trailers received:") && !printed.contains("ERROR:"), "{printed}");
+    assert!(grpc.is_empty(), "{printed}");
+}
+
+/// Without OAuth the gRPC refusal is as it was: UNAUTHENTICATED with no challenge metadata.
+#[test]
+fn without_oauth_a_grpc_refusal_carries_no_challenge() {
+    let server = Server::builder().auth_token("s3cret").start();
+    let dir = tempfile::Builder::new().prefix("oauth-grpcurl-").tempdir().expect("tempdir");
+    let protoset = dir.path().join("taskmcp.protoset");
+    std::fs::write(&protoset, task_mcp::pb::FILE_DESCRIPTOR_SET).expect("write the protoset");
+    for authorization in [None, Some("Bearer wrong")] {
+        let (printed, challenges) = grpcurl_list(&server, &protoset, authorization);
+        assert!(printed.contains("Code: Unauthenticated"), "{authorization:?}: {printed}");
+        assert!(challenges.is_empty(), "without OAuth, {authorization:?} was challenged {challenges:?}:\n{printed}");
+    }
 }
 
 #[test]
