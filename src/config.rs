@@ -149,6 +149,13 @@ pub struct AccessSettings {
           value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(10..))]
     pub oauth_keys_refresh_seconds: u64,
 
+    /// Clock skew allowed on an access token's `exp` and `nbf`, in seconds (0 to 300).
+    // Every second of leeway is a second an expired token is still honoured: hosts kept by NTP
+    // are well within 300 s, and a larger skew is a clock to fix, not a setting to widen.
+    #[arg(long, env = "TASK_MCP_OAUTH_LEEWAY_SECONDS", default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub oauth_leeway_seconds: u64,
+
     /// Sustained calls per second per principal; 0 disables rate limiting.
     #[arg(long, env = "TASK_MCP_RATE_LIMIT_PER_SECOND", default_value_t = 50, value_name = "N")]
     pub rate_limit_per_second: u32,
@@ -192,6 +199,7 @@ impl AccessSettings {
             jwks_uri: self.oauth_jwks_uri.clone(),
             refresh: Duration::from_secs(self.oauth_keys_refresh_seconds),
             wait: Duration::from_secs(self.oauth_wait_seconds),
+            leeway: Duration::from_secs(self.oauth_leeway_seconds),
         })
     }
 
@@ -552,6 +560,32 @@ mod tests {
         }
         let gateway = ["task-mcp", "gateway", "--upstream", "http://127.0.0.1:1", "--trusted-proxy", "fd00::/8"];
         assert!(Cli::try_parse_from(gateway).is_ok(), "the gateway subcommand takes it too");
+    }
+
+    #[test]
+    fn the_oauth_leeway_defaults_to_30_s_and_a_bad_one_is_refused_naming_the_flag() {
+        assert_eq!(parse(&[]).access.oauth_leeway_seconds, 30);
+        assert_eq!(parse(&["--oauth-leeway-seconds", "0"]).access.oauth_leeway_seconds, 0);
+        assert_eq!(parse(&["--oauth-leeway-seconds", "300"]).access.oauth_leeway_seconds, 300);
+        for bad in ["301", "-1", "1m", ""] {
+            let flag = format!("--oauth-leeway-seconds={bad}");
+            let err = Cli::try_parse_from(["task-mcp", "serve", &flag]).expect_err(bad);
+            assert!(err.to_string().contains("--oauth-leeway-seconds"), "{bad}: {err}");
+        }
+        let gateway = ["task-mcp", "gateway", "--upstream", "http://127.0.0.1:1", "--oauth-leeway-seconds", "0"];
+        let Command::Gateway(g) = Cli::try_parse_from(gateway).expect("the gateway takes it too").command else {
+            unreachable!()
+        };
+        assert_eq!(g.access.oauth_leeway_seconds, 0);
+        let s = parse(&[
+            "--oauth-issuer",
+            "https://auth.example.com",
+            "--oauth-resource",
+            "https://mcp.example.com/mcp",
+            "--oauth-leeway-seconds",
+            "7",
+        ]);
+        assert_eq!(s.access.oauth().map(|o| o.leeway), Some(Duration::from_secs(7)));
     }
 
     #[test]

@@ -36,8 +36,6 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// Unknown key ids trigger a fetch at most this often, so tokens naming made-up keys cannot
 /// turn this server into a load on the authorization server.
 const MIN_REFETCH: Duration = Duration::from_secs(10);
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECONDS: u64 = 30;
 /// Verified tokens remembered, so that a client's next call costs a hash, not a signature check.
 const MAX_CACHED: usize = 10_000;
 
@@ -53,6 +51,8 @@ pub struct OAuthConfig {
     /// How long the start waits for an issuer that does not answer (connection refused,
     /// timeout, 5xx) before giving up.
     pub wait: Duration,
+    /// Clock skew tolerated on `exp` and `nbf` (`--oauth-leeway-seconds`).
+    pub leeway: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,8 @@ pub struct Verifier {
     resource: String,
     scopes: Vec<String>,
     write_scopes: Vec<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    leeway: u64,
     keys: RwLock<KeySet>,
     /// What checking recent tokens found; emptied whenever the keys change, so a key the
     /// issuer withdraws stops being honoured with the next refresh.
@@ -233,7 +235,7 @@ impl Verifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.resource]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = LEEWAY_SECONDS;
+        validation.leeway = self.leeway;
         validation.validate_nbf = true;
         let claims = match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
             Ok(data) => data.claims,
@@ -363,6 +365,7 @@ pub async fn start(config: &OAuthConfig) -> Result<(Arc<Verifier>, KeyRefresher)
         resource: config.resource.clone(),
         scopes: config.scopes.clone(),
         write_scopes: config.write_scopes.clone(),
+        leeway: config.leeway.as_secs(),
         keys: RwLock::new(KeySet::default()),
         cache: Mutex::new(Cache::default()),
         unknown_key: Notify::new(),
@@ -628,6 +631,9 @@ mod tests {
         public: Vec<u8>,
     }
 
+    /// The leeway of [`signer`]'s verifier (the flag's default).
+    const LEEWAY_SECONDS: u64 = 30;
+
     const ISSUER: &str = "https://auth.example.com";
     const RESOURCE: &str = "https://mcp.example.com/mcp";
 
@@ -648,6 +654,7 @@ mod tests {
             resource: RESOURCE.into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             write_scopes: write_scopes.iter().map(|s| s.to_string()).collect(),
+            leeway: LEEWAY_SECONDS,
             keys: RwLock::new(KeySet { keys: parse_keys(&bytes).unwrap(), source: bytes }),
             cache: Mutex::new(Cache::default()),
             unknown_key: Notify::new(),
@@ -704,6 +711,20 @@ mod tests {
         // Within the leeway an expired token still passes (clock skew between hosts).
         let skewed = s.sign(claims(serde_json::json!({"exp": now - 5})));
         assert!(s.verifier.verify(&skewed, Need::Read).is_ok());
+    }
+
+    #[test]
+    fn the_leeway_is_the_configured_one() {
+        let mut s = signer(&[], &[]);
+        s.verifier.leeway = 0;
+        let now = unix_now();
+        let expired = s.sign(claims(serde_json::json!({"exp": now - 5})));
+        assert_eq!(s.verifier.verify(&expired, Need::Read), Err(Denied::Invalid), "no skew allowed");
+        let early = s.sign(claims(serde_json::json!({"nbf": now + 5})));
+        assert_eq!(s.verifier.verify(&early, Need::Read), Err(Denied::Invalid), "no skew allowed");
+        s.verifier.leeway = 120;
+        let skewed = s.sign(claims(serde_json::json!({"exp": now - 90, "nbf": now + 90})));
+        assert!(s.verifier.verify(&skewed, Need::Read).is_ok(), "90 s either way, within 120");
     }
 
     #[test]

@@ -260,6 +260,9 @@ impl Application {
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
         self.credentials.spawn_refreshers(&self.state.shutdown);
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
+        // One authentication layer for the in-process calls and the gRPC port: they refuse alike,
+        // with OAuth's challenge, and the write methods are worked out once.
+        let auth = layers::AuthLayer::new(self.tokens.clone()).challenging(self.settings.access.protected_resource());
 
         // The gateway calls the same routes in-process. It has already admitted
         // the caller (token and rate limit), so only authentication runs again,
@@ -275,7 +278,7 @@ impl Application {
                 .layer(trace_layer())
                 .layer(CallLogLayer)
                 .layer(crate::grpc::deadline::DeadlineLayer)
-                .layer(layers::AuthLayer::new(self.tokens.clone()))
+                .layer(auth.clone())
                 .layer(PrincipalLayer)
                 .layer(traces::ToolSpanLayer)
                 .layer(rejections::layer())
@@ -321,7 +324,7 @@ impl Application {
                     .trusting(self.settings.access.trusted_proxies())
                     .counting(self.metrics.gateway.clone()),
             )
-            .layer(layers::AuthLayer::new(self.tokens.clone()).counting(self.metrics.gateway.clone()))
+            .layer(auth.counting(self.metrics.gateway.clone()))
             .layer(PrincipalLayer)
             .layer(layers::RateLimitLayer::new(self.limiter.clone()).counting(self.metrics.gateway.clone()))
             .layer(traces::ToolSpanLayer)

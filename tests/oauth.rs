@@ -5,14 +5,20 @@
 //!
 //! What holds: its tokens open both faces (HTTP and gRPC) as their `sub`; a token for another
 //! resource, from another issuer, tampered with, or short of a required scope is refused (401,
-//! or 403 `insufficient_scope`; UNAUTHENTICATED or PERMISSION_DENIED); the RFC 9728 metadata
-//! and challenges lead the official Python and TypeScript SDKs from a bare 401 to a working
-//! session; a key the issuer rotates in is fetched when a token first names it; a misconfigured
-//! issuer stops the start with the reason; a separate gateway and its service both check the
-//! token.
+//! or 403 `insufficient_scope`; UNAUTHENTICATED or PERMISSION_DENIED); a token past its `exp`
+//! (no leeway) is refused on every face while its MCP session goes on under a fresh token of the
+//! same `sub`; the RFC 9728 metadata and challenges lead the official Python and TypeScript
+//! SDKs from a bare 401 to a working session; a key the issuer rotates in is fetched when a token
+//! first names it; a misconfigured issuer stops the start with the reason; a separate gateway
+//! and its service both check the token.
 mod common;
 
-use std::{net::TcpListener, path::Path, process::Command, time::Duration};
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::Engine;
 use common::{Auth, Server, StartFailure, assert_error, client_summary, oauth::AuthServer, run_bounded};
@@ -42,14 +48,22 @@ struct Setup {
     resource: String,
 }
 
+/// The scope flags of [`setup`]: both scopes for every call.
+const BOTH_SCOPES: [&str; 4] = ["--oauth-scope", "changes:read", "--oauth-scope", "changes:write"];
+
 /// An authorization server issuing tokens for this server's resource and for `other`, and
 /// task-mcp trusting it and requiring both scopes for every call; `extra` goes to task-mcp.
 fn setup(as_args: &[&str], extra: &[&str]) -> Setup {
-    setup_scoped(as_args, &["--oauth-scope", "changes:read", "--oauth-scope", "changes:write"], extra)
+    setup_scoped(as_args, &BOTH_SCOPES, extra)
 }
 
 /// [`setup`] with task-mcp's scope flags given.
 fn setup_scoped(as_args: &[&str], scope_flags: &[&str], extra: &[&str]) -> Setup {
+    setup_with_env(as_args, scope_flags, extra, &[])
+}
+
+/// [`setup_scoped`] with variables set for task-mcp (`RUST_LOG`).
+fn setup_with_env(as_args: &[&str], scope_flags: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Setup {
     for attempt in 1..=3 {
         let port = free_port();
         let resource = format!("http://127.0.0.1:{port}/mcp");
@@ -57,7 +71,11 @@ fn setup_scoped(as_args: &[&str], scope_flags: &[&str], extra: &[&str]) -> Setup
         args.extend(["--client", "task-mcp-test:test-secret", "--client", "reader:reader-secret:changes:read"]);
         args.extend(as_args);
         let auth = AuthServer::start(&args);
-        let started = Server::builder()
+        let mut builder = Server::builder();
+        for (key, value) in env {
+            builder = builder.env(key, value);
+        }
+        let started = builder
             .http_listen(&format!("127.0.0.1:{port}"))
             .args(["--oauth-issuer", &auth.issuer, "--oauth-resource", &resource])
             .args(scope_flags.iter().copied())
@@ -241,6 +259,8 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
         .expect_err("OpenChange with the read scope");
     let info = assert_error(&status, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
     assert_eq!(info.metadata.get("required_scopes").map(String::as_str), Some(SCOPES));
+    let grpc_challenge = status.metadata().get("www-authenticate").and_then(|v| v.to_str().ok());
+    assert_eq!(grpc_challenge, Some(step_up.as_str()), "the gRPC refusal carries the same step-up challenge");
     let archive = mcp
         .post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                      "params": {"name": "change.archive", "arguments": {"slug": "written"}}}))
@@ -266,6 +286,133 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
         .await
         .expect("JSON");
     assert_eq!(doc["scopes_supported"], json!(["changes:read", "changes:write"]));
+}
+
+/// The instant a token whose claim is `exp` stops being good: a server allowing no leeway
+/// accepts it while its clock, in whole seconds, is at most `exp`.
+fn end_of_life(exp: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(exp + 1)
+}
+
+/// Runs `call` with a fresh token of `client` and returns the token and what `call` gave, once
+/// a run ended before that token's `exp`: what it saw then is what a valid token gets, however
+/// slow the machine. A run that ended later is not judged; the next takes a fresh token.
+async fn while_valid<T>(
+    auth: &AuthServer,
+    client: (&str, &str),
+    resource: &str,
+    scope: &str,
+    mut call: impl AsyncFnMut(&str) -> T,
+) -> (String, T) {
+    for _ in 0..5 {
+        let token = auth.token(client, resource, scope).await;
+        let exp = jwt_part(&token, 1)["exp"].as_u64().expect("exp claim");
+        let seen = call(&token).await;
+        if SystemTime::now() < UNIX_EPOCH + Duration::from_secs(exp) {
+            return (token, seen);
+        }
+    }
+    panic!("five tokens of {} in a row expired before the calls made with them were answered", client.0)
+}
+
+/// A third client of the authorization server, with every scope.
+const OTHER: (&str, &str) = ("other", "other-secret");
+
+/// With `--oauth-leeway-seconds 0` a token is good until its `exp` and no longer: past it, the
+/// token that opened both faces is refused on each (its cached acceptance ends too), and the
+/// debug log says why. An MCP session it opened goes on under a fresh token of the same
+/// client, since a session belongs to the token's `sub`, not to the token; another client's
+/// token does not get in.
+#[tokio::test]
+async fn an_expired_token_is_refused_on_every_face_and_its_session_goes_on_with_a_fresh_one() {
+    let Setup { auth, server, resource } = setup_with_env(
+        &["--ttl-seconds", "3", "--client", &format!("{}:{}", OTHER.0, OTHER.1)],
+        &BOTH_SCOPES,
+        &["--oauth-leeway-seconds", "0"],
+        &[("RUST_LOG", "info,task_mcp::oauth=debug")],
+    );
+    let list_url = format!("{}/v1/tools/change.list", server.http_base());
+    let list_call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                           "params": {"name": "change.list", "arguments": {}}});
+
+    // Before `exp`, the token opens REST, gRPC and an MCP session.
+    let (token, (rest, grpc_listed, mut grpc, mut mcp)) =
+        while_valid(&auth, CLIENT, &resource, SCOPES, async |token: &str| {
+            let mcp = common::mcp::Mcp::connect(
+                reqwest::Client::new(),
+                server.mcp_url(),
+                Some(token),
+                "2025-11-25",
+                "short-lived",
+            )
+            .await;
+            let rest = post(&list_url, Some(token), json!({})).await.status();
+            let mut grpc = server.changes_with(Auth::bearer(token)).await;
+            let listed = grpc.list_changes(ListChangesRequest::default()).await.map(|_| ());
+            (rest, listed, grpc, mcp)
+        })
+        .await;
+    let claims = jwt_part(&token, 1);
+    let exp = claims["exp"].as_u64().expect("exp claim");
+    assert_eq!(exp - claims["iat"].as_u64().expect("iat claim"), 3, "the AS's --ttl-seconds 3: {claims}");
+    assert_eq!(rest, 200, "REST before exp");
+    grpc_listed.expect("gRPC before exp");
+
+    // Past `exp` by the token's own claim (both processes read this host's clock).
+    while let Ok(left) = end_of_life(exp).duration_since(SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    let res = post(&list_url, Some(&token), json!({})).await;
+    assert_eq!(res.status(), 401, "REST past exp");
+    assert!(challenge(&res).contains("error=\"invalid_token\""), "REST: {}", challenge(&res));
+    let body: Value = res.json().await.expect("JSON error");
+    assert_eq!(body["reason"], "INVALID_TOKEN", "{body}");
+    let status = grpc.list_changes(ListChangesRequest::default()).await.expect_err("gRPC past exp");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let grpc_challenge = status.metadata().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(grpc_challenge.contains("error=\"invalid_token\""), "gRPC: {status:?}");
+    let res = mcp.post(list_call.clone()).await;
+    assert_eq!(res.status(), 401, "MCP past exp");
+    assert!(challenge(&res).contains("error=\"invalid_token\""), "MCP: {}", challenge(&res));
+    let logs = server.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("access token refused") && l.contains("ExpiredSignature")),
+        "no debug line says the token expired:\n{logs}"
+    );
+
+    // Another client's token, good for every call, cannot take the session over ...
+    let session = mcp.session.clone();
+    let (_, intruder) = while_valid(&auth, OTHER, &resource, SCOPES, async |other: &str| {
+        let res = reqwest::Client::new()
+            .post(server.mcp_url())
+            .bearer_auth(other)
+            .header("accept", common::mcp::ACCEPT_BOTH)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&list_call)
+            .send()
+            .await
+            .expect("POST /mcp");
+        res.status()
+    })
+    .await;
+    assert_eq!(intruder, 404, "another sub's token on the session");
+    // ... and a fresh token of the same client carries it on.
+    let (_, res) = while_valid(&auth, CLIENT, &resource, SCOPES, async |fresh: &str| {
+        mcp.set_token(fresh);
+        mcp.post(list_call.clone()).await
+    })
+    .await;
+    assert_eq!(res.status(), 200, "the session under a fresh token");
+    let text = res.text().await.expect("body");
+    let answer = common::mcp::sse_messages(&text)
+        .into_iter()
+        .next()
+        .or_else(|| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| panic!("no JSON-RPC answer: {text}"));
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_ne!(answer["result"]["isError"], true, "{answer}");
+    assert_eq!(mcp.session, session);
 }
 
 #[test]
@@ -386,6 +533,89 @@ async fn a_key_the_issuer_rotates_in_is_fetched_when_a_token_first_names_it() {
     // The old key is still published, so tokens it signed stay good until they expire.
     assert_eq!(post(&url, Some(&before), json!({})).await.status(), 200);
     let _ = rotated.stderr_text();
+}
+
+/// `grpcurl -v` calling ListChanges with `authorization` (an `Authorization` value); everything
+/// it printed, and the `www-authenticate` values among the metadata the server answered with.
+fn grpcurl_list(server: &Server, protoset: &Path, authorization: Option<&str>) -> (String, Vec<String>) {
+    let mut cmd = Command::new(common::grpcurl());
+    cmd.args(["-max-time", "10", "-v", "-plaintext", "-protoset"]).arg(protoset);
+    if let Some(authorization) = authorization {
+        cmd.args(["-H", &format!("authorization: {authorization}")]);
+    }
+    let out =
+        cmd.args(["-d", "{}", &server.grpcurl_addr(), "taskmcp.v1.Changes/ListChanges"]).output().expect("run grpcurl");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // What grpcurl sent is printed first ("Request metadata to send:"); the answer after.
+    let answered = printed.split_once("Response headers received:").map_or("", |(_, answer)| answer);
+    let challenges =
+        answered.lines().filter_map(|l| l.strip_prefix("www-authenticate: ")).map(str::to_string).collect();
+    (printed, challenges)
+}
+
+/// With OAuth, the gRPC service's refusals carry the challenge the HTTP face sends for the same
+/// credentials, as `www-authenticate` metadata, value for value: no bearer token (no `error`),
+/// a token refused (`invalid_token`), a genuine token short of a scope (`insufficient_scope`,
+/// PERMISSION_DENIED). Read with the real grpcurl, as a gRPC client sees it.
+#[tokio::test]
+async fn grpc_refusals_carry_the_bearer_challenge_the_http_face_sends() {
+    let Setup { auth, server, resource } = setup(&[], &[]);
+    let url = format!("{}/v1/tools/change.list", server.http_base());
+    let dir = tempfile::Builder::new().prefix("oauth-grpcurl-").tempdir().expect("tempdir");
+    let protoset = dir.path().join("taskmcp.protoset");
+    std::fs::write(&protoset, task_mcp::pb::FILE_DESCRIPTOR_SET).expect("write the protoset");
+    let token = auth.token(CLIENT, &resource, SCOPES).await;
+    let mut tampered = token.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let reader = auth.token(READER, &resource, "changes:read").await;
+
+    let cases = [
+        ("no credentials", None, 401, "Unauthenticated", None),
+        ("Basic credentials", Some("Basic dGFzazpwdw==".to_string()), 401, "Unauthenticated", None),
+        ("a tampered token", Some(format!("Bearer {tampered}")), 401, "Unauthenticated", Some("invalid_token")),
+        (
+            "a token short of a scope",
+            Some(format!("Bearer {reader}")),
+            403,
+            "PermissionDenied",
+            Some("insufficient_scope"),
+        ),
+    ];
+    for (what, authorization, http_status, grpc_code, error) in cases {
+        let mut req = reqwest::Client::new().post(&url).json(&json!({}));
+        if let Some(authorization) = &authorization {
+            req = req.header("authorization", authorization);
+        }
+        let res = req.send().await.expect("POST");
+        assert_eq!(res.status(), http_status, "{what} over HTTP");
+        let http = challenge(&res);
+        match error {
+            Some(error) => assert!(http.contains(&format!("error=\"{error}\"")), "{what}: {http}"),
+            None => assert!(!http.contains("error="), "{what}: {http}"),
+        }
+        let (printed, grpc) = grpcurl_list(&server, &protoset, authorization.as_deref());
+        assert!(printed.contains(&format!("Code: {grpc_code}")), "{what}: grpcurl printed:\n{printed}");
+        assert_eq!(grpc, [http], "{what}: the gRPC challenge is not the HTTP one; grpcurl printed:\n{printed}");
+    }
+    // An accepted call carries none.
+    let (printed, grpc) = grpcurl_list(&server, &protoset, Some(&format!("Bearer {token}")));
+    assert!(printed.contains("Response trailers received:") && !printed.contains("ERROR:"), "{printed}");
+    assert!(grpc.is_empty(), "{printed}");
+}
+
+/// Without OAuth the gRPC refusal is as it was: UNAUTHENTICATED with no challenge metadata.
+#[test]
+fn without_oauth_a_grpc_refusal_carries_no_challenge() {
+    let server = Server::builder().auth_token("s3cret").start();
+    let dir = tempfile::Builder::new().prefix("oauth-grpcurl-").tempdir().expect("tempdir");
+    let protoset = dir.path().join("taskmcp.protoset");
+    std::fs::write(&protoset, task_mcp::pb::FILE_DESCRIPTOR_SET).expect("write the protoset");
+    for authorization in [None, Some("Bearer wrong")] {
+        let (printed, challenges) = grpcurl_list(&server, &protoset, authorization);
+        assert!(printed.contains("Code: Unauthenticated"), "{authorization:?}: {printed}");
+        assert!(challenges.is_empty(), "without OAuth, {authorization:?} was challenged {challenges:?}:\n{printed}");
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub mod wire_json;
 pub use access::{Access, Admission};
 pub use app::{AppState, router};
 pub use config::{GatewayConfig, ToolNames};
-pub use protected_resource::ProtectedResource;
+pub use protected_resource::{BearerError, ProtectedResource};
 pub use proxies::{TrustedProxies, TrustedRange};
 
 /// Generated from `../proto` (clients only).

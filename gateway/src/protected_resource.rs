@@ -1,7 +1,9 @@
 //! OAuth protected-resource metadata (RFC 9728), which MCP clients read to find the
 //! authorization server to get a token from: served at `/.well-known/oauth-protected-resource`
 //! (and at that path followed by the resource's own path, where the MCP spec has clients look
-//! first), and named by `resource_metadata` in every bearer challenge.
+//! first), and named by `resource_metadata` in every bearer challenge. The challenges are built
+//! here for both faces: the HTTP face's `WWW-Authenticate` header, and the `www-authenticate`
+//! metadata of the gRPC service's UNAUTHENTICATED and PERMISSION_DENIED answers.
 use std::sync::Arc;
 
 use axum::{
@@ -16,6 +18,36 @@ use serde_json::json;
 use crate::AppState;
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// The `error` of a bearer challenge (RFC 6750 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    /// Bearer credentials were sent, and are not a token this server accepts.
+    InvalidToken,
+    /// A genuine token without a scope the call needs.
+    InsufficientScope,
+}
+
+impl BearerError {
+    /// The `error` of an unauthenticated refusal of a request whose `Authorization` was
+    /// `authorization`: none when it carried no bearer credentials (none at all, or another
+    /// scheme such as Basic), as RFC 6750 §3.1 asks.
+    pub fn unauthenticated(authorization: Option<&HeaderValue>) -> Option<BearerError> {
+        authorization.is_some_and(is_bearer).then_some(BearerError::InvalidToken)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BearerError::InvalidToken => "invalid_token",
+            BearerError::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
+/// Whether an `Authorization` value carries bearer credentials (the scheme is case-insensitive).
+fn is_bearer(value: &HeaderValue) -> bool {
+    value.as_bytes().get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+}
 
 /// What the metadata says: checked by the embedding binary (absolute URLs) before it gets here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +94,10 @@ impl ProtectedResource {
     /// A `WWW-Authenticate` value for a refusal; `error` per RFC 6750 §3.1, absent when no
     /// bearer token was sent. `scope` tells the client what to ask for (the MCP spec's
     /// scope selection), also on a first challenge.
-    pub fn challenge(&self, error: Option<&str>) -> HeaderValue {
+    pub fn challenge(&self, error: Option<BearerError>) -> HeaderValue {
         let mut value = String::from("Bearer realm=\"task-mcp\"");
         if let Some(error) = error {
-            value.push_str(&format!(", error=\"{error}\""));
+            value.push_str(&format!(", error=\"{}\"", error.as_str()));
         }
         if !self.scopes.is_empty() {
             value.push_str(&format!(", scope=\"{}\"", self.scopes.join(" ")));
@@ -134,6 +166,15 @@ mod tests {
     }
 
     #[test]
+    fn only_bearer_credentials_make_an_invalid_token() {
+        let header = |v: &'static str| HeaderValue::from_static(v);
+        assert_eq!(BearerError::unauthenticated(None), None);
+        assert_eq!(BearerError::unauthenticated(Some(&header("Basic b3BzOnB3"))), None);
+        assert_eq!(BearerError::unauthenticated(Some(&header("Bearer x"))), Some(BearerError::InvalidToken));
+        assert_eq!(BearerError::unauthenticated(Some(&header("bEaReR x"))), Some(BearerError::InvalidToken));
+    }
+
+    #[test]
     fn challenges_name_the_metadata_and_the_scopes() {
         let r = resource("https://mcp.example.com/mcp", &["changes:read", "changes:write"]);
         assert_eq!(
@@ -143,8 +184,13 @@ mod tests {
         );
         let bare = resource("https://mcp.example.com/mcp", &[]);
         assert_eq!(
-            bare.challenge(Some("invalid_token")),
+            bare.challenge(Some(BearerError::InvalidToken)),
             "Bearer realm=\"task-mcp\", error=\"invalid_token\", \
+             resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        );
+        assert_eq!(
+            r.challenge(Some(BearerError::InsufficientScope)),
+            "Bearer realm=\"task-mcp\", error=\"insufficient_scope\", scope=\"changes:read changes:write\", \
              resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
         );
         let doc = r.document();

@@ -65,7 +65,7 @@ use tower_http::{
 };
 
 use crate::{
-    Access, Admission, AppState, GatewayConfig, ProtectedResource, TrustedProxies, headers,
+    Access, Admission, AppState, BearerError, GatewayConfig, ProtectedResource, TrustedProxies, headers,
     health::{Rejection, StatsRef},
     metrics::{AuthResult, GatewayMetrics, Transport},
 };
@@ -277,10 +277,10 @@ impl Refusal {
                 headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(None));
             }
             (Refusal::InvalidToken, Some(oauth)) => {
-                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some("invalid_token")));
+                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some(BearerError::InvalidToken)));
             }
             (Refusal::InsufficientScope, Some(oauth)) => {
-                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some("insufficient_scope")));
+                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some(BearerError::InsufficientScope)));
             }
             (Refusal::MissingToken, None) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
@@ -616,11 +616,6 @@ pub struct AuthCheck {
     pub oauth: Option<Arc<ProtectedResource>>,
 }
 
-/// Whether an `Authorization` value uses the Bearer scheme (the scheme name is case-insensitive).
-fn is_bearer(value: &HeaderValue) -> bool {
-    value.as_bytes().get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-}
-
 /// Asks `access` about the request's `Authorization` header, and counts the
 /// attempt (only when tokens are configured: without them no route is
 /// authenticated, so there is nothing to attempt) and a rate-limit refusal.
@@ -645,10 +640,10 @@ fn admit(
     }
     match admission {
         Admission::Allowed { principal, can_write } => Ok((Principal(principal), (!can_write).then_some(ReadOnly))),
-        // RFC 6750 §3.1: no `error` attribute when no bearer credentials were sent (none at
-        // all, or another scheme such as Basic).
-        Admission::Unauthenticated if !sent.is_some_and(is_bearer) => Err(Refusal::MissingToken),
-        Admission::Unauthenticated => Err(Refusal::InvalidToken),
+        Admission::Unauthenticated => match BearerError::unauthenticated(sent) {
+            None => Err(Refusal::MissingToken),
+            Some(_) => Err(Refusal::InvalidToken),
+        },
         Admission::InsufficientScope => Err(Refusal::InsufficientScope),
         Admission::RateLimited { retry_after } => {
             metrics.rate_limited(transport);

@@ -1,7 +1,9 @@
 //! Tower layers for the gRPC server: authentication, then rate limiting. Each
 //! rejects with a gRPC status built from `Error`, so clients see the same typed
 //! details as from a handler. Health checks pass through both: probes must work
-//! without credentials and must never be throttled into a false "down".
+//! without credentials and must never be throttled into a false "down". With OAuth,
+//! authentication's refusals carry the HTTP face's bearer challenge as `www-authenticate`
+//! metadata, so a gRPC client too learns where to get a token and which scopes to ask for.
 use std::{
     collections::HashSet,
     future::Future,
@@ -14,7 +16,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use task_mcp_gateway::{
-    TrustedProxies,
+    BearerError, ProtectedResource, TrustedProxies,
     metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport},
 };
 
@@ -37,6 +39,7 @@ pub struct AuthLayer {
     tokens: Arc<Tokens>,
     metrics: Option<Arc<GatewayMetrics>>,
     writes: Writes,
+    challenge: Option<Arc<ProtectedResource>>,
 }
 
 /// Which calls need `--oauth-write-scope`: the tools the proto does not mark `read_only`
@@ -89,7 +92,14 @@ fn write_methods() -> Result<HashSet<String>, String> {
 impl AuthLayer {
     pub fn new(tokens: Arc<Tokens>) -> Self {
         let writes = Writes::of(&tokens);
-        AuthLayer { tokens, metrics: None, writes }
+        AuthLayer { tokens, metrics: None, writes, challenge: None }
+    }
+
+    /// With OAuth (`Some`), a refusal carries the challenge the HTTP face sends for it, as
+    /// `www-authenticate` metadata: the same `resource_metadata` and `scope` for every client.
+    pub fn challenging(mut self, resource: Option<ProtectedResource>) -> Self {
+        self.challenge = resource.map(Arc::new);
+        self
     }
 
     /// Counts `auth.attempts` (transport `grpc`) when tokens are configured.
@@ -106,7 +116,13 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, tokens: self.tokens.clone(), metrics: self.metrics.clone(), writes: self.writes.clone() }
+        Auth {
+            inner,
+            tokens: self.tokens.clone(),
+            metrics: self.metrics.clone(),
+            writes: self.writes.clone(),
+            challenge: self.challenge.clone(),
+        }
     }
 }
 
@@ -116,6 +132,18 @@ pub struct Auth<S> {
     tokens: Arc<Tokens>,
     metrics: Option<Arc<GatewayMetrics>>,
     writes: Writes,
+    challenge: Option<Arc<ProtectedResource>>,
+}
+
+impl<S> Auth<S> {
+    /// `err` as a gRPC answer, with the bearer challenge for `error` when OAuth is configured.
+    fn refuse<B: Default>(&self, err: Error, error: Option<BearerError>) -> Response<B> {
+        let mut response = reject(err);
+        if let Some(resource) = &self.challenge {
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, resource.challenge(error));
+        }
+        response
+    }
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Auth<S>
@@ -161,12 +189,14 @@ where
             }
             Err(Denied::Invalid) => {
                 tracing::info!(path = req.uri().path(), "rejected: unauthenticated");
-                Box::pin(async { Ok(reject(Error::Unauthenticated)) })
+                let response = self.refuse(Error::Unauthenticated, BearerError::unauthenticated(sent));
+                Box::pin(async { Ok(response) })
             }
             Err(Denied::InsufficientScope) => {
                 let required = self.tokens.oauth().map(|o| o.required(need).join(" ")).unwrap_or_default();
                 tracing::info!(path = req.uri().path(), required, "rejected: insufficient scope");
-                Box::pin(async { Ok(reject(Error::InsufficientScope { required })) })
+                let response = self.refuse(Error::InsufficientScope { required }, Some(BearerError::InsufficientScope));
+                Box::pin(async { Ok(response) })
             }
         }
     }

@@ -43,6 +43,11 @@ impl Mcp {
         mcp
     }
 
+    /// Sends `token` from the next request on, as a client does once it got a fresh access token.
+    pub fn set_token(&mut self, token: &str) {
+        self.token = Some(token.to_string());
+    }
+
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let req = req.header("mcp-session-id", &self.session).header("mcp-protocol-version", &self.version);
         match &self.token {

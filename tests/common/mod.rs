@@ -635,6 +635,22 @@ impl Drop for Gateway {
 
 // ------------------------------------------------------------------ external tools
 
+/// The grpcurl on PATH (or in the repository's .tools/bin); a missing grpcurl
+/// fails the test: these checks must not be skipped silently.
+pub fn grpcurl() -> PathBuf {
+    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/grpcurl");
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("grpcurl"))
+        .find(|p| p.is_file());
+    on_path.or_else(|| in_repo.is_file().then_some(in_repo)).unwrap_or_else(|| {
+        panic!(
+            "grpcurl not found on PATH or in .tools/bin: run scripts/install-test-tools (scripts/test does it for you)"
+        )
+    })
+}
+
 /// What an external tool run by [`run_bounded`] did.
 pub struct ToolRun {
     pub command: String,
