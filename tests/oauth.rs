@@ -705,6 +705,20 @@ async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
         challenge(&res).contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\"")
     );
     assert!(!service.workspace.join("changes/split-refused").exists());
+
+    // A token the gateway accepts and its service does not (tiers configured apart, or a token
+    // that expired between the two checks): the service's refusal reaches the client as a 401
+    // with the service's challenge, as RFC 6750 wants of every 401, not a bare one.
+    let mut lenient_flags = oauth_flags.to_vec();
+    lenient_flags.extend(["--auth-token", "stranger=known-to-the-gateway-only"]);
+    let lenient = common::Gateway::start(&service.endpoint(), &lenient_flags, &[]);
+    let url = format!("http://{}/v1/tools/change.open", lenient.http_addr);
+    let res = post(&url, Some("known-to-the-gateway-only"), json!({"slug": "split-refused", "title": "t"})).await;
+    assert_eq!(res.status(), 401, "the service refuses what only the gateway knows");
+    let passed_on = challenge(&res);
+    assert!(passed_on.contains("error=\"invalid_token\""), "{passed_on}");
+    assert!(passed_on.contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\""));
+    assert!(!service.workspace.join("changes/split-refused").exists());
 }
 
 /// An issuer that is not up yet (started beside the server, as in a pod or a compose file) is

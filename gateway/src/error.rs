@@ -18,6 +18,9 @@ pub struct UpstreamError {
     /// Every decoded detail as JSON (`errorInfo`, `badRequest`, `preconditionFailure`, `retryInfo`).
     pub details: Value,
     pub retry_after: Option<Duration>,
+    /// The service's bearer challenge (`www-authenticate`) on an UNAUTHENTICATED or
+    /// PERMISSION_DENIED answer: the HTTP answer repeats it, as RFC 6750 wants of a 401.
+    pub challenge: Option<http::HeaderValue>,
 }
 
 impl From<tonic::Status> for UpstreamError {
@@ -51,6 +54,10 @@ impl From<tonic::Status> for UpstreamError {
         if let Some(delay) = retry_after {
             details.insert("retryInfo".into(), json!({"retryDelayMs": delay.as_millis() as u64}));
         }
+        let challenge = matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
+            .then(|| status.metadata().get(http::header::WWW_AUTHENTICATE.as_str()))
+            .flatten()
+            .and_then(|value| http::HeaderValue::from_bytes(value.as_bytes()).ok());
         UpstreamError {
             code: status.code(),
             reason,
@@ -58,6 +65,7 @@ impl From<tonic::Status> for UpstreamError {
             metadata,
             details: Value::Object(details),
             retry_after,
+            challenge,
         }
     }
 }

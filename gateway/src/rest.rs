@@ -60,11 +60,14 @@ pub struct ApiError {
     pub status: StatusCode,
     pub body: Value,
     pub retry_after: Option<Duration>,
+    /// `WWW-Authenticate`, passed on from the service.
+    pub challenge: Option<HeaderValue>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, reason: &str, message: impl AsRef<str>) -> Self {
-        ApiError { status, body: error_body(code, reason, message.as_ref(), json!({})), retry_after: None }
+        let body = error_body(code, reason, message.as_ref(), json!({}));
+        ApiError { status, body, retry_after: None, challenge: None }
     }
 
     fn invalid(reason: &str, message: impl AsRef<str>) -> Self {
@@ -87,9 +90,12 @@ impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {
         match err {
             CallError::InvalidArguments(why) => ApiError::invalid("INVALID_ARGUMENTS", why),
-            CallError::Upstream(e) => {
-                ApiError { status: e.http_status(), body: e.rest_body(), retry_after: e.retry_after }
-            }
+            CallError::Upstream(e) => ApiError {
+                status: e.http_status(),
+                body: e.rest_body(),
+                retry_after: e.retry_after,
+                challenge: e.challenge,
+            },
         }
     }
 }
@@ -103,6 +109,9 @@ impl IntoResponse for ApiError {
         if let Some(after) = retry_after {
             let secs = crate::security::retry_after_secs(after);
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(challenge) = self.challenge {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
         res
     }
