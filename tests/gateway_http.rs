@@ -92,6 +92,38 @@ async fn the_same_call_returns_the_same_data_over_mcp_rest_and_grpcurl() {
     assert!(via_mcp.iter().any(|r| r["uri"] == "changes://active" && r.get("size").is_none()), "{via_mcp:?}");
 }
 
+/// `change.open`'s `resourceUris` (marked `(taskmcp.v1.resource_link)` in the proto) come as
+/// `resource_link` blocks after the text block from 2025-06-18 on, each one readable; 2025-03-26
+/// has no such block and gets the text block alone.
+#[tokio::test]
+async fn a_tool_links_the_resources_it_names_where_the_version_has_resource_links() {
+    let server = Server::start();
+    let mut mcp = connect(&server, "2025-11-25").await;
+    let opened = mcp.call("change.open", json!({"title": "Linked", "slug": "linked", "owner": "alice"})).await;
+    assert_eq!(opened["isError"], false, "{opened}");
+    let named: Vec<Value> = opened["structuredContent"]["resourceUris"].as_array().expect("resourceUris").clone();
+    assert!(named.len() >= 2, "{opened}");
+    let content = opened["content"].as_array().expect("content");
+    assert_eq!(content[0]["type"], "text", "the text block first: {opened}");
+    let links: Vec<&Value> = content[1..].iter().collect();
+    assert_eq!(links.len(), named.len(), "one link per URI: {opened}");
+    for (link, uri) in links.iter().zip(&named) {
+        assert_eq!(link["type"], "resource_link");
+        assert_eq!(&link["uri"], uri);
+        let name = uri.as_str().and_then(|u| u.strip_prefix("change://")).expect("a change URI");
+        assert_eq!(link["name"], name);
+        let read = mcp.request("resources/read", json!({"uri": uri})).await;
+        assert_eq!(read["result"]["contents"][0]["uri"], *uri, "the link reads: {read}");
+    }
+    let shown = mcp.call("change.show", json!({"slug": "linked"})).await;
+    assert_eq!(shown["content"].as_array().map(Vec::len), Some(1), "change.show marks no field: {shown}");
+
+    let mut old = connect(&server, "2025-03-26").await;
+    let again = old.call("change.open", json!({"title": "Linked", "slug": "linked", "owner": "alice"})).await;
+    assert_eq!(again["isError"], false, "{again}");
+    assert_eq!(again["content"].as_array().map(Vec::len), Some(1), "no resource_link before 2025-06-18: {again}");
+}
+
 #[tokio::test]
 async fn tool_failures_are_tool_errors_over_mcp_and_mapped_statuses_over_rest() {
     let server = Server::start();

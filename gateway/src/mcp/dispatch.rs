@@ -14,7 +14,7 @@ use super::{
     fixtures,
     jsonrpc::{self, RpcError},
     prompts, protocol,
-    reply::Reply,
+    reply::{self, Reply},
     session::Session,
 };
 use crate::{
@@ -190,7 +190,12 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
         }
     };
     match outcome {
-        Ok(output) => Ok(Reply::tool(output, protocol::has_structured_content(&ctx.protocol_version))),
+        Ok(output) => {
+            // `resource_link` blocks arrived with `structuredContent`, in 2025-06-18.
+            let structured = protocol::has_structured_content(&ctx.protocol_version);
+            let links = if structured { reply::links_in(&output, &tool.links) } else { Vec::new() };
+            Ok(Reply::tool(output, structured, links))
+        }
         Err(CallError::InvalidArguments(message)) => {
             Ok(Reply::Json(tool_error(format!("INVALID_ARGUMENTS: {message}"), None)))
         }

@@ -20,15 +20,54 @@ pub struct ToolReply {
     output: JsonText,
     /// The negotiated version has `structuredContent` (2025-06-18 and later).
     structured: bool,
+    /// Resource URIs the output names in fields marked `(taskmcp.v1.resource_link)`, each a
+    /// `resource_link` content block after the text block (2025-06-18 and later).
+    links: Vec<String>,
     /// Members a transport adds (`resultType` in 2026-07-28).
     extra: Map<String, Value>,
 }
 
+/// A `resource_link` content block.
+#[derive(Serialize)]
+struct LinkBlock<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    uri: &'a str,
+    /// The URI without its scheme (`add-x/proposal`): the spec wants a name, and the path
+    /// says which change and which part.
+    name: &'a str,
+}
+
+impl<'a> LinkBlock<'a> {
+    fn of(uri: &'a str) -> Self {
+        let name = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+        LinkBlock { kind: "resource_link", uri, name }
+    }
+}
+
+/// The URIs in `output`'s top-level `fields` (a string or a list of strings each).
+pub fn links_in(output: &JsonText, fields: &[String]) -> Vec<String> {
+    if fields.is_empty() {
+        return Vec::new();
+    }
+    let output = output.to_value();
+    let mut links = Vec::new();
+    for value in fields.iter().filter_map(|field| output.get(field)) {
+        match value {
+            Value::String(uri) if !uri.is_empty() => links.push(uri.clone()),
+            Value::Array(uris) => links.extend(uris.iter().filter_map(Value::as_str).map(str::to_string)),
+            _ => {}
+        }
+    }
+    links
+}
+
 impl Reply {
     /// A successful tool call's result: a text block with `output`, and `output` itself as
-    /// `structuredContent` when the version has it.
-    pub fn tool(output: JsonText, structured: bool) -> Reply {
-        Reply::Tool(ToolReply { output, structured, extra: Map::new() })
+    /// `structuredContent` when the version has it; then the `links` as `resource_link` blocks
+    /// (empty for versions before 2025-06-18, which have no such block).
+    pub fn tool(output: JsonText, structured: bool, links: Vec<String>) -> Reply {
+        Reply::Tool(ToolReply { output, structured, links, extra: Map::new() })
     }
 
     /// Applies a transport's decoration (members added to the result object).
@@ -62,7 +101,9 @@ impl Reply {
             Reply::Tool(tool) => {
                 let output = tool.output.to_value();
                 let text = String::from_utf8_lossy(tool.output.as_bytes());
-                let mut result = json!({"content": [{"type": "text", "text": text}], "isError": false});
+                let mut content = vec![json!({"type": "text", "text": text})];
+                content.extend(tool.links.iter().map(|uri| json!(LinkBlock::of(uri))));
+                let mut result = json!({"content": content, "isError": false});
                 if tool.structured {
                     result["structuredContent"] = output;
                 }
@@ -94,7 +135,12 @@ impl Reply {
         serde_json::to_writer(&mut *out, id)?;
         out.extend_from_slice(br#","result":{"content":[{"type":"text","text":""#);
         wire_json::escape_into(out, tool.output.as_bytes());
-        out.extend_from_slice(br#""}],"isError":false"#);
+        out.extend_from_slice(br#""}"#);
+        for uri in &tool.links {
+            out.push(b',');
+            serde_json::to_writer(&mut *out, &LinkBlock::of(uri))?;
+        }
+        out.extend_from_slice(br#"],"isError":false"#);
         if tool.structured {
             out.extend_from_slice(br#","structuredContent":"#);
             out.extend_from_slice(tool.output.as_bytes());
@@ -125,7 +171,7 @@ mod tests {
 
     /// The response as serde writes it from the members in order: what `write_response` must
     /// produce byte for byte.
-    fn reference(id: &Value, output: &str, structured: bool, extra: &Map<String, Value>) -> Vec<u8> {
+    fn reference(id: &Value, output: &str, structured: bool, links: &[String], extra: &Map<String, Value>) -> Vec<u8> {
         #[derive(Serialize)]
         struct Response<'a> {
             jsonrpc: &'static str,
@@ -138,32 +184,41 @@ mod tests {
             kind: &'static str,
             text: &'a str,
         }
-        struct ToolResult<'a>(&'a str, bool, &'a Map<String, Value>);
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Block<'a> {
+            Text(TextBlock<'a>),
+            Link(LinkBlock<'a>),
+        }
+        struct ToolResult<'a>(&'a str, bool, &'a [String], &'a Map<String, Value>);
         impl Serialize for ToolResult<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 let mut map = serializer.serialize_map(None)?;
-                map.serialize_entry("content", &[TextBlock { kind: "text", text: self.0 }])?;
+                let mut content = vec![Block::Text(TextBlock { kind: "text", text: self.0 })];
+                content.extend(self.2.iter().map(|uri| Block::Link(LinkBlock::of(uri))));
+                map.serialize_entry("content", &content)?;
                 map.serialize_entry("isError", &false)?;
                 if self.1 {
                     let raw = RawValue::from_string(self.0.to_string()).expect("raw");
                     map.serialize_entry("structuredContent", &raw)?;
                 }
-                for (key, value) in self.2 {
+                for (key, value) in self.3 {
                     map.serialize_entry(key, value)?;
                 }
                 map.end()
             }
         }
-        let result = ToolResult(output, structured, extra);
+        let result = ToolResult(output, structured, links, extra);
         serde_json::to_vec(&Response { jsonrpc: "2.0", id, result }).expect("serializes")
     }
 
     #[test]
     fn a_tool_reply_is_written_as_serde_would_write_it() {
         let text = String::from_utf8(output().into_bytes()).expect("UTF-8");
-        for structured in [true, false] {
+        let two = vec!["change://a/proposal".to_string(), "change://a/delta/x \"y\".md".to_string()];
+        for (structured, links) in [(true, vec![]), (false, vec![]), (true, two)] {
             for id in [json!(7), json!("req-\"1\"")] {
-                let reply = Reply::tool(output(), structured).decorate(|mut v| {
+                let reply = Reply::tool(output(), structured, links.clone()).decorate(|mut v| {
                     v["resultType"] = json!("complete");
                     v
                 });
@@ -172,10 +227,15 @@ mod tests {
                 let Reply::Tool(tool) = &reply else { unreachable!("a tool reply") };
                 assert_eq!(
                     String::from_utf8_lossy(&written),
-                    String::from_utf8_lossy(&reference(&id, &text, structured, &tool.extra))
+                    String::from_utf8_lossy(&reference(&id, &text, structured, &links, &tool.extra))
                 );
+                let mut content = vec![json!({"type": "text", "text": text})];
+                for uri in &links {
+                    let name = uri.strip_prefix("change://").expect("a change URI");
+                    content.push(json!({"type": "resource_link", "uri": uri, "name": name}));
+                }
                 let mut expected = json!({
-                    "content": [{"type": "text", "text": text}],
+                    "content": content,
                     "isError": false,
                     "resultType": "complete",
                 });
@@ -187,5 +247,19 @@ mod tests {
                 assert_eq!(reply.into_value(), expected);
             }
         }
+    }
+
+    #[test]
+    fn links_are_the_marked_fields_uris_strings_and_lists_alike() {
+        let output = JsonText::new(&json!({
+            "uri": "change://a/proposal",
+            "resourceUris": ["change://a/tasks", "change://a/delta/x.md"],
+            "empty": "",
+            "other": "change://a/ignored",
+        }))
+        .expect("text");
+        let fields = ["uri".to_string(), "resourceUris".to_string(), "empty".to_string(), "absent".to_string()];
+        assert_eq!(links_in(&output, &fields), ["change://a/proposal", "change://a/tasks", "change://a/delta/x.md"]);
+        assert!(links_in(&output, &[]).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use crate::{pb, schema, wire_json::OutputEncoder};
 
 /// The method option that makes an RPC a tool.
 const TOOL_EXTENSION: &str = "taskmcp.v1.tool";
+const LINK_EXTENSION: &str = "taskmcp.v1.resource_link";
 
 /// One tool, derived from an RPC carrying the `(taskmcp.v1.tool)` option.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct ToolDef {
     pub stream_method: Option<MethodDescriptor>,
     /// Writes the response's bytes as JSON.
     pub output: OutputEncoder,
+    /// The JSON names of the response's fields marked `(taskmcp.v1.resource_link)`.
+    pub links: Vec<String>,
 }
 
 impl ToolDef {
@@ -128,6 +131,7 @@ impl Registry {
                     destructive: tool.destructive,
                     idempotent: tool.idempotent,
                     output: OutputEncoder::new(method.output()),
+                    links: link_fields(&method.output()),
                     path: method_path(&method).map_err(|e| format!("{}: {}", method.full_name(), e.message()))?,
                     method,
                     stream_method: None,
@@ -212,6 +216,19 @@ fn attach_stream_form(tools: &mut [ToolDef], stream: MethodDescriptor) {
         [only] => tools[*only].stream_method = Some(stream),
         _ => tracing::warn!(rpc = stream.full_name(), "streaming RPC fits several tools; not used as a streaming form"),
     }
+}
+
+/// The JSON names of `output`'s string fields marked `(taskmcp.v1.resource_link)`.
+fn link_fields(output: &MessageDescriptor) -> Vec<String> {
+    let Some(extension) = output.parent_pool().get_extension_by_name(LINK_EXTENSION) else {
+        return Vec::new();
+    };
+    output
+        .fields()
+        .filter(|f| matches!(f.kind(), Kind::String) && !f.is_map())
+        .filter(|f| f.options().get_extension(&extension).as_bool() == Some(true))
+        .map(|f| f.json_name().to_string())
+        .collect()
 }
 
 /// The message type of a singular message field.
