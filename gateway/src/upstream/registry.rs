@@ -131,7 +131,7 @@ impl Registry {
                     destructive: tool.destructive,
                     idempotent: tool.idempotent,
                     output: OutputEncoder::new(method.output()),
-                    links: link_fields(&method.output()),
+                    links: link_fields(&method.output())?,
                     path: method_path(&method).map_err(|e| format!("{}: {}", method.full_name(), e.message()))?,
                     method,
                     stream_method: None,
@@ -218,16 +218,18 @@ fn attach_stream_form(tools: &mut [ToolDef], stream: MethodDescriptor) {
     }
 }
 
-/// The JSON names of `output`'s string fields marked `(taskmcp.v1.resource_link)`.
-fn link_fields(output: &MessageDescriptor) -> Vec<String> {
+/// The JSON names of `output`'s fields marked `(taskmcp.v1.resource_link)`; a mark on a field
+/// that holds no strings could not be honoured, and is refused like a misnamed tool.
+fn link_fields(output: &MessageDescriptor) -> Result<Vec<String>, String> {
     let Some(extension) = output.parent_pool().get_extension_by_name(LINK_EXTENSION) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    output
-        .fields()
-        .filter(|f| matches!(f.kind(), Kind::String) && !f.is_map())
-        .filter(|f| f.options().get_extension(&extension).as_bool() == Some(true))
-        .map(|f| f.json_name().to_string())
+    let marked = output.fields().filter(|f| f.options().get_extension(&extension).as_bool() == Some(true));
+    marked
+        .map(|f| match f.kind() {
+            Kind::String if !f.is_map() => Ok(f.json_name().to_string()),
+            _ => Err(format!("{}: `{LINK_EXTENSION}` is only supported on string fields", f.full_name())),
+        })
         .collect()
 }
 
@@ -259,6 +261,29 @@ mod tests {
         assert_eq!(underscored("change.open"), "change_open");
         assert_eq!(underscored("a/b.c-d_e"), "a_b_c-d_e");
         assert_eq!(underscored("plain"), "plain");
+    }
+
+    /// The tools in `testdata/<file>`, or why the registry refuses them.
+    fn registry_of(file: &str) -> Result<Registry, String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+        let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+        let mut compiler = protox::Compiler::new([dir, proto]).expect("compiler");
+        compiler.include_imports(true);
+        compiler.open_file(file).expect("the test proto");
+        // Decoded from the encoded set: a prost_types round trip would drop the options.
+        let pool = DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).expect("pool");
+        Registry::from_pool(&pool)
+    }
+
+    #[test]
+    fn resource_link_marks_are_read_from_the_descriptors_and_a_misplaced_one_is_refused() {
+        let good = registry_of("links_good.proto").expect("the marks on string fields are honoured");
+        assert_eq!(good.get("links.good").expect("the tool").links, ["uri", "moreUris"]);
+        let contract = Registry::from_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET).expect("the contract").1;
+        assert_eq!(contract.get("change.open").expect("change.open").links, ["resourceUris"]);
+        assert!(contract.get("change.show").expect("change.show").links.is_empty());
+        let bad = registry_of("links_bad.proto").err().expect("a mark on a number is refused");
+        assert_eq!(bad, "links.bad.Misplaced.count: `taskmcp.v1.resource_link` is only supported on string fields");
     }
 
     #[test]
