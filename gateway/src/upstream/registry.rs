@@ -282,7 +282,7 @@ mod tests {
         let contract = Registry::from_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET).expect("the contract").1;
         assert_eq!(contract.get("change.open").expect("change.open").links, ["resourceUris"]);
         assert!(contract.get("change.show").expect("change.show").links.is_empty());
-        let bad = registry_of("links_bad.proto").err().expect("a mark on a number is refused");
+        let Err(bad) = registry_of("links_bad.proto") else { panic!("a mark on a number is refused") };
         assert_eq!(bad, "links.bad.Misplaced.count: `taskmcp.v1.resource_link` is only supported on string fields");
     }
 
