@@ -13,7 +13,8 @@ subscriptions/listen instead of resources/subscribe):
 
 1. initializes a session;
 2. lists the tools (following nextCursor) and checks the change tools are there;
-3. calls change.open and checks structuredContent (slug, created);
+3. calls change.open and checks structuredContent (slug, created) and that the
+   SDK parsed a ResourceLink block for each of its resourceUris;
 4. reads change://<slug>/proposal;
 5. calls change.archive with a progress callback and checks that at least one
    progress notification arrived before the result;
@@ -97,6 +98,8 @@ class Run:
         self.notifications: list[dict[str, Any]] = []
         self.transport_errors: list[str] = []
         self.updated: dict[str, anyio.Event] = {}
+        # The content blocks of the last tool result `call` returned.
+        self.last_content: list[Any] = []
 
     def step(self, name: str, **facts: Any) -> None:
         self.steps.append({"step": name, "ok": True, **facts})
@@ -118,6 +121,7 @@ class Run:
         body = dump(result)
         expect(not result.is_error, f"{tool} returned isError: {json.dumps(body)[:2000]}")
         expect(isinstance(result.structured_content, dict), f"{tool} has no structuredContent: {json.dumps(body)[:2000]}")
+        self.last_content = result.content
         return result.structured_content
 
     async def read_text(self, session: ClientSession, uri: str) -> str:
@@ -135,6 +139,11 @@ class Run:
         expect(change.get("created") is True, f"change.open {slug}: created is not true: {json.dumps(change)[:1500]}")
         got = (change.get("change") or {}).get("slug")
         expect(got == slug, f"change.open {slug}: structuredContent change.slug is {got!r}")
+        links = [str(c.uri) for c in self.last_content if isinstance(c, types.ResourceLink)]
+        expect(
+            links and links == change.get("resourceUris"),
+            f"change.open {slug}: ResourceLink blocks {links} are not its resourceUris {change.get('resourceUris')}",
+        )
         return change
 
     async def exercise(self, session: ClientSession, modern: bool = False) -> None:
