@@ -16,7 +16,8 @@
 // 1. connect (initialize); tools/list, every page, and the change tools are
 //    there. The SDK compiles every outputSchema here and from then on validates
 //    every structuredContent: a validation error fails the step it happens in;
-// 2. change.open, change.show, task.update ticking an id taken from
+// 2. change.open (with a resource_link block per resourceUris entry),
+//    change.show, task.update ticking an id taken from
 //    change.show, change.validate;
 // 3. change.archive with onprogress: at least one progress notification before
 //    the result; over legacy SSE, `--archives` archives in a row, none of which
@@ -293,6 +294,7 @@ class Run {
       result.structuredContent && typeof result.structuredContent === 'object',
       `${name} has no structuredContent: ${short(result)}`,
     );
+    this.lastContent = result.content;
     return result.structuredContent;
   }
 
@@ -309,6 +311,11 @@ class Run {
     const opened = await this.call('change.open', { slug, title });
     expect(opened.created === true, `change.open ${slug}: created is not true: ${short(opened)}`);
     expect(opened.change?.slug === slug, `change.open ${slug}: structuredContent change.slug is ${opened.change?.slug}`);
+    const links = this.lastContent.filter((block) => block.type === 'resource_link').map((block) => block.uri);
+    expect(
+      links.length > 0 && JSON.stringify(links) === JSON.stringify(opened.resourceUris),
+      `change.open ${slug}: resource_link blocks ${JSON.stringify(links)} are not its resourceUris ${JSON.stringify(opened.resourceUris)}`,
+    );
     return opened;
   }
 
