@@ -742,16 +742,7 @@ async fn hears_list_changed(stream: &mut reqwest::Response, opener: &mut Mcp, se
     let slug = format!("listed-{}", OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let opened = opener.call("change.open", json!({"title": "Listed", "slug": slug, "owner": "alice"})).await;
     assert_eq!(opened["isError"], false, "{opened}");
-    tokio::time::timeout(common::RPC_BOUND, async {
-        loop {
-            if sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
-                return;
-            }
-            seen.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().expect("more events")).unwrap());
-        }
-    })
-    .await
-    .is_ok()
+    common::mcp::hears_list_changed(stream, seen).await
 }
 
 #[tokio::test]

@@ -480,22 +480,6 @@ async fn holdable_relay(upstream: &str) -> (String, tokio::sync::watch::Sender<b
     (url, flowing)
 }
 
-/// Reads `stream` until it carries `notifications/resources/list_changed`; whether it did
-/// within the bound.
-async fn hears_list_changed(stream: &mut reqwest::Response, seen: &mut String) -> bool {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if common::mcp::sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
-                return;
-            }
-            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
-            seen.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    })
-    .await
-    .is_ok()
-}
-
 /// A client is told it is listening (a GET stream's first byte, a stateless
 /// `subscriptions/listen`'s acknowledgement) before the gateway's call for the change feed
 /// reaches the service. A change made in between went unannounced: the feed began after it. The
@@ -516,7 +500,7 @@ async fn a_change_made_before_the_change_feed_reaches_the_service_is_still_annou
     open_over_grpc(&service, "opened-after-get").await;
     flowing.send_replace(true);
     let mut seen = String::new();
-    assert!(hears_list_changed(&mut stream, &mut seen).await, "GET /mcp: no list_changed: {seen}");
+    assert!(common::mcp::hears_list_changed(&mut stream, &mut seen).await, "GET /mcp: no list_changed: {seen}");
 
     flowing.send_replace(false);
     let listen = json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
@@ -539,7 +523,10 @@ async fn a_change_made_before_the_change_feed_reaches_the_service_is_still_annou
     }
     open_over_grpc(&service, "opened-after-listen").await;
     flowing.send_replace(true);
-    assert!(hears_list_changed(&mut stream, &mut seen).await, "subscriptions/listen: no list_changed: {seen}");
+    assert!(
+        common::mcp::hears_list_changed(&mut stream, &mut seen).await,
+        "subscriptions/listen: no list_changed: {seen}"
+    );
     assert!(!gateway.logs().contains("change feed lost"), "the feed was not cut: {}", gateway.logs());
 }
 

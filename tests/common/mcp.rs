@@ -2,7 +2,7 @@
 //! session, requests answered as JSON or on an SSE stream, the session's GET stream.
 use serde_json::{Value, json};
 
-use super::bounded;
+use super::{RPC_BOUND, bounded};
 
 pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
@@ -108,4 +108,20 @@ pub fn sse_messages(text: &str) -> Vec<Value> {
             if data.is_empty() { None } else { serde_json::from_str(&data).ok() }
         })
         .collect()
+}
+
+/// Reads `stream` into `seen` until it carries `notifications/resources/list_changed`; whether
+/// it did within [`RPC_BOUND`].
+pub async fn hears_list_changed(stream: &mut reqwest::Response, seen: &mut String) -> bool {
+    tokio::time::timeout(RPC_BOUND, async {
+        loop {
+            if sse_messages(seen).iter().any(|m| m["method"] == "notifications/resources/list_changed") {
+                return;
+            }
+            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
+            seen.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        }
+    })
+    .await
+    .is_ok()
 }
