@@ -236,6 +236,9 @@ impl Verifier {
         validation.set_audience(&[&self.resource]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = self.leeway;
+        // RFC 7519 refuses a token "on or after" `exp`; jsonwebtoken alone still accepts it during
+        // the second equal to `exp` + leeway. Asking for one second of remaining life closes that.
+        validation.reject_tokens_expiring_in_less_than = 1;
         validation.validate_nbf = true;
         let claims = match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
             Ok(data) => data.claims,
@@ -720,6 +723,11 @@ mod tests {
         let now = unix_now();
         let expired = s.sign(claims(serde_json::json!({"exp": now - 5})));
         assert_eq!(s.verifier.verify(&expired, Need::Read), Err(Denied::Invalid), "no skew allowed");
+        // RFC 7519 4.1.4: not accepted on or after `exp`, so not in the second equal to it.
+        let expiring = s.sign(claims(serde_json::json!({"exp": now})));
+        assert_eq!(s.verifier.verify(&expiring, Need::Read), Err(Denied::Invalid), "refused at exp itself");
+        let alive = s.sign(claims(serde_json::json!({"exp": now + 60})));
+        assert!(s.verifier.verify(&alive, Need::Read).is_ok(), "a minute left");
         let early = s.sign(claims(serde_json::json!({"nbf": now + 5})));
         assert_eq!(s.verifier.verify(&early, Need::Read), Err(Denied::Invalid), "no skew allowed");
         s.verifier.leeway = 120;
