@@ -435,6 +435,82 @@ async fn behind_a_trusted_proxy_grpc_failures_throttle_only_that_client() {
     assert_eq!(b.code(), Code::ResourceExhausted, "{b:?}");
 }
 
+/// `task-mcp gateway` in front of a service is a proxy too: it names the client it serves in
+/// `x-forwarded-for`, so a service that trusts it throttles only the client whose token it
+/// refuses. Here the gateway knows a token its service does not (token files rotated apart); the
+/// gateway's own throttle is off, so only the service's bites. Keyed on the gateway's address,
+/// A's refusals locked B out as well.
+#[tokio::test]
+async fn behind_a_separate_gateway_the_service_throttles_only_the_client_it_refuses() {
+    let service = two_tenants(&["--auth-failures-per-minute", "3", "--trusted-proxy", "127.0.0.1"]);
+    let (a, b) = (format!("a={TOKEN_A}"), format!("b={TOKEN_B}"));
+    let gateway = common::Gateway::start(
+        &service.endpoint(),
+        &[
+            "--auth-token",
+            &a,
+            "--auth-token",
+            &b,
+            "--auth-token",
+            "rotated=known-to-the-gateway-only",
+            "--auth-failures-per-minute",
+            "0",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    let list = |client: &'static str, token: &'static str| {
+        let url = format!("http://{}/v1/tools/change.list", gateway.http_addr);
+        async move {
+            let request =
+                http().post(url).header("x-forwarded-for", client).bearer_auth(token).json(&serde_json::json!({}));
+            request.send().await.expect("POST change.list").status().as_u16()
+        }
+    };
+    let mut throttled = false;
+    for _ in 0..20 {
+        match list(CLIENT_A, "known-to-the-gateway-only").await {
+            401 => continue,
+            429 => {
+                throttled = true;
+                break;
+            }
+            other => panic!("the service's refusal of a token only the gateway knows: {other}"),
+        }
+    }
+    assert!(throttled, "the service never throttled A\n--- service ---\n{}", service.logs());
+    assert_eq!(list(CLIENT_A, TOKEN_A).await, 429, "A, throttled by the service, with a valid token");
+    assert_eq!(
+        list(CLIENT_B, TOKEN_B).await,
+        200,
+        "B is refused for A's failures: the service keyed them on the gateway\n--- service ---\n{}",
+        service.logs()
+    );
+
+    // A gateway that does not trust its peer names the peer, whatever the client wrote: a new
+    // made-up address per guess buys no fresh budget at the service.
+    let strict = common::Gateway::start(
+        &service.endpoint(),
+        &["--auth-token", "rotated=known-to-the-gateway-only", "--auth-failures-per-minute", "0"],
+        &[],
+    );
+    let url = format!("http://{}/v1/tools/change.list", strict.http_addr);
+    for guess in 0..20 {
+        let request = http()
+            .post(&url)
+            .header("x-forwarded-for", format!("192.0.2.{guess}"))
+            .bearer_auth("known-to-the-gateway-only")
+            .json(&serde_json::json!({}));
+        match request.send().await.expect("POST change.list").status().as_u16() {
+            401 => continue,
+            429 => return,
+            other => panic!("a token only the gateway knows: {other}"),
+        }
+    }
+    panic!("20 guesses, each under a made-up address, and the service never throttled their sender");
+}
+
 /// The log lines of requests the HTTP face refused, once the one of the request `last_id` is
 /// among them (the server's output reaches the test through a pipe, after the answers).
 async fn refusal_lines(server: &Server, last_id: &str) -> Vec<serde_json::Value> {

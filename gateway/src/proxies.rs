@@ -89,11 +89,32 @@ impl TrustedProxies {
     }
 }
 
+/// Sets `X-Forwarded-For` to the one client [`TrustedProxies::client`] reads from the request
+/// (the TCP peer, or the client a trusted proxy names), as a proxy in overwrite mode does. The
+/// header then travels to the service with each call ([`crate::upstream::CallContext`]), so a
+/// separate service started with the gateway as its `--trusted-proxy` keys its throttle of
+/// failed authentication on the client: keyed on the gateway's address, one client whose token
+/// only the gateway knew (token files rotated apart) locked every client out within a minute.
+/// Reading the rewritten header again gives the same client. A request without a recorded peer
+/// (a test's router) is left as it is.
+pub fn name_client<B>(proxies: &TrustedProxies, mut req: http::Request<B>) -> http::Request<B> {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        let client = proxies.client(peer, req.headers());
+        if let Ok(value) = http::HeaderValue::try_from(client.to_string()) {
+            req.headers_mut().insert(X_FORWARDED_FOR, value);
+        }
+    }
+    req
+}
+
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Header lines are one list in their order (RFC 9110 §5.3), so the walk starts at the end of
 /// the last line. Any entry that is not an address ends it with `None`: past a hop nothing can be
 /// read reliably.
 fn rightmost_untrusted(headers: &HeaderMap, trusts: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
-    for line in headers.get_all("x-forwarded-for").iter().rev() {
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
         for entry in line.to_str().ok()?.rsplit(',') {
             let addr = parse_entry(entry.trim())?.to_canonical();
             if !trusts(addr) {
@@ -178,6 +199,30 @@ mod tests {
         assert_eq!(client_via(&[PROXY, "10.2.3.4"], &["203.0.113.7,10.2.3.4"]), ip("203.0.113.7"));
         // Only the listed address is trusted: its neighbour is a client.
         assert_eq!(client_via(&[PROXY], &["203.0.113.7, 10.0.0.2"]), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn the_header_sent_on_names_the_client_alone_and_reads_back_as_it() {
+        let named = |trusted: &[&str], lines: &[&str], peer: Option<&str>| {
+            let mut req = http::Request::new(());
+            *req.headers_mut() = headers(lines);
+            if let Some(peer) = peer {
+                let addr = SocketAddr::new(ip(peer), 4711);
+                req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+            }
+            let req = name_client(&proxies(trusted), req);
+            let sent: Vec<_> = req.headers().get_all(X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap()).collect();
+            // The gateway's own layers read the rewritten header and must find the same client.
+            if let Some(peer) = peer {
+                assert_eq!(proxies(trusted).client(ip(peer), req.headers()).to_string(), sent.join(","));
+            }
+            sent.join(",")
+        };
+        assert_eq!(named(&[PROXY], &["198.51.100.9, 203.0.113.7"], Some(PROXY)), "203.0.113.7");
+        assert_eq!(named(&[PROXY], &["203.0.113.7", "nonsense"], Some(PROXY)), PROXY, "unreadable: the peer");
+        assert_eq!(named(&[], &["203.0.113.7"], Some(PROXY)), PROXY, "an untrusted peer's header is replaced");
+        assert_eq!(named(&[], &[], Some("2001:db8::7")), "2001:db8::7");
+        assert_eq!(named(&[], &["203.0.113.7"], None), "203.0.113.7", "no peer recorded: left alone");
     }
 
     #[test]

@@ -236,6 +236,7 @@ pub fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
         traceparent: text(crate::headers::TRACEPARENT),
         timeout: request_timeout(headers)?,
         transport: Some(crate::metrics::Transport::Http),
+        forwarded_for: text(crate::proxies::X_FORWARDED_FOR),
     })
 }
 

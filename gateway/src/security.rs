@@ -164,7 +164,11 @@ where
                 access,
                 proxies: config.trusted_proxies.clone(),
                 stats: stats.clone(),
-            })),
+            }))
+            .map_request({
+                let proxies = config.trusted_proxies.clone();
+                move |req| crate::proxies::name_client(&proxies, req)
+            }),
     )
 }
 

@@ -106,6 +106,7 @@ pub fn call_context(headers: &HeaderMap) -> CallContext {
         // first (`grpc_timeout`). The change feed takes no deadline at all (`Upstream::watch`).
         timeout: grpc_timeout(headers).ok().flatten(),
         transport: Some(crate::metrics::Transport::Mcp),
+        forwarded_for: header_str(headers, crate::proxies::X_FORWARDED_FOR).map(str::to_string),
     }
 }
 

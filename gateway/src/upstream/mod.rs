@@ -69,6 +69,9 @@ pub struct CallContext {
     /// the service labels its tool metrics with it and skips counting the
     /// authentication and streams the gateway has already counted.
     pub transport: Option<crate::metrics::Transport>,
+    /// The client as the gateway sees it ([`crate::proxies::name_client`]), sent on as
+    /// `x-forwarded-for`.
+    pub forwarded_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -448,8 +451,12 @@ fn to_u32(value: &prost_reflect::Value) -> u32 {
 fn request<T>(message: T, ctx: &CallContext) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let metadata = request.metadata_mut();
-    let forwarded =
-        [("authorization", &ctx.authorization), ("x-request-id", &ctx.request_id), ("traceparent", &ctx.traceparent)];
+    let forwarded = [
+        ("authorization", &ctx.authorization),
+        ("x-request-id", &ctx.request_id),
+        ("traceparent", &ctx.traceparent),
+        ("x-forwarded-for", &ctx.forwarded_for),
+    ];
     for (key, value) in forwarded {
         let Some(value) = value else { continue };
         match MetadataValue::try_from(value.as_str()) {
@@ -1194,6 +1201,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             timeout: Some(Duration::from_secs(5)),
             transport: Some(crate::metrics::Transport::Mcp),
+            forwarded_for: Some("203.0.113.7".into()),
         };
         let args = json!({"title": "Add X", "slug": "add-x"});
         let out = fake.upstream.call_tool(tool(&fake, "change.open"), &args, ctx).await.unwrap();
@@ -1212,6 +1220,7 @@ mod tests {
         assert!(headers["traceparent"].to_str().unwrap().starts_with("00-0af7"));
         assert!(headers.contains_key("grpc-timeout"));
         assert_eq!(headers[crate::metrics::TRANSPORT_HEADER], "mcp");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7");
     }
 
     #[tokio::test]
