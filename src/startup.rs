@@ -705,6 +705,7 @@ impl GatewayApplication {
         let config = task_mcp_gateway::GatewayConfig {
             trusted_proxies: settings.access.trusted_proxies(),
             oauth: settings.access.protected_resource(),
+            name_client: true,
             ..settings.gateway.to_config(principals)
         };
         let state = gateway_state(service, access, config, metrics.gateway.clone())?;

@@ -38,6 +38,10 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Peers whose `X-Forwarded-For` names the client, for what keys on the client address.
     pub trusted_proxies: crate::TrustedProxies,
+    /// The service is another process (`task-mcp gateway`): each call names the client in
+    /// `x-forwarded-for` ([`crate::proxies::name_client`]). In `serve` the in-process service
+    /// keys nothing on the client, so nothing is written.
+    pub name_client: bool,
     /// How `tools/list` names the tools to MCP clients (calls accept both forms).
     pub tool_names: ToolNames,
     /// OAuth: the metadata to serve and to name in challenges (RFC 9728); `None` without.
@@ -76,6 +80,7 @@ impl Default for GatewayConfig {
             max_streams_per_principal: 0,
             upstream_timeout: Duration::from_secs(30),
             trusted_proxies: crate::TrustedProxies::default(),
+            name_client: false,
             tool_names: ToolNames::default(),
             oauth: None,
         }

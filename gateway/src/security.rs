@@ -58,7 +58,10 @@ use futures_util::future::{Either, Ready, ready};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use pin_project_lite::pin_project;
 use serde_json::{Value, json};
-use tower::{Layer, Service, ServiceBuilder, util::MapResponseLayer};
+use tower::{
+    Layer, Service, ServiceBuilder,
+    util::{MapRequestLayer, MapResponseLayer},
+};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
@@ -165,10 +168,10 @@ where
                 proxies: config.trusted_proxies.clone(),
                 stats: stats.clone(),
             }))
-            .map_request({
+            .option_layer(config.name_client.then(|| {
                 let proxies = config.trusted_proxies.clone();
-                move |req| crate::proxies::name_client(&proxies, req)
-            }),
+                MapRequestLayer::new(move |req| crate::proxies::name_client(&proxies, req))
+            })),
     )
 }
 

@@ -69,8 +69,10 @@ pub struct CallContext {
     /// the service labels its tool metrics with it and skips counting the
     /// authentication and streams the gateway has already counted.
     pub transport: Option<crate::metrics::Transport>,
-    /// The client as the gateway sees it ([`crate::proxies::name_client`]), sent on as
-    /// `x-forwarded-for`.
+    /// `x-forwarded-for`, sent on. In split mode it is the client as the gateway sees it
+    /// ([`crate::proxies::name_client`]); in `serve`, whatever the client or its proxy sent,
+    /// which the in-process service does not read (it has no throttle: the gateway admitted
+    /// the caller).
     pub forwarded_for: Option<String>,
 }
 
