@@ -55,28 +55,6 @@ impl OutputEncoder {
         if let Some(text) = self.direct_bytes(bytes) {
             return Ok(JsonText(text));
         }
-        self.reflected_text(bytes)
-    }
-
-    /// `bytes` as JSON text, and the same text escaped as a JSON string's contents (a tool's
-    /// text block), written side by side on the direct path ([`Twin`]).
-    pub fn to_text_and_escaped(&self, bytes: &[u8]) -> Result<(JsonText, Vec<u8>), EncodeError> {
-        if let Some(plan) = &self.plan {
-            let mut twin = Twin {
-                json: Vec::with_capacity(2 * bytes.len() + 64),
-                escaped: Vec::with_capacity(3 * bytes.len() + 64),
-            };
-            if write_message(plan, 0, bytes, 0, &mut twin).is_ok() {
-                return Ok((JsonText(twin.json), twin.escaped));
-            }
-        }
-        let text = self.reflected_text(bytes)?;
-        let mut escaped = Vec::with_capacity(text.len() + text.len() / 4);
-        escape_into(&mut escaped, text.as_bytes());
-        Ok((text, escaped))
-    }
-
-    fn reflected_text(&self, bytes: &[u8]) -> Result<JsonText, EncodeError> {
         let message = self.decode(bytes)?;
         JsonText::new(&Reflected(&message)).map_err(EncodeError::Encode)
     }
@@ -186,8 +164,6 @@ struct FieldPlan {
     number: u32,
     /// The JSON member name, quoted, and the colon: `"jsonName":`.
     key: Box<[u8]>,
-    /// `key` escaped as a JSON string's contents: `\"jsonName\":`.
-    escaped_key: Box<[u8]>,
     shape: Shape,
     /// Written only when on the wire (message fields, `optional`, oneof members); the others
     /// are written with their default when absent.
@@ -287,12 +263,9 @@ impl PlanBuilder {
                 let mut key = Vec::new();
                 string(&mut key, field.json_name().as_bytes());
                 key.push(b':');
-                let mut escaped_key = Vec::new();
-                escape_into(&mut escaped_key, &key);
                 fields.push(FieldPlan {
                     number: field.number(),
                     key: key.into(),
-                    escaped_key: escaped_key.into(),
                     shape,
                     presence: field.supports_presence(),
                     oneof,
@@ -426,7 +399,7 @@ impl ValueKind {
 
 /// Writes the message `message` of `plan` from its wire bytes; gives up (leaving a partial
 /// text that the caller drops) on what only `DynamicMessage` would read right.
-fn write_message<S: Sink>(plan: &Plan, message: usize, bytes: &[u8], depth: u32, out: &mut S) -> Result<(), GiveUp> {
+fn write_message(plan: &Plan, message: usize, bytes: &[u8], depth: u32, out: &mut Vec<u8>) -> Result<(), GiveUp> {
     if depth > MAX_DEPTH {
         return Err(GiveUp);
     }
@@ -435,7 +408,7 @@ fn write_message<S: Sink>(plan: &Plan, message: usize, bytes: &[u8], depth: u32,
         MessagePlan::Fields(fields) => fields,
     };
     let occurrences = occurrences(fields, bytes)?;
-    out.byte(b'{');
+    out.push(b'{');
     let mut first = true;
     let mut rest = occurrences.as_slice();
     for (slot, field) in fields.iter().enumerate() {
@@ -446,13 +419,13 @@ fn write_message<S: Sink>(plan: &Plan, message: usize, bytes: &[u8], depth: u32,
             continue;
         }
         if !first {
-            out.byte(b',');
+            out.push(b',');
         }
         first = false;
-        out.key(&field.key, &field.escaped_key);
+        out.extend_from_slice(&field.key);
         write_field(plan, field, mine, depth, out)?;
     }
-    out.byte(b'}');
+    out.push(b'}');
     Ok(())
 }
 
@@ -505,12 +478,12 @@ fn occurrences<'a>(fields: &[FieldPlan], mut bytes: &'a [u8]) -> Result<SmallVec
 }
 
 /// A field's JSON value from its occurrences (none: the default).
-fn write_field<S: Sink>(
+fn write_field(
     plan: &Plan,
     field: &FieldPlan,
     occurrences: &[Occurrence<'_>],
     depth: u32,
-    out: &mut S,
+    out: &mut Vec<u8>,
 ) -> Result<(), GiveUp> {
     match &field.shape {
         Shape::Single(kind) => {
@@ -518,11 +491,11 @@ fn write_field<S: Sink>(
             write_value(plan, kind, wire, depth, out)
         }
         Shape::List(kind) => {
-            out.byte(b'[');
+            out.push(b'[');
             let mut first = true;
-            let mut element = |wire, out: &mut S| {
+            let mut element = |wire, out: &mut Vec<u8>| {
                 if !first {
-                    out.byte(b',');
+                    out.push(b',');
                 }
                 first = false;
                 write_value(plan, kind, wire, depth, out)
@@ -537,7 +510,7 @@ fn write_field<S: Sink>(
                     wire => element(wire, out)?,
                 }
             }
-            out.byte(b']');
+            out.push(b']');
             Ok(())
         }
         Shape::Map(key_kind, value_kind) => {
@@ -551,16 +524,16 @@ fn write_field<S: Sink>(
                 }
                 entries.push((key, value));
             }
-            out.byte(b'{');
+            out.push(b'{');
             for (i, (key, value)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.byte(b',');
+                    out.push(b',');
                 }
                 write_map_key(key_kind, key, out)?;
-                out.byte(b':');
+                out.push(b':');
                 write_value(plan, value_kind, value, depth, out)?;
             }
-            out.byte(b'}');
+            out.push(b'}');
             Ok(())
         }
     }
@@ -612,13 +585,13 @@ fn map_entry<'a>(
 
 /// One value of a field, written as serde_json writes what prost-reflect hands it: integers
 /// by `itoa` (the 64-bit ones as strings), floats by `zmij`, enums by name.
-fn write_value<S: Sink>(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u32, out: &mut S) -> Result<(), GiveUp> {
+fn write_value(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u32, out: &mut Vec<u8>) -> Result<(), GiveUp> {
     if let Some(n) = integer(kind, wire) {
         n.write(out, false);
         return Ok(());
     }
     match (kind, wire) {
-        (ValueKind::Bool, Wire::Varint(v)) => out.plain(if v != 0 { b"true" } else { b"false" }),
+        (ValueKind::Bool, Wire::Varint(v)) => out.extend_from_slice(if v != 0 { b"true" } else { b"false" }),
         (ValueKind::Enum(desc), Wire::Varint(v)) => match desc.get_value(v as i32) {
             Some(value) => string(out, value.name().as_bytes()),
             None => number(out, v as i32),
@@ -629,9 +602,11 @@ fn write_value<S: Sink>(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u3
             utf8_string(out, bytes)?;
         }
         (ValueKind::Bytes, Wire::Len(bytes)) => {
-            out.quote();
-            out.plain(BASE64_STANDARD.encode(bytes).as_bytes());
-            out.quote();
+            out.push(b'"');
+            let start = out.len();
+            out.resize(start + base64::encoded_len(bytes.len(), true).ok_or(GiveUp)?, 0);
+            BASE64_STANDARD.encode_slice(bytes, &mut out[start..]).map_err(|_| GiveUp)?;
+            out.push(b'"');
         }
         (ValueKind::Message(message), Wire::Len(bytes)) => write_message(plan, *message, bytes, depth + 1, out)?,
         _ => return Err(GiveUp),
@@ -640,18 +615,14 @@ fn write_value<S: Sink>(plan: &Plan, kind: &ValueKind, wire: Wire<'_>, depth: u3
 }
 
 /// A map key: JSON object keys are strings, numbers and booleans written as text.
-fn write_map_key<S: Sink>(kind: &ValueKind, wire: Wire<'_>, out: &mut S) -> Result<(), GiveUp> {
+fn write_map_key(kind: &ValueKind, wire: Wire<'_>, out: &mut Vec<u8>) -> Result<(), GiveUp> {
     if let Some(n) = integer(kind, wire) {
         n.write(out, true);
         return Ok(());
     }
     match (kind, wire) {
         (ValueKind::String, Wire::Len(bytes)) => utf8_string(out, bytes)?,
-        (ValueKind::Bool, Wire::Varint(v)) => {
-            out.quote();
-            out.plain(if v != 0 { b"true" } else { b"false" });
-            out.quote();
-        }
+        (ValueKind::Bool, Wire::Varint(v)) => out.extend_from_slice(if v != 0 { b"\"true\"" } else { b"\"false\"" }),
         _ => return Err(GiveUp),
     }
     Ok(())
@@ -669,7 +640,7 @@ enum Integer {
 impl Integer {
     /// 64-bit integers are JSON strings (a double cannot hold them); 32-bit ones are numbers,
     /// except as map keys (`quoted`).
-    fn write(self, out: &mut impl Sink, quoted: bool) {
+    fn write(self, out: &mut Vec<u8>, quoted: bool) {
         match self {
             Integer::I32(n) if !quoted => number(out, n),
             Integer::U32(n) if !quoted => number(out, n),
@@ -712,55 +683,53 @@ fn zigzag64(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
-fn number(out: &mut impl Sink, n: impl itoa::Integer) {
-    out.plain(itoa::Buffer::new().format(n).as_bytes());
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn quoted_number(out: &mut impl Sink, n: impl itoa::Integer) {
-    out.quote();
+fn quoted_number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.push(b'"');
     number(out, n);
-    out.quote();
+    out.push(b'"');
 }
 
 /// A float as serde_json writes a finite one (`zmij`); the others as prost-reflect names them.
-fn float<F: zmij::Float + Into<f64>>(out: &mut impl Sink, v: F) {
+fn float<F: zmij::Float + Into<f64>>(out: &mut Vec<u8>, v: F) {
     let wide: f64 = v.into();
     if wide.is_finite() {
-        out.plain(zmij::Buffer::new().format_finite(v).as_bytes());
-        return;
+        out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+    } else if wide == f64::INFINITY {
+        out.extend_from_slice(b"\"Infinity\"");
+    } else if wide == f64::NEG_INFINITY {
+        out.extend_from_slice(b"\"-Infinity\"");
+    } else {
+        out.extend_from_slice(b"\"NaN\"");
     }
-    out.quote();
-    out.plain(match wide {
-        f64::INFINITY => b"Infinity",
-        f64::NEG_INFINITY => b"-Infinity",
-        _ => b"NaN",
-    });
-    out.quote();
 }
 
 /// `text` as a JSON string.
-fn string(out: &mut impl Sink, text: &[u8]) {
-    out.quote();
-    out.contents(text);
-    out.quote();
+fn string(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    escape_into(out, text);
+    out.push(b'"');
 }
 
 /// A protobuf `string` field as a JSON string; gives up on invalid UTF-8. The escaper notes
 /// whether it met a byte above ASCII, so only such text pays for a full UTF-8 check: a call
 /// to `from_utf8` per field was 3% of a `change.show` call (callgrind).
-fn utf8_string(out: &mut impl Sink, bytes: &[u8]) -> Result<(), GiveUp> {
-    out.quote();
-    if !out.contents(bytes) {
+fn utf8_string(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), GiveUp> {
+    out.push(b'"');
+    if !escape_words(out, bytes) {
         std::str::from_utf8(bytes).map_err(|_| GiveUp)?;
     }
-    out.quote();
+    out.push(b'"');
     Ok(())
 }
 
 /// A `google.protobuf.Timestamp` in RFC 3339, as prost-types displays it (UTC, `Z`, and 0, 3, 6
 /// or 9 fraction digits), for seconds within the JSON range and nanos within a second; other
 /// values go through `DynamicMessage`.
-fn write_timestamp(bytes: &[u8], sink: &mut impl Sink) -> Result<(), GiveUp> {
+fn write_timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), GiveUp> {
     let timestamp = prost_types::Timestamp::decode(bytes).map_err(|_| GiveUp)?;
     let (seconds, nanos) = (timestamp.seconds, timestamp.nanos);
     if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
@@ -769,9 +738,7 @@ fn write_timestamp(bytes: &[u8], sink: &mut impl Sink) -> Result<(), GiveUp> {
     // The calendar from the `time` crate; the digits by hand, as prost-types lays them out.
     let at = time::OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| GiveUp)?;
     let nanos = nanos as u32;
-    // Composed on the stack, then written: it holds nothing to escape.
-    let mut text = SmallVec::<[u8; 32]>::new();
-    let out = &mut text;
+    out.push(b'"');
     fixed_digits(out, at.year() as u32, 4);
     out.push(b'-');
     fixed_digits(out, u32::from(u8::from(at.month())), 2);
@@ -793,90 +760,17 @@ fn write_timestamp(bytes: &[u8], sink: &mut impl Sink) -> Result<(), GiveUp> {
             fixed_digits(out, nanos, 9);
         }
     }
-    out.push(b'Z');
-    sink.quote();
-    sink.plain(&text);
-    sink.quote();
+    out.extend_from_slice(b"Z\"");
     Ok(())
 }
 
 /// `n` in exactly `width` decimal digits (`n` has no more).
-fn fixed_digits(out: &mut SmallVec<[u8; 32]>, mut n: u32, width: usize) {
+fn fixed_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
     let start = out.len();
     out.resize(start + width, b'0');
     for digit in out[start..].iter_mut().rev() {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
-    }
-}
-
-/// Where the writers put JSON: one buffer (`Vec<u8>`, the JSON text), or [`Twin`].
-trait Sink {
-    /// Bytes that hold no `"`, `\` or control character: punctuation, numbers, literals.
-    fn plain(&mut self, bytes: &[u8]);
-    fn byte(&mut self, byte: u8);
-    /// The `"` that opens or closes a string.
-    fn quote(&mut self);
-    /// A member's name with its quotes and colon, as written and escaped.
-    fn key(&mut self, key: &[u8], escaped: &[u8]);
-    /// A string's contents, escaped; whether they were all ASCII.
-    fn contents(&mut self, text: &[u8]) -> bool;
-}
-
-impl Sink for Vec<u8> {
-    fn plain(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-
-    fn byte(&mut self, byte: u8) {
-        self.push(byte);
-    }
-
-    fn quote(&mut self) {
-        self.push(b'"');
-    }
-
-    fn key(&mut self, key: &[u8], _: &[u8]) {
-        self.extend_from_slice(key);
-    }
-
-    fn contents(&mut self, text: &[u8]) -> bool {
-        escape_words(self, text)
-    }
-}
-
-/// The JSON text and, beside it, the same text escaped as a JSON string's contents: a tool's
-/// text block. Escaping the finished text again cost 11% of a `change.show` call's
-/// instructions (callgrind): it is dense with quotes, two per member name, and each one cut
-/// the escaper's eight-byte stride. Written here as the text is, in the same pass.
-struct Twin {
-    json: Vec<u8>,
-    escaped: Vec<u8>,
-}
-
-impl Sink for Twin {
-    fn plain(&mut self, bytes: &[u8]) {
-        self.json.extend_from_slice(bytes);
-        self.escaped.extend_from_slice(bytes);
-    }
-
-    fn byte(&mut self, byte: u8) {
-        self.json.push(byte);
-        self.escaped.push(byte);
-    }
-
-    fn quote(&mut self) {
-        self.json.push(b'"');
-        self.escaped.extend_from_slice(b"\\\"");
-    }
-
-    fn key(&mut self, key: &[u8], escaped: &[u8]) {
-        self.json.extend_from_slice(key);
-        self.escaped.extend_from_slice(escaped);
-    }
-
-    fn contents(&mut self, text: &[u8]) -> bool {
-        escape_words(self, text)
     }
 }
 
@@ -887,7 +781,7 @@ pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
 }
 
 /// [`escape_into`], answering whether `text` was all ASCII.
-fn escape_words(out: &mut impl Escaped, text: &[u8]) -> bool {
+fn escape_words(out: &mut Vec<u8>, text: &[u8]) -> bool {
     // Eight bytes at a time: each word is copied whole (a fixed-size copy, not a call to
     // `memcpy` per run between escapes) and cut back to the first byte that needs an escape.
     // A table load per byte, and a copy per run, were most of the cost of writing the text
@@ -898,75 +792,25 @@ fn escape_words(out: &mut impl Escaped, text: &[u8]) -> bool {
         let bits = u64::from_le_bytes(*word);
         seen |= bits;
         let found = escapes_in(bits);
-        out.word(word);
+        out.extend_from_slice(word);
         if found == 0 {
             rest = &rest[8..];
             continue;
         }
         let at = (found.trailing_zeros() / 8) as usize;
-        out.cut_back(8 - at);
-        out.escape(rest[at]);
+        out.truncate(out.len() - 8 + at);
+        push_escape(out, rest[at]);
         rest = &rest[at + 1..];
     }
     for &byte in rest {
         seen |= u64::from(byte);
         if ESCAPE[usize::from(byte)] == 0 {
-            out.byte(byte);
+            out.push(byte);
         } else {
-            out.escape(byte);
+            push_escape(out, byte);
         }
     }
     seen & 0x8080_8080_8080_8080 == 0
-}
-
-/// What [`escape_words`] writes to: one buffer, or both of a [`Twin`].
-trait Escaped: Sink {
-    fn word(&mut self, word: &[u8; 8]);
-    /// Drops the last `n` bytes written (of a word cut back at an escape).
-    fn cut_back(&mut self, n: usize);
-    /// A byte that needs an escape.
-    fn escape(&mut self, byte: u8);
-}
-
-impl Escaped for Vec<u8> {
-    fn word(&mut self, word: &[u8; 8]) {
-        self.extend_from_slice(word);
-    }
-
-    fn cut_back(&mut self, n: usize) {
-        self.truncate(self.len() - n);
-    }
-
-    fn escape(&mut self, byte: u8) {
-        push_escape(self, byte);
-    }
-}
-
-impl Escaped for Twin {
-    fn word(&mut self, word: &[u8; 8]) {
-        self.json.extend_from_slice(word);
-        self.escaped.extend_from_slice(word);
-    }
-
-    fn cut_back(&mut self, n: usize) {
-        self.json.truncate(self.json.len() - n);
-        self.escaped.truncate(self.escaped.len() - n);
-    }
-
-    /// The escape, and the escape escaped: `\\n` for a line feed, `\\\"` for a quote.
-    fn escape(&mut self, byte: u8) {
-        push_escape(&mut self.json, byte);
-        self.escaped.extend_from_slice(b"\\\\");
-        match ESCAPE[usize::from(byte)] {
-            b'"' => self.escaped.extend_from_slice(b"\\\""),
-            b'\\' => self.escaped.extend_from_slice(b"\\\\"),
-            b'u' => {
-                let len = self.json.len();
-                self.escaped.extend_from_slice(&self.json[len - 5..]);
-            }
-            short => self.escaped.push(short),
-        }
-    }
 }
 
 /// The escape of a byte that needs one.
@@ -1140,17 +984,7 @@ mod tests {
                 assert_eq!(direct, reflected, "round {round}");
             }
             assert_eq!(encoder.to_text(&bytes).expect("encodes").as_bytes(), direct.as_bytes());
-            escaped_beside_agrees(&encoder, &bytes);
         }
-    }
-
-    /// The text block written beside the text is the text as serde escapes it into a string.
-    fn escaped_beside_agrees(encoder: &OutputEncoder, bytes: &[u8]) {
-        let (text, escaped) = encoder.to_text_and_escaped(bytes).expect("encodes");
-        assert_eq!(text, encoder.to_text(bytes).expect("encodes"));
-        let text = std::str::from_utf8(text.as_bytes()).expect("UTF-8");
-        let quoted = serde_json::to_string(text).expect("serde");
-        assert_eq!(String::from_utf8_lossy(&escaped), quoted[1..quoted.len() - 1], "{text}");
     }
 
     #[test]
@@ -1237,7 +1071,6 @@ mod tests {
         for (what, bytes) in cases {
             let direct = encoder.direct(&bytes).unwrap_or_else(|| panic!("{what}: direct path gave up"));
             assert_eq!(direct, reflected_text(&desc, &bytes), "{what}");
-            escaped_beside_agrees(&encoder, &bytes);
         }
     }
 
@@ -1287,7 +1120,6 @@ mod tests {
             let value = encoder.to_value(&bytes).expect("DynamicMessage reads it");
             let expected: serde_json::Value = serde_json::from_str(&reflected_text(&desc, &bytes)).expect("JSON");
             assert_eq!(value, expected, "{what}");
-            escaped_beside_agrees(&encoder, &bytes);
         }
         let value = |bytes: &[u8]| encoder.to_value(bytes).expect("reads");
         let mut bytes = Vec::new();
@@ -1396,7 +1228,6 @@ mod tests {
             assert_eq!(encoder.direct(&bytes), None, "{what}");
             let err = encoder.to_text(&bytes).expect_err(what);
             assert!(matches!(err, EncodeError::Decode(_) | EncodeError::Encode(_)), "{what}: {err}");
-            assert!(encoder.to_text_and_escaped(&bytes).is_err(), "{what}");
         }
     }
 }

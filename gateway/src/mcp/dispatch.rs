@@ -190,11 +190,11 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
         }
     };
     match outcome {
-        Ok((output, escaped)) => {
+        Ok(output) => {
             // `resource_link` blocks arrived with `structuredContent`, in 2025-06-18.
             let structured = protocol::has_structured_content(&ctx.protocol_version);
             let links = if structured { reply::links_in(&output, &tool.links) } else { Vec::new() };
-            Ok(Reply::tool(output, escaped, structured, links))
+            Ok(Reply::tool(output, structured, links))
         }
         Err(CallError::InvalidArguments(message)) => {
             Ok(Reply::Json(tool_error(format!("INVALID_ARGUMENTS: {message}"), None)))
@@ -203,16 +203,11 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
     }
 }
 
-/// The tool's output as JSON text, and escaped for the text block when the unary call wrote it.
-async fn run_tool(
-    ctx: &RequestContext,
-    tool: &ToolDef,
-    args: &Value,
-) -> Result<(JsonText, Option<Vec<u8>>), CallError> {
+/// The tool's output as JSON text.
+async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<JsonText, CallError> {
     let upstream = &ctx.state.upstream;
     if ctx.progress_token.is_none() || tool.stream_method.is_none() {
-        let (output, escaped) = upstream.call_tool_for_text_block(tool, args, ctx.call.clone()).await?;
-        return Ok((output, Some(escaped)));
+        return upstream.call_tool(tool, args, ctx.call.clone()).await;
     }
     let mut events = upstream.call_tool_streaming(tool, args, ctx.call.clone());
     while let Some(event) = events.next().await {
@@ -222,7 +217,6 @@ async fn run_tool(
             }
             ToolEvent::Result(value) => {
                 return JsonText::new(&value)
-                    .map(|output| (output, None))
                     .map_err(|e| CallError::from(tonic::Status::internal(format!("encoding the result: {e}"))));
             }
         }

@@ -4,9 +4,8 @@
 //! in JSON, sent twice (as the text block and as `structuredContent`). Building a `Value` tree
 //! for it, serializing that for the text block and again for the response, then dropping it
 //! cost about a third of the CPU of a `change.show` call. A `ToolReply` holds the output
-//! written once, straight from the protobuf bytes, with its escaped form for the text block
-//! written beside it in the same pass (`OutputEncoder::to_text_and_escaped`), and the response
-//! is written around the two into one buffer sized for it.
+//! written once, straight from the protobuf bytes, and the response is written around it into
+//! one buffer sized for it: the text block is the output escaped as it is copied in.
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -19,10 +18,6 @@ pub enum Reply {
 
 pub struct ToolReply {
     output: JsonText,
-    /// `output` escaped as a JSON string's contents, when the encoder wrote it beside the
-    /// output (`OutputEncoder::to_text_and_escaped`); otherwise escaped as the text block is
-    /// written.
-    escaped: Option<Vec<u8>>,
     /// The negotiated version has `structuredContent` (2025-06-18 and later).
     structured: bool,
     /// Resource URIs the output names in fields marked `(taskmcp.v1.resource_link)`, each a
@@ -68,12 +63,11 @@ pub fn links_in(output: &JsonText, fields: &[String]) -> Vec<String> {
 }
 
 impl Reply {
-    /// A successful tool call's result: a text block with `output` (`escaped`, when the
-    /// encoder made it), and `output` itself as `structuredContent` when the version has it;
-    /// then the `links` as `resource_link` blocks (empty for versions before 2025-06-18, which
-    /// have no such block).
-    pub fn tool(output: JsonText, escaped: Option<Vec<u8>>, structured: bool, links: Vec<String>) -> Reply {
-        Reply::Tool(ToolReply { output, escaped, structured, links, extra: Map::new() })
+    /// A successful tool call's result: a text block with `output`, and `output` itself as
+    /// `structuredContent` when the version has it; then the `links` as `resource_link` blocks
+    /// (empty for versions before 2025-06-18, which have no such block).
+    pub fn tool(output: JsonText, structured: bool, links: Vec<String>) -> Reply {
+        Reply::Tool(ToolReply { output, structured, links, extra: Map::new() })
     }
 
     /// Applies a transport's decoration (members added to the result object).
@@ -140,10 +134,7 @@ impl Reply {
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
         serde_json::to_writer(&mut *out, id)?;
         out.extend_from_slice(br#","result":{"content":[{"type":"text","text":""#);
-        match &tool.escaped {
-            Some(escaped) => out.extend_from_slice(escaped),
-            None => wire_json::escape_into(out, tool.output.as_bytes()),
-        }
+        wire_json::escape_into(out, tool.output.as_bytes());
         out.extend_from_slice(br#""}"#);
         for uri in &tool.links {
             out.push(b',');
@@ -225,12 +216,9 @@ mod tests {
     fn a_tool_reply_is_written_as_serde_would_write_it() {
         let text = String::from_utf8(output().into_bytes()).expect("UTF-8");
         let two = vec!["change://a/proposal".to_string(), "change://a/delta/x \"y\".md".to_string()];
-        let mut escaped = Vec::new();
-        wire_json::escape_into(&mut escaped, text.as_bytes());
-        let cases = [(true, vec![], None), (false, vec![], Some(escaped)), (true, two, None)];
-        for (structured, links, escaped) in cases {
+        for (structured, links) in [(true, vec![]), (false, vec![]), (true, two)] {
             for id in [json!(7), json!("req-\"1\"")] {
-                let reply = Reply::tool(output(), escaped.clone(), structured, links.clone()).decorate(|mut v| {
+                let reply = Reply::tool(output(), structured, links.clone()).decorate(|mut v| {
                     v["resultType"] = json!("complete");
                     v
                 });

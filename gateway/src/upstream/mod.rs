@@ -172,25 +172,9 @@ impl Upstream {
     /// A unary tool call; the output as JSON text, written once from the response's bytes
     /// (callers embed it in their answers as it is).
     pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<JsonText, CallError> {
-        let output = self.call_tool_bytes(tool, args, ctx).await?;
-        tool.output.to_text(&output).map_err(output_error)
-    }
-
-    /// [`Self::call_tool`], with the output escaped as a JSON string's contents too: an MCP
-    /// result's text block, written with the text rather than from it.
-    pub async fn call_tool_for_text_block(
-        &self,
-        tool: &ToolDef,
-        args: &Value,
-        ctx: CallContext,
-    ) -> Result<(JsonText, Vec<u8>), CallError> {
-        let output = self.call_tool_bytes(tool, args, ctx).await?;
-        tool.output.to_text_and_escaped(&output).map_err(output_error)
-    }
-
-    async fn call_tool_bytes(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Bytes, CallError> {
         let input = json_to_message(&tool.method.input(), args)?;
-        Ok(unary_call(self.grpc.clone(), tool.path.clone(), input, &ctx).await?)
+        let output = unary_call(self.grpc.clone(), tool.path.clone(), input, &ctx).await?;
+        tool.output.to_text(&output).map_err(output_error)
     }
 
     /// Progress events, then the result. Dropping the stream cancels the call.
