@@ -719,6 +719,79 @@ async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
     assert!(passed_on.contains("error=\"invalid_token\""), "{passed_on}");
     assert!(passed_on.contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\""));
     assert!(!service.workspace.join("changes/split-refused").exists());
+
+    // Over MCP too: the spec wants a 401 for an invalid or expired token, and an MCP client
+    // refreshes its token on that status, where a JSON-RPC error under a 200 only fails the
+    // call. The gateway answers `initialize` itself, so the session opens; the tool call is
+    // the first request the service sees.
+    let mcp_url = format!("http://{}/mcp", lenient.http_addr);
+    let mcp = common::mcp::Mcp::connect(
+        reqwest::Client::new(),
+        mcp_url.clone(),
+        Some("known-to-the-gateway-only"),
+        "2025-11-25",
+        "stranger",
+    )
+    .await;
+    let open = json!({"name": "change.open", "arguments": {"slug": "split-refused", "title": "t"}});
+    let res = mcp.post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": open})).await;
+    let (status, passed_on) = (res.status(), challenge(&res));
+    let body: Value = res.json().await.expect("a JSON-RPC body");
+    assert_eq!(status, 401, "a session's call the service refused: {body}");
+    assert!(passed_on.contains("error=\"invalid_token\""), "{passed_on}");
+    assert!(passed_on.contains("resource_metadata=\"http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp\""));
+    assert_eq!((&body["id"], &body["error"]["data"]["code"]), (&json!(7), &json!("UNAUTHENTICATED")), "{body}");
+
+    // A batch (2025-03-26) travels under one token: a refusal of it for one request is the
+    // batch's 401.
+    let old = common::mcp::Mcp::connect(
+        reqwest::Client::new(),
+        mcp_url.clone(),
+        Some("known-to-the-gateway-only"),
+        "2025-03-26",
+        "stranger",
+    )
+    .await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": open},
+    ]);
+    let res = old.post(batch).await;
+    let (status, passed_on) = (res.status(), challenge(&res));
+    let body: Value = res.json().await.expect("a JSON-RPC batch");
+    assert_eq!(status, 401, "a batch with a call the service refused: {body}");
+    assert!(passed_on.contains("error=\"invalid_token\""), "{passed_on}");
+    assert_eq!(body[1]["error"]["data"]["code"], "UNAUTHENTICATED", "{body}");
+
+    // The stateless 2026-07-28 form, the same.
+    let stateless = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {
+        "name": "change.open", "arguments": {"slug": "split-refused", "title": "t"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}},
+    }});
+    let res = reqwest::Client::new()
+        .post(&mcp_url)
+        .header("accept", common::mcp::ACCEPT_BOTH)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "change.open")
+        .bearer_auth("known-to-the-gateway-only")
+        .json(&stateless)
+        .send()
+        .await
+        .expect("POST /mcp");
+    let (status, passed_on) = (res.status(), challenge(&res));
+    let body: Value = res.json().await.expect("a JSON-RPC body");
+    assert_eq!(status, 401, "a stateless call the service refused: {body}");
+    assert!(passed_on.contains("error=\"invalid_token\""), "{passed_on}");
+    assert_eq!(body["id"], 8, "{body}");
+    assert!(!service.workspace.join("changes/split-refused").exists());
+
+    // A call the service refuses for another reason is still a tool's failure under a 200:
+    // the model reads it and corrects itself.
+    let mut mcp = common::mcp::Mcp::connect(reqwest::Client::new(), mcp_url, Some(&token), "2025-11-25", "full").await;
+    let answer =
+        mcp.request("tools/call", json!({"name": "change.show", "arguments": {"slug": "no-such-change"}})).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
 }
 
 /// An issuer that is not up yet (started beside the server, as in a pod or a compose file) is

@@ -279,28 +279,26 @@ impl Refusal {
         };
         let mut res = json_response(self.status(), &body);
         let headers = res.headers_mut();
-        match (self, oauth) {
-            (Refusal::MissingToken, Some(oauth)) => {
-                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(None));
-            }
-            (Refusal::InvalidToken, Some(oauth)) => {
-                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some(BearerError::InvalidToken)));
-            }
-            (Refusal::InsufficientScope, Some(oauth)) => {
-                headers.insert(header::WWW_AUTHENTICATE, oauth.challenge(Some(BearerError::InsufficientScope)));
-            }
-            (Refusal::MissingToken, None) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
-            }
-            (Refusal::InvalidToken, None) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE_INVALID));
-            }
-            (Refusal::RateLimited(after) | Refusal::AuthThrottled(after), _) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
-            }
-            _ => {}
+        if let Some(challenge) = self.challenge(oauth) {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Refusal::RateLimited(after) | Refusal::AuthThrottled(after) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
         }
         res
+    }
+
+    /// The bearer challenge (`WWW-Authenticate`) this refusal carries, if any; with OAuth it
+    /// names the resource's metadata and the scopes to ask for.
+    pub fn challenge(self, oauth: Option<&ProtectedResource>) -> Option<HeaderValue> {
+        match (self, oauth) {
+            (Refusal::MissingToken, Some(oauth)) => Some(oauth.challenge(None)),
+            (Refusal::InvalidToken, Some(oauth)) => Some(oauth.challenge(Some(BearerError::InvalidToken))),
+            (Refusal::InsufficientScope, Some(oauth)) => Some(oauth.challenge(Some(BearerError::InsufficientScope))),
+            (Refusal::MissingToken, None) => Some(HeaderValue::from_static(CHALLENGE)),
+            (Refusal::InvalidToken, None) => Some(HeaderValue::from_static(CHALLENGE_INVALID)),
+            _ => None,
+        }
     }
 }
 

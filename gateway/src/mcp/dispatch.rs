@@ -235,8 +235,17 @@ fn tool_error(text: String, details: Option<Value>) -> Value {
 fn upstream_to_tool_result(err: UpstreamError) -> Result<Value, RpcError> {
     match err.mcp_failure() {
         McpFailure::ToolError => Ok(tool_error(format!("{}: {}", err.reason, err.message), Some(err.rest_body()))),
-        McpFailure::Protocol(code) => Err(RpcError::new(code, err.message.clone()).with_data(err.rest_body())),
+        McpFailure::Protocol(code) => Err(upstream_rpc_error(code, err)),
     }
+}
+
+/// A protocol error carrying the service's reason, and its credential refusal when it is one.
+fn upstream_rpc_error(code: i64, err: UpstreamError) -> RpcError {
+    let mut rpc = RpcError::new(code, err.message.clone()).with_data(err.rest_body());
+    if err.code == tonic::Code::Unauthenticated {
+        rpc.credential_refused = Some(Box::new(jsonrpc::CredentialRefused { challenge: err.challenge }));
+    }
+    rpc
 }
 
 /// Pages through the service: the cursor is the service's page token, so a page
@@ -575,7 +584,7 @@ fn call_error(err: CallError) -> RpcError {
                 tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => jsonrpc::INTERNAL_ERROR,
                 _ => jsonrpc::SERVER_ERROR,
             };
-            RpcError::new(code, u.message.clone()).with_data(u.rest_body())
+            upstream_rpc_error(code, u)
         }
     }
 }

@@ -23,11 +23,24 @@ pub struct RpcError {
     pub code: i64,
     pub message: String,
     pub data: Option<Value>,
+    /// The service refused the caller's credential (UNAUTHENTICATED), for example a token the
+    /// gateway accepts and a separate service does not. MCP authorization wants a 401 for an
+    /// invalid or expired token, so a transport that answers this error on its own answers it
+    /// with that status ([`super::transport::credential_refused`]); in a stream or a batch
+    /// beside other answers it stays a JSON-RPC error.
+    pub credential_refused: Option<Box<CredentialRefused>>,
+}
+
+/// See [`RpcError::credential_refused`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRefused {
+    /// The service's bearer challenge, when it sent one (as REST repeats it).
+    pub challenge: Option<http::HeaderValue>,
 }
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into(), data: None }
+        RpcError { code, message: message.into(), data: None, credential_refused: None }
     }
 
     pub fn with_data(mut self, data: Value) -> Self {
@@ -103,7 +116,7 @@ impl Incoming {
                     let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
                     Ok(Incoming::Response {
                         id,
-                        outcome: Err(RpcError { code, message, data: err.get("data").cloned() }),
+                        outcome: Err(RpcError { data: err.get("data").cloned(), ..RpcError::new(code, message) }),
                     })
                 } else {
                     Err((Some(id), RpcError::new(INVALID_REQUEST, "a response needs result or error")))

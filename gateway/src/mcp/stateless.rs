@@ -169,7 +169,12 @@ pub async fn post(state: Arc<AppState>, principal: String, headers: HeaderMap, v
                 Err(err) if err.code == jsonrpc::MISSING_CAPABILITY => {
                     rpc_error(StatusCode::BAD_REQUEST, Some(&id), err)
                 }
-                Err(err) => transport::json_response(&jsonrpc::error(Some(&id), &err)),
+                Err(err) => match &err.credential_refused {
+                    Some(refused) => {
+                        transport::credential_refused(&state, refused, jsonrpc::error_text(Some(&id), &err))
+                    }
+                    None => transport::json_response(&jsonrpc::error(Some(&id), &err)),
+                },
             }
         }
     }

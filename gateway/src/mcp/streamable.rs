@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{
     context::Outbox,
     dispatch,
-    jsonrpc::{self, Incoming, RpcError},
+    jsonrpc::{self, CredentialRefused, Incoming, RpcError},
     protocol,
     session::{Endpoint, Session},
     sse::{self, SseOptions},
@@ -177,7 +177,8 @@ async fn handle_message(
                 return answer_with_stream(state, session, principal, headers, id, method, params);
             }
             match run(&state, &session, principal, &headers, &id, &method, &params).await {
-                Some(response) => transport::json_text_response(response),
+                Some(Answer { text, refused: Some(refused) }) => transport::credential_refused(&state, &refused, text),
+                Some(Answer { text, refused: None }) => transport::json_text_response(text),
                 None => transport::empty_event_stream(),
             }
         }
@@ -193,8 +194,15 @@ pub fn on_notification(session: &Session, method: &str, params: &Value) {
     // notifications/initialized, roots/list_changed and the like need no action.
 }
 
-/// Runs one request to its JSON-RPC response, as JSON text; `None` when the
-/// client cancelled it, which leaves no response due.
+/// One request's JSON-RPC response, as JSON text.
+struct Answer {
+    text: Vec<u8>,
+    /// Set when the response is an error for a credential the service refused.
+    refused: Option<Box<CredentialRefused>>,
+}
+
+/// Runs one request to its JSON-RPC response; `None` when the client
+/// cancelled it, which leaves no response due.
 async fn run(
     state: &Arc<AppState>,
     session: &Arc<Session>,
@@ -203,7 +211,7 @@ async fn run(
     id: &Value,
     method: &str,
     params: &Value,
-) -> Option<Vec<u8>> {
+) -> Option<Answer> {
     let in_flight = session.start_request(id);
     let ctx = transport::context(ContextParts {
         state,
@@ -222,8 +230,8 @@ async fn run(
         return None;
     }
     Some(match outcome {
-        Ok(result) => jsonrpc::result_text(id, &result),
-        Err(err) => jsonrpc::error_text(Some(id), &err),
+        Ok(result) => Answer { text: jsonrpc::result_text(id, &result), refused: None },
+        Err(err) => Answer { text: jsonrpc::error_text(Some(id), &err), refused: err.credential_refused },
     })
 }
 
@@ -301,7 +309,7 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
     if batch.is_empty() {
         return rpc_error(StatusCode::BAD_REQUEST, None, RpcError::new(jsonrpc::INVALID_REQUEST, "an empty batch"));
     }
-    let (mut responses, mut requests) = (Vec::new(), 0);
+    let (mut responses, mut requests, mut refused) = (Vec::new(), 0, None);
     for value in batch {
         match Incoming::parse(value) {
             Ok(Incoming::Request { id, method, .. }) if method == "initialize" => {
@@ -310,7 +318,10 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
             }
             Ok(Incoming::Request { id, method, params }) => {
                 requests += 1;
-                responses.extend(run(&state, &session, principal.clone(), &headers, &id, &method, &params).await);
+                if let Some(answer) = run(&state, &session, principal.clone(), &headers, &id, &method, &params).await {
+                    responses.push(answer.text);
+                    refused = refused.or(answer.refused);
+                }
             }
             Ok(Incoming::Notification { method, params }) => on_notification(&session, &method, &params),
             Ok(Incoming::Response { id, outcome }) => {
@@ -325,7 +336,12 @@ async fn post_batch(state: Arc<AppState>, principal: String, headers: HeaderMap,
     let mut body = vec![b'['];
     body.extend(responses.join(&b","[..]));
     body.push(b']');
-    transport::json_text_response(body)
+    // One token carried the whole batch: a credential the service refused for one request
+    // it would refuse for all, and the client must hear it as a 401.
+    match refused {
+        Some(refused) => transport::credential_refused(&state, &refused, body),
+        None => transport::json_text_response(body),
+    }
 }
 
 /// GET: the session's standalone stream, or a resumed stream with `Last-Event-ID`.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     context::{Outbox, RequestContext},
-    jsonrpc::{self, RpcError},
+    jsonrpc::{self, CredentialRefused, RpcError},
     session::{Session, StreamSlot},
     sse::{self, Attachment, EventLog, Reader, SseOptions},
 };
@@ -58,6 +58,23 @@ pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection) -> 
 
 pub fn json_response(body: &Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The answer to a request whose only response is an error for a credential the service
+/// refused: a 401 with a bearer challenge (the service's, else the one the gateway gives an
+/// invalid token of its own), so the client refreshes its token as it would for the gateway's 401.
+pub fn credential_refused(state: &AppState, refused: &CredentialRefused, body: Vec<u8>) -> Response {
+    let challenge = refused
+        .challenge
+        .clone()
+        .or_else(|| crate::security::Refusal::InvalidToken.challenge(state.config.oauth.as_ref()));
+    let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(challenge) = challenge {
+        headers.insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 /// A 200 with a body that is JSON text already.
