@@ -390,8 +390,55 @@ pub(crate) fn json_to_message(desc: &MessageDescriptor, args: &Value) -> Result<
     let tracked = serde_path_to_error::Deserializer::new(args, &mut track);
     DynamicMessage::deserialize_with_options(desc.clone(), tracked, &INPUT_OPTIONS).map_err(|e| {
         let at = track.path();
-        CallError::InvalidArguments(if at.iter().next().is_some() { format!("{at}: {e}") } else { e.to_string() })
+        if at.iter().next().is_none() {
+            return CallError::InvalidArguments(e.to_string());
+        }
+        CallError::InvalidArguments(match integer_range(desc, &at) {
+            Some(range) => format!("{at}: {e} (expected {range})"),
+            None => format!("{at}: {e}"),
+        })
     })
+}
+
+/// The range of the integer field at `path`, for a refusal's message: serde's own ("out of
+/// range integral type conversion attempted") says neither the type nor its bounds.
+fn integer_range(desc: &MessageDescriptor, path: &serde_path_to_error::Path) -> Option<String> {
+    use prost_reflect::Kind;
+    use serde_path_to_error::Segment;
+    let mut message = desc.clone();
+    let mut field = None;
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } => {
+                if let Some(f) = &field {
+                    message = nested(f)?;
+                }
+                let f = message.get_field_by_json_name(key).or_else(|| message.get_field_by_name(key))?;
+                field = Some(f);
+            }
+            // A list's item or a map's value has the field's own kind.
+            Segment::Seq { .. } => {}
+            Segment::Enum { .. } | Segment::Unknown => return None,
+        }
+    }
+    let (kind, low, high) = match field?.kind() {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => ("int32", i64::from(i32::MIN).to_string(), i32::MAX.to_string()),
+        Kind::Uint32 | Kind::Fixed32 => ("uint32", "0".to_string(), u32::MAX.to_string()),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => ("int64", i64::MIN.to_string(), i64::MAX.to_string()),
+        Kind::Uint64 | Kind::Fixed64 => ("uint64", "0".to_string(), u64::MAX.to_string()),
+        _ => return None,
+    };
+    let article = if kind.starts_with('u') { "a" } else { "an" };
+    Some(format!("{article} {kind}, an integer from {low} to {high}"))
+}
+
+/// The message a field's JSON value is an object of: its own type, or a map's value type.
+fn nested(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
+    match field.kind() {
+        prost_reflect::Kind::Message(m) if field.is_map() => m.map_entry_value_field().kind().as_message().cloned(),
+        prost_reflect::Kind::Message(m) => Some(m),
+        _ => None,
+    }
 }
 
 /// A response message to JSON (see [`wire_json::OUTPUT_OPTIONS`]).
@@ -887,6 +934,9 @@ mod tests {
             (json!({"ttlSeconds": "many"}), "ttlSeconds: "),
             (json!({"ttlSeconds": -1}), "ttlSeconds: "),
             (json!({"ttl_seconds": 99_999_999_999_u64}), "ttl_seconds: "),
+            (json!({"ttlSeconds": 4_294_967_296_u64}), "(expected a uint32, an integer from 0 to 4294967295)"),
+            (json!({"ttlSeconds": -1}), "(expected a uint32, an integer from 0 to 4294967295)"),
+            (json!({"slug": 5}), "slug: "),
             (json!(["not", "an", "object"]), ""),
             (json!("text"), ""),
         ];
@@ -899,6 +949,17 @@ mod tests {
                 other => panic!("{args}: {other:?}"),
             }
         }
+        // The range follows the path into lists and nested messages, and only integers get one.
+        let refusal = |tool: &str, args: Value| match json_to_message(&input_of(tool), &args) {
+            Err(CallError::InvalidArguments(message)) => message,
+            other => panic!("{args}: {other:?}"),
+        };
+        let paged = refusal("change.list", json!({"pageSize": 1_u64 << 40}));
+        assert!(
+            paged.starts_with("pageSize: ") && paged.ends_with("(expected a uint32, an integer from 0 to 4294967295)")
+        );
+        let nested = refusal("task.update", json!({"slug": "x", "updates": [{"id": "1", "done": true}, {"id": 7}]}));
+        assert!(nested.starts_with("updates[1].id: ") && !nested.contains("(expected"), "{nested}");
     }
 
     #[test]
