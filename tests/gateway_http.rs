@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use common::{
     Server,
-    mcp::{ACCEPT_BOTH, Mcp, sse_messages},
+    mcp::{ACCEPT_BOTH, Mcp, read_messages_until, sse_messages},
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -775,18 +775,8 @@ fn stateless(server: &Server, method: &str, mut params: Value) -> reqwest::Reque
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
 }
 
-/// A legacy (2024-11-05) session: its stream, which the session lives as long as, and the
-/// POST endpoint its `endpoint` event names.
 async fn legacy_session(server: &Server) -> (reqwest::Response, String) {
-    let mut sse = client().get(format!("{}/sse", base(server))).send().await.expect("GET /sse");
-    let mut seen = String::new();
-    loop {
-        seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
-        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
-            let endpoint = line.to_string();
-            return (sse, endpoint);
-        }
-    }
+    common::mcp::legacy_session(client().get(format!("{}/sse", base(server)))).await
 }
 
 /// The HTTP status and JSON body of a request.
@@ -1077,27 +1067,6 @@ async fn a_cancelled_call_awaiting_json_gets_no_response_and_writes_nothing() {
     assert_eq!(std::fs::read_to_string(&tasks).unwrap(), before, "the cancelled tick wrote nothing");
 }
 
-/// Reads an SSE response into `seen` until one of its messages satisfies `found`.
-async fn read_messages_until(
-    stream: &mut reqwest::Response,
-    seen: &mut String,
-    found: impl Fn(&Value) -> bool,
-) -> Value {
-    let read = async {
-        loop {
-            if let Some(message) = sse_messages(seen).into_iter().find(&found) {
-                return message;
-            }
-            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
-            seen.push_str(std::str::from_utf8(&chunk).expect("UTF-8 SSE"));
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(message) => message,
-        Err(_) => panic!("no such message within 10 s: {seen}"),
-    }
-}
-
 /// `resources/list` pages through the service (its cursor is the service's page token), and
 /// REST pages the same way with `pageSize`/`pageToken`: each walk adds up to the whole list.
 #[tokio::test]
@@ -1176,15 +1145,9 @@ async fn a_session_answers_only_the_principal_that_opened_it_on_either_transport
     assert_eq!(alice.request("ping", json!({})).await["result"], json!({}), "alice's session outlived bob's DELETE");
 
     // The legacy transport: alice's `/sse` session refuses bob's POST, and takes hers.
-    let mut sse = client().get(format!("{}/sse", base(&server))).bearer_auth("a").send().await.expect("GET /sse");
-    assert_eq!(sse.status(), 200);
+    let (mut sse, endpoint) =
+        common::mcp::legacy_session(client().get(format!("{}/sse", base(&server))).bearer_auth("a")).await;
     let mut seen = String::new();
-    let endpoint = loop {
-        seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
-        if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
-            break line.to_string();
-        }
-    };
     let post = |token: &'static str| client().post(format!("{}{endpoint}", base(&server))).bearer_auth(token);
     let theirs = post("b").json(&ping).send().await.expect("bob's POST");
     let status = theirs.status();

@@ -272,6 +272,19 @@ async fn a_token_without_the_write_scope_reads_and_cannot_write() {
     // The session goes on: a read after the refusal is answered.
     let shown = mcp.call("change.show", json!({"slug": "written"})).await;
     assert_ne!(shown["isError"], true, "{shown}");
+    // The legacy transport (2024-11-05) predates MCP authorization, so no client of it could act
+    // on a step-up challenge: its POST is taken, and the service's refusal reaches the model as
+    // the call's failure, named, on the session's stream.
+    let (mut sse, endpoint) =
+        common::mcp::legacy_session(reqwest::Client::new().get(format!("{base}/sse")).bearer_auth(&reader)).await;
+    let call = json!({"jsonrpc": "2.0", "id": "legacy", "method": "tools/call",
+                      "params": {"name": "change.open", "arguments": {"slug": "read-only", "title": "t"}}});
+    let taken = reqwest::Client::new().post(format!("{base}{endpoint}")).bearer_auth(&reader).json(&call).send().await;
+    assert_eq!(taken.expect("POST /messages").status(), 202);
+    let answer = common::mcp::read_messages_until(&mut sse, &mut String::new(), |m| m["id"] == "legacy").await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("INSUFFICIENT_SCOPE: "), "{answer}");
     assert!(!server.workspace.join("changes/read-only").exists());
     assert!(
         server.workspace.join("changes/written/proposal.md").is_file(),
@@ -725,14 +738,14 @@ async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
     // call. The gateway answers `initialize` itself, so the session opens; the tool call is
     // the first request the service sees.
     let mcp_url = format!("http://{}/mcp", lenient.http_addr);
-    let mcp = common::mcp::Mcp::connect(
-        reqwest::Client::new(),
-        mcp_url.clone(),
-        Some("known-to-the-gateway-only"),
-        "2025-11-25",
-        "stranger",
-    )
-    .await;
+    let stranger = |version: &str| {
+        let (url, version) = (mcp_url.clone(), version.to_string());
+        async move {
+            common::mcp::Mcp::connect(reqwest::Client::new(), url, Some("known-to-the-gateway-only"), &version, "x")
+                .await
+        }
+    };
+    let mcp = stranger("2025-11-25").await;
     let open = json!({"name": "change.open", "arguments": {"slug": "split-refused", "title": "t"}});
     let res = mcp.post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": open})).await;
     let (status, passed_on) = (res.status(), challenge(&res));
@@ -744,14 +757,7 @@ async fn a_separate_gateway_and_its_service_both_accept_the_issuers_tokens() {
 
     // A batch (2025-03-26) travels under one token: a refusal of it for one request is the
     // batch's 401.
-    let old = common::mcp::Mcp::connect(
-        reqwest::Client::new(),
-        mcp_url.clone(),
-        Some("known-to-the-gateway-only"),
-        "2025-03-26",
-        "stranger",
-    )
-    .await;
+    let old = stranger("2025-03-26").await;
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "ping"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": open},

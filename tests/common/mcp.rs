@@ -125,3 +125,42 @@ pub async fn hears_list_changed(stream: &mut reqwest::Response, seen: &mut Strin
     .await
     .is_ok()
 }
+
+/// A legacy (2024-11-05) session opened by `get` (a `GET /sse`): its stream, which the session
+/// lives as long as, and the POST path its `endpoint` event names.
+pub async fn legacy_session(get: reqwest::RequestBuilder) -> (reqwest::Response, String) {
+    let mut sse = get.send().await.expect("GET /sse");
+    assert_eq!(sse.status(), 200, "GET /sse");
+    let mut seen = String::new();
+    let endpoint = bounded("the endpoint event", async {
+        loop {
+            seen.push_str(std::str::from_utf8(&sse.chunk().await.unwrap().expect("the endpoint event")).unwrap());
+            if let Some(line) = seen.lines().find_map(|l| l.strip_prefix("data: ")) {
+                return line.to_string();
+            }
+        }
+    })
+    .await;
+    (sse, endpoint)
+}
+
+/// Reads `stream` into `seen` until it carries a message `found` accepts, within [`RPC_BOUND`].
+pub async fn read_messages_until(
+    stream: &mut reqwest::Response,
+    seen: &mut String,
+    found: impl Fn(&Value) -> bool,
+) -> Value {
+    let read = async {
+        loop {
+            if let Some(message) = sse_messages(seen).into_iter().find(&found) {
+                return message;
+            }
+            let chunk = stream.chunk().await.expect("the stream reads").expect("the stream goes on");
+            seen.push_str(std::str::from_utf8(&chunk).expect("UTF-8 SSE"));
+        }
+    };
+    match tokio::time::timeout(RPC_BOUND, read).await {
+        Ok(message) => message,
+        Err(_) => panic!("no such message within {RPC_BOUND:?}: {seen}"),
+    }
+}
