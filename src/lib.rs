@@ -12,6 +12,7 @@ pub mod access;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod deferred_writes;
 pub mod grpc;
 pub mod oauth;
 pub mod rate_limit;

@@ -555,7 +555,8 @@ async fn serve_http(
                 req
             },
         ));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let io = TokioIo::new(crate::deferred_writes::DeferredWrites::new(tcp));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(err) = connection.await {
