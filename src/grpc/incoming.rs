@@ -13,7 +13,10 @@ use tokio::{
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
-use crate::connections::{ConnectionLimit, LimitedStream};
+use crate::{
+    connections::{ConnectionLimit, LimitedStream},
+    deferred_writes::DeferredWrites,
+};
 
 /// How long a new connection has to send the 24 bytes of the HTTP/2 preface.
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +29,7 @@ pub fn connections(
     listener: TcpListener,
     timeout: Duration,
     limit: ConnectionLimit,
-) -> impl Stream<Item = io::Result<LimitedStream>> {
+) -> impl Stream<Item = io::Result<DeferredWrites<LimitedStream>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -49,7 +52,7 @@ pub fn connections(
             tokio::spawn(async move {
                 if tokio::time::timeout(timeout, preface_arrives(&stream)).await == Ok(true) {
                     let _ = stream.set_nodelay(true);
-                    let _ = tx.send(Ok(LimitedStream::new(stream, permit))).await;
+                    let _ = tx.send(Ok(DeferredWrites::new(LimitedStream::new(stream, permit)))).await;
                 }
             });
         }
@@ -92,7 +95,7 @@ mod tests {
         speaking.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
 
         let served = incoming.next().await.unwrap().unwrap();
-        assert_eq!(served.get_ref().peer_addr().unwrap(), speaking.local_addr().unwrap());
+        assert_eq!(served.get_ref().get_ref().peer_addr().unwrap(), speaking.local_addr().unwrap());
         // The other two are closed by the server once their time is up.
         for stream in [&mut silent, &mut half] {
             let mut byte = [0u8; 1];
