@@ -555,6 +555,7 @@ async fn serve_http(
                 req
             },
         ));
+        // Each answer waits for the tasks ready beside it, so that answers leave together.
         let io = TokioIo::new(crate::deferred_writes::DeferredWrites::new(tcp));
         let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {

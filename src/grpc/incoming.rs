@@ -4,7 +4,8 @@
 //! and then the accept loop would spin. Here a connection must send the HTTP/2 preface
 //! within [`PREFACE_TIMEOUT`] (nothing is authenticated before it), the listener holds at most
 //! its [`ConnectionLimit`] of connections (a connection over it is closed at once), and a
-//! failed `accept` is waited out.
+//! failed `accept` is waited out. Each connection's writes wait one turn of the scheduler
+//! ([`DeferredWrites`]), as the HTTP listener's do.
 use std::{io, time::Duration};
 
 use tokio::{
