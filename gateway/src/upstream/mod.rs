@@ -155,7 +155,7 @@ impl Upstream {
     /// response head), `--upstream-timeout-seconds`.
     pub fn new(service: UpstreamService, answer_within: Duration) -> Result<Self, String> {
         let (pool, registry) = Registry::from_descriptor_set(pb::FILE_DESCRIPTOR_SET)?;
-        let service = Transport { service, answer_within };
+        let service = Transport { service, answer_within, waiting: None };
         let grpc = tonic::client::Grpc::new(service.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Upstream { service, grpc, pool, registry: Arc::new(registry) })
     }
@@ -592,10 +592,22 @@ fn not_ready(err: TransportError) -> Status {
 /// with its answer, a server stream's as soon as its handler returns the stream (tonic's server,
 /// over TCP and in-process alike), so the bound never cuts a progress stream or a change feed
 /// that has started, however long it then runs or idles.
-#[derive(Clone)]
+///
+/// The bound starts when the call first waits for the service to be ready (split mode: for a
+/// place in the channel's queue, behind a busy or hung service), and that wait counts against
+/// it: with a bound of its own per part, such a call could take twice the flag.
 pub(crate) struct Transport {
     service: UpstreamService,
     answer_within: Duration,
+    /// Since when this call has waited to be taken, and the bound's timer meanwhile. Each call
+    /// has its own clone of the transport (`Upstream::grpc`), so this is one call's.
+    waiting: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Clone for Transport {
+    fn clone(&self) -> Self {
+        Transport { service: self.service.clone(), answer_within: self.answer_within, waiting: None }
+    }
 }
 
 /// A failure to hand a request to the service, as the status tonic reports:
@@ -656,7 +668,9 @@ pin_project_lite::pin_project! {
         // from memory) costs no timer.
         #[pin]
         timer: Option<tokio::time::Sleep>,
+        // What is left of the bound, and the bound itself (`--upstream-timeout-seconds`).
         within: Duration,
+        bound: Duration,
     }
 }
 
@@ -674,7 +688,7 @@ impl Future for TransportFuture {
             timer.set(Some(tokio::time::sleep(*this.within)));
         }
         match timer.as_pin_mut().map(|timer| timer.poll(cx)) {
-            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(Err(not_answered(*this.within))),
+            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(Err(not_answered(*this.bound))),
             _ => std::task::Poll::Pending,
         }
     }
@@ -686,11 +700,22 @@ impl tower::Service<http::Request<tonic::body::Body>> for Transport {
     type Future = TransportFuture;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.service.poll_ready(cx).map_err(transport_error)
+        if let std::task::Poll::Ready(ready) = self.service.poll_ready(cx) {
+            return std::task::Poll::Ready(ready.map_err(transport_error));
+        }
+        let bound = self.answer_within;
+        let (_, timer) =
+            self.waiting.get_or_insert_with(|| (tokio::time::Instant::now(), Box::pin(tokio::time::sleep(bound))));
+        timer.as_mut().poll(cx).map(|()| Err(not_answered(bound)))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        TransportFuture { call: self.service.call(request), timer: None, within: self.answer_within }
+        // What the wait to be taken left of the bound.
+        let within = match self.waiting.take() {
+            Some((since, _)) => self.answer_within.saturating_sub(since.elapsed()),
+            None => self.answer_within,
+        };
+        TransportFuture { call: self.service.call(request), timer: None, within, bound: self.answer_within }
     }
 }
 
@@ -1341,6 +1366,69 @@ mod tests {
         let CallError::Upstream(err) = err else { panic!("{err:?}") };
         assert_eq!((err.code, err.reason.as_str()), (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"), "{err:?}");
         assert!(!err.message.contains("--upstream-timeout-seconds"), "{err:?}");
+    }
+
+    /// A service that takes no call for `busy` (a split deployment's channel with its queue
+    /// full behind a hung service), then answers each call after `slow`, with an error that
+    /// says it answered.
+    struct Busy {
+        until: tokio::time::Instant,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        slow: Duration,
+    }
+
+    impl Clone for Busy {
+        fn clone(&self) -> Self {
+            Busy { until: self.until, timer: None, slow: self.slow }
+        }
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Busy {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = tonic::codegen::StdError;
+        type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            let until = self.until;
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            timer.as_mut().poll(cx).map(Ok)
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            let slow = self.slow;
+            Box::pin(async move {
+                tokio::time::sleep(slow).await;
+                Ok(Status::unavailable("answered").into_http())
+            })
+        }
+    }
+
+    /// The wait for the service to take a call counts against the bound: each part shorter
+    /// than the bound, together longer, is a call not answered in time.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_to_be_taken_counts_against_the_bound() {
+        let bound = Duration::from_secs(2);
+        let show = |busy: u64, slow: u64| async move {
+            let until = tokio::time::Instant::now() + Duration::from_millis(busy);
+            let service = Busy { until, timer: None, slow: Duration::from_millis(slow) };
+            let upstream = Upstream::new(UpstreamService::new(service), bound).unwrap();
+            let tool = upstream.registry().get("change.show").unwrap().clone();
+            let started = tokio::time::Instant::now();
+            let err = upstream.call_tool(&tool, &json!({"slug": "s"}), CallContext::default()).await.unwrap_err();
+            let CallError::Upstream(err) = err else { panic!("{err:?}") };
+            (err.reason, err.message, started.elapsed())
+        };
+        // Never taken: refused at the bound, naming the flag and the bound.
+        let (reason, message, took) = show(3_600_000, 0).await;
+        assert_eq!((reason.as_str(), took), ("UPSTREAM_TIMED_OUT", bound), "{message}");
+        assert!(message.contains("within 2 s (--upstream-timeout-seconds)"), "{message}");
+        // Taken after 1.5 s, answered 1 s later: 2.5 s in all.
+        let (reason, message, took) = show(1_500, 1_000).await;
+        assert_eq!((reason.as_str(), took), ("UPSTREAM_TIMED_OUT", bound), "{message}");
+        assert!(message.contains("within 2 s"), "{message}");
+        // Taken after 0.5 s, answered 1 s later: in time.
+        let (reason, _, took) = show(500, 1_000).await;
+        assert_eq!((reason.as_str(), took), ("UNAVAILABLE", Duration::from_millis(1_500)));
     }
 
     /// The bound is on the head of the answer: a stream that started answering may then be
