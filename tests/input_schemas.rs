@@ -29,7 +29,8 @@
 //! not sent for an optional string (proto3 reads it as the field's absence), and what the
 //! server checks that JSON Schema cannot say is not in the schema: the `## Why` Markdown rules
 //! (which the probes meet, hence [`KNOWN_GAPS`]), and, never probed, a title's trimmed length
-//! and U+0085 around it, the slug `archive`, TTLs from 1 to 59.
+//! and U+0085 around it. Values refused within the bounds (`not`: the slug `archive`, TTLs
+//! from 1 to 59) are tried too, each one and those just outside a refused range.
 mod common;
 
 use std::{
@@ -78,6 +79,7 @@ const EXERCISED: &[&str] = &[
     "maxItems",
     "enum",
     "additionalProperties",
+    "not",
 ];
 const OTHER_VALIDATION_KEYWORDS: &[&str] = &[
     "exclusiveMinimum",
@@ -91,7 +93,6 @@ const OTHER_VALIDATION_KEYWORDS: &[&str] = &[
     "maxContains",
     "dependentRequired",
     "format",
-    "not",
     "oneOf",
     "anyOf",
     "allOf",
@@ -393,9 +394,14 @@ impl Generator<'_> {
     }
 
     fn string(&mut self, schema: &Value, at: &[Seg], ctx: &Value, required: bool) {
-        let ruled = ["pattern", "minLength", "maxLength"].iter().any(|k| schema.get(*k).is_some());
+        let ruled = ["pattern", "minLength", "maxLength", "not"].iter().any(|k| schema.get(*k).is_some());
         if !ruled {
             return;
+        }
+        // Each name the schema reserves, though its pattern and lengths allow it.
+        for reserved in schema["not"]["enum"].as_array().into_iter().flatten() {
+            let args = set(ctx, at, &self.names, reserved.clone());
+            self.push(at, "not", format!("{reserved} (reserved)"), args, Expect::Refused);
         }
         let min = uint(schema, "minLength").unwrap_or(0);
         let max = max_len(schema);
@@ -467,6 +473,18 @@ impl Generator<'_> {
     }
 
     fn integer(&mut self, schema: &Value, at: &[Seg], ctx: &Value) {
+        // Values refused within the bounds: each end of the range, and just outside it.
+        if let (Some(from), Some(to)) = (int(&schema["not"], "minimum"), int(&schema["not"], "maximum")) {
+            for (value, expect) in [
+                (from, Expect::Refused),
+                (to, Expect::Refused),
+                (from - 1, Expect::AsSchemaSays),
+                (to + 1, Expect::AsSchemaSays),
+            ] {
+                let args = set(ctx, at, &self.names, json!(value));
+                self.push(at, "not", format!("{value} (refused: {from} to {to})"), args, expect);
+            }
+        }
         if let Some(max) = int(schema, "maximum") {
             for (value, expect) in [(max + 1, Expect::Refused), (max, Expect::Accepted)] {
                 let args = set(ctx, at, &self.names, json!(value));

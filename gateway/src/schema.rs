@@ -9,7 +9,8 @@
 //! Request schemas ([`input_schema`]) also say what the server refuses: a
 //! field's `(taskmcp.v1.rules)` option (proto/taskmcp/v1/options.proto) becomes
 //! `required` on its message's object (in field order) and `pattern`,
-//! `minLength`/`maxLength`, `maximum` or `minItems`/`maxItems` on its property,
+//! `minLength`/`maxLength`, `maximum`, `minItems`/`maxItems` or `not` (values refused within
+//! the bounds) on its property,
 //! at any depth (the items of `task.update`'s `updates` have their own
 //! `required`). The option is the only source: a proto3 field without it is
 //! optional and bounded by its type alone. Response schemas leave the rules
@@ -168,8 +169,14 @@ pub fn misapplied_rules(pool: &DescriptorPool) -> Vec<String> {
             if string_rules && !applies.string {
                 say("pattern, min_length and max_length are for singular string fields");
             }
-            if rules.maximum.is_some() && !applies.int32 {
-                say("maximum is for singular 32-bit integer fields");
+            if (rules.maximum.is_some() || rules.refused.is_some()) && !applies.int32 {
+                say("maximum and refused are for singular 32-bit integer fields");
+            }
+            if !rules.reserved.is_empty() && !applies.string {
+                say("reserved is for singular string fields");
+            }
+            if rules.refused.as_ref().is_some_and(|r| r.from > r.to) {
+                say("refused runs from above its end");
             }
             if (rules.min_items.is_some() || rules.max_items.is_some()) && !applies.list {
                 say("min_items and max_items are for repeated fields");
@@ -226,13 +233,21 @@ fn apply_rules(schema: &mut Value, field: &FieldDescriptor, rules: &FieldRules) 
         if let Some(max) = rules.max_length {
             obj.insert("maxLength".into(), json!(max));
         }
+        if !rules.reserved.is_empty() {
+            obj.insert("not".into(), json!({"enum": rules.reserved}));
+        }
     }
-    if applies.int32
-        && let Some(max) = rules.maximum
-    {
-        // Never above the type's own bound.
-        let type_max = obj.get("maximum").and_then(Value::as_i64).unwrap_or(i64::MAX);
-        obj.insert("maximum".into(), json!(i64::from(max).min(type_max)));
+    if applies.int32 {
+        if let Some(max) = rules.maximum {
+            // Never above the type's own bound.
+            let type_max = obj.get("maximum").and_then(Value::as_i64).unwrap_or(i64::MAX);
+            obj.insert("maximum".into(), json!(i64::from(max).min(type_max)));
+        }
+        if let Some(refused) = &rules.refused
+            && refused.from <= refused.to
+        {
+            obj.insert("not".into(), json!({"minimum": refused.from, "maximum": refused.to}));
+        }
     }
     if applies.list {
         if let Some(min) = rules.min_items {
@@ -556,6 +571,10 @@ mod tests {
         // 0 is the default: the rule lowers the type's maximum and keeps its minimum.
         assert_eq!(props["ttlSeconds"]["maximum"], 86_400);
         assert_eq!(props["ttlSeconds"]["minimum"], 0);
+        // Within the bounds, what the server refuses all the same: too short a TTL, a name it
+        // keeps for the archive folder.
+        assert_eq!(props["ttlSeconds"]["not"], json!({"minimum": 1, "maximum": 59}));
+        assert_eq!(props["slug"]["not"], json!({"enum": ["archive"]}));
         // Descriptions and types are the message schema's.
         assert_eq!(props["title"]["type"], "string");
         assert_eq!(props["title"]["description"], "Human title, one line, 1 to 200 characters.");
@@ -613,10 +632,13 @@ mod tests {
             wrong,
             [
                 "rules.test.Wrong.count: pattern, min_length and max_length are for singular string fields",
+                "rules.test.Wrong.level: reserved is for singular string fields",
+                "rules.test.Wrong.mode: maximum and refused are for singular 32-bit integer fields",
                 "rules.test.Wrong.name: a pattern must be anchored with ^ and $ (JSON Schema matches it anywhere in the value)",
                 "rules.test.Wrong.name: min_length is above max_length",
                 "rules.test.Wrong.names: pattern, min_length and max_length are for singular string fields",
-                "rules.test.Wrong.size: maximum is for singular 32-bit integer fields",
+                "rules.test.Wrong.retries: refused runs from above its end",
+                "rules.test.Wrong.size: maximum and refused are for singular 32-bit integer fields",
                 "rules.test.Wrong.tag: min_items and max_items are for repeated fields",
             ]
         );
@@ -627,6 +649,7 @@ mod tests {
         assert!(props["names"].get("maxLength").is_none() && props["names"]["items"].get("maxLength").is_none());
         assert!(props["size"].get("maximum").is_none());
         assert!(props["tag"].get("maxItems").is_none());
+        assert!(["level", "mode", "retries"].iter().all(|p| props[p].get("not").is_none()), "{props}");
         assert_eq!(props["names"]["maxItems"], 3, "a rule that applies is kept beside one that does not");
     }
 
