@@ -422,7 +422,7 @@ fn integer_range(desc: &MessageDescriptor, path: &serde_path_to_error::Path) -> 
         }
     }
     let (kind, low, high) = match field?.kind() {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => ("int32", i64::from(i32::MIN).to_string(), i32::MAX.to_string()),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => ("int32", i32::MIN.to_string(), i32::MAX.to_string()),
         Kind::Uint32 | Kind::Fixed32 => ("uint32", "0".to_string(), u32::MAX.to_string()),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => ("int64", i64::MIN.to_string(), i64::MAX.to_string()),
         Kind::Uint64 | Kind::Fixed64 => ("uint64", "0".to_string(), u64::MAX.to_string()),
