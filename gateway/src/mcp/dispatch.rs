@@ -207,7 +207,7 @@ async fn tools_call(ctx: &RequestContext, params: &Value) -> Result<Reply, RpcEr
 async fn run_tool(ctx: &RequestContext, tool: &ToolDef, args: &Value) -> Result<JsonText, CallError> {
     let upstream = &ctx.state.upstream;
     if ctx.progress_token.is_none() || tool.stream_method.is_none() {
-        return upstream.call_tool(tool, args, ctx.call.clone()).await;
+        return upstream.call_tool_escaped(tool, args, ctx.call.clone()).await;
     }
     let mut events = upstream.call_tool_streaming(tool, args, ctx.call.clone());
     while let Some(event) = events.next().await {

@@ -5,11 +5,12 @@
 //! for it, serializing that for the text block and again for the response, then dropping it
 //! cost about a third of the CPU of a `change.show` call. A `ToolReply` holds the output
 //! written once, straight from the protobuf bytes, and the response is written around it into
-//! one buffer sized for it: the text block is the output escaped as it is copied in.
+//! one buffer sized for it: the text block is the output escaped, written beside it from the
+//! protobuf bytes (or escaped as it is copied in, for outputs that took another way).
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::wire_json::{self, JsonText};
+use crate::wire_json::JsonText;
 
 pub enum Reply {
     Json(Value),
@@ -134,7 +135,7 @@ impl Reply {
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
         serde_json::to_writer(&mut *out, id)?;
         out.extend_from_slice(br#","result":{"content":[{"type":"text","text":""#);
-        wire_json::escape_into(out, tool.output.as_bytes());
+        tool.output.write_escaped(out);
         out.extend_from_slice(br#""}"#);
         for uri in &tool.links {
             out.push(b',');

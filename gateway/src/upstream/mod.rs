@@ -172,9 +172,25 @@ impl Upstream {
     /// A unary tool call; the output as JSON text, written once from the response's bytes
     /// (callers embed it in their answers as it is).
     pub async fn call_tool(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<JsonText, CallError> {
-        let input = json_to_message(&tool.method.input(), args)?;
-        let output = unary_call(self.grpc.clone(), tool.path.clone(), input, &ctx).await?;
+        let output = self.call_tool_bytes(tool, args, ctx).await?;
         tool.output.to_text(&output).map_err(output_error)
+    }
+
+    /// [`Upstream::call_tool`] for an MCP result: the output also escaped for the text block,
+    /// written in the same pass.
+    pub async fn call_tool_escaped(
+        &self,
+        tool: &ToolDef,
+        args: &Value,
+        ctx: CallContext,
+    ) -> Result<JsonText, CallError> {
+        let output = self.call_tool_bytes(tool, args, ctx).await?;
+        tool.output.to_text_and_escaped(&output).map_err(output_error)
+    }
+
+    async fn call_tool_bytes(&self, tool: &ToolDef, args: &Value, ctx: CallContext) -> Result<Bytes, CallError> {
+        let input = json_to_message(&tool.method.input(), args)?;
+        Ok(unary_call(self.grpc.clone(), tool.path.clone(), input, &ctx).await?)
     }
 
     /// Progress events, then the result. Dropping the stream cancels the call.
