@@ -190,15 +190,50 @@ enum MessagePlan {
 struct FieldPlan {
     number: u32,
     /// The JSON member name, quoted, and the colon: `"jsonName":`.
-    key: Box<[u8]>,
+    key: Snippet,
     /// `key` escaped as the contents of a JSON string.
-    escaped_key: Box<[u8]>,
+    escaped_key: Snippet,
     shape: Shape,
     /// Written only when on the wire (message fields, `optional`, oneof members); the others
     /// are written with their default when absent.
     presence: bool,
     /// Index of the (non-synthetic) oneof holding the field.
     oneof: Option<usize>,
+}
+
+/// A few bytes the writer appends often (a field's key), kept so that they are appended
+/// with one fixed-size copy: a call to `memcpy` per key was about 1% of the instructions of a
+/// `change.show` call (callgrind).
+#[derive(Debug)]
+enum Snippet {
+    Short { bytes: [u8; Snippet::SHORT], len: usize },
+    Long(Box<[u8]>),
+}
+
+impl Snippet {
+    const SHORT: usize = 32;
+
+    fn new(text: &[u8]) -> Snippet {
+        match text.len() {
+            len @ 0..=Snippet::SHORT => {
+                let mut bytes = [0; Snippet::SHORT];
+                bytes[..len].copy_from_slice(text);
+                Snippet::Short { bytes, len }
+            }
+            _ => Snippet::Long(text.into()),
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) {
+        match self {
+            // The whole array, then cut back: a copy of known size, not a call.
+            Snippet::Short { bytes, len } => {
+                out.extend_from_slice(bytes);
+                out.truncate(out.len() - (Snippet::SHORT - len));
+            }
+            Snippet::Long(bytes) => out.extend_from_slice(bytes),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -294,10 +329,11 @@ impl PlanBuilder {
                 key.push(b':');
                 let mut escaped_key = Vec::new();
                 escape_into(&mut escaped_key, &key);
+                let (key, escaped_key) = (Snippet::new(&key), Snippet::new(&escaped_key));
                 fields.push(FieldPlan {
                     number: field.number(),
-                    key: key.into(),
-                    escaped_key: escaped_key.into(),
+                    key,
+                    escaped_key,
                     shape,
                     presence: field.supports_presence(),
                     oneof,
@@ -857,7 +893,7 @@ impl Sink for Vec<u8> {
     }
 
     fn key(&mut self, field: &FieldPlan) {
-        self.extend_from_slice(&field.key);
+        field.key.append_to(self);
     }
 
     fn escape(&mut self, byte: u8) {
@@ -891,8 +927,8 @@ impl Sink for Escaped {
     }
 
     fn key(&mut self, field: &FieldPlan) {
-        self.json.extend_from_slice(&field.key);
-        self.text.extend_from_slice(&field.escaped_key);
+        field.key.append_to(&mut self.json);
+        field.escaped_key.append_to(&mut self.text);
     }
 
     fn escape(&mut self, byte: u8) {
