@@ -79,8 +79,17 @@ pub fn credential_refused(state: &AppState, refused: &CredentialRefused, body: V
 
 /// A 200 with a body that is JSON text already.
 pub fn json_text_response(body: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    let mut response = Response::new(Body::from(body));
+    // Room for what the layers add on the way out (security headers, `mcp-session-id`,
+    // `x-request-id`, `content-length`): a map left to grow rehashed at the seventh.
+    let headers = response.headers_mut();
+    headers.reserve(RESPONSE_HEADERS);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
+
+/// Headers a JSON answer carries when it leaves.
+const RESPONSE_HEADERS: usize = 12;
 
 /// A 200 event stream with no event: the answer to a POST whose requests were
 /// all cancelled. A request needs a JSON or SSE reply, and the cancellation
