@@ -22,7 +22,8 @@ use crate::{
     access::ServiceAccess,
     auth::{TokenConfigError, TokenReloader, Tokens},
     config::{AccessSettings, GatewaySettings, Settings},
-    connections::{ConnectionLimit, Listener},
+    connections::{ConnectionLimit, LimitedStream, Listener},
+    deferred_writes::DeferredWrites,
     error::Error,
     grpc::{
         AppState,
@@ -555,11 +556,11 @@ async fn serve_http(
                 req
             },
         ));
-        // Each answer waits for the tasks ready beside it, so that answers leave together.
-        let io = TokioIo::new(crate::deferred_writes::DeferredWrites::new(tcp));
+        // Each answer waits for the tasks ready beside it, so that answers leave together; a
+        // connection the server closes first lingers, so that its last answer arrives.
+        let io = TokioIo::new(DeferredWrites::new(LimitedStream::new(tcp, permit)));
         let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
-            let _permit = permit;
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "HTTP connection ended with an error");
             }

@@ -53,7 +53,7 @@ pub fn connections(
             tokio::spawn(async move {
                 if tokio::time::timeout(timeout, preface_arrives(&stream)).await == Ok(true) {
                     let _ = stream.set_nodelay(true);
-                    let _ = tx.send(Ok(DeferredWrites::new(LimitedStream::new(stream, permit)))).await;
+                    let _ = tx.send(Ok(DeferredWrites::new(LimitedStream::new(stream, Some(permit))))).await;
                 }
             });
         }
@@ -96,7 +96,7 @@ mod tests {
         speaking.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
 
         let served = incoming.next().await.unwrap().unwrap();
-        assert_eq!(served.get_ref().get_ref().peer_addr().unwrap(), speaking.local_addr().unwrap());
+        assert_eq!(served.get_ref().get_ref().expect("open").peer_addr().unwrap(), speaking.local_addr().unwrap());
         // The other two are closed by the server once their time is up.
         for stream in [&mut silent, &mut half] {
             let mut byte = [0u8; 1];
