@@ -28,6 +28,7 @@ use crate::{
     grpc::{
         AppState,
         changes::ChangesService,
+        in_process::InProcessRoutes,
         layers,
         metrics::{GrpcMetricsLayer, StreamGate},
         resources::ResourcesService,
@@ -257,7 +258,7 @@ impl Application {
         signal: impl Fn() -> F,
     ) -> Result<(), StartupError> {
         let max_request = MAX_REQUEST_BYTES.max(self.settings.gateway.max_body_bytes);
-        let (health, routes) = service_routes(&self.state, max_request).await?;
+        let (health, routes, in_process_routes) = service_routes(&self.state, max_request).await?;
         let probe = spawn_writable_probe(self.state.workspace.clone(), health.clone(), self.health_flags.clone());
         self.credentials.spawn_refreshers(&self.state.shutdown);
         let methods = crate::grpc::metrics::MethodTable::from_descriptors().map_err(StartupError::Metrics)?;
@@ -283,7 +284,7 @@ impl Application {
                 .layer(PrincipalLayer)
                 .layer(traces::ToolSpanLayer)
                 .layer(rejections::layer())
-                .service(routes.clone()),
+                .service(in_process_routes),
         );
         let principals = self.tokens.principal_count();
         let access = Arc::new(ServiceAccess {
@@ -415,7 +416,10 @@ impl Application {
 
 /// Health, reflection and the two services as one set of routes, served over
 /// TCP and called in-process by the gateway.
-async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthReporter, Routes), StartupError> {
+async fn service_routes(
+    state: &AppState,
+    max_request: usize,
+) -> Result<(HealthReporter, Routes, InProcessRoutes), StartupError> {
     let (health, _) = tonic_health::server::health_reporter();
     let health_service = crate::grpc::health::Health::server(health.clone(), state.shutdown.clone());
     set_health(&health, ServingStatus::Serving).await;
@@ -431,14 +435,17 @@ async fn service_routes(state: &AppState, max_request: usize) -> Result<(HealthR
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let changes = ChangesServer::new(ChangesService::new(state.clone())).max_decoding_message_size(max_request);
+    let resources = ResourcesServer::new(ResourcesService::new(state.clone())).max_decoding_message_size(max_request);
     let mut builder = Routes::builder();
     builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ChangesServer::new(ChangesService::new(state.clone())).max_decoding_message_size(max_request))
-        .add_service(ResourcesServer::new(ResourcesService::new(state.clone())).max_decoding_message_size(max_request));
-    Ok((health, builder.routes()))
+        .add_service(changes.clone())
+        .add_service(resources.clone());
+    let routes = builder.routes();
+    Ok((health, routes.clone(), InProcessRoutes::new(changes, resources, routes)))
 }
 
 /// One span per call (its "call answered" line is `CallLogLayer`'s), warnings only for server faults.

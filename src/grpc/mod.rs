@@ -6,6 +6,7 @@ pub mod content_type;
 pub mod convert;
 pub mod deadline;
 pub mod health;
+pub mod in_process;
 pub mod incoming;
 pub mod layers;
 pub mod metrics;
