@@ -55,8 +55,7 @@ impl OutputEncoder {
         if let Some(json) = self.direct_bytes(bytes) {
             return Ok(JsonText { json, escaped: None });
         }
-        let message = self.decode(bytes)?;
-        JsonText::new(&Reflected(&message)).map_err(EncodeError::Encode)
+        self.reflected_text(bytes)
     }
 
     /// `bytes` as JSON text, and beside it (on the direct path) the same text escaped as the
@@ -71,7 +70,13 @@ impl OutputEncoder {
                 return Ok(JsonText { json: out.json, escaped: Some(out.text) });
             }
         }
-        self.to_text(bytes)
+        self.reflected_text(bytes)
+    }
+
+    /// `bytes` as JSON text through `DynamicMessage`, where the direct path gives up.
+    fn reflected_text(&self, bytes: &[u8]) -> Result<JsonText, EncodeError> {
+        let message = self.decode(bytes)?;
+        JsonText::new(&Reflected(&message)).map_err(EncodeError::Encode)
     }
 
     /// `bytes` as a `Value`.
