@@ -18,3 +18,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// gRPC's deadline, which MCP requests set as REST ones do.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// gRPC's status code, in a trailers-only answer's headers or in the trailers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// W3C trace context: the vendors' part, dropped with a `traceparent` that is not used.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");

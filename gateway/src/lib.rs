@@ -25,6 +25,11 @@ pub use config::{GatewayConfig, ToolNames};
 pub use protected_resource::{BearerError, ProtectedResource};
 pub use proxies::{TrustedProxies, TrustedRange};
 
+/// The map for the request path's lookups: std's `HashMap` with foldhash, the hasher hashbrown
+/// defaults to, seeded per map. std's SipHash cost about 100 instructions a lookup, several a
+/// call (callgrind, `change.show`). The keys are server-made or bounded per session.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// Generated from `../proto` (clients only).
 #[allow(clippy::large_enum_variant)]
 pub mod pb {

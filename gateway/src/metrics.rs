@@ -14,7 +14,6 @@
 //! `&'static str` (or an integer): building an attribute list allocates
 //! nothing, and the SDK finds the data point with a hash lookup.
 use std::{
-    collections::HashMap,
     hash::Hash,
     pin::Pin,
     sync::{
@@ -41,7 +40,7 @@ use tower::{Layer, Service};
 
 /// The gRPC metadata (HTTP header) with which the gateway tells the service
 /// how its caller came in: `mcp` or `http`. Anything else, or nothing, is `grpc`.
-pub const TRANSPORT_HEADER: &str = "x-task-mcp-transport";
+pub const TRANSPORT_HEADER: http::HeaderName = http::HeaderName::from_static("x-task-mcp-transport");
 
 /// Seconds. A boundary on every SLO threshold (0.1, 0.2, 0.5, 2).
 pub const LATENCY_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0];
@@ -234,12 +233,12 @@ impl AuthResult {
 /// per call, more than the rest of a call's metrics; two atomic additions cost next to nothing.
 /// A series appears with its key's first use, as with an up-down counter.
 pub struct LiveCounts<K> {
-    cells: RwLock<HashMap<K, Arc<AtomicI64>>>,
+    cells: RwLock<crate::FastMap<K, Arc<AtomicI64>>>,
 }
 
 impl<K> Default for LiveCounts<K> {
     fn default() -> Self {
-        LiveCounts { cells: RwLock::new(HashMap::new()) }
+        LiveCounts { cells: RwLock::default() }
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
+use task_mcp_gateway::headers::GRPC_TIMEOUT;
 use tonic::body::Body as TonicBody;
 use tower::{Layer, Service};
 
@@ -74,7 +75,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let deadline =
-            req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).map(|d| {
+            req.headers().get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).map(|d| {
                 let at = tokio::time::Instant::now() + d;
                 // In the past for a deadline shorter than the margin: it has passed.
                 at.checked_sub(AHEAD_OF_TONIC).unwrap_or(at)

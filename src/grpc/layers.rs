@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use task_mcp_gateway::{
     BearerError, ProtectedResource, TrustedProxies,
+    headers::GRPC_STATUS,
     metrics::{AuthResult, GatewayMetrics, TRANSPORT_HEADER, Transport},
 };
 
@@ -295,7 +296,7 @@ where
         let presented = req.headers().contains_key(http::header::AUTHORIZATION);
         Box::pin(async move {
             let response = inner.call(req).await?;
-            let unauthenticated = response.headers().get("grpc-status").is_some_and(|s| s.as_bytes() == b"16");
+            let unauthenticated = response.headers().get(GRPC_STATUS).is_some_and(|s| s.as_bytes() == b"16");
             if presented && unauthenticated {
                 throttle.failed(client);
             }
@@ -392,7 +393,7 @@ mod tests {
     }
 
     fn grpc_status<B>(resp: &Response<B>) -> Option<String> {
-        resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string)
+        resp.headers().get(GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     fn request(path: &str, auth: Option<&str>) -> Request<()> {

@@ -43,6 +43,7 @@ use opentelemetry::{
 };
 use pin_project_lite::pin_project;
 use task_mcp_gateway::{
+    headers::GRPC_STATUS,
     mcp::session::{SessionStore, StreamSlot},
     metrics::{CloseReason, MessageType, StreamRecorder, StreamRejection, StreamType, TRANSPORT_HEADER, Transport},
 };
@@ -312,7 +313,7 @@ fn capacity_status() -> tonic::Status {
 
 /// The `grpc-status` of a header map (trailers, or a trailers-only response).
 fn status_code(headers: &HeaderMap) -> Option<i32> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(GRPC_STATUS)?;
     Some(i32::from(Code::from_bytes(value.as_bytes())))
 }
 

@@ -9,13 +9,13 @@
 //! with `ErrorInfo` CANCELLED, not a fault of the server's to count against its error budget.
 //! The service's own errors always carry details, so an answer without them is tonic's.
 use http::{HeaderName, Response};
+use task_mcp_gateway::headers::GRPC_STATUS;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::util::MapResponseLayer;
 
 use crate::error::{ERROR_DOMAIN, Error};
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
 /// The layer: a plain function over each response, no future of its own.

@@ -59,6 +59,7 @@ use opentelemetry_sdk::{
     trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 use pin_project_lite::pin_project;
+use task_mcp_gateway::headers::{GRPC_STATUS, TRACEPARENT, TRACESTATE, X_REQUEST_ID};
 use tower::{Layer, Service};
 use tracing::{Subscriber, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -404,7 +405,7 @@ impl Injector for HeaderInjector<'_> {
 /// of the W3C shape (the SDK's parser accepts short ids such as `00-abc-def-01`)
 /// is ignored: the request starts a trace of its own.
 pub fn extract(headers: &HeaderMap) -> Option<Context> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?;
     if !well_formed_traceparent(value) {
         return None;
     }
@@ -426,7 +427,7 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
     if !cx.span().span_context().is_valid() {
         return;
     }
-    headers.remove("tracestate");
+    headers.remove(TRACESTATE);
     TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
 }
 
@@ -438,7 +439,7 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
 /// OpenTelemetry server span, child of the `traceparent` the call carries.
 pub fn grpc_server_span<B>(req: &Request<B>) -> tracing::Span {
     let path = req.uri().path();
-    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
     // `principal` is recorded once authentication has run (`calls::PrincipalLayer`).
     let span = tracing::info_span!(
         "grpc",
@@ -484,7 +485,7 @@ fn is_server_fault(code: i32) -> bool {
 
 /// The status a response head or trailer block carries, if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------

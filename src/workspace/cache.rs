@@ -7,7 +7,9 @@
 //! Insertion races with invalidation: a reader may read the disk, then an edit lands and is
 //! invalidated, then the reader stores what it read. Every invalidation bumps a generation, and
 //! a reader may only store under the generation it saw before it read the disk.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use task_mcp_gateway::FastMap;
 
 use super::Shown;
 
@@ -19,7 +21,7 @@ const MAX_ENTRIES: usize = 4096;
 #[derive(Default)]
 pub struct ShowCache {
     generation: u64,
-    entries: HashMap<String, (Arc<Shown>, usize)>,
+    entries: FastMap<String, (Arc<Shown>, usize)>,
     bytes: usize,
 }
 

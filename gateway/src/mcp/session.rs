@@ -3,7 +3,7 @@
 //! event logs (for resumption), its in-flight requests (for cancellation), its
 //! pending requests to the client, its resource subscriptions and its log level.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{jsonrpc::RpcError, sse::EventLog};
-use crate::GatewayConfig;
+use crate::{FastMap, GatewayConfig};
 
 /// Event logs kept per session for resumption; older finished ones are dropped.
 const LOGS_PER_SESSION: usize = 32;
@@ -44,8 +44,8 @@ pub struct Session {
     last_seen: Mutex<Instant>,
     log_level: AtomicU8,
     subscriptions: Mutex<HashSet<String>>,
-    in_flight: Mutex<HashMap<String, CancellationToken>>,
-    client_requests: Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
+    in_flight: Mutex<FastMap<String, CancellationToken>>,
+    client_requests: Mutex<FastMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
     next_client_request: AtomicU64,
     logs: Mutex<VecDeque<Arc<EventLog>>>,
     next_stream: AtomicU64,
@@ -70,8 +70,8 @@ impl Session {
             last_seen: Mutex::new(Instant::now()),
             log_level: AtomicU8::new(1),
             subscriptions: Mutex::new(HashSet::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            client_requests: Mutex::new(HashMap::new()),
+            in_flight: Mutex::default(),
+            client_requests: Mutex::default(),
             next_client_request: AtomicU64::new(1),
             logs: Mutex::new(VecDeque::new()),
             next_stream: AtomicU64::new(1),
@@ -232,7 +232,7 @@ pub struct SessionStore {
     /// At most this many open streams per principal (`usize::MAX`: no share).
     streams_per_principal: usize,
     /// Open streams by principal, kept only when there is a share to enforce.
-    principal_streams: Mutex<HashMap<Arc<str>, usize>>,
+    principal_streams: Mutex<FastMap<Arc<str>, usize>>,
     /// Set by `drain`: no new stream opens afterwards.
     closing: std::sync::atomic::AtomicBool,
 }
@@ -241,8 +241,8 @@ pub struct SessionStore {
 /// walking them all); changed together, under one lock.
 #[derive(Default)]
 struct Sessions {
-    by_id: HashMap<String, Arc<Session>>,
-    per_principal: HashMap<String, usize>,
+    by_id: FastMap<String, Arc<Session>>,
+    per_principal: FastMap<String, usize>,
 }
 
 impl Sessions {
@@ -277,7 +277,7 @@ impl SessionStore {
             streams: AtomicUsize::new(0),
             max_streams: config.max_streams,
             streams_per_principal: share(config.max_streams_per_principal),
-            principal_streams: Mutex::new(HashMap::new()),
+            principal_streams: Mutex::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
         }
     }

@@ -24,7 +24,7 @@ use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage,
 };
 use serde_json::Value;
-use tonic::{Status, metadata::MetadataValue};
+use tonic::Status;
 
 mod codec;
 mod registry;
@@ -512,31 +512,35 @@ fn to_u32(value: &prost_reflect::Value) -> u32 {
     }
 }
 
-/// A request carrying the caller's context as metadata.
+/// A request carrying the caller's context as metadata. The map is built from header names
+/// made once ([`crate::headers`]): keyed by `&str`, tonic checks and hashes each name again on
+/// every call.
 fn request<T>(message: T, ctx: &CallContext) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
+    let mut headers = http::HeaderMap::with_capacity(8);
     let forwarded = [
-        ("authorization", &ctx.authorization),
-        ("x-request-id", &ctx.request_id),
-        ("traceparent", &ctx.traceparent),
-        ("x-forwarded-for", &ctx.forwarded_for),
+        (http::header::AUTHORIZATION, &ctx.authorization),
+        (crate::headers::X_REQUEST_ID, &ctx.request_id),
+        (crate::headers::TRACEPARENT, &ctx.traceparent),
+        (crate::proxies::X_FORWARDED_FOR, &ctx.forwarded_for),
     ];
     for (key, value) in forwarded {
         let Some(value) = value else { continue };
-        match MetadataValue::try_from(value.as_str()) {
+        // What tonic's `MetadataValue::<Ascii>::try_from(&str)` accepts, and no more.
+        match http::HeaderValue::from_str(value) {
             Ok(value) => {
-                metadata.insert(key, value);
+                headers.insert(key, value);
             }
             // Only visible ASCII travels in gRPC metadata; a value that is
             // not is dropped rather than failing the call (for authorization
             // the service then answers UNAUTHENTICATED, as it should).
-            Err(_) => tracing::debug!(key, "dropping a header value not valid as gRPC metadata"),
+            Err(_) => tracing::debug!(key = key.as_str(), "dropping a header value not valid as gRPC metadata"),
         }
     }
     if let Some(transport) = ctx.transport {
-        metadata.insert(crate::metrics::TRANSPORT_HEADER, MetadataValue::from_static(transport.as_str()));
+        headers.insert(crate::metrics::TRANSPORT_HEADER, http::HeaderValue::from_static(transport.as_str()));
     }
+    let mut request =
+        tonic::Request::from_parts(tonic::metadata::MetadataMap::from_headers(headers), Default::default(), message);
     if let Some(timeout) = ctx.timeout {
         request.set_timeout(timeout.min(MAX_TIMEOUT));
     }
