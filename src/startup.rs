@@ -12,11 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::grpc::rejections;
-use tower_http::{
-    classify::GrpcFailureClass,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
     access::ServiceAccess,
@@ -38,6 +34,7 @@ use crate::{
     rate_limit::{AuthFailureThrottle, RateLimiter},
     telemetry::{
         LIFECYCLE,
+        call_span::CallSpanLayer,
         calls::{CallLogLayer, PrincipalLayer},
         metrics::{HealthFlags, Metrics, MetricsExport, OtlpConfig},
         traces,
@@ -277,7 +274,7 @@ impl Application {
                 .option_layer(traces::propagate_layer())
                 .map_response(|res: http::Response<_>| res.map(tonic::body::Body::new))
                 .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods.clone(), None))
-                .layer(trace_layer())
+                .layer(CallSpanLayer)
                 .layer(CallLogLayer)
                 .layer(crate::grpc::deadline::DeadlineLayer)
                 .layer(auth.clone())
@@ -317,7 +314,7 @@ impl Application {
             .layer(crate::grpc::content_type::GrpcOnlyLayer)
             .layer(GrpcMetricsLayer::new(self.metrics.clone(), methods, Some(gate)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(trace_layer())
+            .layer(CallSpanLayer)
             .layer(CallLogLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(crate::grpc::deadline::DeadlineLayer)
@@ -446,50 +443,6 @@ async fn service_routes(
         .add_service(resources.clone());
     let routes = builder.routes();
     Ok((health, routes.clone(), InProcessRoutes::new(changes, resources, routes)))
-}
-
-/// One span per call (its "call answered" line is `CallLogLayer`'s), warnings only for server faults.
-// The type is tower-http's; naming its closures is the only way to return it.
-#[allow(clippy::type_complexity)]
-fn trace_layer() -> TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    impl Fn(&http::Request<tonic::body::Body>) -> tracing::Span + Clone,
-    tower_http::trace::DefaultOnRequest,
-    impl Fn(&http::Response<tonic::body::Body>, Duration, &tracing::Span) + Clone,
-    tower_http::trace::DefaultOnBodyChunk,
-    impl Fn(Option<&http::HeaderMap>, Duration, &tracing::Span) + Clone,
-    impl Fn(GrpcFailureClass, Duration, &tracing::Span) + Clone,
-> {
-    TraceLayer::new_for_grpc()
-        // Also the call's OpenTelemetry server span when traces are exported
-        // (parent from the `traceparent` metadata).
-        .make_span_with(|req: &http::Request<tonic::body::Body>| traces::grpc_server_span(req))
-        // The "call answered" line is `CallLogLayer`'s, written once the status is known.
-        .on_response(|res: &http::Response<tonic::body::Body>, _latency: Duration, span: &tracing::Span| {
-            // Errors answered before any message carry their status in the headers.
-            if let Some(code) = traces::grpc_status(res.headers()) {
-                traces::record_grpc_status(span, code);
-            }
-        })
-        // Other calls end with their status in the trailers.
-        .on_eos(|trailers: Option<&http::HeaderMap>, _stream: Duration, span: &tracing::Span| {
-            if let Some(code) = trailers.and_then(traces::grpc_status) {
-                traces::record_grpc_status(span, code);
-            }
-        })
-        // Statuses are already in "call answered"; only server faults deserve a warning.
-        .on_failure(|class: GrpcFailureClass, _latency: Duration, _: &tracing::Span| match class {
-            GrpcFailureClass::Code(code)
-                if matches!(
-                    tonic::Code::from(code.get()),
-                    tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss
-                ) =>
-            {
-                tracing::warn!(grpc_status = code.get(), "call failed on the server side")
-            }
-            GrpcFailureClass::Code(_) => {}
-            GrpcFailureClass::Error(e) => tracing::warn!(error = %e, "call failed"),
-        })
 }
 
 /// The gateway's router, with a server span per request when traces are exported.

@@ -6,6 +6,7 @@
 //! request path cost the default (`info`) configuration a third of its gRPC
 //! throughput (BENCHMARKS.md, `c3`). Should stdout block (a stuck pipe), lines beyond
 //! the writer's queue are dropped rather than stalling requests.
+pub mod call_span;
 pub mod calls;
 pub mod metrics;
 pub mod traces;
