@@ -402,6 +402,11 @@ pub(crate) fn json_to_message(desc: &MessageDescriptor, args: &Value) -> Result<
     if args.is_null() {
         return Ok(DynamicMessage::new(desc.clone()));
     }
+    // Tracking the path wraps every step of the walk; arguments are seldom wrong, so the walk
+    // is made plainly first and again, tracked, only to name what it refused.
+    if let Ok(message) = DynamicMessage::deserialize_with_options(desc.clone(), args, &INPUT_OPTIONS) {
+        return Ok(message);
+    }
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(args, &mut track);
     DynamicMessage::deserialize_with_options(desc.clone(), tracked, &INPUT_OPTIONS).map_err(|e| {
