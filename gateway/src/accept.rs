@@ -44,6 +44,11 @@ fn specificity(range: &str, media: &str) -> Option<u8> {
     if range.eq_ignore_ascii_case(media) {
         return Some(2);
     }
+    // Only a wildcard matches what it does not spell out: the usual `application/json,
+    // text/event-stream` is settled here, without splitting either type.
+    if !range.ends_with('*') {
+        return None;
+    }
     if range == "*/*" {
         return Some(0);
     }
